@@ -1,0 +1,19 @@
+//! MIL programs as data: the IR, a builder, the printer and parser of the ANE's textual
+//! dialect, a type and shape checker, and Core ML blob storage v2 weight files.
+//!
+//! This crate knows nothing of devices or threads. Everything a device needs to compile a
+//! program (its text and its weight files) is built and validated here.
+
+pub mod blob;
+pub mod build;
+pub mod check;
+pub mod examples;
+pub mod ir;
+pub mod parse;
+pub mod print;
+
+pub use build::{FunctionBuilder, Var};
+pub use ir::{
+    Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
+};
+pub use print::print_program;

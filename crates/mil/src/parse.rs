@@ -1,0 +1,1 @@
+//! Parser. Filled in separately.
