@@ -12,6 +12,7 @@ pub mod ir;
 pub mod parse;
 pub mod print;
 
+pub use blob::{read_chunk, BlobChunk, BlobDType, BlobError, BlobFile, WeightFiles};
 pub use build::{FunctionBuilder, Var};
 pub use ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
