@@ -166,11 +166,13 @@ pub struct FloatLit {
 impl FloatLit {
     /// A literal written as C's `%f` would write it (six fractional digits), as the original
     /// generators do for computed constants such as `1/sqrt(64)` → `0.125000`.
+    ///
+    /// The value is the rounded one the text denotes (`1/768` → `0.001302`), not the argument:
+    /// the compiler only ever sees the text, and a parsed literal must equal the built one.
     pub fn fixed6(value: f64) -> FloatLit {
-        FloatLit {
-            value,
-            text: format!("{value:.6}"),
-        }
+        let text = format!("{value:.6}");
+        let value = text.parse().unwrap_or(value);
+        FloatLit { value, text }
     }
 
     /// A literal with explicit text; the value is parsed from it.

@@ -17,4 +17,5 @@ pub use build::{FunctionBuilder, Var};
 pub use ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
 };
+pub use parse::{parse_program, ParseError};
 pub use print::print_program;
