@@ -13,6 +13,9 @@ pub mod parse;
 pub mod print;
 
 pub use build::{FunctionBuilder, Var};
+pub use check::{
+    check_function, check_program, infer_op_type, CheckError, CheckedFunction, Signature,
+};
 pub use ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
 };
