@@ -14,6 +14,9 @@ pub mod print;
 
 pub use blob::{read_chunk, BlobChunk, BlobDType, BlobError, BlobFile, WeightFiles};
 pub use build::{FunctionBuilder, Var};
+pub use check::{
+    check_function, check_program, infer_op_type, CheckError, CheckedFunction, Signature,
+};
 pub use ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
 };
