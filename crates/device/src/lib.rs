@@ -1,1 +1,211 @@
+//! Devices that compile MIL programs into kernels and evaluate them.
+//!
+//! The [`Device`] trait is the one seam between the MIL layer and everything that runs
+//! programs: the CPU device here (always built), the ANE device (Apple targets only), and
+//! decorators that wrap any device for tests and simulation. Probes, benchmarks and the trainer
+//! are written against the trait alone.
 
+pub mod clock;
+pub mod cpu;
+pub mod decorate;
+mod error;
+pub mod fp16;
+
+pub use cpu::CpuDevice;
+pub use error::DeviceError;
+
+use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::check::Signature;
+use anetrain_mil::Program;
+use std::fmt;
+
+/// How a device computes with fp16-typed tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum NumericMode {
+    /// Every tensor is computed and stored in fp32, whatever its declared type: fast, and the
+    /// reference for gradients.
+    #[default]
+    Fp32,
+    /// Like the ANE: every fp16-typed tensor (inputs, constants, op outputs) is rounded to fp16
+    /// at each op boundary; matmul, conv and reductions accumulate in fp32 inside the op.
+    Fp16,
+}
+
+impl NumericMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NumericMode::Fp32 => "fp32",
+            NumericMode::Fp16 => "fp16",
+        }
+    }
+}
+
+impl fmt::Display for NumericMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for NumericMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(NumericMode::Fp32),
+            "fp16" => Ok(NumericMode::Fp16),
+            other => Err(format!(
+                "unknown precision `{other}` (expected fp32 or fp16)"
+            )),
+        }
+    }
+}
+
+/// Where a peak-throughput figure comes from; a figure that is not measured says so.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeakFlops {
+    Unknown,
+    /// Measured on this machine (e.g. an FMA loop), in FLOP/s.
+    Measured(f64),
+    /// The vendor's rating for the chip, in FLOP/s.
+    Rated(f64),
+}
+
+impl PeakFlops {
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            PeakFlops::Unknown => None,
+            PeakFlops::Measured(v) | PeakFlops::Rated(v) => Some(*v),
+        }
+    }
+}
+
+/// What a device is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceInfo {
+    /// Short name used on the command line: `cpu`, `ane`.
+    pub kind: &'static str,
+    /// Human description, e.g. `CPU (2 threads)` or `Apple Neural Engine h16`.
+    pub name: String,
+    pub numeric: NumericMode,
+    pub peak: PeakFlops,
+    /// True when a decorator adds modelled rather than measured latencies.
+    pub simulated: bool,
+}
+
+/// A program compiled for one device, with its weights baked in.
+///
+/// A kernel is evaluated only through the [`Device`] that compiled it, so that decorators see
+/// every eval. It owns its working memory: evaluating it allocates nothing.
+pub struct Kernel {
+    id: usize,
+    signature: Signature,
+    exec: Box<dyn KernelExec>,
+}
+
+/// The device-specific part of a kernel.
+pub trait KernelExec: Send {
+    /// Evaluates with inputs and outputs already checked against the signature.
+    fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError>;
+}
+
+impl Kernel {
+    pub fn new(signature: Signature, exec: Box<dyn KernelExec>) -> Kernel {
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Kernel {
+            id,
+            signature,
+            exec,
+        }
+    }
+
+    /// A number unique to this kernel within the process (decorators key their state by it).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The program's inputs and outputs, with their types.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Element counts of the inputs, in order.
+    pub fn input_lens(&self) -> Vec<usize> {
+        self.signature
+            .inputs
+            .iter()
+            .map(|p| p.ty.num_elements())
+            .collect()
+    }
+
+    /// Element counts of the outputs, in order.
+    pub fn output_lens(&self) -> Vec<usize> {
+        self.signature
+            .outputs
+            .iter()
+            .map(|p| p.ty.num_elements())
+            .collect()
+    }
+
+    /// Checks buffer counts and sizes, then runs the device's evaluation.
+    fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
+        check_buffers(
+            "input",
+            &self.signature.inputs,
+            inputs.iter().map(|b| b.len()),
+        )?;
+        check_buffers(
+            "output",
+            &self.signature.outputs,
+            outputs.iter().map(|b| b.len()),
+        )?;
+        self.exec.eval(inputs, outputs)
+    }
+}
+
+fn check_buffers(
+    what: &'static str,
+    params: &[anetrain_mil::Param],
+    lens: impl ExactSizeIterator<Item = usize>,
+) -> Result<(), DeviceError> {
+    if lens.len() != params.len() {
+        return Err(DeviceError::BufferCount {
+            what,
+            expected: params.len(),
+            found: lens.len(),
+        });
+    }
+    for (p, len) in params.iter().zip(lens) {
+        if p.ty.num_elements() != len {
+            return Err(DeviceError::BufferSize {
+                what,
+                name: p.name.clone(),
+                ty: p.ty.to_string(),
+                expected: p.ty.num_elements(),
+                found: len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Something that compiles MIL programs into kernels and evaluates them.
+///
+/// `compile` and `eval` may be called concurrently from different threads (the double-buffered
+/// trainer compiles the next kernel set while the current one evaluates).
+pub trait Device: Send + Sync {
+    fn info(&self) -> DeviceInfo;
+
+    /// Compiles a program with its weight files (BLOBFILE path → file bytes).
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError>;
+
+    /// Evaluates a kernel: host buffers in fp32, one per function input and output, in
+    /// signature order. fp16 I/O is converted at the boundary.
+    fn eval(
+        &self,
+        kernel: &mut Kernel,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), DeviceError> {
+        kernel.run(inputs, outputs)
+    }
+}

@@ -232,3 +232,61 @@ pub fn final_rmsnorm(d: usize, s: usize) -> Program {
     b.output(&out);
     Program::single(Dialect::Ios18, Style::Compact, b.finish())
 }
+
+/// A chain of `n` 1×1 convs of `c` channels at spatial size `s`, fp16 I/O, weights baked as one
+/// file per conv (`@model_path/weights/w{i}.bin`, the layout every chip accepts): the shape of
+/// the peak-throughput benchmark. Returns the program; [`conv_chain_weights`] makes its files.
+pub fn conv_chain(n: usize, c: usize, s: usize) -> Program {
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let act = t(DType::Fp16, &[1, c, 1, s]);
+    let mut x = b.input("x", act.clone());
+    let pt = b.constant("pt", Literal::string("valid"));
+    let st = b.constant("st", Literal::int32_tensor(&[1, 1]));
+    let pd = b.constant("pd", Literal::int32_tensor(&[0, 0, 0, 0]));
+    let dl = b.constant("dl", Literal::int32_tensor(&[1, 1]));
+    let gr = b.constant("gr", Literal::int32(1));
+    for i in 0..n {
+        let w = b.constant(
+            &format!("W{i}"),
+            blob(
+                DType::Fp16,
+                &[c, c, 1, 1],
+                &format!("@model_path/weights/w{i}.bin"),
+            ),
+        );
+        x = b.op(
+            "conv",
+            &format!("c{i}"),
+            act.clone(),
+            vec![
+                ("dilations", (&dl).into()),
+                ("groups", (&gr).into()),
+                ("pad", (&pd).into()),
+                ("pad_type", (&pt).into()),
+                ("strides", (&st).into()),
+                ("weight", (&w).into()),
+                ("x", (&x).into()),
+            ],
+        );
+    }
+    b.output(&x);
+    Program::single(Dialect::Ios18, Style::Compact, b.finish())
+}
+
+/// Weight files for [`conv_chain`]: conv `i` is `scale · I` plus a small off-diagonal ripple,
+/// so that a chain neither explodes nor vanishes and its result can be checked.
+pub fn conv_chain_weights(n: usize, c: usize, scale: f32) -> crate::blob::WeightFiles {
+    let mut files = crate::blob::WeightFiles::new();
+    for i in 0..n {
+        let mut w = vec![0.0f32; c * c];
+        for r in 0..c {
+            w[r * c + r] = scale;
+            w[r * c + (r + 1 + i) % c] += 1.0 / 64.0;
+        }
+        files.insert_blob(
+            format!("@model_path/weights/w{i}.bin"),
+            &crate::blob::BlobFile::fp16(&w),
+        );
+    }
+    files
+}

@@ -7,6 +7,7 @@
 pub mod blob;
 pub mod build;
 pub mod check;
+pub mod cost;
 pub mod examples;
 pub mod ir;
 pub mod parse;

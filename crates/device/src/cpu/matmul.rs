@@ -1,0 +1,170 @@
+//! Matrix products through the `gemm` crate, behind a safe, bounds-checked interface.
+
+use gemm::Parallelism;
+
+/// A strided matrix view: element (r, c) is `data[offset + r*rs + c*cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatLayout {
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl MatLayout {
+    pub fn row_major(offset: usize, cols: usize) -> MatLayout {
+        MatLayout {
+            offset,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The same storage read as its transpose.
+    pub fn transposed(self) -> MatLayout {
+        MatLayout {
+            offset: self.offset,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// One past the largest index a `rows × cols` view touches.
+    fn extent(&self, rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            return self.offset;
+        }
+        self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+    }
+}
+
+/// Products below this many multiply-adds run on one thread: spawning costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// c[m×n] (+)= scale · a[m×k] · b[k×n], accumulating in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    la: MatLayout,
+    b: &[f32],
+    lb: MatLayout,
+    c: &mut [f32],
+    lc: MatLayout,
+    accumulate: bool,
+    scale: f32,
+    threads: usize,
+) {
+    assert!(la.extent(m, k) <= a.len(), "gemm: lhs view out of bounds");
+    assert!(lb.extent(k, n) <= b.len(), "gemm: rhs view out of bounds");
+    assert!(lc.extent(m, n) <= c.len(), "gemm: dst view out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                for col in 0..n {
+                    c[lc.offset + r * lc.rs + col * lc.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the three asserts above bound every index the views address within their
+    // slices; `c` is borrowed mutably, so it cannot overlap `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(lc.offset),
+            lc.cs as isize,
+            lc.rs as isize,
+            accumulate,
+            a.as_ptr().add(la.offset),
+            la.cs as isize,
+            la.rs as isize,
+            b.as_ptr().add(lb.offset),
+            lb.cs as isize,
+            lb.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_with_transposed_views() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|v| (v as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|v| (v as f32 * 0.11).cos()).collect();
+        let expect = naive(m, n, k, &a, &b);
+        let mut c = vec![0.0; m * n];
+        gemm(
+            m,
+            n,
+            k,
+            &a,
+            MatLayout::row_major(0, k),
+            &b,
+            MatLayout::row_major(0, n),
+            &mut c,
+            MatLayout::row_major(0, n),
+            false,
+            1.0,
+            1,
+        );
+        for (x, y) in c.iter().zip(&expect) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // bᵀ stored as n×k, read back through a transposed view; accumulate doubles the result.
+        let mut bt = vec![0.0; n * k];
+        for p in 0..k {
+            for j in 0..n {
+                bt[j * k + p] = b[p * n + j];
+            }
+        }
+        gemm(
+            m,
+            n,
+            k,
+            &a,
+            MatLayout::row_major(0, k),
+            &bt,
+            MatLayout::row_major(0, k).transposed(),
+            &mut c,
+            MatLayout::row_major(0, n),
+            true,
+            1.0,
+            2,
+        );
+        for (x, y) in c.iter().zip(&expect) {
+            assert!((x - 2.0 * y).abs() < 1e-5);
+        }
+    }
+}

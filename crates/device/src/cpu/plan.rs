@@ -1,0 +1,1165 @@
+//! Compiling a checked MIL function into a CPU plan: constants resolved and laid out,
+//! elementwise chains fused, views (reshape, contiguous slices) turned into aliases, and every
+//! remaining value given a place in one arena whose slots are reused once a value is dead.
+
+use super::matmul::MatLayout;
+use super::shape::{broadcast_strides, collapse, contiguous_strides, MAX_OPERANDS, MAX_RANK};
+use super::steps::{
+    ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, ReduceKind,
+    ReduceStep, SoftmaxStep, Step, ValueId,
+};
+use crate::{fp16, DeviceError, NumericMode};
+use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::check::CheckedFunction;
+use anetrain_mil::{Arg, DType, Function, Literal, Op, Scalar, Type};
+use std::collections::{HashMap, HashSet};
+
+/// Where a value's elements live when the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Place {
+    /// Fused away: never materialised.
+    Unused,
+    /// `arena[offset..offset + len]`.
+    Arena(usize),
+    /// `consts[index][offset..]`.
+    Const(usize, usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Round each step's output to fp16 after it runs (for steps that do not round themselves).
+    pub round_after: Vec<bool>,
+    pub places: Vec<Place>,
+    pub lens: Vec<usize>,
+    pub consts: Vec<Vec<f32>>,
+    pub arena_len: usize,
+    /// For each function input: its value, and whether to round it to fp16 on the way in.
+    pub inputs: Vec<(ValueId, bool)>,
+    pub outputs: Vec<ValueId>,
+}
+
+/// Values are born as one of these; aliases share their root's storage.
+#[derive(Clone, Debug)]
+enum Storage {
+    Arena,
+    Const(usize),
+    Alias { root: ValueId, offset: usize },
+}
+
+#[derive(Clone, Debug)]
+struct Value {
+    shape: Vec<usize>,
+    storage: Storage,
+    /// fp16 mode and an fp16-typed value: rounded at its op boundary.
+    round: bool,
+}
+
+pub fn lower(
+    f: &Function,
+    checked: &CheckedFunction,
+    weights: &WeightFiles,
+    mode: NumericMode,
+) -> Result<Plan, DeviceError> {
+    let mut l = Lowering::new(f, checked, weights, mode);
+    let mut inputs = Vec::new();
+    for p in &f.inputs {
+        let round = l.rounds(&p.ty);
+        let id = l.new_value(p.ty.shape().to_vec(), Storage::Arena, round);
+        l.env.insert(p.name.clone(), id);
+        inputs.push((id, round && p.ty.dtype() == DType::Fp16));
+    }
+    for op in &f.ops {
+        l.lower_op(op)?;
+    }
+    let outputs = f
+        .outputs
+        .iter()
+        .map(|name| l.data(&Arg::Var(name.clone()), "output"))
+        .collect::<Result<Vec<_>, _>>()?;
+    l.finish(inputs, outputs)
+}
+
+struct Lowering<'a> {
+    checked: &'a CheckedFunction,
+    weights: &'a WeightFiles,
+    mode: NumericMode,
+    values: Vec<Value>,
+    consts: Vec<Vec<f32>>,
+    env: HashMap<String, ValueId>,
+    steps: Vec<Step>,
+    /// How often each MIL value is used (arguments and function outputs).
+    uses: HashMap<String, usize>,
+    outputs: HashSet<String>,
+    /// The MIL value the last step computed, if that step is an elementwise chain.
+    open_chain: Option<String>,
+    /// The op being lowered, for error messages.
+    current: Option<(String, String)>,
+}
+
+fn unsupported(op: &Op, message: impl Into<String>) -> DeviceError {
+    DeviceError::Unsupported {
+        op: op.name().unwrap_or(&op.output).to_string(),
+        kind: op.kind.clone(),
+        message: message.into(),
+    }
+}
+
+impl<'a> Lowering<'a> {
+    fn new(
+        f: &'a Function,
+        checked: &'a CheckedFunction,
+        weights: &'a WeightFiles,
+        mode: NumericMode,
+    ) -> Self {
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        for op in &f.ops {
+            for (_, a) in &op.args {
+                match a {
+                    Arg::Var(v) => *uses.entry(v.clone()).or_default() += 1,
+                    Arg::Tuple(vs) => vs
+                        .iter()
+                        .for_each(|v| *uses.entry(v.clone()).or_default() += 1),
+                    Arg::Literal(_) => {}
+                }
+            }
+        }
+        for o in &f.outputs {
+            *uses.entry(o.clone()).or_default() += 1;
+        }
+        Lowering {
+            checked,
+            weights,
+            mode,
+            values: Vec::new(),
+            consts: Vec::new(),
+            env: HashMap::new(),
+            steps: Vec::new(),
+            uses,
+            outputs: f.outputs.iter().cloned().collect(),
+            open_chain: None,
+            current: None,
+        }
+    }
+
+    fn rounds(&self, ty: &Type) -> bool {
+        self.mode == NumericMode::Fp16 && ty.dtype() == DType::Fp16
+    }
+
+    fn new_value(&mut self, shape: Vec<usize>, storage: Storage, round: bool) -> ValueId {
+        self.values.push(Value {
+            shape,
+            storage,
+            round,
+        });
+        self.values.len() - 1
+    }
+
+    fn ty(&self, name: &str) -> Type {
+        self.checked
+            .types
+            .get(name)
+            .cloned()
+            .unwrap_or(Type::Scalar(DType::Fp32))
+    }
+
+    fn shape(&self, id: ValueId) -> &[usize] {
+        &self.values[id].shape
+    }
+
+    /// A fresh arena value for `op`'s output, registered under its MIL name.
+    fn output(&mut self, op: &Op) -> ValueId {
+        let ty = self.ty(&op.output);
+        let round = self.rounds(&ty);
+        let id = self.new_value(ty.shape().to_vec(), Storage::Arena, round);
+        self.env.insert(op.output.clone(), id);
+        id
+    }
+
+    /// Registers `op`'s output as a view of `of` starting `offset` elements in.
+    fn alias(&mut self, op: &Op, of: ValueId, offset: usize) {
+        let (root, base) = match self.values[of].storage {
+            Storage::Alias { root, offset } => (root, offset),
+            _ => (of, 0),
+        };
+        let ty = self.ty(&op.output);
+        let round = self.rounds(&ty);
+        let id = self.new_value(
+            ty.shape().to_vec(),
+            Storage::Alias {
+                root,
+                offset: base + offset,
+            },
+            round,
+        );
+        self.env.insert(op.output.clone(), id);
+    }
+
+    /// The value behind a data argument, materialising constants on first use.
+    fn data(&mut self, arg: &Arg, what: &str) -> Result<ValueId, DeviceError> {
+        match arg {
+            Arg::Var(name) => {
+                if let Some(&id) = self.env.get(name) {
+                    return Ok(id);
+                }
+                let lit = self.checked.consts.get(name).cloned().ok_or_else(|| {
+                    DeviceError::CompileFailed(format!("{what}: `{name}` is not defined"))
+                })?;
+                let id = self.constant(&lit)?;
+                self.env.insert(name.clone(), id);
+                Ok(id)
+            }
+            Arg::Literal(lit) => self.constant(lit),
+            Arg::Tuple(_) => Err(DeviceError::CompileFailed(format!(
+                "{what}: a tuple is not a tensor"
+            ))),
+        }
+    }
+
+    fn constant(&mut self, lit: &Literal) -> Result<ValueId, DeviceError> {
+        let ty = lit.ty();
+        let mut data = self.literal_f32(lit)?;
+        let round = self.rounds(&ty);
+        if round {
+            fp16::round_slice(&mut data);
+        }
+        self.consts.push(data);
+        Ok(self.new_value(
+            ty.shape().to_vec(),
+            Storage::Const(self.consts.len() - 1),
+            round,
+        ))
+    }
+
+    fn literal_f32(&self, lit: &Literal) -> Result<Vec<f32>, DeviceError> {
+        match lit {
+            Literal::Scalar { value, .. } => Ok(vec![scalar_f32(value)?]),
+            Literal::Tensor { values, .. } => values.iter().map(scalar_f32).collect(),
+            Literal::Blob {
+                dtype,
+                shape,
+                path,
+                offset,
+            } => {
+                if self.weights.get(path).is_none() {
+                    return Err(DeviceError::MissingWeights(path.clone()));
+                }
+                self.weights
+                    .tensor_f32(path, *offset, *dtype, shape)
+                    .map_err(|source| DeviceError::Weights {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    })
+            }
+        }
+    }
+
+    /// The literal behind a structural parameter (argument or attribute), if given.
+    fn param(&self, op: &Op, key: &str) -> Option<Literal> {
+        match op.arg(key) {
+            Some(Arg::Var(name)) => self.checked.consts.get(name).cloned(),
+            Some(Arg::Literal(l)) => Some(l.clone()),
+            Some(Arg::Tuple(_)) => None,
+            None => op.attr(key).cloned(),
+        }
+    }
+
+    fn param_ints(&self, op: &Op, key: &str) -> Option<Vec<i64>> {
+        self.param(op, key).and_then(|l| l.as_ints())
+    }
+
+    fn param_int(&self, op: &Op, key: &str, default: i64) -> i64 {
+        self.param_ints(op, key)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(default)
+    }
+
+    fn param_bool(&self, op: &Op, key: &str) -> bool {
+        self.param_int(op, key, 0) != 0
+    }
+
+    fn param_str(&self, op: &Op, key: &str) -> Option<String> {
+        self.param(op, key)
+            .and_then(|l| l.as_str().map(str::to_string))
+    }
+
+    fn param_f32(&self, op: &Op, key: &str) -> Option<f32> {
+        match self.param(op, key)? {
+            Literal::Scalar { value, .. } => value.as_f64().map(|v| v as f32),
+            _ => None,
+        }
+    }
+
+    fn arg_data(&mut self, op: &Op, key: &str) -> Result<ValueId, DeviceError> {
+        let arg = op
+            .arg(key)
+            .ok_or_else(|| unsupported(op, format!("missing argument `{key}`")))?
+            .clone();
+        self.data(&arg, key)
+    }
+
+    fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    fn lower_op(&mut self, op: &Op) -> Result<(), DeviceError> {
+        self.current = Some((op.kind.clone(), op.output.clone()));
+        if op.kind == "const" {
+            return Ok(());
+        }
+        let chain_before = self.open_chain.take();
+        if let Some(kind) = ew_kind(op, self) {
+            return self.lower_elementwise(op, kind, chain_before);
+        }
+        match op.kind.as_str() {
+            "identity" | "reshape" => {
+                let x = self.arg_data(op, "x")?;
+                self.alias(op, x, 0);
+            }
+            "cast" => self.lower_cast(op)?,
+            "transpose" => self.lower_transpose(op)?,
+            "slice_by_size" | "slice_by_index" => self.lower_slice(op)?,
+            "concat" => self.lower_concat(op)?,
+            "conv" => self.lower_conv(op)?,
+            "matmul" => self.lower_matmul(op)?,
+            "softmax" => self.lower_softmax(op)?,
+            "reduce_sum" | "reduce_mean" | "reduce_max" => self.lower_reduce(op)?,
+            "quantize" | "dequantize" => self.lower_quantization(op)?,
+            "constexpr_affine_dequantize" => self.lower_constexpr_dequantize(op)?,
+            "scaled_dot_product_attention" => self.lower_sdpa(op)?,
+            other => return Err(unsupported(op, format!("the CPU device has no `{other}`"))),
+        }
+        Ok(())
+    }
+
+    /// Unary and binary elementwise ops: extend the open chain when this op consumes its
+    /// result and nobody else does; otherwise start a new chain.
+    fn lower_elementwise(
+        &mut self,
+        op: &Op,
+        kind: EwKind,
+        chain: Option<String>,
+    ) -> Result<(), DeviceError> {
+        let out_ty = self.ty(&op.output);
+        let out_shape = out_ty.shape().to_vec();
+        let round = self.rounds(&out_ty);
+        let operand_keys: &[&str] = if kind.is_binary() {
+            &["x", "y"]
+        } else {
+            &["x"]
+        };
+        let vars: Vec<Option<String>> = operand_keys
+            .iter()
+            .map(|k| match op.arg(k) {
+                Some(Arg::Var(v)) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        let fusable = chain.as_ref().and_then(|c| {
+            let position = vars.iter().position(|v| v.as_deref() == Some(c))?;
+            let sole_use = self.uses.get(c) == Some(&1) && !self.outputs.contains(c);
+            let Some(Step::Ew(e)) = self.steps.last() else {
+                return None;
+            };
+            let sides = e.ops.iter().filter(|o| o.side.is_some()).count();
+            (sole_use && self.shape(e.out) == out_shape.as_slice() && sides + 3 < MAX_OPERANDS)
+                .then_some(position)
+        });
+        let new_op = |side: Option<Operand>, chain_is_x: bool| EwOp {
+            kind,
+            side,
+            chain_is_x,
+            round,
+        };
+        if let Some(position) = fusable {
+            let side = if kind.is_binary() {
+                let key = operand_keys[1 - position];
+                let v = self.arg_data(op, key)?;
+                Some(self.broadcast_operand(v, &out_shape))
+            } else {
+                None
+            };
+            let out = self.output(op);
+            let Some(Step::Ew(e)) = self.steps.last_mut() else {
+                unreachable!("fusable implies the last step is a chain");
+            };
+            e.out = out;
+            e.ops.push(new_op(side, position == 0));
+        } else {
+            let x = self.arg_data(op, "x")?;
+            let first = self.broadcast_operand(x, &out_shape);
+            let side = if kind.is_binary() {
+                let y = self.arg_data(op, "y")?;
+                Some(self.broadcast_operand(y, &out_shape))
+            } else {
+                None
+            };
+            let out = self.output(op);
+            self.push(Step::Ew(EwChain {
+                out,
+                shape: out_shape,
+                first,
+                ops: vec![new_op(side, true)],
+                strides: Vec::new(),
+            }));
+        }
+        self.open_chain = Some(op.output.clone());
+        Ok(())
+    }
+
+    fn broadcast_operand(&self, v: ValueId, out_shape: &[usize]) -> Operand {
+        Operand {
+            value: v,
+            offset: 0,
+            strides: broadcast_strides(self.shape(v), out_shape),
+        }
+    }
+
+    /// A single elementwise step outside any chain.
+    fn ew_step(&mut self, out: ValueId, first: Operand, ops: Vec<EwOp>) {
+        let shape = self.shape(out).to_vec();
+        self.push(Step::Ew(EwChain {
+            out,
+            shape,
+            first,
+            ops,
+            strides: Vec::new(),
+        }));
+    }
+
+    fn lower_cast(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let target = self.ty(&op.output).dtype();
+        if target.is_float() && !(self.mode == NumericMode::Fp16 && target == DType::Fp16) {
+            // Widening, or fp32 mode where fp16 is computed in fp32: a view.
+            self.alias(op, x, 0);
+            return Ok(());
+        }
+        let kind = if target.is_float() {
+            EwKind::Identity
+        } else if target == DType::Bool {
+            return Err(unsupported(op, "cast to bool"));
+        } else {
+            EwKind::Trunc
+        };
+        let out = self.output(op);
+        let first = self.broadcast_operand(x, self.shape(out));
+        let round = self.values[out].round;
+        self.ew_step(
+            out,
+            first,
+            vec![EwOp {
+                kind,
+                side: None,
+                chain_is_x: true,
+                round,
+            }],
+        );
+        Ok(())
+    }
+
+    fn lower_transpose(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let perm = self
+            .param_ints(op, "perm")
+            .ok_or_else(|| unsupported(op, "`perm` must be constant"))?;
+        let in_strides = contiguous_strides(self.shape(x));
+        let rank = in_strides.len() as i64;
+        let src_strides: Vec<usize> = perm
+            .iter()
+            .map(|&p| in_strides[p.rem_euclid(rank.max(1)) as usize])
+            .collect();
+        let out = self.output(op);
+        let shape = self.shape(out).to_vec();
+        self.copy_step(
+            out,
+            vec![(x, 0, src_strides, 0, contiguous_strides(&shape), shape)],
+        );
+        Ok(())
+    }
+
+    /// A copy step with its loop nests collapsed.
+    #[allow(clippy::type_complexity)]
+    fn copy_step(
+        &mut self,
+        dst: ValueId,
+        pieces: Vec<(ValueId, usize, Vec<usize>, usize, Vec<usize>, Vec<usize>)>,
+    ) {
+        let pieces = pieces
+            .into_iter()
+            .map(|(src, src_offset, ss, dst_offset, ds, shape)| {
+                let (shape, strides) = collapse(&shape, &[ss, ds]);
+                let [src_strides, dst_strides]: [Vec<usize>; 2] =
+                    strides.try_into().expect("two operands in, two out");
+                CopyPiece {
+                    src,
+                    src_offset,
+                    src_strides,
+                    dst_offset,
+                    dst_strides,
+                    shape,
+                }
+            })
+            .collect();
+        self.push(Step::Copy(CopyStep { dst, pieces }));
+    }
+
+    fn lower_slice(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let in_shape = self.shape(x).to_vec();
+        let rank = in_shape.len();
+        let begin = self
+            .param_ints(op, "begin")
+            .ok_or_else(|| unsupported(op, "`begin` must be constant"))?;
+        let (begin, size, step) = if op.kind == "slice_by_size" {
+            let size = self
+                .param_ints(op, "size")
+                .ok_or_else(|| unsupported(op, "`size` must be constant"))?;
+            let begin: Vec<usize> = (0..rank)
+                .map(|d| norm_index(begin[d], in_shape[d]))
+                .collect();
+            let size: Vec<usize> = (0..rank)
+                .map(|d| {
+                    if size[d] < 0 {
+                        in_shape[d] - begin[d]
+                    } else {
+                        size[d] as usize
+                    }
+                })
+                .collect();
+            (begin, size, vec![1usize; rank])
+        } else {
+            let end = self
+                .param_ints(op, "end")
+                .ok_or_else(|| unsupported(op, "`end` must be constant"))?;
+            let stride = self
+                .param_ints(op, "stride")
+                .unwrap_or_else(|| vec![1; rank]);
+            let bmask = self.param_ints(op, "begin_mask").unwrap_or(vec![0; rank]);
+            let emask = self.param_ints(op, "end_mask").unwrap_or(vec![0; rank]);
+            if stride.iter().any(|&s| s <= 0) {
+                return Err(unsupported(op, "only positive strides are supported"));
+            }
+            let mut b = Vec::with_capacity(rank);
+            let mut sz = Vec::with_capacity(rank);
+            for d in 0..rank {
+                let lo = if bmask[d] != 0 {
+                    0
+                } else {
+                    norm_index(begin[d], in_shape[d])
+                };
+                let hi = if emask[d] != 0 {
+                    in_shape[d]
+                } else {
+                    norm_index(end[d], in_shape[d])
+                };
+                let s = stride[d] as usize;
+                b.push(lo);
+                sz.push(hi.saturating_sub(lo).div_ceil(s));
+            }
+            (b, sz, stride.iter().map(|&s| s as usize).collect())
+        };
+        let strides = contiguous_strides(&in_shape);
+        let offset: usize = begin.iter().zip(&strides).map(|(b, s)| b * s).sum();
+        if step.iter().all(|&s| s == 1) && is_contiguous_region(&in_shape, &size) {
+            self.alias(op, x, offset);
+            return Ok(());
+        }
+        let src_strides: Vec<usize> = strides.iter().zip(&step).map(|(s, k)| s * k).collect();
+        let out = self.output(op);
+        self.copy_step(
+            out,
+            vec![(x, offset, src_strides, 0, contiguous_strides(&size), size)],
+        );
+        Ok(())
+    }
+
+    fn lower_concat(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let Some(Arg::Tuple(names)) = op.arg("values").cloned() else {
+            return Err(unsupported(op, "`values` must be a tuple"));
+        };
+        let out_ty = self.ty(&op.output);
+        let out_shape = out_ty.shape().to_vec();
+        let rank = out_shape.len() as i64;
+        let axis = self.param_int(op, "axis", 0).rem_euclid(rank.max(1)) as usize;
+        let interleave = self.param_bool(op, "interleave");
+        let out_strides = contiguous_strides(&out_shape);
+        let count = names.len();
+        let mut pieces = Vec::with_capacity(count);
+        let mut along = 0;
+        let inputs: Vec<ValueId> = names
+            .iter()
+            .map(|n| self.data(&Arg::Var(n.clone()), "values"))
+            .collect::<Result<_, _>>()?;
+        for (i, &v) in inputs.iter().enumerate() {
+            let shape = self.shape(v).to_vec();
+            let mut dst_strides = out_strides.clone();
+            let dst_offset = if interleave {
+                dst_strides[axis] *= count;
+                i * out_strides[axis]
+            } else {
+                along * out_strides[axis]
+            };
+            along += shape[axis];
+            pieces.push((
+                v,
+                0,
+                contiguous_strides(&shape),
+                dst_offset,
+                dst_strides,
+                shape,
+            ));
+        }
+        let out = self.output(op);
+        self.copy_step(out, pieces);
+        Ok(())
+    }
+
+    fn lower_conv(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let w = self.arg_data(op, "weight")?;
+        let bias = match op.arg("bias") {
+            Some(a) => Some(self.data(&a.clone(), "bias")?),
+            None => None,
+        };
+        let xs = self.shape(x).to_vec();
+        let ws = self.shape(w).to_vec();
+        if xs.len() != 4 || ws.len() != 4 {
+            return Err(unsupported(
+                op,
+                "only 2-D convolutions (rank-4 x and weight)",
+            ));
+        }
+        let out = self.output(op);
+        let ys = self.shape(out).to_vec();
+        let groups = self.param_int(op, "groups", 1).max(1) as usize;
+        let strides = self.param_ints(op, "strides").unwrap_or(vec![1, 1]);
+        let dilations = self.param_ints(op, "dilations").unwrap_or(vec![1, 1]);
+        let pad_type = self.param_str(op, "pad_type").unwrap_or("valid".into());
+        let pad_begin = match pad_type.as_str() {
+            "custom" => {
+                let p = self.param_ints(op, "pad").unwrap_or(vec![0; 4]);
+                [p[0] as usize, p[2] as usize]
+            }
+            "same" => {
+                let total = |d: usize| {
+                    let needed = (ys[2 + d] - 1) * strides[d] as usize
+                        + (ws[2 + d] - 1) * dilations[d] as usize
+                        + 1;
+                    needed.saturating_sub(xs[2 + d])
+                };
+                [total(0) / 2, total(1) / 2]
+            }
+            _ => [0, 0],
+        };
+        let pointwise = ws[2] == 1
+            && ws[3] == 1
+            && strides.iter().all(|&s| s == 1)
+            && pad_begin == [0, 0]
+            && ys[2] == xs[2]
+            && ys[3] == xs[3];
+        if pointwise {
+            // y[n, g] = W[g] · x[n, g]: one product per batch element and group, weights
+            // row-major [Cout][Cin/g] exactly as the blob stores them.
+            let (cin, cout, hw) = (xs[1], ws[0], xs[2] * xs[3]);
+            let (cin_g, cout_g) = (cin / groups, cout / groups);
+            let mut batches = Vec::with_capacity(xs[0] * groups);
+            for n in 0..xs[0] {
+                for g in 0..groups {
+                    batches.push([
+                        g * cout_g * cin_g,
+                        (n * cin + g * cin_g) * hw,
+                        (n * cout + g * cout_g) * hw,
+                    ]);
+                }
+            }
+            self.push(Step::Gemm(GemmStep {
+                a: w,
+                la: MatLayout::row_major(0, cin_g),
+                b: x,
+                lb: MatLayout::row_major(0, hw),
+                c: out,
+                lc: MatLayout::row_major(0, hw),
+                m: cout_g,
+                n: hw,
+                k: cin_g,
+                batches,
+                scale: 1.0,
+                bias,
+            }));
+        } else {
+            let arr = |v: &[usize]| [v[0], v[1], v[2], v[3]];
+            self.push(Step::Conv(ConvStep {
+                x,
+                w,
+                bias,
+                y: out,
+                in_shape: arr(&xs),
+                w_shape: arr(&ws),
+                out_shape: arr(&ys),
+                strides: [strides[0] as usize, strides[1] as usize],
+                dilations: [dilations[0] as usize, dilations[1] as usize],
+                pad_begin,
+                groups,
+            }));
+        }
+        Ok(())
+    }
+
+    /// A batched product `out[..., m, n] = scale · x[..., m, k] · y[..., k, n]`, with numpy
+    /// broadcasting over the batch dimensions and transposes as strided views.
+    #[allow(clippy::too_many_arguments)]
+    fn batched_gemm(
+        &mut self,
+        op: &Op,
+        x: ValueId,
+        tx: bool,
+        y: ValueId,
+        ty: bool,
+        out: ValueId,
+        scale: f32,
+    ) -> Result<(), DeviceError> {
+        let xs = self.shape(x).to_vec();
+        let ys = self.shape(y).to_vec();
+        let os = self.shape(out).to_vec();
+        if xs.len() < 2 || ys.len() < 2 || os.len() < 2 {
+            return Err(unsupported(op, "matmul operands of rank below 2"));
+        }
+        let (xr, xc) = (xs[xs.len() - 2], xs[xs.len() - 1]);
+        let (yr, yc) = (ys[ys.len() - 2], ys[ys.len() - 1]);
+        let (m, k) = if tx { (xc, xr) } else { (xr, xc) };
+        let n = if ty { yr } else { yc };
+        let batch_shape = &os[..os.len() - 2];
+        let xb = broadcast_strides(&xs[..xs.len() - 2], batch_shape);
+        let yb = broadcast_strides(&ys[..ys.len() - 2], batch_shape);
+        let ob = contiguous_strides(batch_shape);
+        let count: usize = batch_shape.iter().product();
+        let mut batches = Vec::with_capacity(count);
+        for b in 0..count {
+            let (mut ox, mut oy, mut rem) = (0, 0, b);
+            for d in 0..batch_shape.len() {
+                let i = rem / ob[d];
+                rem %= ob[d];
+                ox += i * xb[d];
+                oy += i * yb[d];
+            }
+            batches.push([ox * xr * xc, oy * yr * yc, b * m * n]);
+        }
+        let view = |t: bool, cols: usize| {
+            let l = MatLayout::row_major(0, cols);
+            if t {
+                l.transposed()
+            } else {
+                l
+            }
+        };
+        self.push(Step::Gemm(GemmStep {
+            a: x,
+            la: view(tx, xc),
+            b: y,
+            lb: view(ty, yc),
+            c: out,
+            lc: MatLayout::row_major(0, n),
+            m,
+            n,
+            k,
+            batches,
+            scale,
+            bias: None,
+        }));
+        Ok(())
+    }
+
+    fn lower_matmul(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let y = self.arg_data(op, "y")?;
+        let tx = self.param_bool(op, "transpose_x");
+        let ty = self.param_bool(op, "transpose_y");
+        let out = self.output(op);
+        self.batched_gemm(op, x, tx, y, ty, out, 1.0)
+    }
+
+    fn softmax_step(&mut self, x: ValueId, y: ValueId, axis: usize) {
+        let shape = self.shape(x).to_vec();
+        let outer = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        self.push(Step::Softmax(SoftmaxStep {
+            x,
+            y,
+            outer,
+            len: shape[axis],
+            inner,
+            scratch: if inner > 1 {
+                vec![0.0; 2 * inner]
+            } else {
+                Vec::new()
+            },
+        }));
+    }
+
+    fn lower_softmax(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let rank = self.shape(x).len().max(1) as i64;
+        let axis = self.param_int(op, "axis", -1).rem_euclid(rank) as usize;
+        let out = self.output(op);
+        self.softmax_step(x, out, axis);
+        Ok(())
+    }
+
+    fn lower_reduce(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "x")?;
+        let shape = self.shape(x).to_vec();
+        let rank = shape.len().max(1) as i64;
+        let axes: Vec<usize> = match self.param_ints(op, "axes") {
+            Some(a) => a.iter().map(|&v| v.rem_euclid(rank) as usize).collect(),
+            None => (0..shape.len()).collect(),
+        };
+        let kept: Vec<usize> = (0..shape.len())
+            .map(|d| if axes.contains(&d) { 1 } else { shape[d] })
+            .collect();
+        let mut out_strides = contiguous_strides(&kept);
+        for &a in &axes {
+            out_strides[a] = 0;
+        }
+        let kind = match op.kind.as_str() {
+            "reduce_sum" => ReduceKind::Sum,
+            "reduce_mean" => ReduceKind::Mean,
+            _ => ReduceKind::Max,
+        };
+        let out = self.output(op);
+        let (cshape, strides) = collapse(&shape, &[contiguous_strides(&shape), out_strides]);
+        let [xs, ys]: [Vec<usize>; 2] = strides.try_into().expect("two operands");
+        self.push(Step::Reduce(ReduceStep {
+            x,
+            y: out,
+            kind,
+            shape: cshape,
+            strides: [xs, ys],
+            out_len: kept.iter().product(),
+            count: axes.iter().map(|&a| shape[a]).product(),
+        }));
+        Ok(())
+    }
+
+    /// A per-axis parameter (scale, zero point) as an operand over `out_shape`: a scalar
+    /// broadcasts everywhere, a vector runs along `axis`.
+    fn axis_operand(&self, v: ValueId, axis: Option<i64>, out_shape: &[usize]) -> Operand {
+        let shape = self.shape(v);
+        if shape.len() == 1 && shape[0] > 1 && out_shape.len() > 1 {
+            let rank = out_shape.len() as i64;
+            let a = axis.unwrap_or(0).rem_euclid(rank) as usize;
+            let mut strides = vec![0; out_shape.len()];
+            strides[a] = 1;
+            return Operand {
+                value: v,
+                offset: 0,
+                strides,
+            };
+        }
+        self.broadcast_operand(v, out_shape)
+    }
+
+    fn lower_quantization(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let x = self.arg_data(op, "input")?;
+        let scale = self.arg_data(op, "scale")?;
+        let zero = match op.arg("zero_point") {
+            Some(a) => Some(self.data(&a.clone(), "zero_point")?),
+            None => None,
+        };
+        let axis = self.param_ints(op, "axis").and_then(|v| v.first().copied());
+        let out = self.output(op);
+        let shape = self.shape(out).to_vec();
+        let first = self.broadcast_operand(x, &shape);
+        let scale = self.axis_operand(scale, axis, &shape);
+        let zero = zero.map(|z| self.axis_operand(z, axis, &shape));
+        let step = |kind, side| EwOp {
+            kind,
+            side,
+            chain_is_x: true,
+            round: false,
+        };
+        let mut ops = Vec::new();
+        if op.kind == "quantize" {
+            let (lo, hi) = match self.param_str(op, "output_dtype").as_deref() {
+                Some("uint8") => (0.0, 255.0),
+                _ => (-128.0, 127.0),
+            };
+            ops.push(step(EwKind::Div, Some(scale)));
+            ops.push(step(EwKind::RoundEven, None));
+            if let Some(z) = zero {
+                ops.push(step(EwKind::Add, Some(z)));
+            }
+            ops.push(step(EwKind::Clamp(lo, hi), None));
+        } else {
+            if let Some(z) = zero {
+                ops.push(step(EwKind::Sub, Some(z)));
+            }
+            ops.push(step(EwKind::Mul, Some(scale)));
+            let round = self.values[out].round;
+            if let Some(last) = ops.last_mut() {
+                last.round = round;
+            }
+        }
+        self.ew_step(out, first, ops);
+        Ok(())
+    }
+
+    fn lower_constexpr_dequantize(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let lit = |key: &str| {
+            self.param(op, key)
+                .ok_or_else(|| unsupported(op, format!("missing attribute `{key}`")))
+        };
+        let data = self.literal_f32(&lit("quantized_data")?)?;
+        let shape = lit("quantized_data")?.ty().shape().to_vec();
+        let scale = self.literal_f32(&lit("scale")?)?;
+        let zero = match self.param(op, "zero_point") {
+            Some(z) => self.literal_f32(&z)?,
+            None => vec![0.0],
+        };
+        let axis = self
+            .param_int(op, "axis", 0)
+            .rem_euclid(shape.len().max(1) as i64) as usize;
+        let inner: usize = shape[axis + 1..].iter().product();
+        let along = shape.get(axis).copied().unwrap_or(1);
+        let pick = |v: &[f32], i: usize| {
+            if v.len() == 1 {
+                v[0]
+            } else {
+                v[(i / inner) % along]
+            }
+        };
+        let mut values: Vec<f32> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| (q - pick(&zero, i)) * pick(&scale, i))
+            .collect();
+        let ty = self.ty(&op.output);
+        let round = self.rounds(&ty);
+        if round {
+            fp16::round_slice(&mut values);
+        }
+        self.consts.push(values);
+        let id = self.new_value(shape, Storage::Const(self.consts.len() - 1), round);
+        self.env.insert(op.output.clone(), id);
+        Ok(())
+    }
+
+    /// SDPA as the ANE kernels write attention out by hand: Q·Kᵀ·scale (+ mask), softmax over
+    /// keys, times V.
+    fn lower_sdpa(&mut self, op: &Op) -> Result<(), DeviceError> {
+        let q = self.arg_data(op, "query")?;
+        let k = self.arg_data(op, "key")?;
+        let v = self.arg_data(op, "value")?;
+        let mask = match op.arg("attn_mask") {
+            Some(a) => Some(self.data(&a.clone(), "attn_mask")?),
+            None => None,
+        };
+        let out_ty = self.ty(&op.output);
+        let round = self.rounds(&out_ty);
+        let qs = self.shape(q).to_vec();
+        let ks = self.shape(k).to_vec();
+        let (l, e) = (qs[qs.len() - 2], qs[qs.len() - 1]);
+        let s = ks[ks.len() - 2];
+        let out = self.output(op);
+        let os = self.shape(out).to_vec();
+        let mut score_shape = os[..os.len() - 2].to_vec();
+        score_shape.extend([l, s]);
+        let scores = self.new_value(score_shape.clone(), Storage::Arena, round);
+        self.batched_gemm(op, q, false, k, true, scores, 1.0 / (e as f32).sqrt())?;
+        let probs_in = if let Some(m) = mask {
+            let masked = self.new_value(score_shape.clone(), Storage::Arena, round);
+            let first = self.broadcast_operand(scores, &score_shape);
+            let side = self.broadcast_operand(m, &score_shape);
+            self.ew_step(
+                masked,
+                first,
+                vec![EwOp {
+                    kind: EwKind::Add,
+                    side: Some(side),
+                    chain_is_x: true,
+                    round,
+                }],
+            );
+            masked
+        } else {
+            scores
+        };
+        let probs = self.new_value(score_shape.clone(), Storage::Arena, round);
+        self.softmax_step(probs_in, probs, score_shape.len() - 1);
+        self.batched_gemm(op, probs, false, v, false, out, 1.0)
+    }
+
+    fn finish(
+        mut self,
+        inputs: Vec<(ValueId, bool)>,
+        outputs: Vec<ValueId>,
+    ) -> Result<Plan, DeviceError> {
+        for step in &mut self.steps {
+            if let Step::Ew(e) = step {
+                e.finish();
+            }
+        }
+        for step in &self.steps {
+            let too_big = match step {
+                Step::Ew(e) => e.shape.len() > MAX_RANK + 1 || e.strides.len() > MAX_OPERANDS,
+                Step::Reduce(r) => r.shape.len() > MAX_RANK + 1,
+                Step::Copy(c) => c.pieces.iter().any(|p| p.shape.len() > MAX_RANK + 1),
+                _ => false,
+            };
+            if too_big {
+                return Err(DeviceError::CompileFailed(format!(
+                    "a loop nest has more than {MAX_RANK} dimensions after collapsing"
+                )));
+            }
+        }
+        let root = |values: &[Value], id: ValueId| match values[id].storage {
+            Storage::Alias { root, offset } => (root, offset),
+            _ => (id, 0),
+        };
+        // Live ranges of arena roots: steps are numbered 1..=n, inputs are born at 0, and
+        // function outputs live past the last step.
+        let n = self.steps.len();
+        let mut born = vec![usize::MAX; self.values.len()];
+        let mut dies = vec![0usize; self.values.len()];
+        for &(id, _) in &inputs {
+            born[id] = 0;
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let (r, _) = root(&self.values, step.writes());
+            born[r] = born[r].min(i + 1);
+            for read in step.reads() {
+                let (r, _) = root(&self.values, read);
+                dies[r] = dies[r].max(i + 1);
+            }
+        }
+        for &id in &outputs {
+            let (r, _) = root(&self.values, id);
+            dies[r] = n + 1;
+        }
+        let mut offsets = vec![usize::MAX; self.values.len()];
+        let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (offset, len, dies)
+        let mut arena_len = 0;
+        let mut order: Vec<ValueId> = (0..self.values.len())
+            .filter(|&id| {
+                matches!(self.values[id].storage, Storage::Arena) && born[id] != usize::MAX
+            })
+            .collect();
+        order.sort_by_key(|&id| born[id]);
+        for id in order {
+            live.retain(|&(_, _, d)| d >= born[id]);
+            let len = align(self.values[id].shape.iter().product::<usize>().max(1));
+            live.sort_unstable();
+            let mut at = 0;
+            for &(o, l, _) in &live {
+                if o >= at + len {
+                    break;
+                }
+                at = at.max(o + l);
+            }
+            live.push((at, len, dies[id].max(born[id])));
+            offsets[id] = at;
+            arena_len = arena_len.max(at + len);
+        }
+        let places = (0..self.values.len())
+            .map(|id| {
+                let (r, off) = root(&self.values, id);
+                match self.values[r].storage {
+                    Storage::Const(c) => Place::Const(c, off),
+                    Storage::Arena if offsets[r] != usize::MAX => Place::Arena(offsets[r] + off),
+                    _ => Place::Unused,
+                }
+            })
+            .collect();
+        let round_after = self
+            .steps
+            .iter()
+            .map(|s| !s.rounds_itself() && self.values[s.writes()].round)
+            .collect();
+        let lens = self
+            .values
+            .iter()
+            .map(|v| v.shape.iter().product())
+            .collect();
+        Ok(Plan {
+            steps: self.steps,
+            round_after,
+            places,
+            lens,
+            consts: self.consts,
+            arena_len,
+            inputs,
+            outputs,
+        })
+    }
+}
+
+/// Arena slots start on 64-byte boundaries.
+fn align(len: usize) -> usize {
+    len.div_ceil(16) * 16
+}
+
+fn norm_index(i: i64, dim: usize) -> usize {
+    if i < 0 {
+        (i + dim as i64).max(0) as usize
+    } else {
+        (i as usize).min(dim)
+    }
+}
+
+/// Whether a slice of `size` out of a dense `shape` is one contiguous run of memory: every
+/// dimension after the innermost partial one is taken whole, and every one before it has size 1.
+fn is_contiguous_region(shape: &[usize], size: &[usize]) -> bool {
+    match (0..shape.len()).rev().find(|&d| size[d] != shape[d]) {
+        None => true,
+        Some(inner) => (0..inner).all(|d| size[d] == 1),
+    }
+}
+
+fn scalar_f32(s: &Scalar) -> Result<f32, DeviceError> {
+    s.as_f64().map(|v| v as f32).ok_or_else(|| {
+        DeviceError::CompileFailed("a string constant is used as tensor data".to_string())
+    })
+}
+
+/// The elementwise kind of an op, if it is one.
+fn ew_kind(op: &Op, l: &Lowering<'_>) -> Option<EwKind> {
+    Some(match op.kind.as_str() {
+        "add" => EwKind::Add,
+        "sub" => EwKind::Sub,
+        "mul" => EwKind::Mul,
+        "real_div" => EwKind::Div,
+        "pow" => EwKind::Pow,
+        "maximum" => EwKind::Max,
+        "minimum" => EwKind::Min,
+        "sigmoid" => EwKind::Sigmoid,
+        "exp" => EwKind::Exp,
+        "log" => EwKind::Log,
+        "sqrt" => EwKind::Sqrt,
+        "rsqrt" => EwKind::Rsqrt(l.param_f32(op, "epsilon").unwrap_or(1e-12)),
+        "relu" => EwKind::Relu,
+        "silu" => EwKind::Silu,
+        "tanh" => EwKind::Tanh,
+        "abs" => EwKind::Abs,
+        "square" => EwKind::Square,
+        "gelu" => EwKind::Gelu(match l.param_str(op, "mode").as_deref() {
+            Some("TANH_APPROXIMATION") => GeluMode::Tanh,
+            Some("SIGMOID_APPROXIMATION") => GeluMode::Sigmoid,
+            _ => GeluMode::Exact,
+        }),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_regions() {
+        // Channel slices of [1, C, 1, S] are contiguous; spatial slices are not.
+        assert!(is_contiguous_region(&[1, 8, 1, 4], &[1, 3, 1, 4]));
+        assert!(!is_contiguous_region(&[1, 8, 1, 4], &[1, 8, 1, 2]));
+        assert!(is_contiguous_region(&[1, 8, 1, 4], &[1, 1, 1, 2]));
+        assert!(!is_contiguous_region(&[2, 8, 1, 4], &[2, 3, 1, 4]));
+    }
+}

@@ -1,0 +1,592 @@
+//! The steps a compiled CPU kernel executes, and how each one runs.
+//!
+//! Steps name values by [`ValueId`]; the kernel's location table maps each value to a place in
+//! the arena or in the constant pool. The planner guarantees that a step's output never
+//! overlaps any of its inputs.
+
+use super::matmul::{gemm, MatLayout};
+use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
+use crate::fp16;
+
+pub type ValueId = usize;
+
+/// A tensor read through a broadcast view of the output's index space.
+#[derive(Clone, Debug)]
+pub struct Operand {
+    pub value: ValueId,
+    pub offset: usize,
+    pub strides: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GeluMode {
+    Exact,
+    Tanh,
+    Sigmoid,
+}
+
+/// One elementwise operation in a fused chain.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EwKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    Sigmoid,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt(f32),
+    Relu,
+    Silu,
+    Tanh,
+    Gelu(GeluMode),
+    Abs,
+    Square,
+    Identity,
+    /// Round half to even, as quantisation does.
+    RoundEven,
+    /// Toward zero, as a float → int cast does.
+    Trunc,
+    Clamp(f32, f32),
+}
+
+impl EwKind {
+    pub fn is_binary(self) -> bool {
+        matches!(
+            self,
+            EwKind::Add
+                | EwKind::Sub
+                | EwKind::Mul
+                | EwKind::Div
+                | EwKind::Pow
+                | EwKind::Max
+                | EwKind::Min
+        )
+    }
+
+    #[inline(always)]
+    fn binary(self, x: f32, y: f32) -> f32 {
+        match self {
+            EwKind::Add => x + y,
+            EwKind::Sub => x - y,
+            EwKind::Mul => x * y,
+            EwKind::Div => x / y,
+            EwKind::Pow => x.powf(y),
+            EwKind::Max => x.max(y),
+            EwKind::Min => x.min(y),
+            _ => unreachable!("not a binary op"),
+        }
+    }
+
+    #[inline(always)]
+    fn unary(self, x: f32) -> f32 {
+        match self {
+            EwKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            EwKind::Exp => x.exp(),
+            EwKind::Log => x.ln(),
+            EwKind::Sqrt => x.sqrt(),
+            EwKind::Rsqrt(eps) => 1.0 / (x + eps).sqrt(),
+            EwKind::Relu => x.max(0.0),
+            EwKind::Silu => x / (1.0 + (-x).exp()),
+            EwKind::Tanh => x.tanh(),
+            EwKind::Gelu(mode) => gelu(x, mode),
+            EwKind::Abs => x.abs(),
+            EwKind::Square => x * x,
+            EwKind::Identity => x,
+            EwKind::RoundEven => x.round_ties_even(),
+            EwKind::Trunc => x.trunc(),
+            EwKind::Clamp(lo, hi) => x.clamp(lo, hi),
+            _ => unreachable!("not a unary op"),
+        }
+    }
+}
+
+fn gelu(x: f32, mode: GeluMode) -> f32 {
+    match mode {
+        GeluMode::Exact => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+        GeluMode::Tanh => {
+            let c = (2.0 / std::f32::consts::PI).sqrt();
+            0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+        }
+        GeluMode::Sigmoid => x / (1.0 + (-1.702 * x).exp()),
+    }
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), evaluated in f64.
+fn erf(x: f32) -> f32 {
+    let x = x as f64;
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let poly = t
+        * (0.254829592
+            + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    (if x < 0.0 { -y } else { y }) as f32
+}
+
+#[derive(Clone, Debug)]
+pub struct EwOp {
+    pub kind: EwKind,
+    /// The other operand of a binary op.
+    pub side: Option<Operand>,
+    /// For a binary op: whether the chain's running value is the `x` (left) operand.
+    pub chain_is_x: bool,
+    /// Round the result to fp16 (fp16 mode, fp16-typed result).
+    pub round: bool,
+}
+
+/// A chain of elementwise ops computed block by block, so intermediates never leave the cache.
+#[derive(Clone, Debug)]
+pub struct EwChain {
+    pub out: ValueId,
+    /// The output shape; collapsed by [`EwChain::finish`].
+    pub shape: Vec<usize>,
+    pub first: Operand,
+    pub ops: Vec<EwOp>,
+    /// Strides of the output, `first`, then each side operand, over the collapsed shape.
+    pub strides: Vec<Vec<usize>>,
+}
+
+impl EwChain {
+    /// Collapses the loop nest once, at compile time.
+    pub fn finish(&mut self) {
+        let mut strides = vec![super::shape::contiguous_strides(&self.shape)];
+        strides.push(self.first.strides.clone());
+        strides.extend(
+            self.ops
+                .iter()
+                .filter_map(|o| o.side.as_ref().map(|s| s.strides.clone())),
+        );
+        let (shape, strides) = collapse(&self.shape, &strides);
+        self.shape = shape;
+        self.strides = strides;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GemmStep {
+    pub a: ValueId,
+    pub la: MatLayout,
+    pub b: ValueId,
+    pub lb: MatLayout,
+    pub c: ValueId,
+    pub lc: MatLayout,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Element offsets added to (a, b, c) for each product of the batch.
+    pub batches: Vec<[usize; 3]>,
+    /// Multiplies every product (the attention scale of SDPA).
+    pub scale: f32,
+    /// A per-row bias (conv's `bias`), written into c before accumulating.
+    pub bias: Option<ValueId>,
+}
+
+/// A general convolution (any kernel size, strides, padding, dilations, groups).
+#[derive(Clone, Debug)]
+pub struct ConvStep {
+    pub x: ValueId,
+    pub w: ValueId,
+    pub bias: Option<ValueId>,
+    pub y: ValueId,
+    /// [N, Cin, H, W]
+    pub in_shape: [usize; 4],
+    /// [Cout, Cin/groups, kH, kW]
+    pub w_shape: [usize; 4],
+    /// [N, Cout, OH, OW]
+    pub out_shape: [usize; 4],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// Padding before each spatial axis: [top, left].
+    pub pad_begin: [usize; 2],
+    pub groups: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct SoftmaxStep {
+    pub x: ValueId,
+    pub y: ValueId,
+    pub outer: usize,
+    pub len: usize,
+    pub inner: usize,
+    /// Per-column running max and sum when the axis is not innermost.
+    pub scratch: Vec<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReduceStep {
+    pub x: ValueId,
+    pub y: ValueId,
+    pub kind: ReduceKind,
+    /// Collapsed input shape, and the input and output strides along it (0 on reduced axes).
+    pub shape: Vec<usize>,
+    pub strides: [Vec<usize>; 2],
+    pub out_len: usize,
+    /// Number of input elements folded into each output element (for the mean).
+    pub count: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct CopyPiece {
+    pub src: ValueId,
+    pub src_offset: usize,
+    pub src_strides: Vec<usize>,
+    pub dst_offset: usize,
+    pub dst_strides: Vec<usize>,
+    pub shape: Vec<usize>,
+}
+
+/// Strided copies into one output: transpose, non-contiguous slices, concat.
+#[derive(Clone, Debug)]
+pub struct CopyStep {
+    pub dst: ValueId,
+    pub pieces: Vec<CopyPiece>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Step {
+    Gemm(GemmStep),
+    Conv(ConvStep),
+    Ew(EwChain),
+    Softmax(SoftmaxStep),
+    Reduce(ReduceStep),
+    Copy(CopyStep),
+}
+
+impl Step {
+    /// The values the step reads.
+    pub fn reads(&self) -> Vec<ValueId> {
+        match self {
+            Step::Gemm(g) => [Some(g.a), Some(g.b), g.bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Step::Conv(c) => [Some(c.x), Some(c.w), c.bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Step::Ew(e) => std::iter::once(e.first.value)
+                .chain(
+                    e.ops
+                        .iter()
+                        .filter_map(|o| o.side.as_ref().map(|s| s.value)),
+                )
+                .collect(),
+            Step::Softmax(s) => vec![s.x],
+            Step::Reduce(r) => vec![r.x],
+            Step::Copy(c) => c.pieces.iter().map(|p| p.src).collect(),
+        }
+    }
+
+    /// The value the step writes.
+    pub fn writes(&self) -> ValueId {
+        match self {
+            Step::Gemm(g) => g.c,
+            Step::Conv(c) => c.y,
+            Step::Ew(e) => e.out,
+            Step::Softmax(s) => s.y,
+            Step::Reduce(r) => r.y,
+            Step::Copy(c) => c.dst,
+        }
+    }
+
+    /// Whether the step rounds its own output (so the kernel need not round it afterwards).
+    pub fn rounds_itself(&self) -> bool {
+        matches!(self, Step::Ew(_) | Step::Copy(_))
+    }
+}
+
+impl Step {
+    /// Runs the step. `read` gives the storage of any value the step reads; `out` is the
+    /// storage of the value it writes.
+    pub fn run<'a>(
+        &mut self,
+        read: &dyn Fn(ValueId) -> &'a [f32],
+        out: &mut [f32],
+        threads: usize,
+    ) {
+        match self {
+            Step::Gemm(g) => run_gemm(g, read, out, threads),
+            Step::Conv(c) => run_conv(c, read, out),
+            Step::Ew(e) => run_ew(e, read, out),
+            Step::Softmax(s) => run_softmax(s, read(s.x), out),
+            Step::Reduce(r) => run_reduce(r, read(r.x), out),
+            Step::Copy(c) => {
+                for p in &c.pieces {
+                    strided_copy(
+                        &read(p.src)[p.src_offset..],
+                        &p.src_strides,
+                        &mut out[p.dst_offset..],
+                        &p.dst_strides,
+                        &p.shape,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn run_gemm<'a>(
+    g: &GemmStep,
+    read: &dyn Fn(ValueId) -> &'a [f32],
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (a, b) = (read(g.a), read(g.b));
+    let accumulate = g.bias.is_some();
+    if let Some(bias) = g.bias {
+        let bias = read(bias);
+        for &[_, _, oc] in &g.batches {
+            for r in 0..g.m {
+                for col in 0..g.n {
+                    out[oc + g.lc.offset + r * g.lc.rs + col * g.lc.cs] = bias[r];
+                }
+            }
+        }
+    }
+    for &[oa, ob, oc] in &g.batches {
+        let shift = |l: MatLayout, o: usize| MatLayout {
+            offset: l.offset + o,
+            ..l
+        };
+        gemm(
+            g.m,
+            g.n,
+            g.k,
+            a,
+            shift(g.la, oa),
+            b,
+            shift(g.lb, ob),
+            out,
+            shift(g.lc, oc),
+            accumulate,
+            g.scale,
+            threads,
+        );
+    }
+}
+
+fn run_conv<'a>(c: &ConvStep, read: &dyn Fn(ValueId) -> &'a [f32], y: &mut [f32]) {
+    let (x, w) = (read(c.x), read(c.w));
+    let bias = c.bias.map(read);
+    let [n_batch, cin, h, wd] = c.in_shape;
+    let [cout, cin_g, kh, kw] = c.w_shape;
+    let [_, _, oh, ow] = c.out_shape;
+    let cout_g = cout / c.groups;
+    for n in 0..n_batch {
+        for co in 0..cout {
+            let g = co / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |b| b[co]);
+                    for ci in 0..cin_g {
+                        let xc = g * cin_g + ci;
+                        for ky in 0..kh {
+                            let iy = (oy * c.strides[0] + ky * c.dilations[0]) as isize
+                                - c.pad_begin[0] as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * c.strides[1] + kx * c.dilations[1]) as isize
+                                    - c.pad_begin[1] as isize;
+                                if ix < 0 || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * cin + xc) * h + iy as usize) * wd + ix as usize];
+                                let wv = w[((co * cin_g + ci) * kh + ky) * kw + kx];
+                                acc += xv * wv;
+                            }
+                        }
+                    }
+                    y[((n * cout + co) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Elements processed per block of a fused chain: small enough to stay in L1.
+const EW_BLOCK: usize = 256;
+
+fn run_ew<'a>(e: &EwChain, read: &dyn Fn(ValueId) -> &'a [f32], out: &mut [f32]) {
+    // Operand k of the loop nest: 0 is the output, 1 is `first`, 2.. are the side operands.
+    let mut srcs: [&[f32]; MAX_OPERANDS] = [&[]; MAX_OPERANDS];
+    srcs[1] = &read(e.first.value)[e.first.offset..];
+    let mut k = 2;
+    for op in &e.ops {
+        if let Some(side) = &op.side {
+            srcs[k] = &read(side.value)[side.offset..];
+            k += 1;
+        }
+    }
+    let last = e.shape.len() - 1;
+    let n = e.shape[last];
+    let mut inner = [0usize; MAX_OPERANDS];
+    for (i, s) in e.strides.iter().enumerate() {
+        inner[i] = s[last];
+    }
+    let mut buf = [0f32; EW_BLOCK];
+    for_each_row(&e.shape, &e.strides, |offs| {
+        let mut start = 0;
+        while start < n {
+            let len = (n - start).min(EW_BLOCK);
+            let block = &mut buf[..len];
+            load(block, srcs[1], offs[1] + start * inner[1], inner[1]);
+            let mut k = 2;
+            for op in &e.ops {
+                if op.side.is_some() {
+                    apply_binary(block, op, srcs[k], offs[k] + start * inner[k], inner[k]);
+                    k += 1;
+                } else {
+                    for v in block.iter_mut() {
+                        *v = op.kind.unary(*v);
+                    }
+                }
+                if op.round {
+                    fp16::round_slice(block);
+                }
+            }
+            let o = offs[0] + start;
+            out[o..o + len].copy_from_slice(block);
+            start += len;
+        }
+    });
+}
+
+fn load(block: &mut [f32], src: &[f32], base: usize, stride: usize) {
+    match stride {
+        1 => block.copy_from_slice(&src[base..base + block.len()]),
+        0 => block.fill(src[base]),
+        s => {
+            for (i, v) in block.iter_mut().enumerate() {
+                *v = src[base + i * s];
+            }
+        }
+    }
+}
+
+fn apply_binary(block: &mut [f32], op: &EwOp, src: &[f32], base: usize, stride: usize) {
+    let kind = op.kind;
+    let f = |c: f32, s: f32| {
+        if op.chain_is_x {
+            kind.binary(c, s)
+        } else {
+            kind.binary(s, c)
+        }
+    };
+    match stride {
+        0 => {
+            let s = src[base];
+            for v in block.iter_mut() {
+                *v = f(*v, s);
+            }
+        }
+        1 => {
+            let len = block.len();
+            for (v, s) in block.iter_mut().zip(&src[base..base + len]) {
+                *v = f(*v, *s);
+            }
+        }
+        st => {
+            for (i, v) in block.iter_mut().enumerate() {
+                *v = f(*v, src[base + i * st]);
+            }
+        }
+    }
+}
+
+fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32]) {
+    let (len, inner) = (s.len, s.inner);
+    for o in 0..s.outer {
+        let base = o * len * inner;
+        if inner == 1 {
+            let row = &x[base..base + len];
+            let out = &mut y[base..base + len];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (d, v) in out.iter_mut().zip(row) {
+                *d = (v - max).exp();
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|d| *d *= inv);
+        } else {
+            let (max, sum) = s.scratch.split_at_mut(inner);
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            for l in 0..len {
+                let row = &x[base + l * inner..base + (l + 1) * inner];
+                for (m, v) in max.iter_mut().zip(row) {
+                    *m = m.max(*v);
+                }
+            }
+            for l in 0..len {
+                let r = base + l * inner..base + (l + 1) * inner;
+                for ((d, v), (m, s)) in y[r.clone()]
+                    .iter_mut()
+                    .zip(&x[r])
+                    .zip(max.iter().zip(sum.iter_mut()))
+                {
+                    *d = (v - m).exp();
+                    *s += *d;
+                }
+            }
+            for l in 0..len {
+                let out = &mut y[base + l * inner..base + (l + 1) * inner];
+                for (d, s) in out.iter_mut().zip(sum.iter()) {
+                    *d /= s;
+                }
+            }
+        }
+    }
+}
+
+fn run_reduce(r: &ReduceStep, x: &[f32], y: &mut [f32]) {
+    let init = match r.kind {
+        ReduceKind::Sum | ReduceKind::Mean => 0.0,
+        ReduceKind::Max => f32::NEG_INFINITY,
+    };
+    y[..r.out_len].fill(init);
+    let (shape, strides) = (&r.shape, &r.strides);
+    let last = shape.len() - 1;
+    let n = shape[last];
+    let (xs, ys) = (strides[0][last], strides[1][last]);
+    let max = r.kind == ReduceKind::Max;
+    for_each_row(shape, strides, |offs| {
+        let (xo, yo) = (offs[0], offs[1]);
+        match (ys, max) {
+            (0, false) => y[yo] += (0..n).map(|i| x[xo + i * xs]).sum::<f32>(),
+            (0, true) => y[yo] = (0..n).map(|i| x[xo + i * xs]).fold(y[yo], f32::max),
+            (_, false) => (0..n).for_each(|i| y[yo + i * ys] += x[xo + i * xs]),
+            (_, true) => (0..n).for_each(|i| y[yo + i * ys] = y[yo + i * ys].max(x[xo + i * xs])),
+        }
+    });
+    if r.kind == ReduceKind::Mean {
+        let inv = 1.0 / r.count as f32;
+        y[..r.out_len].iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // erf(0.5) = 0.5204998778, erf(1) = 0.8427007929, erf(-2) = -0.9953222650
+        assert!((erf(0.5) - 0.520_499_9).abs() < 1e-6);
+        assert!((erf(1.0) - 0.842_700_8).abs() < 1e-6);
+        assert!((erf(-2.0) + 0.995_322_3).abs() < 1e-6);
+    }
+}

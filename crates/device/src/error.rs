@@ -1,0 +1,51 @@
+use anetrain_mil::blob::BlobError;
+use anetrain_mil::check::CheckError;
+use thiserror::Error;
+
+/// Everything a device can report. Each variant says what is wrong and where.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("the program does not type-check: {0}")]
+    Check(Box<CheckError>),
+    #[error("weight file `{path}`: {source}")]
+    Weights {
+        path: String,
+        source: Box<BlobError>,
+    },
+    #[error("the program refers to weight file `{0}`, which was not supplied")]
+    MissingWeights(String),
+    #[error("op {op} ({kind}): {message}")]
+    Unsupported {
+        op: String,
+        kind: String,
+        message: String,
+    },
+    #[error("expected {expected} {what} buffer(s), got {found}")]
+    BufferCount {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{what} `{name}` ({ty}) needs {expected} elements, the buffer has {found}")]
+    BufferSize {
+        what: &'static str,
+        name: String,
+        ty: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("device unavailable: {0}")]
+    Unavailable(String),
+    #[error("compile budget exhausted: {used} of {budget} compiles used in this process")]
+    BudgetExhausted { used: u64, budget: u64 },
+    #[error("compile failed: {0}")]
+    CompileFailed(String),
+    #[error("eval failed: {0}")]
+    EvalFailed(String),
+}
+
+impl From<CheckError> for DeviceError {
+    fn from(e: CheckError) -> Self {
+        DeviceError::Check(Box::new(e))
+    }
+}
