@@ -1,0 +1,2 @@
+//! Training: the loop and the weight-delivery strategies, data sets, tokenizers, checkpoints,
+//! metrics, reports and sampling.
