@@ -1,5 +1,6 @@
 //! The command line: thin subcommands over the layers.
 
+mod bench;
 mod mil;
 
 use clap::{Parser, Subcommand};
@@ -20,10 +21,14 @@ enum Command {
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
+    /// Performance benchmarks, measured side by side in one run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mil(cmd) => mil::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

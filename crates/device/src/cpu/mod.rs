@@ -90,59 +90,119 @@ struct CpuKernel {
 impl KernelExec for CpuKernel {
     fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
         let plan = &mut self.plan;
-        for (&(id, round), src) in plan.inputs.iter().zip(inputs) {
+        for &(i, id) in &plan.copied_inputs {
             if let Place::Arena(at) = plan.places[id] {
-                let dst = &mut self.arena[at..at + src.len()];
-                dst.copy_from_slice(src);
-                if round {
-                    fp16::round_slice(dst);
-                }
+                let dst = &mut self.arena[at..at + inputs[i].len()];
+                dst.copy_from_slice(inputs[i]);
+                fp16::round_slice(dst);
             }
         }
-        let arena = self.arena.as_mut_ptr();
-        let arena_len = self.arena.len();
+        // Raw views of the arena and the output buffers: steps read some values while writing
+        // one other, which the borrow checker cannot see is disjoint (the planner guarantees it).
+        let arena = RawBuffer::of(&mut self.arena);
+        let mut out_buffers = [RawBuffer::EMPTY; MAX_OUTPUTS];
+        if outputs.len() > MAX_OUTPUTS {
+            return Err(DeviceError::EvalFailed(format!(
+                "at most {MAX_OUTPUTS} outputs are supported"
+            )));
+        }
+        for (slot, o) in out_buffers.iter_mut().zip(outputs.iter_mut()) {
+            *slot = RawBuffer::of(o);
+        }
         let (places, lens, consts) = (&plan.places, &plan.lens, &plan.consts);
+        let view = |id: usize| -> Option<(RawBuffer, usize)> {
+            match places[id] {
+                Place::Arena(at) => Some((arena, at)),
+                Place::Output(j, at) => Some((out_buffers[j], at)),
+                _ => None,
+            }
+        };
         for (step, &round) in plan.steps.iter_mut().zip(&plan.round_after) {
             let out_id = step.writes();
-            let Place::Arena(out_at) = places[out_id] else {
-                return Err(DeviceError::EvalFailed(
-                    "a step writes a value that has no arena slot".into(),
-                ));
-            };
-            let out_len = lens[out_id];
-            assert!(out_at + out_len <= arena_len);
+            let (buffer, at) = view(out_id).ok_or_else(|| {
+                DeviceError::EvalFailed("a step writes a value that has no storage".into())
+            })?;
             let read = |id: usize| -> &[f32] {
                 match places[id] {
-                    Place::Arena(at) => {
-                        assert!(at + lens[id] <= arena_len);
-                        // SAFETY: in bounds (asserted); the planner gives a step's output a
-                        // slot that overlaps none of the values live while it runs, so this
-                        // shared view never aliases the mutable output view below.
-                        unsafe { std::slice::from_raw_parts(arena.add(at), lens[id]) }
-                    }
                     Place::Const(c, off) => &consts[c][off..off + lens[id]],
+                    Place::Input(i, off) => &inputs[i][off..off + lens[id]],
                     Place::Unused => &[],
+                    // SAFETY: the planner never gives a value read by a step storage that
+                    // overlaps the value the step writes, so this shared view does not alias
+                    // the mutable one below.
+                    _ => view(id).map_or(&[], |(b, at)| unsafe { b.slice(at, lens[id]) }),
                 }
             };
-            // SAFETY: in bounds (asserted above); disjoint from every slice `read` returns.
-            let out = unsafe { std::slice::from_raw_parts_mut(arena.add(out_at), out_len) };
+            // SAFETY: disjoint from every slice `read` returns (see above).
+            let out = unsafe { buffer.slice_mut(at, lens[out_id]) };
             step.run(&read, out, self.threads);
             if round {
                 fp16::round_slice(out);
             }
         }
-        for (&id, dst) in plan.outputs.iter().zip(outputs.iter_mut()) {
+        for &(j, id) in &plan.copied_outputs {
+            let n = outputs[j].len();
             let src: &[f32] = match plan.places[id] {
-                Place::Arena(at) => &self.arena[at..at + dst.len()],
-                Place::Const(c, off) => &plan.consts[c][off..off + dst.len()],
-                Place::Unused => {
+                Place::Arena(at) => &self.arena[at..at + n],
+                Place::Const(c, off) => &plan.consts[c][off..off + n],
+                Place::Input(i, off) => &inputs[i][off..off + n],
+                Place::Output(k, off) if k != j => {
+                    let (head, tail) = outputs.split_at_mut(j.max(k));
+                    let (src, dst) = if k < j {
+                        (&head[k][off..off + n], &mut tail[0][..])
+                    } else {
+                        (&tail[0][off..off + n], &mut head[j][..])
+                    };
+                    dst.copy_from_slice(src);
+                    continue;
+                }
+                _ => {
                     return Err(DeviceError::EvalFailed(
                         "an output was never computed".into(),
                     ))
                 }
             };
-            dst.copy_from_slice(src);
+            outputs[j].copy_from_slice(src);
         }
         Ok(())
+    }
+}
+
+/// Outputs a kernel may have (a fixed table keeps eval free of allocation).
+const MAX_OUTPUTS: usize = 16;
+
+/// A buffer seen through a raw pointer, with bounds-checked slicing.
+#[derive(Clone, Copy)]
+struct RawBuffer {
+    ptr: *mut f32,
+    len: usize,
+}
+
+impl RawBuffer {
+    const EMPTY: RawBuffer = RawBuffer {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+    };
+
+    fn of(buffer: &mut [f32]) -> RawBuffer {
+        RawBuffer {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        }
+    }
+
+    /// # Safety
+    /// No mutable slice overlapping `at..at + n` may be alive while the result is.
+    unsafe fn slice<'a>(self, at: usize, n: usize) -> &'a [f32] {
+        assert!(at + n <= self.len, "value outside its buffer");
+        std::slice::from_raw_parts(self.ptr.add(at), n)
+    }
+
+    /// # Safety
+    /// No other slice overlapping `at..at + n` may be alive while the result is.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut<'a>(self, at: usize, n: usize) -> &'a mut [f32] {
+        assert!(at + n <= self.len, "value outside its buffer");
+        std::slice::from_raw_parts_mut(self.ptr.add(at), n)
     }
 }

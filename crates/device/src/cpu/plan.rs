@@ -23,6 +23,10 @@ pub enum Place {
     Arena(usize),
     /// `consts[index][offset..]`.
     Const(usize, usize),
+    /// Read in place from the caller's input buffer `index`, from `offset`.
+    Input(usize, usize),
+    /// Written in place into the caller's output buffer `index`, from `offset`.
+    Output(usize, usize),
 }
 
 #[derive(Clone, Debug)]
@@ -34,9 +38,11 @@ pub struct Plan {
     pub lens: Vec<usize>,
     pub consts: Vec<Vec<f32>>,
     pub arena_len: usize,
-    /// For each function input: its value, and whether to round it to fp16 on the way in.
-    pub inputs: Vec<(ValueId, bool)>,
-    pub outputs: Vec<ValueId>,
+    /// Function inputs that are copied into the arena (to be rounded to fp16 on the way in):
+    /// input index and value.
+    pub copied_inputs: Vec<(usize, ValueId)>,
+    /// Function outputs that are not written in place: output index and value to copy out.
+    pub copied_outputs: Vec<(usize, ValueId)>,
 }
 
 /// Values are born as one of these; aliases share their root's storage.
@@ -44,7 +50,12 @@ pub struct Plan {
 enum Storage {
     Arena,
     Const(usize),
-    Alias { root: ValueId, offset: usize },
+    /// A function input read where the caller keeps it.
+    Input(usize),
+    Alias {
+        root: ValueId,
+        offset: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -63,11 +74,19 @@ pub fn lower(
 ) -> Result<Plan, DeviceError> {
     let mut l = Lowering::new(f, checked, weights, mode);
     let mut inputs = Vec::new();
-    for p in &f.inputs {
+    for (i, p) in f.inputs.iter().enumerate() {
+        // fp16 inputs in fp16 mode must be rounded, so they are copied; others are read in place.
         let round = l.rounds(&p.ty);
-        let id = l.new_value(p.ty.shape().to_vec(), Storage::Arena, round);
+        let storage = if round {
+            Storage::Arena
+        } else {
+            Storage::Input(i)
+        };
+        let id = l.new_value(p.ty.shape().to_vec(), storage, round);
         l.env.insert(p.name.clone(), id);
-        inputs.push((id, round && p.ty.dtype() == DType::Fp16));
+        if round {
+            inputs.push((i, id));
+        }
     }
     for op in &f.ops {
         l.lower_op(op)?;
@@ -991,7 +1010,7 @@ impl<'a> Lowering<'a> {
 
     fn finish(
         mut self,
-        inputs: Vec<(ValueId, bool)>,
+        inputs: Vec<(usize, ValueId)>,
         outputs: Vec<ValueId>,
     ) -> Result<Plan, DeviceError> {
         for step in &mut self.steps {
@@ -1021,7 +1040,7 @@ impl<'a> Lowering<'a> {
         let n = self.steps.len();
         let mut born = vec![usize::MAX; self.values.len()];
         let mut dies = vec![0usize; self.values.len()];
-        for &(id, _) in &inputs {
+        for &(_, id) in &inputs {
             born[id] = 0;
         }
         for (i, step) in self.steps.iter().enumerate() {
@@ -1036,12 +1055,30 @@ impl<'a> Lowering<'a> {
             let (r, _) = root(&self.values, id);
             dies[r] = n + 1;
         }
+        // An output computed into its own arena root is written straight into the caller's
+        // buffer; any other output (an input, a constant, a view, a repeat) is copied at the end.
+        let mut in_place: Vec<Option<usize>> = vec![None; self.values.len()];
+        let mut copied_outputs = Vec::new();
+        for (j, &id) in outputs.iter().enumerate() {
+            let (r, off) = root(&self.values, id);
+            let whole = off == 0 && self.values[r].shape == self.values[id].shape;
+            let computed = matches!(self.values[r].storage, Storage::Arena)
+                && born[r] != usize::MAX
+                && born[r] > 0;
+            if whole && computed && in_place[r].is_none() {
+                in_place[r] = Some(j);
+            } else {
+                copied_outputs.push((j, id));
+            }
+        }
         let mut offsets = vec![usize::MAX; self.values.len()];
         let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (offset, len, dies)
         let mut arena_len = 0;
         let mut order: Vec<ValueId> = (0..self.values.len())
             .filter(|&id| {
-                matches!(self.values[id].storage, Storage::Arena) && born[id] != usize::MAX
+                matches!(self.values[id].storage, Storage::Arena)
+                    && born[id] != usize::MAX
+                    && in_place[id].is_none()
             })
             .collect();
         order.sort_by_key(|&id| born[id]);
@@ -1063,9 +1100,13 @@ impl<'a> Lowering<'a> {
         let places = (0..self.values.len())
             .map(|id| {
                 let (r, off) = root(&self.values, id);
-                match self.values[r].storage {
-                    Storage::Const(c) => Place::Const(c, off),
-                    Storage::Arena if offsets[r] != usize::MAX => Place::Arena(offsets[r] + off),
+                match (&self.values[r].storage, in_place[r]) {
+                    (Storage::Const(c), _) => Place::Const(*c, off),
+                    (Storage::Input(i), _) => Place::Input(*i, off),
+                    (Storage::Arena, Some(j)) => Place::Output(j, off),
+                    (Storage::Arena, None) if offsets[r] != usize::MAX => {
+                        Place::Arena(offsets[r] + off)
+                    }
                     _ => Place::Unused,
                 }
             })
@@ -1087,8 +1128,8 @@ impl<'a> Lowering<'a> {
             lens,
             consts: self.consts,
             arena_len,
-            inputs,
-            outputs,
+            copied_inputs: inputs,
+            copied_outputs,
         })
     }
 }

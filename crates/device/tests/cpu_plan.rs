@@ -1,0 +1,181 @@
+//! The planner's choices (in-place inputs and outputs, views, fusion, arena reuse) never change
+//! results: programs built to stress each choice, checked against plain computations.
+
+mod common;
+
+use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_mil::{DType, Dialect, FunctionBuilder, Literal, Program, Style, Type};
+use common::Rng;
+
+fn t(shape: &[usize]) -> Type {
+    Type::tensor(DType::Fp32, shape.to_vec())
+}
+
+fn program(b: FunctionBuilder) -> Program {
+    Program::single(Dialect::Ios18, Style::Compact, b.finish())
+}
+
+#[test]
+fn outputs_of_every_kind_are_delivered() {
+    // -> (x, c, y, r, y2): an input, a constant, a computed value, a view of it, and a value
+    // that is also read by a later op.
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[2, 3]));
+    let c = b.constant(
+        "c",
+        Literal::Tensor {
+            dtype: DType::Fp32,
+            shape: vec![2, 3],
+            values: (0..6)
+                .map(|v| anetrain_mil::Scalar::Float(anetrain_mil::FloatLit::fixed6(v as f64)))
+                .collect(),
+        },
+    );
+    let y = b.op(
+        "add",
+        "y",
+        t(&[2, 3]),
+        vec![("x", (&x).into()), ("y", (&c).into())],
+    );
+    let shape = b.constant("shape", Literal::int32_tensor(&[3, 2]));
+    let r = b.op(
+        "reshape",
+        "r",
+        t(&[3, 2]),
+        vec![("shape", (&shape).into()), ("x", (&y).into())],
+    );
+    let y2 = b.op(
+        "mul",
+        "y2",
+        t(&[2, 3]),
+        vec![("x", (&y).into()), ("y", (&y).into())],
+    );
+    let z = b.op("relu", "z", t(&[2, 3]), vec![("x", (&y2).into())]);
+    for v in [&x, &c, &y, &r, &y2, &z] {
+        b.output(v);
+    }
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut k = device.compile(&program(b), &Default::default()).unwrap();
+    let xin = [1.0f32, -2.0, 3.0, -4.0, 5.0, -6.0];
+    let mut outs = vec![vec![0.0f32; 6]; 6];
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    device.eval(&mut k, &[&xin], &mut views).unwrap();
+    let yv: Vec<f32> = xin.iter().enumerate().map(|(i, v)| v + i as f32).collect();
+    let y2v: Vec<f32> = yv.iter().map(|v| v * v).collect();
+    assert_eq!(outs[0], xin);
+    assert_eq!(outs[1], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(outs[2], yv);
+    assert_eq!(outs[3], yv);
+    assert_eq!(outs[4], y2v);
+    assert_eq!(outs[5], y2v);
+}
+
+/// A long program of values of many sizes, most dead soon after they are made, so the arena
+/// reuses slots heavily; one value is read at the very end. Checked step by step in plain Rust.
+#[test]
+fn arena_reuse_keeps_live_values_intact() {
+    let n = 64;
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[1, n]));
+    let keep = b.op("sigmoid", "keep", t(&[1, n]), vec![("x", (&x).into())]);
+    let mut cur = x.clone();
+    let mut expect: Vec<f32> = Vec::new();
+    let mut rng = Rng::new(3);
+    let xin = rng.vec(n, 1.0);
+    let sig: Vec<f32> = xin.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let mut cur_v = xin.clone();
+    for i in 0..20 {
+        // Widen to [k, n] by concat, reduce back to [1, n]: temporaries of varying sizes.
+        let k = 1 + i % 5;
+        let parts: Vec<anetrain_mil::Var> = (0..k).map(|_| cur.clone()).collect();
+        let ax = b.constant(&format!("ax{i}"), Literal::int32(0));
+        let wide = b.op(
+            "concat",
+            &format!("wide{i}"),
+            t(&[k, n]),
+            vec![("axis", (&ax).into()), ("values", parts.as_slice().into())],
+        );
+        let axes = b.constant(&format!("axes{i}"), Literal::int32_tensor(&[0]));
+        let kd = b.constant(&format!("kd{i}"), Literal::bool(true));
+        let sum = b.op(
+            "reduce_mean",
+            &format!("sum{i}"),
+            t(&[1, n]),
+            vec![
+                ("axes", (&axes).into()),
+                ("keep_dims", (&kd).into()),
+                ("x", (&wide).into()),
+            ],
+        );
+        cur = b.op(
+            "tanh",
+            &format!("th{i}"),
+            t(&[1, n]),
+            vec![("x", (&sum).into())],
+        );
+        cur_v = cur_v.iter().map(|v| v.tanh()).collect();
+    }
+    let out = b.op(
+        "add",
+        "out",
+        t(&[1, n]),
+        vec![("x", (&cur).into()), ("y", (&keep).into())],
+    );
+    b.output(&out);
+    expect.extend(cur_v.iter().zip(&sig).map(|(a, s)| a + s));
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut k = device.compile(&program(b), &Default::default()).unwrap();
+    let mut got = vec![0.0; n];
+    device.eval(&mut k, &[&xin], &mut [&mut got]).unwrap();
+    for (g, e) in got.iter().zip(&expect) {
+        assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+    }
+}
+
+/// A chain whose middle value is used twice cannot be fused through; the result must still be
+/// exact. silu(h)·g computed as in the FFN kernel, with h also used afterwards.
+#[test]
+fn fused_chains_respect_values_used_elsewhere() {
+    let n = 300; // more than one fused block
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let h = b.input("h", t(&[3, n]));
+    let g = b.input("g", t(&[3, n]));
+    let sig = b.op("sigmoid", "sig", t(&[3, n]), vec![("x", (&h).into())]);
+    let silu = b.op(
+        "mul",
+        "silu",
+        t(&[3, n]),
+        vec![("x", (&h).into()), ("y", (&sig).into())],
+    );
+    let gate = b.op(
+        "mul",
+        "gate",
+        t(&[3, n]),
+        vec![("x", (&silu).into()), ("y", (&g).into())],
+    );
+    let one = b.constant(
+        "one",
+        Literal::float(DType::Fp32, anetrain_mil::FloatLit::fixed6(1.0)),
+    );
+    let oms = b.op(
+        "sub",
+        "oms",
+        t(&[3, n]),
+        vec![("x", (&one).into()), ("y", (&sig).into())],
+    );
+    b.output(&gate);
+    b.output(&oms);
+    let mut rng = Rng::new(4);
+    let (hv, gv) = (rng.vec(3 * n, 3.0), rng.vec(3 * n, 1.0));
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut k = device.compile(&program(b), &Default::default()).unwrap();
+    let (mut gate_out, mut oms_out) = (vec![0.0; 3 * n], vec![0.0; 3 * n]);
+    device
+        .eval(&mut k, &[&hv, &gv], &mut [&mut gate_out, &mut oms_out])
+        .unwrap();
+    for i in 0..3 * n {
+        let s = 1.0 / (1.0 + (-hv[i]).exp());
+        assert!((gate_out[i] - hv[i] * s * gv[i]).abs() < 1e-5);
+        assert!((oms_out[i] - (1.0 - s)).abs() < 1e-6);
+    }
+}
