@@ -2,7 +2,10 @@
 //! the MIL kernels of a training step, and the math that stays on the host.
 
 pub mod config;
+pub mod host;
+pub mod kernels;
 pub mod params;
+pub mod step;
 
 pub use config::{ConfigError, ModelConfig};
 pub use params::{LayerTensor, ParamLayout, Params, TensorSpec};

@@ -1,0 +1,500 @@
+//! The MIL kernels of a training step, one set per layer, weights baked as BLOBFILE constants.
+//!
+//! Each kernel has one input and one output, channel-first `[1, C, 1, S]` fp16, holding several
+//! logical tensors concatenated along channels; a [`Packing`] names the channel ranges, and the
+//! trainer reads and writes through the same packings the generators use.
+//!
+//! | kernel | input | output | baked weights |
+//! |---|---|---|---|
+//! | `fwd_attn` | x | o, q_rope, k_rope, v, attn, xnorm | rms_att, Wq, Wk, Wv, Wo, RoPE, mask |
+//! | `fwd_ffn` | x2 | ffn, h1, h3, gate, xnorm | rms_ffn, W1, W3, W2 |
+//! | `bwd_ffn` | dffn, h1, h3 | dx, dh1, dh3 | W2ᵀ, W1ᵀ, W3ᵀ |
+//! | `bwd_attn1` | q_rope, k_rope, v, dx2 | dv, probs, dprobs | Woᵀ, mask |
+//! | `bwd_attn2` | probs, dprobs, q_rope, k_rope | dq_rope, dk_rope | none |
+//! | `bwd_qkv` | dq_rope, dk_rope, dv | dx, dq, dk | Wqᵀ, Wkᵀ, Wvᵀ, RoPE |
+//!
+//! Unlike the original, the forward applies RoPE (llama2.c's interleaved pairs) and its
+//! backward undoes it, and grouped-query heads map query head h to key/value head
+//! h / (n_heads / n_kv_heads) in forward and backward alike.
+
+pub mod graph;
+
+use crate::config::ModelConfig;
+use crate::params::{LayerTensor, Params};
+use anetrain_mil::blob::BlobFile;
+use anetrain_mil::check::CheckError;
+use anetrain_mil::Var;
+use graph::{Graph, KernelProgram};
+use std::ops::Range;
+
+/// Named channel ranges of a packed `[1, C, 1, S]` tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Packing {
+    parts: Vec<(&'static str, usize)>,
+}
+
+impl Packing {
+    pub fn new(parts: &[(&'static str, usize)]) -> Packing {
+        Packing {
+            parts: parts.to_vec(),
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.parts.iter().map(|(_, c)| c).sum()
+    }
+
+    /// The channel range of a part; panics on a name the packing does not have (a bug).
+    pub fn range(&self, name: &str) -> Range<usize> {
+        let mut at = 0;
+        for (n, c) in &self.parts {
+            if *n == name {
+                return at..at + c;
+            }
+            at += c;
+        }
+        panic!("no part `{name}` in packing {:?}", self.parts)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.parts.iter().map(|(n, _)| *n)
+    }
+}
+
+/// The six kernels of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    FwdAttn,
+    FwdFfn,
+    BwdFfn,
+    BwdAttn1,
+    BwdAttn2,
+    BwdQkv,
+}
+
+impl KernelKind {
+    pub const ALL: [KernelKind; 6] = [
+        KernelKind::FwdAttn,
+        KernelKind::FwdFfn,
+        KernelKind::BwdFfn,
+        KernelKind::BwdAttn1,
+        KernelKind::BwdAttn2,
+        KernelKind::BwdQkv,
+    ];
+
+    /// The kernels whose programs depend on the weights (recompiled after every update).
+    pub const WEIGHTED: [KernelKind; 5] = [
+        KernelKind::FwdAttn,
+        KernelKind::FwdFfn,
+        KernelKind::BwdFfn,
+        KernelKind::BwdAttn1,
+        KernelKind::BwdQkv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::FwdAttn => "fwd_attn",
+            KernelKind::FwdFfn => "fwd_ffn",
+            KernelKind::BwdFfn => "bwd_ffn",
+            KernelKind::BwdAttn1 => "bwd_attn1",
+            KernelKind::BwdAttn2 => "bwd_attn2",
+            KernelKind::BwdQkv => "bwd_qkv",
+        }
+    }
+
+    /// Input and output packings under a configuration.
+    pub fn layout(self, c: &ModelConfig) -> (Packing, Packing) {
+        let (d, h, q, kv) = (c.dim, c.hidden, c.q_dim(), c.kv_dim());
+        let sc = c.n_heads * c.seq_len;
+        match self {
+            KernelKind::FwdAttn => (
+                Packing::new(&[("x", d)]),
+                Packing::new(&[
+                    ("o", d),
+                    ("q_rope", q),
+                    ("k_rope", kv),
+                    ("v", kv),
+                    ("attn", q),
+                    ("xnorm", d),
+                ]),
+            ),
+            KernelKind::FwdFfn => (
+                Packing::new(&[("x2", d)]),
+                Packing::new(&[("ffn", d), ("h1", h), ("h3", h), ("gate", h), ("xnorm", d)]),
+            ),
+            KernelKind::BwdFfn => (
+                Packing::new(&[("dffn", d), ("h1", h), ("h3", h)]),
+                Packing::new(&[("dx", d), ("dh1", h), ("dh3", h)]),
+            ),
+            KernelKind::BwdAttn1 => (
+                Packing::new(&[("q_rope", q), ("k_rope", kv), ("v", kv), ("dx2", d)]),
+                Packing::new(&[("dv", kv), ("probs", sc), ("dprobs", sc)]),
+            ),
+            KernelKind::BwdAttn2 => (
+                Packing::new(&[("probs", sc), ("dprobs", sc), ("q_rope", q), ("k_rope", kv)]),
+                Packing::new(&[("dq_rope", q), ("dk_rope", kv)]),
+            ),
+            KernelKind::BwdQkv => (
+                Packing::new(&[("dq_rope", q), ("dk_rope", kv), ("dv", kv)]),
+                Packing::new(&[("dx", d), ("dq", q), ("dk", kv)]),
+            ),
+        }
+    }
+}
+
+/// Generates one kernel of one layer from the weights in `params`.
+pub fn generate(
+    kind: KernelKind,
+    c: &ModelConfig,
+    params: &Params,
+    layer: usize,
+) -> Result<KernelProgram, Box<CheckError>> {
+    let mut g = Graph::new(&format!("{}.{layer}", kind.name()));
+    let (input, output) = kind.layout(c);
+    let x = g.input("x", &[1, input.channels(), 1, c.seq_len]);
+    let gen = Gen { c, params, layer };
+    let parts = match kind {
+        KernelKind::FwdAttn => gen.fwd_attn(&mut g, &x),
+        KernelKind::FwdFfn => gen.fwd_ffn(&mut g, &x),
+        KernelKind::BwdFfn => gen.bwd_ffn(&mut g, &x, &input),
+        KernelKind::BwdAttn1 => gen.bwd_attn1(&mut g, &x, &input),
+        KernelKind::BwdAttn2 => gen.bwd_attn2(&mut g, &x, &input),
+        KernelKind::BwdQkv => gen.bwd_qkv(&mut g, &x, &input),
+    };
+    debug_assert_eq!(parts.len(), output.names().count());
+    let out = g.concat("out", 1, &parts);
+    g.output(&out);
+    g.finish()
+}
+
+struct Gen<'a> {
+    c: &'a ModelConfig,
+    params: &'a Params,
+    layer: usize,
+}
+
+impl Gen<'_> {
+    fn s(&self) -> usize {
+        self.c.seq_len
+    }
+
+    fn tensor(&self, t: LayerTensor) -> &[f32] {
+        self.params.layer(self.layer, t)
+    }
+
+    /// A layer matrix baked as stored, `[out, in, 1, 1]`: the forward conv weight.
+    fn matrix(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
+        let [rows, cols] = t.shape(self.c);
+        g.weight(
+            name,
+            name,
+            &[rows, cols, 1, 1],
+            BlobFile::fp16(self.tensor(t)),
+        )
+    }
+
+    /// A layer matrix baked transposed, `[in, out, 1, 1]`: the backward-dx conv weight.
+    fn matrix_t(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
+        let [rows, cols] = t.shape(self.c);
+        g.weight(
+            name,
+            name,
+            &[cols, rows, 1, 1],
+            BlobFile::fp16_matrix_transposed(self.tensor(t), rows, cols),
+        )
+    }
+
+    /// Channel slice `[from, from + n)` of a packed input.
+    fn part(&self, g: &mut Graph, x: &Var, p: &Packing, name: &'static str) -> Var {
+        let r = p.range(name);
+        g.slice(name, x, &[0, r.start, 0, 0], &[1, r.len(), 1, self.s()])
+    }
+
+    /// RMSNorm over channels with a learned weight. The mean of squares is taken of x/√D, so
+    /// that the fp16 sum cannot overflow where Σx² would (768 channels overflow at RMS ≈ 9).
+    fn rmsnorm(&self, g: &mut Graph, x: &Var, t: LayerTensor, prefix: &str) -> Var {
+        let d = self.c.dim;
+        let inv_sqrt_d = g.scalar(&format!("{prefix}_isd"), 1.0 / (d as f64).sqrt());
+        let xs = g.binary("mul", &format!("{prefix}_xs"), x, &inv_sqrt_d);
+        let sq = g.binary("mul", &format!("{prefix}_sq"), &xs, &xs);
+        let ms = g.reduce_sum(&format!("{prefix}_ms"), &sq, &[1]);
+        let eps = g.scalar(&format!("{prefix}_eps"), self.c.norm_eps as f64);
+        let mse = g.binary("add", &format!("{prefix}_mse"), &ms, &eps);
+        let nhalf = g.scalar(&format!("{prefix}_nhalf"), -0.5);
+        let rrms = g.binary("pow", &format!("{prefix}_rrms"), &mse, &nhalf);
+        let xr = g.binary("mul", &format!("{prefix}_xr"), x, &rrms);
+        let w = g.weight(
+            &format!("{prefix}_w"),
+            t.short_name(),
+            &[1, d, 1, 1],
+            BlobFile::fp16(self.tensor(t)),
+        );
+        g.binary("mul", &format!("{prefix}_xn"), &xr, &w)
+    }
+
+    /// RoPE tables for `channels` = heads × head_dim: channel c of head-local index d uses pair
+    /// i = d / 2 and angle θ = t · theta^(−2i/head_dim) at position t. `sign` −1 gives the
+    /// inverse rotation (the backward).
+    fn rope_tables(&self, g: &mut Graph, channels: usize, sign: f64, tag: &str) -> (Var, Var) {
+        let (hd, s) = (self.c.head_dim, self.s());
+        let mut cos = vec![0.0f32; channels * s];
+        let mut sin = vec![0.0f32; channels * s];
+        for ch in 0..channels {
+            let i = (ch % hd) / 2;
+            let freq = (self.c.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            for t in 0..s {
+                let theta = t as f64 * freq;
+                cos[ch * s + t] = theta.cos() as f32;
+                sin[ch * s + t] = (sign * theta.sin()) as f32;
+            }
+        }
+        let shape = [1, channels, 1, s];
+        let c = g.weight(
+            &format!("cos_{tag}"),
+            &format!("rope_cos_{tag}"),
+            &shape,
+            BlobFile::fp16(&cos),
+        );
+        let sn = g.weight(
+            &format!("sin_{tag}"),
+            &format!("rope_sin_{tag}"),
+            &shape,
+            BlobFile::fp16(&sin),
+        );
+        (c, sn)
+    }
+
+    /// Rotates channel pairs (2i, 2i+1): x·cos + (−x_odd, x_even)·sin.
+    fn rope(&self, g: &mut Graph, x: &Var, tables: &(Var, Var), name: &str) -> Var {
+        let (c, s) = (g.shape(x)[1], self.s());
+        let pairs = g.reshape(&format!("{name}_pairs"), x, &[1, c / 2, 2, s]);
+        let even = g.slice(
+            &format!("{name}_even"),
+            &pairs,
+            &[0, 0, 0, 0],
+            &[1, c / 2, 1, s],
+        );
+        let odd = g.slice(
+            &format!("{name}_odd"),
+            &pairs,
+            &[0, 0, 1, 0],
+            &[1, c / 2, 1, s],
+        );
+        let neg1 = g.scalar(&format!("{name}_neg1"), -1.0);
+        let nodd = g.binary("mul", &format!("{name}_nodd"), &odd, &neg1);
+        let rot = g.concat(&format!("{name}_rot"), 2, &[nodd, even]);
+        let rotf = g.reshape(&format!("{name}_rotf"), &rot, &[1, c, 1, s]);
+        let xc = g.binary("mul", &format!("{name}_xc"), x, &tables.0);
+        let rs = g.binary("mul", &format!("{name}_rs"), &rotf, &tables.1);
+        g.binary("add", name, &xc, &rs)
+    }
+
+    /// `[1, heads·hd, 1, S]` → `[1, heads, S, hd]`.
+    fn to_heads(&self, g: &mut Graph, x: &Var, heads: usize, name: &str) -> Var {
+        let r = g.reshape(
+            &format!("{name}_r"),
+            x,
+            &[1, heads, self.c.head_dim, self.s()],
+        );
+        g.transpose_last(name, &r)
+    }
+
+    /// `[1, heads, S, hd]` → `[1, heads·hd, 1, S]`.
+    fn merge_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
+        let heads = g.shape(x)[1];
+        let t = g.transpose_last(&format!("{name}_t"), x);
+        g.reshape(name, &t, &[1, heads * self.c.head_dim, 1, self.s()])
+    }
+
+    /// Key/value heads `[1, KV, 1, S]` repeated for the query heads they serve, as
+    /// `[1, NH, S, hd]`: query head h reads kv head h / ratio (each kv head's copies adjacent).
+    fn kv_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
+        let (nkv, ratio) = (self.c.n_kv_heads, self.c.gqa_ratio());
+        if ratio == 1 {
+            return self.to_heads(g, x, nkv, name);
+        }
+        let flat = self.c.head_dim * self.s();
+        let r = g.reshape(&format!("{name}_kv"), x, &[1, nkv, 1, flat]);
+        let copies: Vec<Var> = (0..ratio).map(|_| r.clone()).collect();
+        let tiled = g.concat(&format!("{name}_tile"), 2, &copies);
+        let full = g.reshape(
+            &format!("{name}_full"),
+            &tiled,
+            &[1, self.c.q_dim(), 1, self.s()],
+        );
+        self.to_heads(g, &full, self.c.n_heads, name)
+    }
+
+    /// The adjoint of [`Gen::kv_heads`]: `[1, NH, S, hd]` gradients summed over the query heads
+    /// that share a kv head, as `[1, KV, 1, S]`.
+    fn reduce_kv_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
+        let (nkv, ratio) = (self.c.n_kv_heads, self.c.gqa_ratio());
+        let flat = self.merge_heads(g, x, &format!("{name}_flat"));
+        if ratio == 1 {
+            return flat;
+        }
+        let grouped = g.reshape(
+            &format!("{name}_grp"),
+            &flat,
+            &[1, nkv, ratio, self.c.head_dim * self.s()],
+        );
+        let summed = g.reduce_sum(&format!("{name}_sum"), &grouped, &[2]);
+        g.reshape(name, &summed, &[1, self.c.kv_dim(), 1, self.s()])
+    }
+
+    fn mask(&self, g: &mut Graph) -> Var {
+        let s = self.s();
+        let m: Vec<f32> = (0..s * s)
+            .map(|i| if i % s <= i / s { 0.0 } else { -65504.0 })
+            .collect();
+        g.weight("mask", "mask", &[1, 1, s, s], BlobFile::fp16(&m))
+    }
+
+    /// Causal attention probabilities softmax(q·kᵀ/√hd + mask) over heads.
+    fn probs(&self, g: &mut Graph, q: &Var, k: &Var) -> Var {
+        let scores = g.matmul("scores", q, k, false, true);
+        let scale = g.scalar("scale", 1.0 / (self.c.head_dim as f64).sqrt());
+        let scaled = g.binary("mul", "scaled", &scores, &scale);
+        let mask = self.mask(g);
+        let masked = g.binary("add", "masked", &scaled, &mask);
+        g.softmax("probs", &masked, -1)
+    }
+
+    fn fwd_attn(&self, g: &mut Graph, x: &Var) -> Vec<Var> {
+        let (q_dim, kv_dim) = (self.c.q_dim(), self.c.kv_dim());
+        let xn = self.rmsnorm(g, x, LayerTensor::RmsAtt, "n1");
+        let wq = self.matrix(g, "wq", LayerTensor::Wq);
+        let wk = self.matrix(g, "wk", LayerTensor::Wk);
+        let wv = self.matrix(g, "wv", LayerTensor::Wv);
+        let wo = self.matrix(g, "wo", LayerTensor::Wo);
+        let qf = g.conv("qf", &wq, &xn);
+        let kf = g.conv("kf", &wk, &xn);
+        let vf = g.conv("vf", &wv, &xn);
+        let tq = self.rope_tables(g, q_dim, 1.0, "q");
+        let tk = if kv_dim == q_dim {
+            tq.clone()
+        } else {
+            self.rope_tables(g, kv_dim, 1.0, "k")
+        };
+        let qr = self.rope(g, &qf, &tq, "q_rope");
+        let kr = self.rope(g, &kf, &tk, "k_rope");
+        let qh = self.to_heads(g, &qr, self.c.n_heads, "qh");
+        let kh = self.kv_heads(g, &kr, "kh");
+        let vh = self.kv_heads(g, &vf, "vh");
+        let p = self.probs(g, &qh, &kh);
+        let ah = g.matmul("ah", &p, &vh, false, false);
+        let attn = self.merge_heads(g, &ah, "attn");
+        let o = g.conv("o", &wo, &attn);
+        vec![o, qr, kr, vf, attn, xn]
+    }
+
+    fn fwd_ffn(&self, g: &mut Graph, x: &Var) -> Vec<Var> {
+        let xn = self.rmsnorm(g, x, LayerTensor::RmsFfn, "n2");
+        let w1 = self.matrix(g, "w1", LayerTensor::W1);
+        let w3 = self.matrix(g, "w3", LayerTensor::W3);
+        let w2 = self.matrix(g, "w2", LayerTensor::W2);
+        let h1 = g.conv("h1", &w1, &xn);
+        let h3 = g.conv("h3", &w3, &xn);
+        let sig = g.unary("sigmoid", "sig", &h1);
+        let silu = g.binary("mul", "silu", &h1, &sig);
+        let gate = g.binary("mul", "gate", &silu, &h3);
+        let ffn = g.conv("ffn", &w2, &gate);
+        vec![ffn, h1, h3, gate, xn]
+    }
+
+    fn bwd_ffn(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+        let dffn = self.part(g, x, p, "dffn");
+        let h1 = self.part(g, x, p, "h1");
+        let h3 = self.part(g, x, p, "h3");
+        let w2t = self.matrix_t(g, "w2t", LayerTensor::W2);
+        let w1t = self.matrix_t(g, "w1t", LayerTensor::W1);
+        let w3t = self.matrix_t(g, "w3t", LayerTensor::W3);
+        // dgate = W2ᵀ·dffn; gate = silu(h1)·h3.
+        let dgate = g.conv("dgate", &w2t, &dffn);
+        let sig = g.unary("sigmoid", "sig", &h1);
+        let silu = g.binary("mul", "silu", &h1, &sig);
+        let dh3 = g.binary("mul", "dh3", &dgate, &silu);
+        // silu'(h) = σ(h)·(1 + h·(1 − σ(h))).
+        let one = g.scalar("one", 1.0);
+        let oms = g.binary("sub", "oms", &one, &sig);
+        let homs = g.binary("mul", "homs", &h1, &oms);
+        let inner = g.binary("add", "inner", &one, &homs);
+        let dsilu = g.binary("mul", "dsilu", &sig, &inner);
+        let dgh3 = g.binary("mul", "dgh3", &dgate, &h3);
+        let dh1 = g.binary("mul", "dh1", &dgh3, &dsilu);
+        let dx1 = g.conv("dx1", &w1t, &dh1);
+        let dx3 = g.conv("dx3", &w3t, &dh3);
+        let dx = g.binary("add", "dx", &dx1, &dx3);
+        vec![dx, dh1, dh3]
+    }
+
+    fn bwd_attn1(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+        let (nh, s) = (self.c.n_heads, self.s());
+        let qr = self.part(g, x, p, "q_rope");
+        let kr = self.part(g, x, p, "k_rope");
+        let v = self.part(g, x, p, "v");
+        let dx2 = self.part(g, x, p, "dx2");
+        let wot = self.matrix_t(g, "wot", LayerTensor::Wo);
+        let da = g.conv("da", &wot, &dx2);
+        let qh = self.to_heads(g, &qr, nh, "qh");
+        let kh = self.kv_heads(g, &kr, "kh");
+        let vh = self.kv_heads(g, &v, "vh");
+        let dah = self.to_heads(g, &da, nh, "dah");
+        let probs = self.probs(g, &qh, &kh);
+        let dvh = g.matmul("dvh", &probs, &dah, true, false);
+        let dv = self.reduce_kv_heads(g, &dvh, "dv");
+        let dprobs = g.matmul("dprobs", &dah, &vh, false, true);
+        let pf = g.reshape("probs_flat", &probs, &[1, nh * s, 1, s]);
+        let dpf = g.reshape("dprobs_flat", &dprobs, &[1, nh * s, 1, s]);
+        vec![dv, pf, dpf]
+    }
+
+    fn bwd_attn2(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+        let (nh, s) = (self.c.n_heads, self.s());
+        let pf = self.part(g, x, p, "probs");
+        let dpf = self.part(g, x, p, "dprobs");
+        let qr = self.part(g, x, p, "q_rope");
+        let kr = self.part(g, x, p, "k_rope");
+        let probs = g.reshape("probs", &pf, &[1, nh, s, s]);
+        let dprobs = g.reshape("dprobs", &dpf, &[1, nh, s, s]);
+        // Softmax backward: dS = P·(dP − Σ_j P·dP), then the 1/√hd scale of the scores.
+        let pdp = g.binary("mul", "pdp", &probs, &dprobs);
+        let rows = g.reduce_sum("rows", &pdp, &[-1]);
+        let centred = g.binary("sub", "centred", &dprobs, &rows);
+        let ds0 = g.binary("mul", "ds0", &probs, &centred);
+        let scale = g.scalar("scale", 1.0 / (self.c.head_dim as f64).sqrt());
+        let ds = g.binary("mul", "ds", &ds0, &scale);
+        let qh = self.to_heads(g, &qr, nh, "qh");
+        let kh = self.kv_heads(g, &kr, "kh");
+        let dqh = g.matmul("dqh", &ds, &kh, false, false);
+        let dkh = g.matmul("dkh", &ds, &qh, true, false);
+        let dq = self.merge_heads(g, &dqh, "dq_rope");
+        let dk = self.reduce_kv_heads(g, &dkh, "dk_rope");
+        vec![dq, dk]
+    }
+
+    fn bwd_qkv(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+        let (q_dim, kv_dim) = (self.c.q_dim(), self.c.kv_dim());
+        let dqr = self.part(g, x, p, "dq_rope");
+        let dkr = self.part(g, x, p, "dk_rope");
+        let dv = self.part(g, x, p, "dv");
+        // The transpose of a rotation is the rotation by −θ.
+        let tq = self.rope_tables(g, q_dim, -1.0, "q");
+        let tk = if kv_dim == q_dim {
+            tq.clone()
+        } else {
+            self.rope_tables(g, kv_dim, -1.0, "k")
+        };
+        let dq = self.rope(g, &dqr, &tq, "dq");
+        let dk = self.rope(g, &dkr, &tk, "dk");
+        let wqt = self.matrix_t(g, "wqt", LayerTensor::Wq);
+        let wkt = self.matrix_t(g, "wkt", LayerTensor::Wk);
+        let wvt = self.matrix_t(g, "wvt", LayerTensor::Wv);
+        let dxq = g.conv("dxq", &wqt, &dq);
+        let dxk = g.conv("dxk", &wkt, &dk);
+        let dxv = g.conv("dxv", &wvt, &dv);
+        let dxqk = g.binary("add", "dxqk", &dxq, &dxk);
+        let dx = g.binary("add", "dx", &dxqk, &dxv);
+        vec![dx, dq, dk]
+    }
+}

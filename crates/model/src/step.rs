@@ -1,0 +1,601 @@
+//! One training micro-step: forward through every layer's kernels, loss on the host, backward
+//! through the kernels, weight gradients on the host.
+//!
+//! A [`KernelSet`] is compiled from one immutable [`WeightSnapshot`]; the host-side math of a
+//! step (embedding, norms, classifier) reads that same snapshot, so forward and backward of a
+//! micro-step always see one version of the weights, however far the master weights have moved.
+
+use crate::config::ModelConfig;
+use crate::host;
+use crate::kernels::{generate, KernelKind, Packing};
+use crate::params::{LayerTensor, Params};
+use anetrain_device::{Device, DeviceError, Kernel};
+use anetrain_mil::check::CheckError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Immutable weights with the version of the optimizer update that produced them.
+#[derive(Clone, Debug)]
+pub struct WeightSnapshot {
+    pub version: u64,
+    pub params: Arc<Params>,
+}
+
+#[derive(Debug, Error)]
+pub enum StepError {
+    #[error("generating kernel {kernel}: {source}")]
+    Generate {
+        kernel: String,
+        source: Box<CheckError>,
+    },
+    #[error("compiling kernel {kernel}: {source}")]
+    Compile { kernel: String, source: DeviceError },
+    #[error("evaluating kernel {kernel}: {source}")]
+    Eval { kernel: String, source: DeviceError },
+    #[error("token {token} at position {position} is outside the vocabulary of {vocab}")]
+    Token {
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error("expected {expected} tokens and targets, got {tokens} and {targets}")]
+    Length {
+        expected: usize,
+        tokens: usize,
+        targets: usize,
+    },
+}
+
+/// The weight-bearing kernels of every layer, compiled from one snapshot.
+pub struct KernelSet {
+    pub snapshot: WeightSnapshot,
+    /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l.
+    layers: Vec<Vec<Kernel>>,
+}
+
+impl KernelSet {
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    /// How many kernels a set of this config compiles.
+    pub fn kernel_count(config: &ModelConfig) -> usize {
+        config.n_layers * KernelKind::WEIGHTED.len()
+    }
+
+    fn kernel(&mut self, layer: usize, kind: KernelKind) -> &mut Kernel {
+        let i = KernelKind::WEIGHTED
+            .iter()
+            .position(|&k| k == kind)
+            .expect("only weighted kernels live in a set");
+        &mut self.layers[layer][i]
+    }
+}
+
+/// Compiles one kernel of one layer.
+pub fn compile_kernel(
+    device: &dyn Device,
+    kind: KernelKind,
+    params: &Params,
+    layer: usize,
+) -> Result<Kernel, StepError> {
+    let config = &params.layout.config;
+    let kernel = format!("{}.{layer}", kind.name());
+    let program = generate(kind, config, params, layer).map_err(|source| StepError::Generate {
+        kernel: kernel.clone(),
+        source,
+    })?;
+    device
+        .compile(&program.program, &program.weights)
+        .map_err(|source| StepError::Compile { kernel, source })
+}
+
+/// Compiles every weight-bearing kernel of every layer from a snapshot.
+pub fn compile_kernel_set(
+    device: &dyn Device,
+    snapshot: WeightSnapshot,
+) -> Result<KernelSet, StepError> {
+    let config = snapshot.params.layout.config.clone();
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for l in 0..config.n_layers {
+        let kernels = KernelKind::WEIGHTED
+            .iter()
+            .map(|&k| compile_kernel(device, k, &snapshot.params, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        layers.push(kernels);
+    }
+    Ok(KernelSet { snapshot, layers })
+}
+
+/// The weight-free kernel every layer shares; compiled once per process.
+pub struct SharedKernels {
+    bwd_attn2: Kernel,
+}
+
+impl SharedKernels {
+    pub fn compile(device: &dyn Device, params: &Params) -> Result<SharedKernels, StepError> {
+        Ok(SharedKernels {
+            bwd_attn2: compile_kernel(device, KernelKind::BwdAttn2, params, 0)?,
+        })
+    }
+}
+
+/// Where a step's time went.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTiming {
+    pub device_eval: Duration,
+    pub host_math: Duration,
+    pub weight_grads: Duration,
+}
+
+impl StepTiming {
+    pub fn add(&mut self, other: &StepTiming) {
+        self.device_eval += other.device_eval;
+        self.host_math += other.host_math;
+        self.weight_grads += other.weight_grads;
+    }
+}
+
+/// Buffers of one packed kernel tensor `[C][S]`.
+struct Packed {
+    packing: Packing,
+    data: Vec<f32>,
+    s: usize,
+}
+
+impl Packed {
+    fn new(packing: Packing, s: usize) -> Packed {
+        let data = vec![0.0; packing.channels() * s];
+        Packed { packing, data, s }
+    }
+
+    fn part(&self, name: &str) -> &[f32] {
+        let r = self.packing.range(name);
+        &self.data[r.start * self.s..r.end * self.s]
+    }
+
+    fn part_mut(&mut self, name: &str) -> &mut [f32] {
+        let r = self.packing.range(name);
+        &mut self.data[r.start * self.s..r.end * self.s]
+    }
+}
+
+/// Activations a layer's backward needs, kept from its forward.
+struct LayerTape {
+    x: Vec<f32>,
+    x2: Vec<f32>,
+    attn: Packed,
+    ffn: Packed,
+}
+
+/// Preallocated buffers of a micro-step.
+pub struct StepBuffers {
+    config: ModelConfig,
+    tapes: Vec<LayerTape>,
+    x: Vec<f32>,
+    x_final: Vec<f32>,
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+    bwd_ffn_in: Packed,
+    bwd_ffn_out: Packed,
+    bwd_attn1_in: Packed,
+    bwd_attn1_out: Packed,
+    bwd_attn2_in: Packed,
+    bwd_attn2_out: Packed,
+    bwd_qkv_in: Packed,
+    bwd_qkv_out: Packed,
+}
+
+impl StepBuffers {
+    pub fn new(config: &ModelConfig) -> StepBuffers {
+        let s = config.seq_len;
+        let (d, v) = (config.dim, config.vocab);
+        let packed = |kind: KernelKind, input: bool| {
+            let (i, o) = kind.layout(config);
+            Packed::new(if input { i } else { o }, s)
+        };
+        StepBuffers {
+            config: config.clone(),
+            tapes: (0..config.n_layers)
+                .map(|_| LayerTape {
+                    x: vec![0.0; d * s],
+                    x2: vec![0.0; d * s],
+                    attn: packed(KernelKind::FwdAttn, false),
+                    ffn: packed(KernelKind::FwdFfn, false),
+                })
+                .collect(),
+            x: vec![0.0; d * s],
+            x_final: vec![0.0; d * s],
+            logits: vec![0.0; v * s],
+            dlogits: vec![0.0; v * s],
+            dy: vec![0.0; d * s],
+            dx: vec![0.0; d * s],
+            bwd_ffn_in: packed(KernelKind::BwdFfn, true),
+            bwd_ffn_out: packed(KernelKind::BwdFfn, false),
+            bwd_attn1_in: packed(KernelKind::BwdAttn1, true),
+            bwd_attn1_out: packed(KernelKind::BwdAttn1, false),
+            bwd_attn2_in: packed(KernelKind::BwdAttn2, true),
+            bwd_attn2_out: packed(KernelKind::BwdAttn2, false),
+            bwd_qkv_in: packed(KernelKind::BwdQkv, true),
+            bwd_qkv_out: packed(KernelKind::BwdQkv, false),
+        }
+    }
+}
+
+fn eval(
+    device: &dyn Device,
+    kernel: &mut Kernel,
+    name: &str,
+    input: &[f32],
+    output: &mut [f32],
+    timing: &mut StepTiming,
+) -> Result<(), StepError> {
+    let t = Instant::now();
+    device
+        .eval(kernel, &[input], &mut [output])
+        .map_err(|source| StepError::Eval {
+            kernel: name.to_string(),
+            source,
+        })?;
+    timing.device_eval += t.elapsed();
+    Ok(())
+}
+
+fn check_tokens(config: &ModelConfig, tokens: &[u32], targets: &[u32]) -> Result<(), StepError> {
+    if tokens.len() != config.seq_len || targets.len() != config.seq_len {
+        return Err(StepError::Length {
+            expected: config.seq_len,
+            tokens: tokens.len(),
+            targets: targets.len(),
+        });
+    }
+    for (position, &token) in tokens.iter().chain(targets).enumerate() {
+        if token as usize >= config.vocab {
+            return Err(StepError::Token {
+                token,
+                position: position % config.seq_len,
+                vocab: config.vocab,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Forward through all layers; leaves the final hidden state in `buf.x` and the tapes filled.
+fn forward(
+    device: &dyn Device,
+    set: &mut KernelSet,
+    buf: &mut StepBuffers,
+    tokens: &[u32],
+    timing: &mut StepTiming,
+) -> Result<(), StepError> {
+    let params = set.snapshot.params.clone();
+    let c = buf.config.clone();
+    let t0 = Instant::now();
+    host::embed_forward(params.get(params.layout.embed()), c.dim, tokens, &mut buf.x);
+    timing.host_math += t0.elapsed();
+    for l in 0..c.n_layers {
+        let tape = &mut buf.tapes[l];
+        tape.x.copy_from_slice(&buf.x);
+        let name = format!("fwd_attn.{l}");
+        eval(
+            device,
+            set.kernel(l, KernelKind::FwdAttn),
+            &name,
+            &tape.x,
+            &mut tape.attn.data,
+            timing,
+        )?;
+        let t = Instant::now();
+        for ((x2, x), o) in tape.x2.iter_mut().zip(&tape.x).zip(tape.attn.part("o")) {
+            *x2 = x + o;
+        }
+        timing.host_math += t.elapsed();
+        let name = format!("fwd_ffn.{l}");
+        eval(
+            device,
+            set.kernel(l, KernelKind::FwdFfn),
+            &name,
+            &tape.x2,
+            &mut tape.ffn.data,
+            timing,
+        )?;
+        let t = Instant::now();
+        for ((x, x2), f) in buf.x.iter_mut().zip(&tape.x2).zip(tape.ffn.part("ffn")) {
+            *x = x2 + f;
+        }
+        timing.host_math += t.elapsed();
+    }
+    Ok(())
+}
+
+/// Final norm, classifier and cross-entropy of the hidden state in `buf.x`; returns the loss
+/// and the reciprocal RMS of the final norm.
+fn head_loss(
+    params: &Params,
+    buf: &mut StepBuffers,
+    targets: &[u32],
+    threads: usize,
+) -> (f32, Vec<f32>) {
+    let c = &buf.config;
+    let (d, v, s) = (c.dim, c.vocab, c.seq_len);
+    let layout = &params.layout;
+    let rrms = host::rmsnorm_forward(
+        &buf.x,
+        params.get(layout.rms_final()),
+        c.norm_eps,
+        s,
+        &mut buf.x_final,
+    );
+    host::matmul(
+        params.get(layout.classifier()),
+        &buf.x_final,
+        v,
+        d,
+        s,
+        &mut buf.logits,
+        threads,
+    );
+    let loss = host::cross_entropy(&buf.logits, targets, v, &mut buf.dlogits);
+    (loss, rrms)
+}
+
+/// The mean cross-entropy of one window, forward only.
+pub fn forward_loss(
+    device: &dyn Device,
+    set: &mut KernelSet,
+    buf: &mut StepBuffers,
+    tokens: &[u32],
+    targets: &[u32],
+    threads: usize,
+) -> Result<f32, StepError> {
+    check_tokens(&buf.config, tokens, targets)?;
+    let mut timing = StepTiming::default();
+    forward(device, set, buf, tokens, &mut timing)?;
+    let params = set.snapshot.params.clone();
+    Ok(head_loss(&params, buf, targets, threads).0)
+}
+
+/// One micro-step: returns the loss and adds `loss_scale ×` the gradient of the mean
+/// cross-entropy to `grads` (laid out like the parameters).
+#[allow(clippy::too_many_arguments)]
+pub fn micro_step(
+    device: &dyn Device,
+    set: &mut KernelSet,
+    shared: &mut SharedKernels,
+    buf: &mut StepBuffers,
+    tokens: &[u32],
+    targets: &[u32],
+    loss_scale: f32,
+    grads: &mut Params,
+    threads: usize,
+) -> Result<(f32, StepTiming), StepError> {
+    check_tokens(&buf.config, tokens, targets)?;
+    let mut timing = StepTiming::default();
+    forward(device, set, buf, tokens, &mut timing)?;
+    let params = set.snapshot.params.clone();
+    let layout = params.layout.clone();
+    let c = buf.config.clone();
+    let (d, h, v, s) = (c.dim, c.hidden, c.vocab, c.seq_len);
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+
+    // Head: loss, classifier and final-norm backward.
+    let t = Instant::now();
+    let (loss, rrms_final) = head_loss(&params, buf, targets, threads);
+    buf.dlogits.iter_mut().for_each(|g| *g *= loss_scale);
+    host::matmul_t(
+        params.get(layout.classifier()),
+        &buf.dlogits,
+        v,
+        d,
+        s,
+        &mut buf.dx,
+        threads,
+    );
+    timing.host_math += t.elapsed();
+    let t = Instant::now();
+    host::weight_grad(
+        grads.get_mut(layout.classifier()),
+        &buf.dlogits,
+        &buf.x_final,
+        v,
+        d,
+        s,
+        threads,
+    );
+    timing.weight_grads += t.elapsed();
+    let t = Instant::now();
+    let (dx, dy) = (&buf.dx, &mut buf.dy);
+    host::rmsnorm_backward(
+        dx,
+        &buf.x,
+        params.get(layout.rms_final()),
+        &rrms_final,
+        dy,
+        grads.get_mut(layout.rms_final()),
+    );
+    timing.host_math += t.elapsed();
+
+    for l in (0..c.n_layers).rev() {
+        let tape = &buf.tapes[l];
+        // FFN backward on the device; its weight gradients and RMSNorm backward on the host.
+        buf.bwd_ffn_in.part_mut("dffn").copy_from_slice(&buf.dy);
+        buf.bwd_ffn_in
+            .part_mut("h1")
+            .copy_from_slice(tape.ffn.part("h1"));
+        buf.bwd_ffn_in
+            .part_mut("h3")
+            .copy_from_slice(tape.ffn.part("h3"));
+        let name = format!("bwd_ffn.{l}");
+        eval(
+            device,
+            set.kernel(l, KernelKind::BwdFfn),
+            &name,
+            &buf.bwd_ffn_in.data,
+            &mut buf.bwd_ffn_out.data,
+            &mut timing,
+        )?;
+        let t = Instant::now();
+        let x2norm = tape.ffn.part("xnorm");
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::W2),
+            &buf.dy,
+            tape.ffn.part("gate"),
+            d,
+            h,
+            s,
+            threads,
+        );
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::W1),
+            buf.bwd_ffn_out.part("dh1"),
+            x2norm,
+            h,
+            d,
+            s,
+            threads,
+        );
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::W3),
+            buf.bwd_ffn_out.part("dh3"),
+            x2norm,
+            h,
+            d,
+            s,
+            threads,
+        );
+        timing.weight_grads += t.elapsed();
+        let t = Instant::now();
+        let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
+        host::rmsnorm_backward(
+            buf.bwd_ffn_out.part("dx"),
+            &tape.x2,
+            params.layer(l, LayerTensor::RmsFfn),
+            &rrms2,
+            &mut buf.dx,
+            grads.layer_mut(l, LayerTensor::RmsFfn),
+        );
+        // dx2 = the residual's gradient plus the FFN branch's.
+        for (dx2, dy) in buf.dx.iter_mut().zip(&buf.dy) {
+            *dx2 += dy;
+        }
+        timing.host_math += t.elapsed();
+        let dx2 = &buf.dx;
+
+        // Attention backward on the device.
+        let t = Instant::now();
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::Wo),
+            dx2,
+            tape.attn.part("attn"),
+            d,
+            q,
+            s,
+            threads,
+        );
+        timing.weight_grads += t.elapsed();
+        for part in ["q_rope", "k_rope", "v"] {
+            buf.bwd_attn1_in
+                .part_mut(part)
+                .copy_from_slice(tape.attn.part(part));
+        }
+        buf.bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
+        let name = format!("bwd_attn1.{l}");
+        eval(
+            device,
+            set.kernel(l, KernelKind::BwdAttn1),
+            &name,
+            &buf.bwd_attn1_in.data,
+            &mut buf.bwd_attn1_out.data,
+            &mut timing,
+        )?;
+        for part in ["probs", "dprobs"] {
+            buf.bwd_attn2_in
+                .part_mut(part)
+                .copy_from_slice(buf.bwd_attn1_out.part(part));
+        }
+        for part in ["q_rope", "k_rope"] {
+            buf.bwd_attn2_in
+                .part_mut(part)
+                .copy_from_slice(tape.attn.part(part));
+        }
+        let name = format!("bwd_attn2.{l}");
+        eval(
+            device,
+            &mut shared.bwd_attn2,
+            &name,
+            &buf.bwd_attn2_in.data,
+            &mut buf.bwd_attn2_out.data,
+            &mut timing,
+        )?;
+        buf.bwd_qkv_in
+            .part_mut("dq_rope")
+            .copy_from_slice(buf.bwd_attn2_out.part("dq_rope"));
+        buf.bwd_qkv_in
+            .part_mut("dk_rope")
+            .copy_from_slice(buf.bwd_attn2_out.part("dk_rope"));
+        buf.bwd_qkv_in
+            .part_mut("dv")
+            .copy_from_slice(buf.bwd_attn1_out.part("dv"));
+        let name = format!("bwd_qkv.{l}");
+        eval(
+            device,
+            set.kernel(l, KernelKind::BwdQkv),
+            &name,
+            &buf.bwd_qkv_in.data,
+            &mut buf.bwd_qkv_out.data,
+            &mut timing,
+        )?;
+        let t = Instant::now();
+        let xnorm = tape.attn.part("xnorm");
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::Wq),
+            buf.bwd_qkv_out.part("dq"),
+            xnorm,
+            q,
+            d,
+            s,
+            threads,
+        );
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::Wk),
+            buf.bwd_qkv_out.part("dk"),
+            xnorm,
+            kv,
+            d,
+            s,
+            threads,
+        );
+        host::weight_grad(
+            grads.layer_mut(l, LayerTensor::Wv),
+            buf.bwd_attn1_out.part("dv"),
+            xnorm,
+            kv,
+            d,
+            s,
+            threads,
+        );
+        timing.weight_grads += t.elapsed();
+        let t = Instant::now();
+        let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
+        host::rmsnorm_backward(
+            buf.bwd_qkv_out.part("dx"),
+            &tape.x,
+            params.layer(l, LayerTensor::RmsAtt),
+            &rrms1,
+            &mut buf.dy,
+            grads.layer_mut(l, LayerTensor::RmsAtt),
+        );
+        for (dy, dx2) in buf.dy.iter_mut().zip(&buf.dx) {
+            *dy += dx2;
+        }
+        timing.host_math += t.elapsed();
+    }
+    let t = Instant::now();
+    host::embed_backward(grads.get_mut(layout.embed()), d, tokens, &buf.dy);
+    timing.host_math += t.elapsed();
+    Ok((loss, timing))
+}
