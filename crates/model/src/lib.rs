@@ -2,8 +2,10 @@
 //! the MIL kernels of a training step, and the math that stays on the host.
 
 pub mod config;
+pub mod generate;
 pub mod host;
 pub mod kernels;
+pub mod optim;
 pub mod params;
 pub mod step;
 

@@ -9,8 +9,9 @@ use crate::config::ModelConfig;
 use crate::host;
 use crate::kernels::{generate, KernelKind, Packing};
 use crate::params::{LayerTensor, Params};
-use anetrain_device::{Device, DeviceError, Kernel};
+use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
 use anetrain_mil::check::CheckError;
+use anetrain_mil::DType;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -82,10 +83,15 @@ pub fn compile_kernel(
 ) -> Result<Kernel, StepError> {
     let config = &params.layout.config;
     let kernel = format!("{}.{layer}", kind.name());
-    let program = generate(kind, config, params, layer).map_err(|source| StepError::Generate {
-        kernel: kernel.clone(),
-        source,
-    })?;
+    let dtype = match device.info().numeric {
+        NumericMode::Fp32 => DType::Fp32,
+        NumericMode::Fp16 => DType::Fp16,
+    };
+    let program =
+        generate(kind, config, params, layer, dtype).map_err(|source| StepError::Generate {
+            kernel: kernel.clone(),
+            source,
+        })?;
     device
         .compile(&program.program, &program.weights)
         .map_err(|source| StepError::Compile { kernel, source })
@@ -357,6 +363,22 @@ pub fn forward_loss(
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot.params.clone();
     Ok(head_loss(&params, buf, targets, threads).0)
+}
+
+/// The logits `[V][S]` of one window, forward only.
+pub fn forward_logits(
+    device: &dyn Device,
+    set: &mut KernelSet,
+    buf: &mut StepBuffers,
+    tokens: &[u32],
+    threads: usize,
+) -> Result<Vec<f32>, StepError> {
+    check_tokens(&buf.config, tokens, tokens)?;
+    let mut timing = StepTiming::default();
+    forward(device, set, buf, tokens, &mut timing)?;
+    let params = set.snapshot.params.clone();
+    head_loss(&params, buf, tokens, threads);
+    Ok(buf.logits.clone())
 }
 
 /// One micro-step: returns the loss and adds `loss_scale ×` the gradient of the mean

@@ -1,2 +1,5 @@
 //! Training: the loop and the weight-delivery strategies, data sets, tokenizers, checkpoints,
 //! metrics, reports and sampling.
+
+pub mod checkpoint;
+pub mod trainer;

@@ -1,6 +1,7 @@
 //! A thin layer over the MIL builder for kernel generators: every op's output type is inferred
-//! by the checker, constants and weight files are created on demand, and fp16 is the dtype of
-//! every activation (the ANE's).
+//! by the checker, constants and weight files are created on demand, and one float dtype is used
+//! for every tensor: fp16 for the ANE (and the CPU's fp16 mode), fp32 where exact gradients are
+//! wanted (the CPU's fp32 mode).
 
 use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::check::{infer_op_type, CheckError};
@@ -19,6 +20,7 @@ pub struct KernelProgram {
 
 pub struct Graph {
     name: String,
+    dtype: DType,
     b: FunctionBuilder,
     types: HashMap<String, Type>,
     consts: HashMap<String, Literal>,
@@ -30,9 +32,10 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn new(name: &str) -> Graph {
+    pub fn new(name: &str, dtype: DType) -> Graph {
         Graph {
             name: name.to_string(),
+            dtype,
             b: FunctionBuilder::new("main", "ios18"),
             types: HashMap::new(),
             consts: HashMap::new(),
@@ -42,9 +45,9 @@ impl Graph {
         }
     }
 
-    /// The kernel's single input, `[1, C, 1, S]` fp16.
+    /// The kernel's single input, `[1, C, 1, S]`.
     pub fn input(&mut self, name: &str, shape: &[usize]) -> Var {
-        let ty = Type::tensor(DType::Fp16, shape.to_vec());
+        let ty = Type::tensor(self.dtype, shape.to_vec());
         let v = self.b.input(name, ty.clone());
         self.types.insert(v.name().to_string(), ty);
         v
@@ -74,20 +77,32 @@ impl Graph {
         self.constant(name, Literal::bool(value))
     }
 
-    /// An fp16 scalar constant written as C's `%f` would (the generators' convention).
+    /// A float scalar constant, written as C's `%f` would (the generators' convention) where
+    /// that is exact enough, else with all the digits the value needs.
     pub fn scalar(&mut self, name: &str, value: f64) -> Var {
-        self.constant(name, Literal::float(DType::Fp16, FloatLit::fixed6(value)))
+        let six = FloatLit::fixed6(value);
+        let lit = if (six.value - value).abs() <= 1e-7 * value.abs() {
+            six
+        } else {
+            FloatLit::from_text(&format!("{value:e}")).unwrap_or(six)
+        };
+        self.constant(name, Literal::float(self.dtype, lit))
     }
 
-    /// An fp16 tensor baked from a weight file `@model_path/weights/<file>.bin` (one file per
-    /// tensor, offset 64: the layout every chip accepts).
-    pub fn weight(&mut self, name: &str, file: &str, shape: &[usize], blob: BlobFile) -> Var {
+    /// A tensor baked from a weight file `@model_path/weights/<file>.bin` (one file per
+    /// tensor, offset 64: the layout every chip accepts), stored in the graph's dtype. `values`
+    /// are row-major in `shape`.
+    pub fn weight(&mut self, name: &str, file: &str, shape: &[usize], values: &[f32]) -> Var {
         let path = format!("@model_path/weights/{file}.bin");
+        let blob = match self.dtype {
+            DType::Fp32 => BlobFile::fp32(values),
+            _ => BlobFile::fp16(values),
+        };
         self.weights.insert_blob(path.clone(), &blob);
         self.constant(
             name,
             Literal::Blob {
-                dtype: DType::Fp16,
+                dtype: self.dtype,
                 shape: shape.to_vec(),
                 path,
                 offset: 64,
@@ -111,7 +126,7 @@ impl Graph {
             Ok(ty) => ty,
             Err(e) => {
                 self.error.get_or_insert(e);
-                Type::Scalar(DType::Fp16)
+                Type::Scalar(self.dtype)
             }
         };
         let v = self.b.op(kind, name, ty.clone(), args);

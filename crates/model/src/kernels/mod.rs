@@ -21,9 +21,8 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::BlobFile;
 use anetrain_mil::check::CheckError;
-use anetrain_mil::Var;
+use anetrain_mil::{DType, Var};
 use graph::{Graph, KernelProgram};
 use std::ops::Range;
 
@@ -142,14 +141,16 @@ impl KernelKind {
     }
 }
 
-/// Generates one kernel of one layer from the weights in `params`.
+/// Generates one kernel of one layer from the weights in `params`, with every tensor in
+/// `dtype` (fp16 for the ANE; fp32 for exact gradients on the CPU).
 pub fn generate(
     kind: KernelKind,
     c: &ModelConfig,
     params: &Params,
     layer: usize,
+    dtype: DType,
 ) -> Result<KernelProgram, Box<CheckError>> {
-    let mut g = Graph::new(&format!("{}.{layer}", kind.name()));
+    let mut g = Graph::new(&format!("{}.{layer}", kind.name()), dtype);
     let (input, output) = kind.layout(c);
     let x = g.input("x", &[1, input.channels(), 1, c.seq_len]);
     let gen = Gen { c, params, layer };
@@ -185,23 +186,20 @@ impl Gen<'_> {
     /// A layer matrix baked as stored, `[out, in, 1, 1]`: the forward conv weight.
     fn matrix(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
         let [rows, cols] = t.shape(self.c);
-        g.weight(
-            name,
-            name,
-            &[rows, cols, 1, 1],
-            BlobFile::fp16(self.tensor(t)),
-        )
+        g.weight(name, name, &[rows, cols, 1, 1], self.tensor(t))
     }
 
     /// A layer matrix baked transposed, `[in, out, 1, 1]`: the backward-dx conv weight.
     fn matrix_t(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
         let [rows, cols] = t.shape(self.c);
-        g.weight(
-            name,
-            name,
-            &[cols, rows, 1, 1],
-            BlobFile::fp16_matrix_transposed(self.tensor(t), rows, cols),
-        )
+        let w = self.tensor(t);
+        let mut wt = vec![0.0f32; w.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                wt[c * rows + r] = w[r * cols + c];
+            }
+        }
+        g.weight(name, name, &[cols, rows, 1, 1], &wt)
     }
 
     /// Channel slice `[from, from + n)` of a packed input.
@@ -227,7 +225,7 @@ impl Gen<'_> {
             &format!("{prefix}_w"),
             t.short_name(),
             &[1, d, 1, 1],
-            BlobFile::fp16(self.tensor(t)),
+            self.tensor(t),
         );
         g.binary("mul", &format!("{prefix}_xn"), &xr, &w)
     }
@@ -253,13 +251,13 @@ impl Gen<'_> {
             &format!("cos_{tag}"),
             &format!("rope_cos_{tag}"),
             &shape,
-            BlobFile::fp16(&cos),
+            &cos,
         );
         let sn = g.weight(
             &format!("sin_{tag}"),
             &format!("rope_sin_{tag}"),
             &shape,
-            BlobFile::fp16(&sin),
+            &sin,
         );
         (c, sn)
     }
@@ -347,7 +345,7 @@ impl Gen<'_> {
         let m: Vec<f32> = (0..s * s)
             .map(|i| if i % s <= i / s { 0.0 } else { -65504.0 })
             .collect();
-        g.weight("mask", "mask", &[1, 1, s, s], BlobFile::fp16(&m))
+        g.weight("mask", "mask", &[1, 1, s, s], &m)
     }
 
     /// Causal attention probabilities softmax(q·kᵀ/√hd + mask) over heads.

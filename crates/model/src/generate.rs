@@ -1,0 +1,221 @@
+//! Text generation on the host: one token at a time with a key/value cache, the way llama2.c's
+//! `run.c` does it, and sampling with temperature and top-p.
+
+use crate::params::{LayerTensor, Params};
+
+/// A decoder that advances one position per call.
+pub struct Decoder<'a> {
+    params: &'a Params,
+    /// Per layer: keys and values of every position so far, `[pos][kv_dim]`.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    pos: usize,
+}
+
+fn matvec(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+        *o = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * r * g).collect()
+}
+
+/// Rotates pairs (2i, 2i+1) of every head by θ = pos · theta^(−2i/head_dim).
+fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..head_dim / 2 {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let (sin, cos) = (pos as f64 * freq).sin_cos();
+            let (a, b) = (head[2 * i] as f64, head[2 * i + 1] as f64);
+            head[2 * i] = (a * cos - b * sin) as f32;
+            head[2 * i + 1] = (a * sin + b * cos) as f32;
+        }
+    }
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(params: &'a Params) -> Decoder<'a> {
+        let n = params.layout.config.n_layers;
+        Decoder {
+            params,
+            keys: vec![Vec::new(); n],
+            values: vec![Vec::new(); n],
+            pos: 0,
+        }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Feeds `token` at the next position; returns the logits for the position after it.
+    pub fn step(&mut self, token: u32) -> Vec<f32> {
+        let p = self.params;
+        let c = &p.layout.config;
+        let (d, hd, nh) = (c.dim, c.head_dim, c.n_heads);
+        let (q_dim, kv_dim, ratio) = (c.q_dim(), c.kv_dim(), c.gqa_ratio());
+        let embed = p.get(p.layout.embed());
+        let mut x = embed[token as usize * d..(token as usize + 1) * d].to_vec();
+        for l in 0..c.n_layers {
+            let xn = rmsnorm(&x, p.layer(l, LayerTensor::RmsAtt), c.norm_eps);
+            let mut q = vec![0.0; q_dim];
+            let mut k = vec![0.0; kv_dim];
+            let mut v = vec![0.0; kv_dim];
+            matvec(p.layer(l, LayerTensor::Wq), &xn, &mut q);
+            matvec(p.layer(l, LayerTensor::Wk), &xn, &mut k);
+            matvec(p.layer(l, LayerTensor::Wv), &xn, &mut v);
+            rope(&mut q, hd, self.pos, c.rope_theta);
+            rope(&mut k, hd, self.pos, c.rope_theta);
+            self.keys[l].extend_from_slice(&k);
+            self.values[l].extend_from_slice(&v);
+            let n = self.pos + 1;
+            let mut att = vec![0.0f32; q_dim];
+            let scale = 1.0 / (hd as f32).sqrt();
+            for h in 0..nh {
+                let kvh = h / ratio;
+                let qh = &q[h * hd..(h + 1) * hd];
+                let mut scores: Vec<f32> = (0..n)
+                    .map(|t| {
+                        let kt = &self.keys[l][t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                        qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let out = &mut att[h * hd..(h + 1) * hd];
+                for (t, s) in scores.iter().enumerate() {
+                    let vt = &self.values[l][t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                    for (o, vv) in out.iter_mut().zip(vt) {
+                        *o += s / sum * vv;
+                    }
+                }
+            }
+            let mut o = vec![0.0; d];
+            matvec(p.layer(l, LayerTensor::Wo), &att, &mut o);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let xn = rmsnorm(&x, p.layer(l, LayerTensor::RmsFfn), c.norm_eps);
+            let mut h1 = vec![0.0; c.hidden];
+            let mut h3 = vec![0.0; c.hidden];
+            matvec(p.layer(l, LayerTensor::W1), &xn, &mut h1);
+            matvec(p.layer(l, LayerTensor::W3), &xn, &mut h3);
+            let gate: Vec<f32> = h1
+                .iter()
+                .zip(&h3)
+                .map(|(a, b)| a / (1.0 + (-a).exp()) * b)
+                .collect();
+            let mut f = vec![0.0; d];
+            matvec(p.layer(l, LayerTensor::W2), &gate, &mut f);
+            x.iter_mut().zip(&f).for_each(|(a, b)| *a += b);
+        }
+        let xf = rmsnorm(&x, p.get(p.layout.rms_final()), c.norm_eps);
+        let mut logits = vec![0.0; c.vocab];
+        matvec(p.get(p.layout.classifier()), &xf, &mut logits);
+        self.pos += 1;
+        logits
+    }
+}
+
+/// Sampling settings. Temperature 0 means greedy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampler {
+    pub temperature: f32,
+    pub top_p: f32,
+    state: u64,
+}
+
+impl Sampler {
+    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Sampler {
+        Sampler {
+            temperature,
+            top_p,
+            state: seed ^ 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    /// A uniform number in [0, 1) (xorshift64*).
+    fn uniform(&mut self) -> f32 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        ((self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, ((l - max) / self.temperature).exp()))
+            .collect();
+        let total: f32 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= total);
+        // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut mass = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            mass += p.1;
+            if mass >= self.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        let kept = &probs[..keep];
+        let r = self.uniform() * kept.iter().map(|p| p.1).sum::<f32>();
+        let mut acc = 0.0;
+        for p in kept {
+            acc += p.1;
+            if r < acc {
+                return p.0;
+            }
+        }
+        kept[kept.len() - 1].0
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}
+
+/// Feeds the prompt, then samples `max_tokens` more (stopping at the context length).
+pub fn generate(
+    params: &Params,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+) -> Vec<u32> {
+    let limit = params.layout.config.seq_len;
+    let mut dec = Decoder::new(params);
+    let mut out = Vec::new();
+    let mut logits = Vec::new();
+    for &t in prompt.iter().take(limit) {
+        logits = dec.step(t);
+    }
+    while out.len() < max_tokens && dec.position() < limit {
+        let next = if logits.is_empty() {
+            0
+        } else {
+            sampler.sample(&logits)
+        };
+        out.push(next);
+        if dec.position() < limit {
+            logits = dec.step(next);
+        }
+    }
+    out
+}

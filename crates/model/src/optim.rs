@@ -1,0 +1,241 @@
+//! The optimizer side of training: AdamW, global-norm clipping, the learning-rate schedule and
+//! dynamic loss scaling for fp16.
+
+use crate::params::Params;
+use serde::{Deserialize, Serialize};
+
+/// AdamW hyperparameters. Weight decay applies to matrices only (the layout's `decay` flag).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+/// First and second moments, and the number of updates taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState {
+    pub m: Params,
+    pub v: Params,
+    pub t: u64,
+}
+
+impl AdamState {
+    pub fn new(like: &Params) -> AdamState {
+        AdamState {
+            m: Params::zeros(like.layout.clone()),
+            v: Params::zeros(like.layout.clone()),
+            t: 0,
+        }
+    }
+}
+
+impl AdamW {
+    /// One update of `params` with gradient `grads` at learning rate `lr`:
+    /// w −= lr·(m̂/(√v̂ + eps) + wd·w), with bias-corrected moments.
+    pub fn update(&self, params: &mut Params, grads: &Params, state: &mut AdamState, lr: f32) {
+        state.t += 1;
+        let t = state.t as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(t);
+        let (step, bc2_sqrt) = ((lr as f64 / bc1) as f32, bc2.sqrt() as f32);
+        for spec in params.layout.tensors.clone() {
+            let wd = if spec.decay { self.weight_decay } else { 0.0 };
+            let r = spec.range.clone();
+            let w = &mut params.data[r.clone()];
+            let (m, v, g) = (
+                &mut state.m.data[r.clone()],
+                &mut state.v.data[r.clone()],
+                &grads.data[r],
+            );
+            for i in 0..w.len() {
+                m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * g[i];
+                v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * g[i] * g[i];
+                let denom = v[i].sqrt() / bc2_sqrt + self.eps;
+                w[i] -= step * m[i] / denom + lr * wd * w[i];
+            }
+        }
+    }
+}
+
+/// The global L2 norm of a gradient.
+pub fn grad_norm(grads: &Params) -> f32 {
+    grads
+        .data
+        .iter()
+        .map(|&g| (g as f64) * (g as f64))
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// Scales the gradient down to `max_norm` if its norm is larger; returns the norm before.
+pub fn clip_grad_norm(grads: &mut Params, max_norm: f32) -> f32 {
+    let norm = grad_norm(grads);
+    if norm > max_norm && norm.is_finite() {
+        let s = max_norm / norm;
+        grads.data.iter_mut().for_each(|g| *g *= s);
+    }
+    norm
+}
+
+/// Linear warmup to `max_lr`, then cosine decay to `min_lr` at `total` steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub max_lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub total: u64,
+}
+
+impl LrSchedule {
+    /// The learning rate of update `step` (0-based).
+    pub fn at(&self, step: u64) -> f32 {
+        if step < self.warmup {
+            return self.max_lr * (step + 1) as f32 / self.warmup as f32;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1);
+        let progress = ((step - self.warmup) as f64 / span as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.min_lr + (self.max_lr - self.min_lr) * cosine as f32
+    }
+}
+
+/// Dynamic loss scaling: gradients are computed at `scale ×` the loss so that fp16 keeps them
+/// from underflowing; an overflow skips the update and halves the scale, and every `growth_interval`
+/// good steps in a row double it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossScaler {
+    pub scale: f32,
+    pub growth_interval: u32,
+    pub good_steps: u32,
+    pub min_scale: f32,
+    pub max_scale: f32,
+}
+
+impl LossScaler {
+    pub fn new(initial: f32) -> LossScaler {
+        LossScaler {
+            scale: initial,
+            growth_interval: 200,
+            good_steps: 0,
+            min_scale: 1.0,
+            max_scale: 65536.0,
+        }
+    }
+
+    /// A scaler that never changes (fp32 training).
+    pub fn fixed() -> LossScaler {
+        LossScaler {
+            scale: 1.0,
+            growth_interval: u32::MAX,
+            good_steps: 0,
+            min_scale: 1.0,
+            max_scale: 1.0,
+        }
+    }
+
+    /// Records whether the (still scaled) gradient was finite; returns true if the update may
+    /// be applied.
+    pub fn observe(&mut self, grads_finite: bool) -> bool {
+        if !grads_finite {
+            self.scale = (self.scale / 2.0).max(self.min_scale);
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= self.growth_interval {
+            self.scale = (self.scale * 2.0).min(self.max_scale);
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
+/// True when every gradient entry is finite.
+pub fn all_finite(grads: &Params) -> bool {
+    grads.data.iter().all(|g| g.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ModelConfig, ParamLayout};
+    use std::sync::Arc;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = LrSchedule {
+            max_lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 10,
+            total: 110,
+        };
+        assert!((s.at(0) - 1e-4).abs() < 1e-9);
+        assert!((s.at(9) - 1e-3).abs() < 1e-9);
+        assert!((s.at(10) - 1e-3).abs() < 1e-9);
+        assert!((s.at(60) - 5.5e-4).abs() < 1e-7);
+        assert!((s.at(110) - 1e-4).abs() < 1e-9);
+        assert!((s.at(500) - 1e-4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn adamw_first_step_moves_by_lr_times_sign() {
+        // On the first step m̂ = g and v̂ = g², so the move is lr·g/(|g| + eps) + lr·wd·w.
+        let mut c = ModelConfig::tiny();
+        c.n_layers = 1;
+        let layout = Arc::new(ParamLayout::new(&c));
+        let mut p = Params::zeros(layout.clone());
+        p.data.iter_mut().for_each(|w| *w = 0.5);
+        let mut g = Params::zeros(layout.clone());
+        g.data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = if i % 2 == 0 { 2.0 } else { -0.01 });
+        let mut state = AdamState::new(&p);
+        AdamW::default().update(&mut p, &g, &mut state, 0.01);
+        let embed0 = p.data[0]; // a matrix entry with g > 0: decayed too
+        assert!(
+            (embed0 - (0.5 - 0.01 - 0.01 * 0.1 * 0.5)).abs() < 1e-6,
+            "{embed0}"
+        );
+        let rms = layout.rms_final().start; // a norm weight: no decay
+        let expect = if rms % 2 == 0 { 0.5 - 0.01 } else { 0.5 + 0.01 };
+        assert!((p.data[rms] - expect).abs() < 1e-5);
+    }
+
+    #[test]
+    fn clipping_caps_the_global_norm() {
+        let c = ModelConfig::tiny();
+        let layout = Arc::new(ParamLayout::new(&c));
+        let mut g = Params::zeros(layout);
+        g.data[0] = 3.0;
+        g.data[1] = 4.0;
+        assert_eq!(clip_grad_norm(&mut g, 1.0), 5.0);
+        assert!((grad_norm(&g) - 1.0).abs() < 1e-6);
+        assert!((g.data[0] - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn loss_scaler_halves_on_overflow_and_grows_after_good_runs() {
+        let mut s = LossScaler::new(256.0);
+        s.growth_interval = 3;
+        assert!(!s.observe(false));
+        assert_eq!(s.scale, 128.0);
+        assert!(s.observe(true) && s.observe(true));
+        assert_eq!(s.scale, 128.0);
+        assert!(s.observe(true));
+        assert_eq!(s.scale, 256.0);
+    }
+}

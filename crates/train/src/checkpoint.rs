@@ -1,0 +1,320 @@
+//! Checkpoints: everything a run needs to continue exactly where it stopped.
+//!
+//! Layout (little-endian):
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 8 | magic `ANETCKPT` |
+//! | 4 | format version (1) |
+//! | 8 | length H of the header |
+//! | H | header: JSON ([`CheckpointHeader`]: config, options, step, sampler and RNG state, loss scale, counters) |
+//! | 8 | length T of the tokenizer bytes |
+//! | T | the tokenizer, as its own file format |
+//! | 4·N | master weights, f32 |
+//! | 4·N | AdamW first moments, f32 |
+//! | 4·N | AdamW second moments, f32 |
+//! | 4 | CRC-32 of every byte before it |
+//!
+//! N is the parameter count of the header's config. Files are written to a temporary file,
+//! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
+
+use anetrain_model::optim::AdamState;
+use anetrain_model::{ModelConfig, ParamLayout, Params};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+const MAGIC: &[u8; 8] = b"ANETCKPT";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+/// The small, structured part of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointHeader {
+    pub config: ModelConfig,
+    /// Optimizer updates done.
+    pub step: u64,
+    /// The training options, as the trainer serialises them.
+    pub options: serde_json::Value,
+    /// The data sampler's state.
+    pub sampler: serde_json::Value,
+    pub loss_scale: serde_json::Value,
+    /// Counters carried across restarts (times, compiles, tokens).
+    pub counters: serde_json::Value,
+    /// `hf` or `llama2c`.
+    pub tokenizer_kind: String,
+}
+
+/// A whole checkpoint in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub header: CheckpointHeader,
+    pub tokenizer: Vec<u8>,
+    pub params: Params,
+    pub adam: AdamState,
+}
+
+fn f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
+    out.reserve(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+impl Checkpoint {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).expect("the header serialises");
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.tokenizer.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.tokenizer);
+        f32_bytes(&mut out, &self.params.data);
+        f32_bytes(&mut out, &self.adam.m.data);
+        f32_bytes(&mut out, &self.adam.v.data);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Checkpoint, CheckpointError> {
+        let corrupt = |message: String| CheckpointError::Corrupt {
+            path: path.to_string(),
+            message,
+        };
+        if bytes.len() < 8 + 4 + 8 + 8 + 4 || &bytes[..8] != MAGIC {
+            return Err(corrupt(
+                "not an anetrain checkpoint (bad magic or too short)".into(),
+            ));
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != stored {
+            return Err(corrupt(
+                "checksum mismatch: the file is truncated or corrupted".into(),
+            ));
+        }
+        let mut r = Reader { bytes: body, at: 8 };
+        let version = u32::from_le_bytes(r.take(4).map_err(&corrupt)?.try_into().expect("4"));
+        if version != VERSION {
+            return Err(corrupt(format!(
+                "format version {version}, this build reads {VERSION}"
+            )));
+        }
+        let header_len = r.u64().map_err(&corrupt)? as usize;
+        let header: CheckpointHeader =
+            serde_json::from_slice(r.take(header_len).map_err(&corrupt)?)
+                .map_err(|e| corrupt(format!("header: {e}")))?;
+        header
+            .config
+            .validate()
+            .map_err(|e| corrupt(format!("header: {e}")))?;
+        let tok_len = r.u64().map_err(&corrupt)? as usize;
+        let tokenizer = r.take(tok_len).map_err(&corrupt)?.to_vec();
+        let layout = Arc::new(ParamLayout::new(&header.config));
+        let mut read_params = |what: &str| -> Result<Params, CheckpointError> {
+            let raw = r
+                .take(layout.len * 4)
+                .map_err(|e| corrupt(format!("{what}: {e}")))?;
+            let data = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            Ok(Params {
+                layout: layout.clone(),
+                data,
+            })
+        };
+        let params = read_params("weights")?;
+        let m = read_params("first moments")?;
+        let v = read_params("second moments")?;
+        if r.at != body.len() {
+            return Err(corrupt(format!(
+                "{} unexpected bytes after the optimizer state",
+                body.len() - r.at
+            )));
+        }
+        let t = header.step;
+        Ok(Checkpoint {
+            header,
+            tokenizer,
+            params,
+            adam: AdamState { m, v, t },
+        })
+    }
+
+    /// Writes atomically: temporary file in the same folder, fsync, rename, fsync the folder.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+        tmp.write_all(&self.to_bytes()).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Checkpoint::from_bytes(&bytes, &path.display().to_string())
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("needs {n} bytes at offset {}, the file ends first", self.at))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// Checkpoint files of a run folder: `ckpt-<step>.bin`, newest last.
+pub fn list_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name
+                .strip_prefix("ckpt-")?
+                .strip_suffix(".bin")?
+                .parse()
+                .ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Saves `ckpt-<step>.bin` in `dir` and removes all but the newest `keep`.
+pub fn save_rotating(
+    ckpt: &Checkpoint,
+    dir: &Path,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let path = dir.join(format!("ckpt-{:08}.bin", ckpt.header.step));
+    ckpt.save(&path)?;
+    let all = list_checkpoints(dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        let mut config = ModelConfig::tiny();
+        config.n_layers = 1;
+        config.vocab = 16;
+        let layout = Arc::new(ParamLayout::new(&config));
+        let mut params = Params::zeros(layout.clone());
+        params
+            .data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 * 0.5);
+        let mut adam = AdamState::new(&params);
+        adam.m.data[3] = -1.0;
+        adam.v.data[5] = 2.0;
+        adam.t = 7;
+        Checkpoint {
+            header: CheckpointHeader {
+                config,
+                step: 7,
+                options: serde_json::json!({"lr": 0.001}),
+                sampler: serde_json::json!({"state": 42}),
+                loss_scale: serde_json::json!(1.0),
+                counters: serde_json::json!({}),
+                tokenizer_kind: "hf".into(),
+            },
+            tokenizer: b"{}".to_vec(),
+            params,
+            adam,
+        }
+    }
+
+    #[test]
+    fn round_trips_bit_exactly() {
+        let c = sample();
+        let back = Checkpoint::from_bytes(&c.to_bytes(), "mem").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn every_truncation_and_a_flipped_bit_are_refused() {
+        let bytes = sample().to_bytes();
+        for cut in [0, 7, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+            let e = Checkpoint::from_bytes(&bytes[..cut], "f").unwrap_err();
+            assert!(matches!(e, CheckpointError::Corrupt { .. }), "cut {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x10;
+        let e = Checkpoint::from_bytes(&flipped, "f").unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sample();
+        for step in [1, 2, 3, 4] {
+            c.header.step = step;
+            save_rotating(&c, dir.path(), 2).unwrap();
+        }
+        let steps: Vec<u64> = list_checkpoints(dir.path())
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(steps, vec![3, 4]);
+        let last = Checkpoint::load(&list_checkpoints(dir.path())[1].1).unwrap();
+        assert_eq!(last.header.step, 4);
+    }
+}

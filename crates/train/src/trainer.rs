@@ -1,0 +1,371 @@
+//! The training loop: micro-steps with gradient accumulation, loss scaling, clipping, AdamW
+//! and the schedule, validation, checkpoints, and the delivery of new weights to the device.
+
+use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
+use anetrain_device::{Device, NumericMode};
+use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
+use anetrain_model::step::{
+    compile_kernel_set, forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError,
+    StepTiming, WeightSnapshot,
+};
+use anetrain_model::{ModelConfig, Params};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Everything that shapes a run besides the model and the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Optimizer updates.
+    pub steps: u64,
+    /// Micro-steps (windows) per update.
+    pub accum: u32,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub clip: f32,
+    pub adam: AdamW,
+    pub seed: u64,
+    /// Validation every this many updates (0: never).
+    pub eval_every: u64,
+    /// Validation windows per evaluation.
+    pub eval_windows: usize,
+    /// Checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// Initial loss scale in fp16 (dynamic afterwards); fp32 runs use 1.
+    pub loss_scale: f32,
+    pub threads: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            steps: 600,
+            accum: 1,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 30,
+            clip: 1.0,
+            adam: AdamW::default(),
+            seed: 42,
+            eval_every: 100,
+            eval_windows: 8,
+            checkpoint_every: 200,
+            keep_checkpoints: 3,
+            loss_scale: 256.0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Where the training windows come from. A window is `seq_len + 1` tokens: inputs are the
+/// first `seq_len`, targets the last `seq_len`.
+pub trait WindowSource {
+    fn next_train_window(&mut self, out: &mut [u32]);
+    /// The `i`-th validation window (deterministic; `count` of them are used).
+    fn validation_window(&self, i: usize, out: &mut [u32]);
+    fn validation_windows(&self) -> usize;
+    /// The sampler's state, for checkpoints.
+    fn state(&self) -> serde_json::Value;
+}
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Counters that survive restarts (carried in checkpoints).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub wall: Duration,
+    pub compile_stall: Duration,
+    pub compiles: u64,
+    pub train: Duration,
+    pub device_eval: Duration,
+    pub host_math: Duration,
+    pub weight_grads: Duration,
+    pub optimizer: Duration,
+    pub tokens: u64,
+    pub skipped_updates: u64,
+}
+
+/// What the loop reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Compiled { kernels: usize, took: Duration },
+    Step(StepRecord),
+    Validation { step: u64, loss: f32 },
+    Checkpoint { step: u64, path: PathBuf },
+}
+
+/// One update's metrics (a line of metrics.jsonl).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    pub loss_scale: f32,
+    pub skipped: bool,
+    pub tokens_per_s: f64,
+    pub ms: f64,
+    /// The weight version the device ran this step on, and how many updates it lagged.
+    pub weights_version: u64,
+    pub staleness: u64,
+}
+
+/// The mutable state of a run (what a checkpoint holds besides the data sampler).
+pub struct TrainState {
+    pub config: ModelConfig,
+    pub params: Params,
+    pub adam: AdamState,
+    pub step: u64,
+    pub scaler: LossScaler,
+    pub counters: Counters,
+}
+
+impl TrainState {
+    pub fn new(params: Params, options: &TrainOptions, mode: NumericMode) -> TrainState {
+        let scaler = match mode {
+            NumericMode::Fp32 => LossScaler::fixed(),
+            NumericMode::Fp16 => LossScaler::new(options.loss_scale),
+        };
+        TrainState {
+            config: params.layout.config.clone(),
+            adam: AdamState::new(&params),
+            params,
+            step: 0,
+            scaler,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn from_checkpoint(c: Checkpoint) -> Result<TrainState, TrainError> {
+        let h = c.header;
+        Ok(TrainState {
+            config: h.config,
+            params: c.params,
+            adam: c.adam,
+            step: h.step,
+            scaler: serde_json::from_value(h.loss_scale)
+                .map_err(|e| TrainError::Other(format!("checkpoint loss scale: {e}")))?,
+            counters: serde_json::from_value(h.counters)
+                .map_err(|e| TrainError::Other(format!("checkpoint counters: {e}")))?,
+        })
+    }
+
+    pub fn checkpoint(
+        &self,
+        options: &TrainOptions,
+        sampler: serde_json::Value,
+        tokenizer_kind: &str,
+        tokenizer: Vec<u8>,
+    ) -> Checkpoint {
+        Checkpoint {
+            header: CheckpointHeader {
+                config: self.config.clone(),
+                step: self.step,
+                options: serde_json::to_value(options).expect("options serialise"),
+                sampler,
+                loss_scale: serde_json::to_value(&self.scaler).expect("scaler serialises"),
+                counters: serde_json::to_value(&self.counters).expect("counters serialise"),
+                tokenizer_kind: tokenizer_kind.to_string(),
+            },
+            tokenizer,
+            params: self.params.clone(),
+            adam: self.adam.clone(),
+        }
+    }
+}
+
+/// Where checkpoints go and what tokenizer they embed.
+pub struct CheckpointSink {
+    pub dir: PathBuf,
+    pub tokenizer_kind: String,
+    pub tokenizer: Vec<u8>,
+}
+
+/// Runs the loop from `state.step` to `options.steps`, recompiling the kernel set after each
+/// update (the synchronous strategy).
+pub fn train(
+    device: &dyn Device,
+    options: &TrainOptions,
+    state: &mut TrainState,
+    data: &mut dyn WindowSource,
+    sink: Option<&CheckpointSink>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(), TrainError> {
+    let config = state.config.clone();
+    let s = config.seq_len;
+    let schedule = LrSchedule {
+        max_lr: options.lr,
+        min_lr: options.min_lr,
+        warmup: options.warmup,
+        total: options.steps,
+    };
+    let started = Instant::now();
+    let wall_before = state.counters.wall;
+    let mut buf = StepBuffers::new(&config);
+    let mut grads = Params::zeros(state.params.layout.clone());
+    let mut window = vec![0u32; s + 1];
+
+    let t = Instant::now();
+    let shared_params = state.params.clone();
+    let mut shared = SharedKernels::compile(device, &shared_params)?;
+    let mut set = compile_set(device, state)?;
+    let took = t.elapsed();
+    state.counters.compile_stall += took;
+    state.counters.compiles += 1 + KernelSet::kernel_count(&config) as u64;
+    on_event(&Event::Compiled {
+        kernels: 1 + KernelSet::kernel_count(&config),
+        took,
+    });
+
+    while state.step < options.steps {
+        let step_start = Instant::now();
+        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        let mut loss_sum = 0.0f64;
+        let mut timing = StepTiming::default();
+        for _ in 0..options.accum.max(1) {
+            data.next_train_window(&mut window);
+            let (loss, t) = micro_step(
+                device,
+                &mut set,
+                &mut shared,
+                &mut buf,
+                &window[..s],
+                &window[1..],
+                state.scaler.scale,
+                &mut grads,
+                options.threads,
+            )?;
+            loss_sum += loss as f64;
+            timing.add(&t);
+        }
+        let train_time = step_start.elapsed();
+        let opt_start = Instant::now();
+        let ran_on = set.version();
+        // The gradients carry the scale they were computed at, whatever the scaler does next.
+        let scale = state.scaler.scale;
+        let apply = state.scaler.observe(all_finite(&grads));
+        let lr = schedule.at(state.step);
+        let mut norm = f32::NAN;
+        if apply {
+            let unscale = 1.0 / (options.accum.max(1) as f32 * scale);
+            grads.data.iter_mut().for_each(|g| *g *= unscale);
+            norm = clip_grad_norm(&mut grads, options.clip);
+            options
+                .adam
+                .update(&mut state.params, &grads, &mut state.adam, lr);
+        } else {
+            state.counters.skipped_updates += 1;
+        }
+        state.step += 1;
+        let optimizer = opt_start.elapsed();
+
+        // Synchronous delivery: the next step waits for the new kernel set.
+        let t = Instant::now();
+        if apply {
+            set = compile_set(device, state)?;
+            state.counters.compiles += KernelSet::kernel_count(&config) as u64;
+        }
+        let compile = t.elapsed();
+
+        let c = &mut state.counters;
+        c.compile_stall += compile;
+        c.train += train_time;
+        c.device_eval += timing.device_eval;
+        c.host_math += timing.host_math;
+        c.weight_grads += timing.weight_grads;
+        c.optimizer += optimizer;
+        let tokens = (s * options.accum.max(1) as usize) as u64;
+        c.tokens += tokens;
+        let step_time = step_start.elapsed();
+        on_event(&Event::Step(StepRecord {
+            step: state.step,
+            loss: (loss_sum / options.accum.max(1) as f64) as f32,
+            lr,
+            grad_norm: norm,
+            loss_scale: state.scaler.scale,
+            skipped: !apply,
+            tokens_per_s: tokens as f64 / step_time.as_secs_f64(),
+            ms: step_time.as_secs_f64() * 1e3,
+            weights_version: ran_on,
+            staleness: state.step - 1 - ran_on.min(state.step - 1),
+        }));
+
+        let last = state.step == options.steps;
+        if options.eval_every > 0 && (state.step % options.eval_every == 0 || last) {
+            let loss = validation_loss(device, &mut set, &mut buf, data, options, s)?;
+            on_event(&Event::Validation {
+                step: state.step,
+                loss,
+            });
+        }
+        state.counters.wall = wall_before + started.elapsed();
+        let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
+        if let Some(sink) = sink {
+            if due || last {
+                let ckpt = state.checkpoint(
+                    options,
+                    data.state(),
+                    &sink.tokenizer_kind,
+                    sink.tokenizer.clone(),
+                );
+                let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
+                on_event(&Event::Checkpoint {
+                    step: state.step,
+                    path,
+                });
+            }
+        }
+    }
+    state.counters.wall = wall_before + started.elapsed();
+    Ok(())
+}
+
+fn compile_set(device: &dyn Device, state: &TrainState) -> Result<KernelSet, StepError> {
+    compile_kernel_set(
+        device,
+        WeightSnapshot {
+            version: state.step,
+            params: Arc::new(state.params.clone()),
+        },
+    )
+}
+
+/// Mean loss over the validation windows.
+pub fn validation_loss(
+    device: &dyn Device,
+    set: &mut KernelSet,
+    buf: &mut StepBuffers,
+    data: &dyn WindowSource,
+    options: &TrainOptions,
+    s: usize,
+) -> Result<f32, StepError> {
+    let n = options.eval_windows.min(data.validation_windows()).max(1);
+    let mut window = vec![0u32; s + 1];
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        data.validation_window(i, &mut window);
+        sum += forward_loss(
+            device,
+            set,
+            buf,
+            &window[..s],
+            &window[1..],
+            options.threads,
+        )? as f64;
+    }
+    Ok((sum / n as f64) as f32)
+}
