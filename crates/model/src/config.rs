@@ -176,6 +176,24 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim
     }
 
+    /// FLOPs of one training window (forward, backward-dx and weight gradients: 3× the
+    /// forward's matrix products), 2 per multiply-add; attention counted in full (not halved
+    /// for causality), as the original counts it.
+    pub fn train_flops_per_window(&self) -> f64 {
+        let (d, h, v, s, l) = (
+            self.dim as f64,
+            self.hidden as f64,
+            self.vocab as f64,
+            self.seq_len as f64,
+            self.n_layers as f64,
+        );
+        let (q, kv) = (self.q_dim() as f64, self.kv_dim() as f64);
+        let per_layer = 2.0 * s * (d * q + 2.0 * d * kv + q * d + 3.0 * d * h);
+        let attention = 2.0 * 2.0 * s * s * q;
+        let forward = l * (per_layer + attention) + 2.0 * s * v * d;
+        3.0 * forward
+    }
+
     /// Query heads per key/value head.
     pub fn gqa_ratio(&self) -> usize {
         self.n_heads / self.n_kv_heads

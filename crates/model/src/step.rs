@@ -9,6 +9,7 @@ use crate::config::ModelConfig;
 use crate::host;
 use crate::kernels::{generate, KernelKind, Packing};
 use crate::params::{LayerTensor, Params};
+use anetrain_device::clock::Clock;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::DType;
@@ -127,15 +128,26 @@ impl SharedKernels {
     }
 }
 
-/// Where a step's time went.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StepTiming {
+/// Where a step's time went. Device evals are timed on the clock (virtual under a latency
+/// model); host work is timed in real time, since it really runs.
+#[derive(Clone, Copy)]
+pub struct StepTiming<'c> {
+    pub clock: &'c dyn Clock,
     pub device_eval: Duration,
     pub host_math: Duration,
     pub weight_grads: Duration,
 }
 
-impl StepTiming {
+impl<'c> StepTiming<'c> {
+    pub fn new(clock: &'c dyn Clock) -> StepTiming<'c> {
+        StepTiming {
+            clock,
+            device_eval: Duration::ZERO,
+            host_math: Duration::ZERO,
+            weight_grads: Duration::ZERO,
+        }
+    }
+
     pub fn add(&mut self, other: &StepTiming) {
         self.device_eval += other.device_eval;
         self.host_math += other.host_math;
@@ -231,6 +243,7 @@ impl StepBuffers {
     }
 }
 
+/// Evaluates one kernel, timing it on the clock (virtual time under a latency model).
 fn eval(
     device: &dyn Device,
     kernel: &mut Kernel,
@@ -239,14 +252,14 @@ fn eval(
     output: &mut [f32],
     timing: &mut StepTiming,
 ) -> Result<(), StepError> {
-    let t = Instant::now();
+    let t = timing.clock.now();
     device
         .eval(kernel, &[input], &mut [output])
         .map_err(|source| StepError::Eval {
             kernel: name.to_string(),
             source,
         })?;
-    timing.device_eval += t.elapsed();
+    timing.device_eval += timing.clock.now().saturating_sub(t);
     Ok(())
 }
 
@@ -352,6 +365,7 @@ fn head_loss(
 /// The mean cross-entropy of one window, forward only.
 pub fn forward_loss(
     device: &dyn Device,
+    clock: &dyn Clock,
     set: &mut KernelSet,
     buf: &mut StepBuffers,
     tokens: &[u32],
@@ -359,7 +373,7 @@ pub fn forward_loss(
     threads: usize,
 ) -> Result<f32, StepError> {
     check_tokens(&buf.config, tokens, targets)?;
-    let mut timing = StepTiming::default();
+    let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot.params.clone();
     Ok(head_loss(&params, buf, targets, threads).0)
@@ -368,13 +382,14 @@ pub fn forward_loss(
 /// The logits `[V][S]` of one window, forward only.
 pub fn forward_logits(
     device: &dyn Device,
+    clock: &dyn Clock,
     set: &mut KernelSet,
     buf: &mut StepBuffers,
     tokens: &[u32],
     threads: usize,
 ) -> Result<Vec<f32>, StepError> {
     check_tokens(&buf.config, tokens, tokens)?;
-    let mut timing = StepTiming::default();
+    let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot.params.clone();
     head_loss(&params, buf, tokens, threads);
@@ -384,8 +399,9 @@ pub fn forward_logits(
 /// One micro-step: returns the loss and adds `loss_scale ×` the gradient of the mean
 /// cross-entropy to `grads` (laid out like the parameters).
 #[allow(clippy::too_many_arguments)]
-pub fn micro_step(
+pub fn micro_step<'c>(
     device: &dyn Device,
+    clock: &'c dyn Clock,
     set: &mut KernelSet,
     shared: &mut SharedKernels,
     buf: &mut StepBuffers,
@@ -394,9 +410,9 @@ pub fn micro_step(
     loss_scale: f32,
     grads: &mut Params,
     threads: usize,
-) -> Result<(f32, StepTiming), StepError> {
+) -> Result<(f32, StepTiming<'c>), StepError> {
     check_tokens(&buf.config, tokens, targets)?;
-    let mut timing = StepTiming::default();
+    let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot.params.clone();
     let layout = params.layout.clone();

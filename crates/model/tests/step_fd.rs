@@ -54,6 +54,7 @@ fn gradients_match_finite_differences() {
         let config = tiny(kv, tied);
         let params = random_params(&config, 7 + kv as u64);
         let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+        let clock = anetrain_device::clock::RealClock::new();
         let tokens: Vec<u32> = (0..8).map(|i| (i * 5 + 3) % 19).collect();
         let targets: Vec<u32> = (0..8).map(|i| (i * 7 + 1) % 19).collect();
         let loss_at = |p: &Params| -> f64 {
@@ -63,7 +64,7 @@ fn gradients_match_finite_differences() {
             };
             let mut set = compile_kernel_set(&device, snap).unwrap();
             let mut buf = StepBuffers::new(&config);
-            forward_loss(&device, &mut set, &mut buf, &tokens, &targets, 1).unwrap() as f64
+            forward_loss(&device, &clock, &mut set, &mut buf, &tokens, &targets, 1).unwrap() as f64
         };
         let snap = WeightSnapshot {
             version: 0,
@@ -75,6 +76,7 @@ fn gradients_match_finite_differences() {
         let mut grads = Params::zeros(params.layout.clone());
         let (loss, _) = micro_step(
             &device,
+            &clock,
             &mut set,
             &mut shared,
             &mut buf,
@@ -114,6 +116,7 @@ fn kernel_forward_matches_the_host_decoder() {
         let config = tiny(kv, kv != 2);
         let params = random_params(&config, 11 + kv as u64);
         let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+        let clock = anetrain_device::clock::RealClock::new();
         let tokens: Vec<u32> = (0..8).map(|i| (i * 5 + 3) % 19).collect();
         let snap = WeightSnapshot {
             version: 0,
@@ -121,7 +124,7 @@ fn kernel_forward_matches_the_host_decoder() {
         };
         let mut set = compile_kernel_set(&device, snap).unwrap();
         let mut buf = StepBuffers::new(&config);
-        let logits = forward_logits(&device, &mut set, &mut buf, &tokens, 1).unwrap();
+        let logits = forward_logits(&device, &clock, &mut set, &mut buf, &tokens, 1).unwrap();
         let mut dec = Decoder::new(&params);
         for (t, &tok) in tokens.iter().enumerate() {
             let row = dec.step(tok);

@@ -2,4 +2,5 @@
 //! metrics, reports and sampling.
 
 pub mod checkpoint;
+pub mod delivery;
 pub mod trainer;

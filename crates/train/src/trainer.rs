@@ -2,6 +2,8 @@
 //! and the schedule, validation, checkpoints, and the delivery of new weights to the device.
 
 use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
+use crate::delivery::{Delivery, Strategy};
+use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
 use anetrain_model::step::{
@@ -97,6 +99,11 @@ pub struct Counters {
     pub optimizer: Duration,
     pub tokens: u64,
     pub skipped_updates: u64,
+    pub background_compile: Duration,
+    pub swaps: u64,
+    pub failed_compiles: u64,
+    /// Steps by how many updates the device weights lagged.
+    pub staleness: std::collections::BTreeMap<u64, u64>,
 }
 
 /// What the loop reports as it goes.
@@ -106,6 +113,8 @@ pub enum Event {
     Step(StepRecord),
     Validation { step: u64, loss: f32 },
     Checkpoint { step: u64, path: PathBuf },
+    /// A background compile failed; the active kernels stay in place and it is retried.
+    CompileFailed(String),
 }
 
 /// One update's metrics (a line of metrics.jsonl).
@@ -195,16 +204,26 @@ pub struct CheckpointSink {
     pub tokenizer: Vec<u8>,
 }
 
-/// Runs the loop from `state.step` to `options.steps`, recompiling the kernel set after each
-/// update (the synchronous strategy).
+/// How the run delivers weights to the device, and on what clock it is timed.
+pub struct RunEnv<'a> {
+    pub device: &'a dyn Device,
+    pub clock: &'a dyn Clock,
+    pub strategy: Strategy,
+    pub max_staleness: u64,
+    /// Consecutive failed background compiles before the run stops with an error.
+    pub max_failures: u32,
+}
+
+/// Runs the loop from `state.step` to `options.steps`.
 pub fn train(
-    device: &dyn Device,
+    env: &RunEnv<'_>,
     options: &TrainOptions,
     state: &mut TrainState,
     data: &mut dyn WindowSource,
     sink: Option<&CheckpointSink>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(), TrainError> {
+    let (device, clock) = (env.device, env.clock);
     let config = state.config.clone();
     let s = config.seq_len;
     let schedule = LrSchedule {
@@ -213,106 +232,165 @@ pub fn train(
         warmup: options.warmup,
         total: options.steps,
     };
-    let started = Instant::now();
+    let started = clock.now();
     let wall_before = state.counters.wall;
     let mut buf = StepBuffers::new(&config);
     let mut grads = Params::zeros(state.params.layout.clone());
     let mut window = vec![0u32; s + 1];
+    let set_size = KernelSet::kernel_count(&config) as u64;
 
-    let t = Instant::now();
-    let shared_params = state.params.clone();
-    let mut shared = SharedKernels::compile(device, &shared_params)?;
-    let mut set = compile_set(device, state)?;
-    let took = t.elapsed();
+    let t = clock.now();
+    let mut shared = SharedKernels::compile(device, &state.params)?;
+    let initial = compile_kernel_set(device, snapshot(state))?;
+    let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
-    state.counters.compiles += 1 + KernelSet::kernel_count(&config) as u64;
+    state.counters.compiles += 1 + set_size;
     on_event(&Event::Compiled {
-        kernels: 1 + KernelSet::kernel_count(&config),
+        kernels: 1 + set_size as usize,
         took,
     });
 
+    std::thread::scope(|scope| -> Result<(), TrainError> {
+        let mut delivery = Delivery::new(
+            env.strategy,
+            scope,
+            device,
+            clock,
+            initial,
+            env.max_staleness,
+            env.max_failures,
+        );
+        let result = run_steps(
+            env, options, state, data, sink, on_event, &schedule, &mut delivery, &mut shared,
+            &mut buf, &mut grads, &mut window, started, wall_before,
+        );
+        delivery.drain();
+        let stats = &delivery.stats;
+        let c = &mut state.counters;
+        c.compile_stall += stats.stall;
+        c.background_compile += stats.background_compile;
+        c.compiles += stats.kernel_sets_compiled * set_size + stats.failed_compiles * set_size;
+        c.swaps += stats.swaps;
+        c.failed_compiles += stats.failed_compiles;
+        for (lag, n) in &stats.staleness {
+            *c.staleness.entry(*lag).or_default() += n;
+        }
+        result
+    })?;
+    state.counters.wall = wall_before + clock.now().saturating_sub(started);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    env: &RunEnv<'_>,
+    options: &TrainOptions,
+    state: &mut TrainState,
+    data: &mut dyn WindowSource,
+    sink: Option<&CheckpointSink>,
+    on_event: &mut dyn FnMut(&Event),
+    schedule: &LrSchedule,
+    delivery: &mut Delivery<'_, '_>,
+    shared: &mut SharedKernels,
+    buf: &mut StepBuffers,
+    grads: &mut Params,
+    window: &mut [u32],
+    started: Duration,
+    wall_before: Duration,
+) -> Result<(), TrainError> {
+    let (device, clock) = (env.device, env.clock);
+    let s = state.config.seq_len;
+    let accum = options.accum.max(1);
     while state.step < options.steps {
-        let step_start = Instant::now();
+        let step_start = clock.now();
+        delivery.acquire(state.step)?;
+        for failure in std::mem::take(&mut delivery.failures) {
+            on_event(&Event::CompileFailed(failure));
+        }
+        let set = delivery.active();
+        let ran_on = set.version();
+        let train_start = clock.now();
         grads.data.iter_mut().for_each(|g| *g = 0.0);
         let mut loss_sum = 0.0f64;
-        let mut timing = StepTiming::default();
-        for _ in 0..options.accum.max(1) {
-            data.next_train_window(&mut window);
+        let mut timing = StepTiming::new(clock);
+        for _ in 0..accum {
+            data.next_train_window(window);
             let (loss, t) = micro_step(
                 device,
-                &mut set,
-                &mut shared,
-                &mut buf,
+                clock,
+                set,
+                shared,
+                buf,
                 &window[..s],
                 &window[1..],
                 state.scaler.scale,
-                &mut grads,
+                grads,
                 options.threads,
             )?;
             loss_sum += loss as f64;
             timing.add(&t);
         }
-        let train_time = step_start.elapsed();
+        // Host work really ran; on a virtual clock it still takes its time.
+        if clock.is_simulated() {
+            clock.sleep(timing.host_math + timing.weight_grads);
+        }
+        let train_time = clock.now().saturating_sub(train_start);
         let opt_start = Instant::now();
-        let ran_on = set.version();
         // The gradients carry the scale they were computed at, whatever the scaler does next.
         let scale = state.scaler.scale;
-        let apply = state.scaler.observe(all_finite(&grads));
+        let apply = state.scaler.observe(all_finite(grads));
         let lr = schedule.at(state.step);
         let mut norm = f32::NAN;
         if apply {
-            let unscale = 1.0 / (options.accum.max(1) as f32 * scale);
+            let unscale = 1.0 / (accum as f32 * scale);
             grads.data.iter_mut().for_each(|g| *g *= unscale);
-            norm = clip_grad_norm(&mut grads, options.clip);
-            options
-                .adam
-                .update(&mut state.params, &grads, &mut state.adam, lr);
+            norm = clip_grad_norm(grads, options.clip);
+            options.adam.update(&mut state.params, grads, &mut state.adam, lr);
         } else {
             state.counters.skipped_updates += 1;
         }
         state.step += 1;
         let optimizer = opt_start.elapsed();
-
-        // Synchronous delivery: the next step waits for the new kernel set.
-        let t = Instant::now();
-        if apply {
-            set = compile_set(device, state)?;
-            state.counters.compiles += KernelSet::kernel_count(&config) as u64;
+        if clock.is_simulated() {
+            clock.sleep(optimizer);
         }
-        let compile = t.elapsed();
+        if apply {
+            delivery.publish(snapshot(state))?;
+        }
 
         let c = &mut state.counters;
-        c.compile_stall += compile;
         c.train += train_time;
         c.device_eval += timing.device_eval;
         c.host_math += timing.host_math;
         c.weight_grads += timing.weight_grads;
         c.optimizer += optimizer;
-        let tokens = (s * options.accum.max(1) as usize) as u64;
+        let tokens = (s * accum as usize) as u64;
         c.tokens += tokens;
-        let step_time = step_start.elapsed();
+        let step_time = clock.now().saturating_sub(step_start);
+        let master_before = state.step - 1;
         on_event(&Event::Step(StepRecord {
             step: state.step,
-            loss: (loss_sum / options.accum.max(1) as f64) as f32,
+            loss: (loss_sum / accum as f64) as f32,
             lr,
             grad_norm: norm,
             loss_scale: state.scaler.scale,
             skipped: !apply,
-            tokens_per_s: tokens as f64 / step_time.as_secs_f64(),
+            tokens_per_s: tokens as f64 / step_time.as_secs_f64().max(1e-12),
             ms: step_time.as_secs_f64() * 1e3,
             weights_version: ran_on,
-            staleness: state.step - 1 - ran_on.min(state.step - 1),
+            staleness: master_before.saturating_sub(ran_on),
         }));
 
         let last = state.step == options.steps;
         if options.eval_every > 0 && (state.step % options.eval_every == 0 || last) {
-            let loss = validation_loss(device, &mut set, &mut buf, data, options, s)?;
+            let set = delivery.active();
+            let loss = validation_loss(device, clock, set, buf, data, options, s)?;
             on_event(&Event::Validation {
                 step: state.step,
                 loss,
             });
         }
-        state.counters.wall = wall_before + started.elapsed();
+        state.counters.wall = wall_before + clock.now().saturating_sub(started);
         let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
         if let Some(sink) = sink {
             if due || last {
@@ -330,23 +408,20 @@ pub fn train(
             }
         }
     }
-    state.counters.wall = wall_before + started.elapsed();
     Ok(())
 }
 
-fn compile_set(device: &dyn Device, state: &TrainState) -> Result<KernelSet, StepError> {
-    compile_kernel_set(
-        device,
-        WeightSnapshot {
-            version: state.step,
-            params: Arc::new(state.params.clone()),
-        },
-    )
+fn snapshot(state: &TrainState) -> WeightSnapshot {
+    WeightSnapshot {
+        version: state.step,
+        params: Arc::new(state.params.clone()),
+    }
 }
 
 /// Mean loss over the validation windows.
 pub fn validation_loss(
     device: &dyn Device,
+    clock: &dyn Clock,
     set: &mut KernelSet,
     buf: &mut StepBuffers,
     data: &dyn WindowSource,
@@ -360,6 +435,7 @@ pub fn validation_loss(
         data.validation_window(i, &mut window);
         sum += forward_loss(
             device,
+            clock,
             set,
             buf,
             &window[..s],

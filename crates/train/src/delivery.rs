@@ -1,0 +1,283 @@
+//! How new weights reach the device.
+//!
+//! - [`Strategy::Recompile`]: after each update, compile the whole kernel set, then go on.
+//! - [`Strategy::DoubleBuffer`]: after each update, freeze the weights into an immutable,
+//!   versioned snapshot and compile it on a background thread while the active set keeps
+//!   evaluating; at a step boundary, swap to the new set once every kernel of it compiled. The
+//!   device's weights lag the master weights by at most `max_staleness` updates: at a boundary
+//!   where the lag would be larger, the trainer waits for the compile and counts the wait as
+//!   stall. A failed compile keeps the active set, is reported and retried; too many failures
+//!   in a row end the run with an error.
+
+use anetrain_device::clock::Clock;
+use anetrain_device::Device;
+use anetrain_model::step::{compile_kernel_set, KernelSet, StepError, WeightSnapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Recompile,
+    DoubleBuffer,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "recompile" => Ok(Strategy::Recompile),
+            "double-buffer" => Ok(Strategy::DoubleBuffer),
+            other => Err(format!(
+                "unknown weight delivery `{other}` (expected recompile or double-buffer)"
+            )),
+        }
+    }
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Recompile => "recompile",
+            Strategy::DoubleBuffer => "double-buffer",
+        }
+    }
+}
+
+/// What delivery cost and did, for the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryStats {
+    /// Time the training thread waited for compiles.
+    pub stall: Duration,
+    /// Time spent compiling on the background thread (double-buffer).
+    pub background_compile: Duration,
+    pub kernel_sets_compiled: u64,
+    pub swaps: u64,
+    pub failed_compiles: u64,
+    /// Steps by how many updates the device weights lagged the master weights.
+    pub staleness: BTreeMap<u64, u64>,
+}
+
+type CompileResult = (Result<KernelSet, StepError>, Duration, Duration);
+
+/// A compile on the background thread: running, or finished with its result and the time it
+/// ended on the clock (under a latency model that end may still lie in the trainer's future).
+enum JobState<'scope> {
+    Running(ScopedJoinHandle<'scope, CompileResult>),
+    Finished(CompileResult),
+}
+
+struct Job<'scope> {
+    snapshot: WeightSnapshot,
+    state: JobState<'scope>,
+}
+
+/// Delivers weights to the device with one of the strategies.
+pub struct Delivery<'scope, 'env> {
+    strategy: Strategy,
+    scope: &'scope Scope<'scope, 'env>,
+    device: &'env dyn Device,
+    clock: &'env dyn Clock,
+    active: KernelSet,
+    job: Option<Job<'scope>>,
+    /// The newest snapshot not yet handed to a compile.
+    latest: Option<WeightSnapshot>,
+    max_staleness: u64,
+    max_failures: u32,
+    consecutive_failures: u32,
+    pub stats: DeliveryStats,
+    /// Failures seen since the caller last looked (for reporting).
+    pub failures: Vec<String>,
+}
+
+impl<'scope, 'env> Delivery<'scope, 'env> {
+    pub fn new(
+        strategy: Strategy,
+        scope: &'scope Scope<'scope, 'env>,
+        device: &'env dyn Device,
+        clock: &'env dyn Clock,
+        initial: KernelSet,
+        max_staleness: u64,
+        max_failures: u32,
+    ) -> Self {
+        Delivery {
+            strategy,
+            scope,
+            device,
+            clock,
+            active: initial,
+            job: None,
+            latest: None,
+            max_staleness,
+            max_failures,
+            consecutive_failures: 0,
+            stats: DeliveryStats::default(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// New master weights after an update.
+    pub fn publish(&mut self, snapshot: WeightSnapshot) -> Result<(), StepError> {
+        match self.strategy {
+            Strategy::Recompile => {
+                let start = self.clock.now();
+                let set = compile_kernel_set(self.device, snapshot)?;
+                self.stats.stall += self.clock.now().saturating_sub(start);
+                self.stats.kernel_sets_compiled += 1;
+                self.active = set;
+                Ok(())
+            }
+            Strategy::DoubleBuffer => {
+                self.latest = Some(snapshot);
+                self.start_if_idle();
+                Ok(())
+            }
+        }
+    }
+
+    fn start_if_idle(&mut self) {
+        if self.job.is_some() {
+            return;
+        }
+        let Some(snapshot) = self.latest.take() else {
+            return;
+        };
+        let (device, clock) = (self.device, self.clock);
+        let submitted = clock.now();
+        let snap = snapshot.clone();
+        // The compile's virtual timeline starts when it was submitted; it reports when it
+        // ended on that timeline, so the training thread can meet it there.
+        let handle = self.scope.spawn(move || {
+            clock.advance_to(submitted);
+            let start = clock.now();
+            let result = compile_kernel_set(device, snap);
+            let end = clock.now();
+            (result, end.saturating_sub(start), end)
+        });
+        self.job = Some(Job {
+            snapshot,
+            state: JobState::Running(handle),
+        });
+    }
+
+    /// Takes a finished compile (waiting for it if `wait`), swapping on success. A compile is
+    /// finished for the trainer when its thread is done and its end time on the clock has come.
+    fn collect(&mut self, wait: bool) -> Result<(), StepError> {
+        let Some(job) = self.job.as_mut() else {
+            return Ok(());
+        };
+        if let JobState::Running(handle) = &job.state {
+            // On a real clock a compile still running is not done; on a virtual clock the
+            // answer must not depend on real scheduling, so wait for the thread and compare
+            // timelines below.
+            if !wait && !self.clock.is_simulated() && !handle.is_finished() {
+                return Ok(());
+            }
+            let JobState::Running(handle) =
+                std::mem::replace(&mut job.state, JobState::Finished(placeholder()))
+            else {
+                unreachable!("matched Running above");
+            };
+            job.state = JobState::Finished(handle.join().unwrap_or_else(|_| {
+                (
+                    Err(StepError::Compile {
+                        kernel: "background compile".into(),
+                        source: anetrain_device::DeviceError::CompileFailed(
+                            "the compile thread panicked".into(),
+                        ),
+                    }),
+                    Duration::ZERO,
+                    Duration::ZERO,
+                )
+            }));
+        }
+        let JobState::Finished((_, _, ended)) = &job.state else {
+            unreachable!("the job was just finished");
+        };
+        if !wait && *ended > self.clock.now() {
+            return Ok(());
+        }
+        let job = self.job.take().expect("checked above");
+        let JobState::Finished((result, took, ended)) = job.state else {
+            unreachable!("the job was just finished");
+        };
+        self.clock.advance_to(ended);
+        self.stats.background_compile += took;
+        match result {
+            Ok(set) => {
+                // A set becomes active only whole: every kernel of it compiled.
+                self.active = set;
+                self.stats.swaps += 1;
+                self.stats.kernel_sets_compiled += 1;
+                self.consecutive_failures = 0;
+            }
+            Err(e) => {
+                self.stats.failed_compiles += 1;
+                self.consecutive_failures += 1;
+                self.failures.push(format!(
+                    "compile of weights version {} failed: {e}",
+                    job.snapshot.version
+                ));
+                if self.consecutive_failures >= self.max_failures {
+                    return Err(e);
+                }
+                // Retry with the newest weights there are.
+                if self.latest.is_none() {
+                    self.latest = Some(job.snapshot);
+                }
+            }
+        }
+        self.start_if_idle();
+        Ok(())
+    }
+
+    /// The kernel set for the step about to run on master version `master`; waits (stall)
+    /// when the device weights would lag more than the allowed staleness.
+    pub fn acquire(&mut self, master: u64) -> Result<&mut KernelSet, StepError> {
+        if self.strategy == Strategy::DoubleBuffer {
+            self.collect(false)?;
+            while master.saturating_sub(self.active.version()) > self.max_staleness {
+                self.start_if_idle();
+                if self.job.is_none() {
+                    break;
+                }
+                let start = self.clock.now();
+                self.collect(true)?;
+                self.stats.stall += self.clock.now().saturating_sub(start);
+            }
+        }
+        let lag = master.saturating_sub(self.active.version());
+        *self.stats.staleness.entry(lag).or_default() += 1;
+        Ok(&mut self.active)
+    }
+
+    /// Waits for any background compile (at the end of a run, or before a restart).
+    pub fn drain(&mut self) {
+        if let Some(Job {
+            state: JobState::Running(handle),
+            ..
+        }) = self.job.take()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn active(&mut self) -> &mut KernelSet {
+        &mut self.active
+    }
+}
+
+/// A stand-in result while a job moves from running to finished.
+fn placeholder() -> CompileResult {
+    (
+        Err(StepError::Compile {
+            kernel: String::new(),
+            source: anetrain_device::DeviceError::CompileFailed(String::new()),
+        }),
+        Duration::ZERO,
+        Duration::ZERO,
+    )
+}

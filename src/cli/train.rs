@@ -1,0 +1,290 @@
+//! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
+
+use super::plot::loss_svg;
+use super::run_data::{load_data, RandomWindows};
+use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_model::generate::{generate, Sampler};
+use anetrain_model::init::init_params;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
+use anetrain_train::trainer::{train, CheckpointSink, Event, TrainOptions, TrainState, WindowSource};
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A TOML run configuration (model, data, tokenizer and [train] options); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model: a preset (tiny, stories15m, stories42m, stories110m, qwen3-0.6b) or a TOML file.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_parser = ["fp32", "fp16"])]
+    precision: Option<String>,
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Gradient accumulation: windows per update.
+    #[arg(long)]
+    accum: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A token file (llama2.c uint16, or anetrain's uint32 format); default: the embedded corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A tokenizer.json or llama2.c tokenizer.bin; default: BPE trained on the embedded corpus.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Continue from the newest checkpoint in --out (or from this checkpoint file).
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
+    resume: Option<String>,
+    /// The run folder: checkpoints, metrics.jsonl, loss.svg, report.txt.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar; only the report.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The TOML run configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunConfig {
+    model: Option<String>,
+    device: Option<String>,
+    precision: Option<String>,
+    data: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
+    out: Option<PathBuf>,
+    #[serde(default)]
+    train: Option<TrainOptions>,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let file: RunConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+        }
+        None => RunConfig::default(),
+    };
+    let mut options = file.train.unwrap_or_default();
+    if let Some(v) = args.steps {
+        options.steps = v;
+    }
+    if let Some(v) = args.lr {
+        options.lr = v;
+        options.min_lr = v / 10.0;
+    }
+    if let Some(v) = args.accum {
+        options.accum = v.max(1);
+    }
+    if let Some(v) = args.seed {
+        options.seed = v;
+    }
+    if let Some(v) = args.threads {
+        options.threads = v.max(1);
+    }
+    let precision = args.precision.or(file.precision).unwrap_or_else(|| "fp32".into());
+    let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
+    let device_name = if args.device != "cpu" { args.device.clone() } else { file.device.unwrap_or(args.device.clone()) };
+    let device = open_device(&device_name, mode, options.threads)?;
+
+    let model_name = args.model.or(file.model).unwrap_or_else(|| "tiny".into());
+    let out = args
+        .out
+        .or(file.out)
+        .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml")));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    // Resume: the checkpoint carries config, weights, optimizer, sampler and tokenizer.
+    let resume_from = match args.resume.as_deref() {
+        None => None,
+        Some("auto") => Some(
+            list_checkpoints(&out)
+                .pop()
+                .map(|(_, p)| p)
+                .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?,
+        ),
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let checkpoint = match &resume_from {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    let config = match &checkpoint {
+        Some(c) => c.header.config.clone(),
+        None => ModelConfig::named(&model_name)?,
+    };
+    let data = load_data(
+        args.data.as_deref().or(file.data.as_deref()),
+        args.tokenizer.as_deref().or(file.tokenizer.as_deref()),
+        checkpoint.as_ref().map(|c| (c.header.tokenizer_kind.as_str(), c.tokenizer.as_slice())),
+        &config,
+        !args.quiet,
+    )?;
+    if data.tokenizer.vocab_size() > config.vocab {
+        bail!(
+            "the tokenizer has {} tokens but model `{}` has a vocabulary of {}",
+            data.tokenizer.vocab_size(),
+            config.name,
+            config.vocab
+        );
+    }
+    let mut windows = RandomWindows::new(data.tokens.clone(), config.seq_len, 0.05, options.seed)?;
+    let mut state = match checkpoint {
+        Some(c) => {
+            windows.restore(&c.header.sampler)?;
+            let saved: TrainOptions = serde_json::from_value(c.header.options.clone()).unwrap_or_default();
+            // A resumed run keeps its schedule unless the flags say otherwise.
+            if args.steps.is_none() {
+                options.steps = saved.steps;
+            }
+            TrainState::from_checkpoint(c)?
+        }
+        None => {
+            let layout = Arc::new(ParamLayout::new(&config));
+            TrainState::new(init_params(layout, options.seed), &options, mode)
+        }
+    };
+    let sink = CheckpointSink {
+        dir: out.clone(),
+        tokenizer_kind: data.tokenizer_kind.clone(),
+        tokenizer: data.tokenizer_bytes.clone(),
+    };
+
+    let params_count = state.params.data.len();
+    if !args.quiet {
+        println!(
+            "training {} ({:.2}M parameters) on {} ({}), {} tokens ({} for validation), {} steps of {}×{} tokens",
+            config.name,
+            params_count as f64 / 1e6,
+            device.info().name,
+            mode,
+            data.tokens.len(),
+            windows.validation_tokens(),
+            options.steps,
+            options.accum,
+            config.seq_len
+        );
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(options.steps);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step);
+        b
+    };
+    let mut train_points = Vec::new();
+    let mut val_points = Vec::new();
+    let mut write_error = None;
+    let mut on_event = |e: &Event| {
+        let line = match e {
+            Event::Step(r) => {
+                train_points.push((r.step, r.loss));
+                bar.set_position(r.step);
+                bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["type"] = "step".into();
+                v
+            }
+            Event::Validation { step, loss } => {
+                val_points.push((*step, *loss));
+                bar.println(format!("step {step}: validation loss {loss:.4}"));
+                serde_json::json!({"type": "val", "step": step, "val_loss": loss})
+            }
+            Event::Compiled { kernels, took } => {
+                serde_json::json!({"type": "compile", "kernels": kernels, "ms": took.as_secs_f64() * 1e3})
+            }
+            Event::Checkpoint { step, path } => {
+                serde_json::json!({"type": "checkpoint", "step": step, "path": path.display().to_string()})
+            }
+        };
+        if let Err(err) = writeln!(metrics, "{line}") {
+            write_error.get_or_insert(err);
+        }
+    };
+    train(&*device, &options, &mut state, &mut windows, Some(&sink), &mut on_event)?;
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        bail!("writing {}: {e}", metrics_path.display());
+    }
+    std::fs::write(out.join("loss.svg"), loss_svg(&format!("{} loss", config.name), &train_points, &val_points))
+        .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
+
+    let report = efficiency_report(&state, &options, &*device, mode);
+    std::fs::write(out.join("report.txt"), &report)?;
+    println!("{report}");
+    let prompt = data.tokenizer.encode("It is a truth universally acknowledged")?;
+    let mut sampler = Sampler::new(0.8, 0.9, options.seed);
+    let sample = generate(&state.params, &prompt, 60, &mut sampler);
+    let mut text = prompt.clone();
+    text.extend(sample);
+    println!("sample: {}", data.tokenizer.decode(&text)?.replace('\n', " "));
+    println!("run folder: {}", out.display());
+    Ok(())
+}
+
+/// Opens the named device. (The ANE is opened by the device layer where it exists.)
+fn open_device(name: &str, mode: NumericMode, threads: usize) -> anyhow::Result<Box<dyn Device>> {
+    match name {
+        "cpu" => Ok(Box::new(CpuDevice::new(mode).with_threads(threads))),
+        other => bail!("device `{other}` is not available on this machine (available: cpu)"),
+    }
+}
+
+fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn Device, mode: NumericMode) -> String {
+    let c = &state.counters;
+    let steps = state.step.max(1) as f64;
+    let wall = c.wall.as_secs_f64();
+    let windows = steps * options.accum.max(1) as f64;
+    let flops = state.config.train_flops_per_window() * windows;
+    let achieved = flops / c.train.as_secs_f64().max(1e-9);
+    let peak = measure_fma_peak(options.threads, Duration::from_millis(300));
+    let pct = |part: Duration| 100.0 * part.as_secs_f64() / wall.max(1e-9);
+    let mut r = String::new();
+    let mut line = |s: String| {
+        r.push_str(&s);
+        r.push('\n');
+    };
+    line("=== Efficiency report ===".into());
+    line(format!("device              {} ({mode}){}", device.info().name, if device.info().simulated { " [simulated]" } else { "" }));
+    line(format!("steps               {}", state.step));
+    line(format!("wall time           {:.1} s", wall));
+    line(format!("compile (stall)     {:.1} s ({:.1} % of wall), {} kernels compiled", c.compile_stall.as_secs_f64(), pct(c.compile_stall), c.compiles));
+    line(format!("train time          {:.1} s ({:.1} % of wall)", c.train.as_secs_f64(), pct(c.train)));
+    line(format!("  device eval       {:.1} s", c.device_eval.as_secs_f64()));
+    line(format!("  host math         {:.1} s", c.host_math.as_secs_f64()));
+    line(format!("  weight gradients  {:.1} s", c.weight_grads.as_secs_f64()));
+    line(format!("optimizer           {:.1} s", c.optimizer.as_secs_f64()));
+    line(format!("ms/step             {:.1} (train only {:.1})", 1e3 * wall / steps, 1e3 * c.train.as_secs_f64() / steps));
+    line(format!("tokens/s            {:.0}", c.tokens as f64 / wall.max(1e-9)));
+    line(format!("achieved            {:.1} GFLOPS in train time (model FLOPs: 3× forward matmuls)", achieved / 1e9));
+    line(format!("MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)", 100.0 * achieved / peak, peak / 1e9));
+    if c.skipped_updates > 0 {
+        line(format!("skipped updates     {} (fp16 overflow)", c.skipped_updates));
+    }
+    r
+}
