@@ -4,6 +4,8 @@
 pub mod config;
 pub mod generate;
 pub mod host;
+pub mod init;
+pub mod io;
 pub mod kernels;
 pub mod optim;
 pub mod params;
