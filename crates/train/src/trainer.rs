@@ -109,10 +109,19 @@ pub struct Counters {
 /// What the loop reports as it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Compiled { kernels: usize, took: Duration },
+    Compiled {
+        kernels: usize,
+        took: Duration,
+    },
     Step(StepRecord),
-    Validation { step: u64, loss: f32 },
-    Checkpoint { step: u64, path: PathBuf },
+    Validation {
+        step: u64,
+        loss: f32,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
     /// A background compile failed; the active kernels stay in place and it is retried.
     CompileFailed(String),
 }
@@ -261,8 +270,20 @@ pub fn train(
             env.max_failures,
         );
         let result = run_steps(
-            env, options, state, data, sink, on_event, &schedule, &mut delivery, &mut shared,
-            &mut buf, &mut grads, &mut window, started, wall_before,
+            env,
+            options,
+            state,
+            data,
+            sink,
+            on_event,
+            &schedule,
+            &mut delivery,
+            &mut shared,
+            &mut buf,
+            &mut grads,
+            &mut window,
+            started,
+            wall_before,
         );
         delivery.drain();
         let stats = &delivery.stats;
@@ -345,7 +366,9 @@ fn run_steps(
             let unscale = 1.0 / (accum as f32 * scale);
             grads.data.iter_mut().for_each(|g| *g *= unscale);
             norm = clip_grad_norm(grads, options.clip);
-            options.adam.update(&mut state.params, grads, &mut state.adam, lr);
+            options
+                .adam
+                .update(&mut state.params, grads, &mut state.adam, lr);
         } else {
             state.counters.skipped_updates += 1;
         }

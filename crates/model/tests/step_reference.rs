@@ -1,0 +1,158 @@
+//! The training step (MIL kernels on the CPU device plus host math) against the independent
+//! f64 reference model: the loss and every parameter's gradient.
+
+mod reference;
+
+use anetrain_device::clock::RealClock;
+use anetrain_device::{CpuDevice, NumericMode};
+use anetrain_model::init::init_params;
+use anetrain_model::step::{
+    compile_kernel_set, micro_step, SharedKernels, StepBuffers, WeightSnapshot,
+};
+use anetrain_model::{ModelConfig, ParamLayout, Params};
+use std::sync::Arc;
+
+fn config(n_kv_heads: usize, tied: bool) -> ModelConfig {
+    ModelConfig {
+        name: "small".into(),
+        dim: 32,
+        hidden: 48,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads,
+        head_dim: 8,
+        vocab: 37,
+        seq_len: 16,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tied_embedding: tied,
+    }
+}
+
+/// Parameters with more spread than the default init, so every path carries signal.
+fn params(c: &ModelConfig, seed: u64) -> Params {
+    let mut p = init_params(Arc::new(ParamLayout::new(c)), seed);
+    for spec in p.layout.tensors.clone() {
+        for v in &mut p.data[spec.range.clone()] {
+            *v = if spec.decay {
+                *v * 10.0
+            } else {
+                *v + 0.1 * (*v - 1.0)
+            };
+        }
+    }
+    p
+}
+
+fn step_grads(
+    p: &Params,
+    mode: NumericMode,
+    tokens: &[u32],
+    targets: &[u32],
+    scale: f32,
+) -> (f32, Params) {
+    let c = &p.layout.config;
+    let device = CpuDevice::new(mode).with_threads(1);
+    let clock = RealClock::new();
+    let snap = WeightSnapshot {
+        version: 0,
+        params: Arc::new(p.clone()),
+    };
+    let mut set = compile_kernel_set(&device, snap).unwrap();
+    let mut shared = SharedKernels::compile(&device, p).unwrap();
+    let mut buf = StepBuffers::new(c);
+    let mut grads = Params::zeros(p.layout.clone());
+    let (loss, _) = micro_step(
+        &device,
+        &clock,
+        &mut set,
+        &mut shared,
+        &mut buf,
+        tokens,
+        targets,
+        scale,
+        &mut grads,
+        1,
+    )
+    .unwrap();
+    grads.data.iter_mut().for_each(|g| *g /= scale);
+    (loss, grads)
+}
+
+fn window(c: &ModelConfig, seed: u32) -> (Vec<u32>, Vec<u32>) {
+    let v = c.vocab as u32;
+    let tokens = (0..c.seq_len as u32)
+        .map(|i| (i * 7 + seed * 3 + 1) % v)
+        .collect();
+    let targets = (0..c.seq_len as u32)
+        .map(|i| (i * 11 + seed + 5) % v)
+        .collect();
+    (tokens, targets)
+}
+
+/// fp32 mode: the loss within 1e-5 relative; each gradient entry within 1e-4 relative, or
+/// 1e-4 of its tensor's largest gradient for entries near zero (a relative error of an entry
+/// that is itself rounding noise means nothing).
+#[test]
+fn fp32_loss_and_every_gradient_match_the_reference() {
+    for (kv, tied) in [(4, true), (2, false), (1, true)] {
+        let c = config(kv, tied);
+        let p = params(&c, 3 + kv as u64);
+        let (tokens, targets) = window(&c, kv as u32);
+        let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
+        let (loss, grads) = step_grads(&p, NumericMode::Fp32, &tokens, &targets, 1.0);
+        assert!(
+            ((loss as f64) - ref_loss).abs() <= 1e-5 * ref_loss,
+            "loss {loss} vs {ref_loss}"
+        );
+        let mut worst = 0.0f64;
+        for spec in &p.layout.tensors {
+            let r = spec.range.clone();
+            let max = ref_grads[r.clone()]
+                .iter()
+                .fold(0.0f64, |m, g| m.max(g.abs()));
+            for i in r {
+                let (got, want) = (grads.data[i] as f64, ref_grads[i]);
+                let err = (got - want).abs() / want.abs().max(max * 1e-2).max(1e-12);
+                worst = worst.max(err);
+                assert!(
+                    err <= 1e-4,
+                    "kv {kv} tied {tied}: {} entry {}: {got} vs {want} (relative {err:.2e})",
+                    spec.name,
+                    i - spec.range.start
+                );
+            }
+        }
+        eprintln!("kv {kv} tied {tied}: worst relative gradient error {worst:.2e}");
+    }
+}
+
+/// fp16 mode (every tensor rounded to fp16 at each op boundary, loss scale 256): the loss
+/// within 1 % and each tensor's gradient within 5 % of its norm (relative L2 error).
+#[test]
+fn fp16_gradients_are_close_to_the_reference() {
+    let c = config(2, true);
+    let p = params(&c, 9);
+    let (tokens, targets) = window(&c, 1);
+    let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
+    let (loss, grads) = step_grads(&p, NumericMode::Fp16, &tokens, &targets, 256.0);
+    assert!(
+        ((loss as f64) - ref_loss).abs() <= 1e-2 * ref_loss,
+        "loss {loss} vs {ref_loss}"
+    );
+    for spec in &p.layout.tensors {
+        let r = spec.range.clone();
+        let diff: f64 = r
+            .clone()
+            .map(|i| (grads.data[i] as f64 - ref_grads[i]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = r.map(|i| ref_grads[i].powi(2)).sum::<f64>().sqrt();
+        assert!(
+            diff <= 5e-2 * norm,
+            "{}: relative L2 error {:.3}",
+            spec.name,
+            diff / norm
+        );
+    }
+}
