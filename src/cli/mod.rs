@@ -1,6 +1,8 @@
 //! The command line: thin subcommands over the layers.
 
 mod mil;
+mod peak;
+mod probe;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +22,17 @@ enum Command {
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
+    /// Measure compile and eval on a device: throughput, ping-pong, sequential and background
+    /// compiles, kernels loaded at once.
+    Probe(probe::ProbeArgs),
+    /// The peak-throughput sweep: chains of 1x1 convs, TFLOPS against the device's peak.
+    Peak(peak::PeakArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mil(cmd) => mil::run(cmd),
+        Command::Probe(args) => probe::run(args),
+        Command::Peak(args) => peak::run(args),
     }
 }
