@@ -72,12 +72,15 @@ impl fmt::Display for ChainShape {
 impl FromStr for ChainShape {
     type Err = String;
 
-    /// Parses `DEPTHxCHANNELSspSPATIAL`, e.g. `96x512sp64`.
+    /// Parses `DEPTHxCHANNELSspSPATIAL`, e.g. `96x512sp64`; every number at least 1.
     fn from_str(text: &str) -> Result<ChainShape, String> {
         let bad = || format!("`{text}`: expected DEPTHxCHANNELSspSPATIAL, e.g. 96x512sp64");
         let (depth, rest) = text.split_once('x').ok_or_else(bad)?;
         let (channels, spatial) = rest.split_once("sp").ok_or_else(bad)?;
-        let number = |s: &str| s.trim().parse::<usize>().map_err(|_| bad());
+        let number = |s: &str| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad()),
+        };
         Ok(ChainShape::new(
             number(depth)?,
             number(channels)?,
@@ -220,6 +223,7 @@ mod tests {
         assert_eq!(row.to_string(), "96x conv 512ch sp64");
         assert!("96x512".parse::<ChainShape>().is_err());
         assert!("ax512sp64".parse::<ChainShape>().is_err());
+        assert!("0x512sp64".parse::<ChainShape>().is_err());
     }
 
     #[test]
