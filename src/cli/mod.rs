@@ -2,6 +2,8 @@
 
 mod bench;
 mod mil;
+mod peak;
+mod probe;
 
 use clap::{Parser, Subcommand};
 
@@ -24,11 +26,18 @@ enum Command {
     /// Performance benchmarks, measured side by side in one run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Measure compile and eval on a device: throughput, ping-pong, sequential and background
+    /// compiles, kernels loaded at once.
+    Probe(probe::ProbeArgs),
+    /// The peak-throughput sweep: chains of 1x1 convs, TFLOPS against the device's peak.
+    Peak(peak::PeakArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mil(cmd) => mil::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Probe(args) => probe::run(args),
+        Command::Peak(args) => peak::run(args),
     }
 }
