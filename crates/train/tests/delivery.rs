@@ -1,0 +1,233 @@
+//! Weight delivery under a latency model on a virtual clock: exact swaps, stalls, staleness
+//! and failure handling, with no timing assertions on real hardware.
+//!
+//! The model: every kernel compiles in exactly 10 ms and evaluates in exactly 1 ms of virtual
+//! time; host work is free. A one-layer model runs 6 evals per step (fwd_attn, fwd_ffn,
+//! bwd_ffn, bwd_attn1, bwd_attn2, bwd_qkv), so a step takes 6 ms, and a kernel set (5 weighted
+//! kernels) takes 50 ms to compile.
+
+use anetrain_device::clock::{Clock, SimClock};
+use anetrain_device::decorate::{ChipProfile, FaultInjection, LatencyModel};
+use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_model::init::init_params;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::{
+    train, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        name: "one-layer".into(),
+        dim: 16,
+        hidden: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 2,
+        head_dim: 8,
+        vocab: 23,
+        seq_len: 8,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tied_embedding: true,
+    }
+}
+
+fn profile() -> ChipProfile {
+    ChipProfile {
+        name: "test",
+        compile_base: Duration::from_millis(10),
+        compile_per_mb: Duration::ZERO,
+        eval_base: Duration::from_millis(1),
+        eval_flops: f64::INFINITY,
+    }
+}
+
+struct Cycle(u32);
+
+impl WindowSource for Cycle {
+    fn next_train_window(&mut self, out: &mut [u32]) {
+        for (i, t) in out.iter_mut().enumerate() {
+            *t = (self.0 + i as u32 * 7) % 23;
+        }
+        self.0 += 1;
+    }
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        for (j, t) in out.iter_mut().enumerate() {
+            *t = (i as u32 + j as u32 * 5) % 23;
+        }
+    }
+    fn validation_windows(&self) -> usize {
+        1
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!(self.0)
+    }
+}
+
+struct Outcome {
+    steps: Vec<StepRecord>,
+    state: TrainState,
+    failures: Vec<String>,
+    result: Result<(), String>,
+}
+
+fn run(
+    device: &dyn Device,
+    clock: &dyn Clock,
+    strategy: Strategy,
+    max_staleness: u64,
+    steps: u64,
+) -> Outcome {
+    let options = TrainOptions {
+        steps,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    };
+    let c = config();
+    let mut state = TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&c)), 1),
+        &options,
+        NumericMode::Fp32,
+    );
+    let env = RunEnv {
+        device,
+        clock,
+        strategy,
+        max_staleness,
+        max_failures: 3,
+        count_host_time: false,
+    };
+    let mut records = Vec::new();
+    let mut failures = Vec::new();
+    let result = train(
+        &env,
+        &options,
+        &mut state,
+        &mut Cycle(0),
+        None,
+        &mut |e| match e {
+            Event::Step(r) => records.push(r.clone()),
+            Event::CompileFailed(f) => failures.push(f.clone()),
+            _ => {}
+        },
+    )
+    .map_err(|e| e.to_string());
+    Outcome {
+        steps: records,
+        state,
+        failures,
+        result,
+    }
+}
+
+fn model(clock: &Arc<SimClock>) -> LatencyModel<CpuDevice> {
+    LatencyModel::new(
+        CpuDevice::new(NumericMode::Fp32).with_threads(1),
+        profile(),
+        clock.clone(),
+    )
+}
+
+#[test]
+fn recompile_stalls_for_every_set_and_never_lags() {
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let out = run(&device, &*clock, Strategy::Recompile, 1, 5);
+    out.result.unwrap();
+    assert!(out.steps.iter().all(|r| r.staleness == 0));
+    // Initial compile (6 kernels, 60 ms), then per step 6 ms of evals and 50 ms of compile.
+    assert_eq!(
+        out.state.counters.compile_stall,
+        Duration::from_millis(60 + 5 * 50)
+    );
+    assert_eq!(out.state.counters.wall, Duration::from_millis(60 + 5 * 56));
+}
+
+#[test]
+fn double_buffer_with_staleness_one_waits_for_each_compile() {
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let out = run(&device, &*clock, Strategy::DoubleBuffer, 1, 6);
+    out.result.unwrap();
+    let lags: Vec<u64> = out.steps.iter().map(|r| r.staleness).collect();
+    // Step 1 runs on the initial weights; from step 2 on, the device lags by exactly one.
+    assert_eq!(lags, vec![0, 1, 1, 1, 1, 1]);
+    let versions: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();
+    assert_eq!(versions, vec![0, 0, 1, 2, 3, 4]);
+    // From step 3 on, each boundary waits for a compile that started one step (6 ms) earlier:
+    // 50 − 6 = 44 ms of stall each.
+    assert_eq!(
+        out.state.counters.compile_stall,
+        Duration::from_millis(60 + 4 * 44)
+    );
+    assert_eq!(out.state.counters.swaps, 4);
+}
+
+#[test]
+fn double_buffer_with_room_to_lag_never_stalls() {
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let out = run(&device, &*clock, Strategy::DoubleBuffer, 100, 30);
+    out.result.unwrap();
+    // Only the initial compile stalls.
+    assert_eq!(out.state.counters.compile_stall, Duration::from_millis(60));
+    // Compiles of versions 1, 10 and 19 finish at the boundaries before steps 11, 20 and 29
+    // (each takes 50 ms, just over 8 steps of 6 ms; the newest weights are taken each time).
+    let versions: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();
+    let expect: Vec<u64> = (1..=30)
+        .map(|k| match k {
+            1..=10 => 0,
+            11..=19 => 1,
+            20..=28 => 10,
+            _ => 19,
+        })
+        .collect();
+    assert_eq!(versions, expect);
+    for r in &out.steps {
+        assert_eq!(r.staleness, r.step - 1 - r.weights_version);
+    }
+    assert_eq!(out.state.counters.swaps, 3);
+}
+
+#[test]
+fn a_failed_background_compile_keeps_the_active_set_and_is_retried() {
+    let clock = Arc::new(SimClock::new());
+    // Compiles 1..=6 are the initial ones (shared kernel and the first set); compile 7 is the
+    // first kernel of the first background set.
+    let device = FaultInjection::new(model(&clock)).fail_compile(7);
+    let out = run(&device, &*clock, Strategy::DoubleBuffer, 1, 6);
+    out.result.unwrap();
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    assert!(
+        out.failures[0].contains("injected fault"),
+        "{:?}",
+        out.failures
+    );
+    assert_eq!(out.state.counters.failed_compiles, 1);
+    // The failed compile of version 1 ended (10 ms in) and was retried with version 2; the
+    // device never ran on a partial set: every step's version is one the trainer published.
+    for r in &out.steps {
+        assert!(r.weights_version < r.step);
+    }
+    assert!(out.steps.iter().all(|r| r.staleness <= 1));
+}
+
+#[test]
+fn repeated_compile_failures_stop_the_run_with_an_error() {
+    let clock = Arc::new(SimClock::new());
+    let mut device = FaultInjection::new(model(&clock));
+    for k in 7..200 {
+        device = device.fail_compile(k);
+    }
+    let out = run(&device, &*clock, Strategy::DoubleBuffer, 1, 20);
+    let err = out.result.unwrap_err();
+    assert!(err.contains("injected fault"), "{err}");
+    // Every failure is reported; the third in a row ends the run.
+    assert_eq!(out.failures.len(), 3, "{:?}", out.failures);
+    assert!(out.steps.len() < 20);
+}
