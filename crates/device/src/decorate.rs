@@ -3,7 +3,7 @@
 //! small type around a device; they stack (`FaultInjection<LatencyModel<CompileBudget<CpuDevice>>>`).
 
 use crate::clock::Clock;
-use crate::{Device, DeviceError, DeviceInfo, Kernel};
+use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::{cost, Program};
@@ -64,6 +64,18 @@ impl<D: Device> Device for CompileBudget<D> {
             });
         }
         self.inner.compile(program, weights)
+    }
+
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        let own = BudgetStatus {
+            used: self.used(),
+            budget: self.budget,
+        };
+        // The tighter of this budget and any the wrapped device has.
+        Some(match self.inner.compile_budget() {
+            Some(inner) if inner.remaining() < own.remaining() => inner,
+            _ => own,
+        })
     }
 
     fn eval(
@@ -164,6 +176,10 @@ impl<D: Device> Device for LatencyModel<D> {
         info
     }
 
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        self.inner.compile_budget()
+    }
+
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
         let start = Instant::now();
         let checked = check_program(program)?;
@@ -249,6 +265,10 @@ impl<D: Device> Device for FaultInjection<D> {
         self.inner.info()
     }
 
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        self.inner.compile_budget()
+    }
+
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
         let k = self.compiles.fetch_add(1, Ordering::SeqCst) + 1;
         if self.failing_compiles.contains(&k) {
@@ -279,6 +299,10 @@ impl<D: Device> Device for FaultInjection<D> {
 impl<D: Device + ?Sized> Device for Arc<D> {
     fn info(&self) -> DeviceInfo {
         (**self).info()
+    }
+
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        (**self).compile_budget()
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {

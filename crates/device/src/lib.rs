@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod decorate;
 mod error;
 pub mod fp16;
+pub mod trace;
 
 pub use cpu::CpuDevice;
 pub use error::DeviceError;
@@ -188,6 +189,19 @@ fn check_buffers(
     Ok(())
 }
 
+/// How much of a per-process compile budget is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetStatus {
+    pub used: u64,
+    pub budget: u64,
+}
+
+impl BudgetStatus {
+    pub fn remaining(&self) -> u64 {
+        self.budget.saturating_sub(self.used)
+    }
+}
+
 /// Something that compiles MIL programs into kernels and evaluates them.
 ///
 /// `compile` and `eval` may be called concurrently from different threads (the double-buffered
@@ -197,6 +211,12 @@ pub trait Device: Send + Sync {
 
     /// Compiles a program with its weight files (BLOBFILE path → file bytes).
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError>;
+
+    /// Compiles used and allowed in this process, where the device limits them (the ANE
+    /// fails compiles after about 119 per process).
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        None
+    }
 
     /// Evaluates a kernel: host buffers in fp32, one per function input and output, in
     /// signature order. fp16 I/O is converted at the boundary.

@@ -88,6 +88,10 @@ pub struct Delivery<'scope, 'env> {
     max_staleness: u64,
     max_failures: u32,
     consecutive_failures: u32,
+    /// Kernels in one set: what one more compile of the weights costs of the budget.
+    set_size: u64,
+    /// The device's compile budget cannot pay for the next set: the process must restart.
+    restart_needed: bool,
     pub stats: DeliveryStats,
     /// Failures seen since the caller last looked (for reporting).
     pub failures: Vec<String>,
@@ -103,6 +107,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         max_staleness: u64,
         max_failures: u32,
     ) -> Self {
+        let initial_config = initial.snapshot.params.layout.config.clone();
         Delivery {
             strategy,
             scope,
@@ -114,6 +119,8 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             max_staleness,
             max_failures,
             consecutive_failures: 0,
+            set_size: KernelSet::kernel_count(&initial_config) as u64,
+            restart_needed: false,
             stats: DeliveryStats::default(),
             failures: Vec::new(),
         }
@@ -123,6 +130,10 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     pub fn publish(&mut self, snapshot: WeightSnapshot) -> Result<(), StepError> {
         match self.strategy {
             Strategy::Recompile => {
+                if !self.budget_allows_a_set() {
+                    self.restart_needed = true;
+                    return Ok(());
+                }
                 let start = self.clock.now();
                 let set = compile_kernel_set(self.device, snapshot)?;
                 self.stats.stall += self.clock.now().saturating_sub(start);
@@ -140,6 +151,13 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
 
     fn start_if_idle(&mut self) {
         if self.job.is_some() {
+            return;
+        }
+        if self.latest.is_none() {
+            return;
+        }
+        if !self.budget_allows_a_set() {
+            self.restart_needed = true;
             return;
         }
         let Some(snapshot) = self.latest.take() else {
@@ -252,6 +270,18 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let lag = master.saturating_sub(self.active.version());
         *self.stats.staleness.entry(lag).or_default() += 1;
         Ok(&mut self.active)
+    }
+
+    fn budget_allows_a_set(&self) -> bool {
+        self.device
+            .compile_budget()
+            .is_none_or(|b| b.remaining() >= self.set_size)
+    }
+
+    /// True once the compile budget cannot pay for another kernel set: the trainer must
+    /// checkpoint and restart the process to go on.
+    pub fn restart_needed(&self) -> bool {
+        self.restart_needed
     }
 
     /// Waits for any background compile (at the end of a run, or before a restart).

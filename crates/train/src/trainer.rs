@@ -2,7 +2,7 @@
 //! and the schedule, validation, checkpoints, and the delivery of new weights to the device.
 
 use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
-use crate::delivery::{Delivery, Strategy};
+use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
@@ -83,6 +83,10 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
     Other(String),
+    /// The device's compile budget is spent; the run was checkpointed and must continue in a
+    /// new process (`--resume`).
+    #[error("compile budget exhausted after step {step}: checkpoint {} written, restart to continue", checkpoint.display())]
+    Restart { step: u64, checkpoint: PathBuf },
 }
 
 /// Counters that survive restarts (carried in checkpoints).
@@ -289,16 +293,7 @@ pub fn train(
             wall_before,
         );
         delivery.drain();
-        let stats = &delivery.stats;
-        let c = &mut state.counters;
-        c.compile_stall += stats.stall;
-        c.background_compile += stats.background_compile;
-        c.compiles += stats.kernel_sets_compiled * set_size + stats.failed_compiles * set_size;
-        c.swaps += stats.swaps;
-        c.failed_compiles += stats.failed_compiles;
-        for (lag, n) in &stats.staleness {
-            *c.staleness.entry(*lag).or_default() += n;
-        }
+        state.counters = with_delivery(&state.counters, &delivery.stats, set_size);
         result
     })?;
     state.counters.wall = wall_before + clock.now().saturating_sub(started);
@@ -384,6 +379,7 @@ fn run_steps(
         if apply {
             delivery.publish(snapshot(state))?;
         }
+        let restart = delivery.restart_needed() && state.step < options.steps;
 
         let c = &mut state.counters;
         c.train += train_time;
@@ -419,23 +415,52 @@ fn run_steps(
         }
         state.counters.wall = wall_before + clock.now().saturating_sub(started);
         let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
+        if restart && sink.is_none() {
+            return Err(TrainError::Other(format!(
+                "the compile budget is spent after step {} and there is no run folder to checkpoint to",
+                state.step
+            )));
+        }
         if let Some(sink) = sink {
-            if due || last {
-                let ckpt = state.checkpoint(
+            if due || last || restart {
+                let mut ckpt = state.checkpoint(
                     options,
                     data.state(),
                     &sink.tokenizer_kind,
                     sink.tokenizer.clone(),
                 );
+                let set_size = KernelSet::kernel_count(&state.config) as u64;
+                let counters = with_delivery(&state.counters, &delivery.stats, set_size);
+                ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
                 let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
                 on_event(&Event::Checkpoint {
                     step: state.step,
-                    path,
+                    path: path.clone(),
                 });
+                if restart {
+                    return Err(TrainError::Restart {
+                        step: state.step,
+                        checkpoint: path,
+                    });
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The run's counters with what delivery has done in this process added.
+fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters {
+    let mut c = c.clone();
+    c.compile_stall += stats.stall;
+    c.background_compile += stats.background_compile;
+    c.compiles += (stats.kernel_sets_compiled + stats.failed_compiles) * set_size;
+    c.swaps += stats.swaps;
+    c.failed_compiles += stats.failed_compiles;
+    for (lag, n) in &stats.staleness {
+        *c.staleness.entry(*lag).or_default() += n;
+    }
+    c
 }
 
 fn snapshot(state: &TrainState) -> WeightSnapshot {

@@ -1,0 +1,176 @@
+//! A Chrome trace-event timeline (opens in Perfetto or chrome://tracing): one track for device
+//! evals, one for compiles, one for host work, so the overlap of background compiles and
+//! foreground evals can be seen.
+
+use crate::clock::Clock;
+use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
+use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::Program;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The tracks of the timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    DeviceEval = 1,
+    Compile = 2,
+    Host = 3,
+}
+
+impl Track {
+    fn name(self) -> &'static str {
+        match self {
+            Track::DeviceEval => "device evals",
+            Track::Compile => "compiles",
+            Track::Host => "host work",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub track: Track,
+    pub name: String,
+    pub start: Duration,
+    pub duration: Duration,
+}
+
+/// Collects spans from any thread.
+#[derive(Clone, Default)]
+pub struct Tracer {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+impl Tracer {
+    pub fn new() -> Tracer {
+        Tracer::default()
+    }
+
+    pub fn record(&self, track: Track, name: &str, start: Duration, end: Duration) {
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Span {
+                track,
+                name: name.to_string(),
+                start,
+                duration: end.saturating_sub(start),
+            });
+    }
+
+    pub fn spans(&self) -> Vec<Span> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The trace as Chrome trace-event JSON.
+    pub fn to_json(&self) -> String {
+        let mut events: Vec<String> = [Track::DeviceEval, Track::Compile, Track::Host]
+            .iter()
+            .map(|t| {
+                format!(
+                    r#"{{"name":"thread_name","ph":"M","pid":1,"tid":{},"args":{{"name":"{}"}}}}"#,
+                    *t as u8,
+                    t.name()
+                )
+            })
+            .collect();
+        for s in self.spans() {
+            events.push(format!(
+                r#"{{"name":{},"ph":"X","pid":1,"tid":{},"ts":{:.3},"dur":{:.3}}}"#,
+                json_string(&s.name),
+                s.track as u8,
+                s.start.as_secs_f64() * 1e6,
+                s.duration.as_secs_f64() * 1e6
+            ));
+        }
+        format!("{{\"traceEvents\":[\n{}\n]}}\n", events.join(",\n"))
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Records every compile and eval of the wrapped device on the timeline.
+pub struct Traced<D> {
+    inner: D,
+    tracer: Tracer,
+    clock: Arc<dyn Clock>,
+}
+
+impl<D: Device> Traced<D> {
+    pub fn new(inner: D, tracer: Tracer, clock: Arc<dyn Clock>) -> Self {
+        Traced {
+            inner,
+            tracer,
+            clock,
+        }
+    }
+}
+
+impl<D: Device> Device for Traced<D> {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        self.inner.compile_budget()
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+        let start = self.clock.now();
+        let result = self.inner.compile(program, weights);
+        self.tracer
+            .record(Track::Compile, "compile", start, self.clock.now());
+        result
+    }
+
+    fn eval(
+        &self,
+        kernel: &mut Kernel,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), DeviceError> {
+        let start = self.clock.now();
+        let result = self.inner.eval(kernel, inputs, outputs);
+        self.tracer
+            .record(Track::DeviceEval, "eval", start, self.clock.now());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_metadata_and_spans_in_microseconds() {
+        let t = Tracer::new();
+        t.record(
+            Track::Compile,
+            "set \"3\"",
+            Duration::from_micros(1500),
+            Duration::from_micros(4000),
+        );
+        let json = t.to_json();
+        assert!(json.contains(
+            r#""name":"thread_name","ph":"M","pid":1,"tid":2,"args":{"name":"compiles"}"#
+        ));
+        assert!(
+            json.contains(
+                r#"{"name":"set \"3\"","ph":"X","pid":1,"tid":2,"ts":1500.000,"dur":2500.000}"#
+            ),
+            "{json}"
+        );
+    }
+}

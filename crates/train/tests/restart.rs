@@ -1,0 +1,156 @@
+//! Compile budget and restart: a run whose device allows only 25 compiles per process
+//! checkpoints and continues in a "new process" (a fresh device) several times, and ends with
+//! exactly the losses and weights of an uninterrupted run under the same schedule.
+
+use anetrain_device::clock::RealClock;
+use anetrain_device::decorate::CompileBudget;
+use anetrain_device::{CpuDevice, NumericMode};
+use anetrain_model::init::init_params;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::checkpoint::Checkpoint;
+use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::{
+    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState, WindowSource,
+};
+use std::sync::Arc;
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        name: "one-layer".into(),
+        dim: 16,
+        hidden: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 8,
+        vocab: 23,
+        seq_len: 8,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tied_embedding: false,
+    }
+}
+
+/// Windows drawn from a counter, so the sampler state is one number.
+struct Counter(u64);
+
+impl WindowSource for Counter {
+    fn next_train_window(&mut self, out: &mut [u32]) {
+        for (i, t) in out.iter_mut().enumerate() {
+            *t = ((self.0 * 13 + i as u64 * 7) % 23) as u32;
+        }
+        self.0 += 1;
+    }
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        for (j, t) in out.iter_mut().enumerate() {
+            *t = ((i + j * 3) % 23) as u32;
+        }
+    }
+    fn validation_windows(&self) -> usize {
+        2
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!(self.0)
+    }
+}
+
+fn options() -> TrainOptions {
+    TrainOptions {
+        steps: 12,
+        accum: 2,
+        eval_every: 4,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    }
+}
+
+#[test]
+fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
+    let c = config();
+    let opts = options();
+    let clock = RealClock::new();
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = CheckpointSink {
+        dir: sink_dir.path().to_path_buf(),
+        tokenizer_kind: "hf".into(),
+        tokenizer: b"{}".to_vec(),
+    };
+    let fresh = || {
+        TrainState::new(
+            init_params(Arc::new(ParamLayout::new(&c)), 5),
+            &opts,
+            NumericMode::Fp32,
+        )
+    };
+
+    // Uninterrupted: a budget that never runs out.
+    let mut reference = fresh();
+    let mut ref_losses = Vec::new();
+    {
+        let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 10_000);
+        let env = RunEnv {
+            device: &device,
+            clock: &clock,
+            strategy: Strategy::Recompile,
+            max_staleness: 1,
+            max_failures: 3,
+            count_host_time: false,
+        };
+        train(
+            &env,
+            &opts,
+            &mut reference,
+            &mut Counter(0),
+            None,
+            &mut |e| {
+                if let Event::Step(r) = e {
+                    ref_losses.push(r.loss)
+                }
+            },
+        )
+        .unwrap();
+    }
+
+    // With 25 compiles per process: 6 at start (the shared kernel and the first set), then
+    // 5 per update, so each process runs 4 updates before the next set cannot be paid for.
+    let mut losses = Vec::new();
+    let mut restarts = 0;
+    let mut state = fresh();
+    let mut data = Counter(0);
+    loop {
+        let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 25);
+        let env = RunEnv {
+            device: &device,
+            clock: &clock,
+            strategy: Strategy::Recompile,
+            max_staleness: 1,
+            max_failures: 3,
+            count_host_time: false,
+        };
+        let result = train(&env, &opts, &mut state, &mut data, Some(&sink), &mut |e| {
+            if let Event::Step(r) = e {
+                losses.push(r.loss)
+            }
+        });
+        assert!(device.used() <= 25);
+        match result {
+            Ok(()) => break,
+            Err(TrainError::Restart { checkpoint, .. }) => {
+                restarts += 1;
+                // A new process: everything comes back from the checkpoint file.
+                let ckpt = Checkpoint::load(&checkpoint).unwrap();
+                data = Counter(ckpt.header.sampler.as_u64().unwrap());
+                state = TrainState::from_checkpoint(ckpt).unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(restarts, 2, "12 updates at 4 per process");
+    assert_eq!(losses, ref_losses);
+    assert_eq!(state.params.data, reference.params.data);
+    assert_eq!(state.adam, reference.adam);
+    // Three processes, each compiling its initial 6 and 3 sets after updates; the 4th update
+    // of each finds the budget short (the last one because the run ends).
+    assert_eq!(state.counters.compiles, 3 * (6 + 3 * 5));
+}
