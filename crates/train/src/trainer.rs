@@ -40,6 +40,11 @@ pub struct TrainOptions {
     pub keep_checkpoints: usize,
     /// Initial loss scale in fp16 (dynamic afterwards); fp32 runs use 1.
     pub loss_scale: f32,
+    /// Delay compensation for steps that ran on stale weights (0: off). With λ > 0 the
+    /// gradient g, computed at the stale weights w_s, is corrected towards the master weights
+    /// w by DC-ASGD's first-order term with the adaptive step of its "-a" variant (Zheng et
+    /// al., ICML 2017): g + λ·g⊙g⊙(w − w_s)/(√max(v, g²) + ε), v being AdamW's second moment.
+    pub delay_compensation: f32,
     pub threads: usize,
 }
 
@@ -59,6 +64,7 @@ impl Default for TrainOptions {
             checkpoint_every: 200,
             keep_checkpoints: 3,
             loss_scale: 256.0,
+            delay_compensation: 0.0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -364,6 +370,10 @@ fn run_steps(
         if apply {
             let unscale = 1.0 / (accum as f32 * scale);
             grads.data.iter_mut().for_each(|g| *g *= unscale);
+            if options.delay_compensation > 0.0 && ran_on < state.step {
+                let stale = delivery.active().snapshot.params.clone();
+                compensate_delay(grads, &state.params, &stale, &state.adam, options);
+            }
             norm = clip_grad_norm(grads, options.clip);
             options
                 .adam
@@ -447,6 +457,28 @@ fn run_steps(
         }
     }
     Ok(())
+}
+
+/// DC-ASGD-a: moves a gradient computed at stale weights towards the gradient at the master
+/// weights with the diagonal of the outer-product approximation of the Hessian.
+fn compensate_delay(
+    grads: &mut Params,
+    master: &Params,
+    stale: &Params,
+    adam: &AdamState,
+    options: &TrainOptions,
+) {
+    let (lambda, eps) = (options.delay_compensation, options.adam.eps);
+    let ((g, w), (ws, v)) = (
+        (grads.data.iter_mut(), master.data.iter()),
+        (stale.data.iter(), adam.v.data.iter()),
+    );
+    for (((g, w), ws), v) in g.zip(w).zip(ws).zip(v) {
+        // The mean square includes the current gradient, so a gradient appearing for the
+        // first time (v still 0) cannot blow the correction up.
+        let rms = v.max(*g * *g).sqrt();
+        *g += lambda * *g * *g * (w - ws) / (rms + eps);
+    }
 }
 
 /// The run's counters with what delivery has done in this process added.
