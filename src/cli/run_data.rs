@@ -79,6 +79,19 @@ impl RandomWindows {
         })
     }
 
+    /// Every window of `tokens` is a validation window (evaluating a whole file).
+    pub fn validation_only(tokens: Arc<Vec<u32>>, seq: usize) -> anyhow::Result<Self> {
+        if tokens.len() < seq + 1 {
+            bail!("the data has {} tokens: too few for one window of {}", tokens.len(), seq + 1);
+        }
+        Ok(RandomWindows {
+            tokens,
+            seq,
+            train_end: 0,
+            rng: 0,
+        })
+    }
+
     pub fn validation_tokens(&self) -> usize {
         self.tokens.len() - self.train_end
     }

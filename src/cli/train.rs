@@ -8,7 +8,14 @@ use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
-use anetrain_train::trainer::{train, CheckpointSink, Event, TrainOptions, TrainState, WindowSource};
+use anetrain_device::clock::{Clock, RealClock, SimClock};
+use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
+use anetrain_device::trace::Tracer;
+use anetrain_device::trace::Traced;
+use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::{
+    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState, WindowSource,
+};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -56,6 +63,30 @@ pub struct TrainArgs {
     /// No progress bar; only the report.
     #[arg(long)]
     quiet: bool,
+    /// How new weights reach the device: recompile, double-buffer (background compile) or
+    /// dynamic (weights as kernel inputs, compiled once).
+    #[arg(long = "weights", value_name = "STRATEGY")]
+    strategy: Option<String>,
+    /// Updates the device weights may lag the master weights (double-buffer).
+    #[arg(long, default_value_t = 1)]
+    max_staleness: u64,
+    /// Delay compensation λ for steps run on stale weights (DC-ASGD-a; 0 = off).
+    #[arg(long)]
+    delay_compensation: Option<f32>,
+    /// Model a chip's compile and eval latencies on a virtual clock (e.g. m4); every figure
+    /// is then labelled simulated.
+    #[arg(long)]
+    simulate: Option<String>,
+    /// Write a Chrome trace-event timeline (device evals, compiles, host work).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Limit compiles per process (the ANE allows about 119); the run checkpoints and
+    /// re-executes itself with --resume before a kernel set would exceed it.
+    #[arg(long)]
+    compile_budget: Option<u64>,
+    /// Consecutive failed background compiles before the run stops.
+    #[arg(long, default_value_t = 3)]
+    max_compile_failures: u32,
 }
 
 /// The TOML run configuration.
@@ -68,6 +99,7 @@ struct RunConfig {
     data: Option<PathBuf>,
     tokenizer: Option<PathBuf>,
     out: Option<PathBuf>,
+    weights: Option<String>,
     #[serde(default)]
     train: Option<TrainOptions>,
 }
@@ -97,10 +129,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.threads {
         options.threads = v.max(1);
     }
+    if let Some(v) = args.delay_compensation {
+        options.delay_compensation = v;
+    }
     let precision = args.precision.or(file.precision).unwrap_or_else(|| "fp32".into());
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
     let device_name = if args.device != "cpu" { args.device.clone() } else { file.device.unwrap_or(args.device.clone()) };
-    let device = open_device(&device_name, mode, options.threads)?;
+    let strategy: Strategy = args
+        .strategy
+        .or(file.weights)
+        .unwrap_or_else(|| "double-buffer".into())
+        .parse()
+        .map_err(|e: String| anyhow!(e))?;
+    let clock: Arc<dyn Clock> = match args.simulate {
+        Some(_) => Arc::new(SimClock::new()),
+        None => Arc::new(RealClock::new()),
+    };
+    let tracer = args.trace.as_ref().map(|_| Tracer::new());
+    let device = open_device(&device_name, mode, options.threads, args.simulate.as_deref(), args.compile_budget, &clock, tracer.as_ref())?;
 
     let model_name = args.model.or(file.model).unwrap_or_else(|| "tiny".into());
     let out = args
@@ -226,15 +272,35 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             write_error.get_or_insert(err);
         }
     };
-    train(&*device, &options, &mut state, &mut windows, Some(&sink), &mut on_event)?;
+    let env = RunEnv {
+        device: &*device,
+        clock: &*clock,
+        strategy,
+        max_staleness: args.max_staleness,
+        max_failures: args.max_compile_failures,
+        count_host_time: true,
+    };
+    let outcome = train(&env, &options, &mut state, &mut windows, Some(&sink), &mut on_event);
     bar.finish_and_clear();
+    if let (Some(path), Some(t)) = (&args.trace, &tracer) {
+        write_atomic(path, t.to_json().as_bytes())?;
+    }
+    match outcome {
+        Err(TrainError::Restart { step, checkpoint }) => {
+            if !args.quiet {
+                println!("compile budget spent after step {step}: restarting from {}", checkpoint.display());
+            }
+            return restart_with(&checkpoint);
+        }
+        other => other?,
+    }
     if let Some(e) = write_error {
         bail!("writing {}: {e}", metrics_path.display());
     }
     std::fs::write(out.join("loss.svg"), loss_svg(&format!("{} loss", config.name), &train_points, &val_points))
         .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
 
-    let report = efficiency_report(&state, &options, &*device, mode);
+    let report = efficiency_report(&state, &options, &*device, mode, strategy);
     std::fs::write(out.join("report.txt"), &report)?;
     println!("{report}");
     let prompt = data.tokenizer.encode("It is a truth universally acknowledged")?;
@@ -247,12 +313,207 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the named device. (The ANE is opened by the device layer where it exists.)
-fn open_device(name: &str, mode: NumericMode, threads: usize) -> anyhow::Result<Box<dyn Device>> {
-    match name {
-        "cpu" => Ok(Box::new(CpuDevice::new(mode).with_threads(threads))),
+/// Opens the named device with the decorators the flags ask for.
+fn open_device(
+    name: &str,
+    mode: NumericMode,
+    threads: usize,
+    simulate: Option<&str>,
+    budget: Option<u64>,
+    clock: &Arc<dyn Clock>,
+    tracer: Option<&Tracer>,
+) -> anyhow::Result<Arc<dyn Device>> {
+    let mut device: Arc<dyn Device> = match name {
+        "cpu" => Arc::new(CpuDevice::new(mode).with_threads(threads)),
         other => bail!("device `{other}` is not available on this machine (available: cpu)"),
+    };
+    if let Some(chip) = simulate {
+        let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
+        device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
     }
+    if let Some(b) = budget {
+        device = Arc::new(CompileBudget::new(device, b));
+    }
+    if let Some(t) = tracer {
+        device = Arc::new(Traced::new(device, t.clone(), clock.clone()));
+    }
+    Ok(device)
+}
+
+/// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
+/// process has a fresh compile budget.
+fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the running executable to restart it")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip_value = false;
+    for a in std::env::args_os().skip(1) {
+        if skip_value {
+            skip_value = false;
+            if !a.to_string_lossy().starts_with("--") {
+                continue;
+            }
+        }
+        if a == "--resume" {
+            skip_value = true;
+            continue;
+        }
+        if a.to_string_lossy().starts_with("--resume=") {
+            continue;
+        }
+        args.push(a);
+    }
+    args.push("--resume".into());
+    args.push(checkpoint.as_os_str().to_owned());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(anyhow!("cannot restart: {err}"))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().context("cannot restart")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn Device, mode: NumericMode, strategy: Strategy) -> String {
+    let c = &state.counters;
+    let info = device.info();
+    let steps = state.step.max(1) as f64;
+    let wall = c.wall.as_secs_f64();
+    let windows = steps * options.accum.max(1) as f64;
+    let total_flops = state.config.train_flops_per_window() * windows;
+    let device_flops = state.config.device_flops_per_window() * windows;
+    let train_s = c.train.as_secs_f64().max(1e-9);
+    let pct = |part: Duration| 100.0 * part.as_secs_f64() / wall.max(1e-9);
+    let sim = if info.simulated { " [simulated]" } else { "" };
+    let mut r = String::new();
+    let mut line = |s: String| {
+        r.push_str(&s);
+        r.push('\n');
+    };
+    line(format!("=== Efficiency report{sim} ==="));
+    line(format!("device              {} ({mode}){sim}", info.name));
+    line(format!("weight delivery     {}", strategy.name()));
+    line(format!("steps               {}", state.step));
+    line(format!("wall time           {:.2} s", wall));
+    line(format!("compile stall       {:.2} s ({:.1} % of wall)", c.compile_stall.as_secs_f64(), pct(c.compile_stall)));
+    line(format!("background compile  {:.2} s", c.background_compile.as_secs_f64()));
+    line(format!("train time          {:.2} s ({:.1} % of wall)", train_s, pct(c.train)));
+    line(format!("  device eval       {:.2} s", c.device_eval.as_secs_f64()));
+    line(format!("  host math         {:.2} s", c.host_math.as_secs_f64()));
+    line(format!("  weight gradients  {:.2} s", c.weight_grads.as_secs_f64()));
+    line(format!("optimizer           {:.2} s", c.optimizer.as_secs_f64()));
+    line(format!("ms/step             {:.1} (train only {:.1})", 1e3 * wall / steps, 1e3 * train_s / steps));
+    line(format!("tokens/s            {:.0}", c.tokens as f64 / wall.max(1e-9)));
+    line(format!("device eval         {:.3} TFLOPS", device_flops / c.device_eval.as_secs_f64().max(1e-9) / 1e12));
+    line(format!("total               {:.3} TFLOPS in train time (model FLOPs: 3× forward matmuls)", total_flops / train_s / 1e12));
+    if info.kind == "cpu" && !info.simulated {
+        let peak = measure_fma_peak(options.threads, Duration::from_millis(300));
+        line(format!("MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)", 100.0 * total_flops / train_s / peak, peak / 1e9));
+    }
+    let budget = device.compile_budget().map_or("no limit".to_string(), |b| format!("{} of {} in this process", b.used, b.budget));
+    line(format!("compiles            {} in the run; budget: {budget}", c.compiles));
+    line(format!("swaps               {}   failed compiles {}", c.swaps, c.failed_compiles));
+    let hist: Vec<String> = c.staleness.iter().map(|(lag, n)| format!("{lag}:{n}")).collect();
+    line(format!("staleness (lag:steps) {}", hist.join("  ")));
+    if c.skipped_updates > 0 {
+        line(format!("skipped updates     {} (fp16 overflow)", c.skipped_updates));
+    }
+    r
+}
+
+/// Opens the named device with the decorators the flags ask for.
+fn open_device(
+    name: &str,
+    mode: NumericMode,
+    threads: usize,
+    simulate: Option<&str>,
+    budget: Option<u64>,
+    clock: &Arc<dyn Clock>,
+    tracer: Option<&Tracer>,
+) -> anyhow::Result<Arc<dyn Device>> {
+    let mut device: Arc<dyn Device> = match name {
+        "cpu" => Arc::new(CpuDevice::new(mode).with_threads(threads)),
+        other => bail!("device `{other}` is not available on this machine (available: cpu)"),
+    };
+    if let Some(chip) = simulate {
+        let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
+        device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
+    }
+    if let Some(b) = budget {
+        device = Arc::new(CompileBudget::new(device, b));
+    }
+    if let Some(t) = tracer {
+        device = Arc::new(Traced::new(device, t.clone(), clock.clone()));
+    }
+    Ok(device)
+}
+
+/// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
+/// process has a fresh compile budget.
+fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the running executable to restart it")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip_value = false;
+    for a in std::env::args_os().skip(1) {
+        if skip_value {
+            skip_value = false;
+            if !a.to_string_lossy().starts_with("--") {
+                continue;
+            }
+        }
+        if a == "--resume" {
+            skip_value = true;
+            continue;
+        }
+        if a.to_string_lossy().starts_with("--resume=") {
+            continue;
+        }
+        args.push(a);
+    }
+    args.push("--resume".into());
+    args.push(checkpoint.as_os_str().to_owned());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(anyhow!("cannot restart: {err}"))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().context("cannot restart")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
 }
 
 fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn Device, mode: NumericMode) -> String {

@@ -194,6 +194,22 @@ impl ModelConfig {
         3.0 * forward
     }
 
+    /// FLOPs of one window that the device kernels compute: the layers' forward, their
+    /// backward-dx products and the attention backward (weight gradients and the classifier
+    /// stay on the host).
+    pub fn device_flops_per_window(&self) -> f64 {
+        let (d, h, s, l) = (
+            self.dim as f64,
+            self.hidden as f64,
+            self.seq_len as f64,
+            self.n_layers as f64,
+        );
+        let (q, kv) = (self.q_dim() as f64, self.kv_dim() as f64);
+        let per_layer = 2.0 * s * (d * q + 2.0 * d * kv + q * d + 3.0 * d * h);
+        let attention = 2.0 * 2.0 * s * s * q;
+        l * (2.0 * per_layer + 3.0 * attention)
+    }
+
     /// Query heads per key/value head.
     pub fn gqa_ratio(&self) -> usize {
         self.n_heads / self.n_kv_heads

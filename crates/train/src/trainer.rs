@@ -529,3 +529,31 @@ pub fn validation_loss(
     }
     Ok((sum / n as f64) as f32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anetrain_model::ParamLayout;
+
+    #[test]
+    fn delay_compensation_follows_dc_asgd_a() {
+        let mut c = ModelConfig::tiny();
+        c.n_layers = 1;
+        let layout = Arc::new(ParamLayout::new(&c));
+        let zeros = Params::zeros(layout.clone());
+        let (mut g, mut w, mut ws, mut adam) =
+            (zeros.clone(), zeros.clone(), zeros.clone(), AdamState::new(&zeros));
+        // Entry 0: g = 2, w − w_s = 0.5, v = 9 → 2 + 0.3·4·0.5/3 = 2.2.
+        (g.data[0], w.data[0], ws.data[0], adam.v.data[0]) = (2.0, 1.5, 1.0, 9.0);
+        // Entry 1: v = 0 (a first gradient): the rms is |g| = 1 → 1 + 0.3·1·(−2)/1 = 0.4.
+        (g.data[1], w.data[1], ws.data[1]) = (1.0, 0.0, 2.0);
+        let options = TrainOptions {
+            delay_compensation: 0.3,
+            ..TrainOptions::default()
+        };
+        compensate_delay(&mut g, &w, &ws, &adam, &options);
+        assert!((g.data[0] - 2.2).abs() < 1e-6, "{}", g.data[0]);
+        assert!((g.data[1] - 0.4).abs() < 1e-6, "{}", g.data[1]);
+        assert_eq!(g.data[2], 0.0);
+    }
+}
