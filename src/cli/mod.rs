@@ -1,6 +1,8 @@
 //! The command line: thin subcommands over the layers.
 
+mod data;
 mod mil;
+mod tokenizer;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +22,18 @@ enum Command {
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
+    /// Train tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
+    /// Prepare and inspect token files.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mil(cmd) => mil::run(cmd),
+        Command::Tokenizer(cmd) => tokenizer::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }
