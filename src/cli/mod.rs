@@ -1,9 +1,15 @@
 //! The command line: thin subcommands over the layers.
 
 mod bench;
+mod data;
 mod mil;
 mod peak;
+mod plot;
 mod probe;
+mod run_data;
+mod sample;
+mod tokenizer;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +26,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a model (by default `tiny` on the embedded corpus).
+    Train(Box<train::TrainArgs>),
+    /// Generate text from a checkpoint.
+    Generate(sample::GenerateArgs),
+    /// Mean loss and perplexity of a checkpoint on a token file.
+    Eval(sample::EvalArgs),
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
@@ -31,13 +43,24 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// The peak-throughput sweep: chains of 1x1 convs, TFLOPS against the device's peak.
     Peak(peak::PeakArgs),
+    /// Train tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
+    /// Prepare and inspect token files.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(args) => train::run(*args),
+        Command::Generate(args) => sample::run_generate(args),
+        Command::Eval(args) => sample::run_eval(args),
         Command::Mil(cmd) => mil::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Probe(args) => probe::run(args),
         Command::Peak(args) => peak::run(args),
+        Command::Tokenizer(cmd) => tokenizer::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }

@@ -2,7 +2,7 @@
 
 use anetrain_model::ModelConfig;
 use anetrain_train::data::token_file::read_token_file;
-use anetrain_train::tokenizer::{default_tokenizer, Tokenizer};
+use anetrain_train::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anetrain_train::trainer::WindowSource;
 use anyhow::{anyhow, bail};
 use std::path::Path;
@@ -25,7 +25,11 @@ pub fn load_data(
     verbose: bool,
 ) -> anyhow::Result<RunData> {
     let tokenizer = match (from_checkpoint, tokenizer) {
-        (Some((kind, bytes)), _) => Tokenizer::from_bytes(bytes, kind, "the checkpoint's tokenizer")?,
+        (Some((kind, bytes)), _) => Tokenizer::from_bytes(
+            TokenizerKind::from_name(kind).ok_or_else(|| anyhow!("the checkpoint's tokenizer kind `{kind}` is unknown"))?,
+            bytes,
+            "the checkpoint's tokenizer",
+        )?,
         (None, Some(path)) => Tokenizer::load(path)?,
         (None, None) => default_tokenizer()?,
     };

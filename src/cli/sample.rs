@@ -7,7 +7,7 @@ use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
-use anetrain_train::tokenizer::Tokenizer;
+use anetrain_train::tokenizer::{Tokenizer, TokenizerKind};
 use anetrain_train::trainer::{validation_loss, TrainOptions, WindowSource};
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -45,7 +45,12 @@ pub struct EvalArgs {
 
 fn load(path: &PathBuf) -> anyhow::Result<(Checkpoint, Tokenizer)> {
     let ckpt = Checkpoint::load(path)?;
-    let tok = Tokenizer::from_bytes(&ckpt.tokenizer, &ckpt.header.tokenizer_kind, "the checkpoint's tokenizer")?;
+    let tok = Tokenizer::from_bytes(
+        TokenizerKind::from_name(&ckpt.header.tokenizer_kind)
+            .ok_or_else(|| anyhow!("the checkpoint's tokenizer kind is unknown"))?,
+        &ckpt.tokenizer,
+        "the checkpoint's tokenizer",
+    )?;
     Ok((ckpt, tok))
 }
 

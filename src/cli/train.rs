@@ -14,7 +14,7 @@ use anetrain_device::trace::Tracer;
 use anetrain_device::trace::Traced;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState, WindowSource,
+    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -264,6 +264,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Event::Compiled { kernels, took } => {
                 serde_json::json!({"type": "compile", "kernels": kernels, "ms": took.as_secs_f64() * 1e3})
             }
+            Event::CompileFailed(message) => {
+                bar.println(format!("warning: {message}; the active kernels stay in place"));
+                serde_json::json!({"type": "compile_failed", "message": message})
+            }
             Event::Checkpoint { step, path } => {
                 serde_json::json!({"type": "checkpoint", "step": step, "path": path.display().to_string()})
             }
@@ -432,118 +436,6 @@ fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn De
     line(format!("swaps               {}   failed compiles {}", c.swaps, c.failed_compiles));
     let hist: Vec<String> = c.staleness.iter().map(|(lag, n)| format!("{lag}:{n}")).collect();
     line(format!("staleness (lag:steps) {}", hist.join("  ")));
-    if c.skipped_updates > 0 {
-        line(format!("skipped updates     {} (fp16 overflow)", c.skipped_updates));
-    }
-    r
-}
-
-/// Opens the named device with the decorators the flags ask for.
-fn open_device(
-    name: &str,
-    mode: NumericMode,
-    threads: usize,
-    simulate: Option<&str>,
-    budget: Option<u64>,
-    clock: &Arc<dyn Clock>,
-    tracer: Option<&Tracer>,
-) -> anyhow::Result<Arc<dyn Device>> {
-    let mut device: Arc<dyn Device> = match name {
-        "cpu" => Arc::new(CpuDevice::new(mode).with_threads(threads)),
-        other => bail!("device `{other}` is not available on this machine (available: cpu)"),
-    };
-    if let Some(chip) = simulate {
-        let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
-        device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
-    }
-    if let Some(b) = budget {
-        device = Arc::new(CompileBudget::new(device, b));
-    }
-    if let Some(t) = tracer {
-        device = Arc::new(Traced::new(device, t.clone(), clock.clone()));
-    }
-    Ok(device)
-}
-
-/// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
-/// process has a fresh compile budget.
-fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the running executable to restart it")?;
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut skip_value = false;
-    for a in std::env::args_os().skip(1) {
-        if skip_value {
-            skip_value = false;
-            if !a.to_string_lossy().starts_with("--") {
-                continue;
-            }
-        }
-        if a == "--resume" {
-            skip_value = true;
-            continue;
-        }
-        if a.to_string_lossy().starts_with("--resume=") {
-            continue;
-        }
-        args.push(a);
-    }
-    args.push("--resume".into());
-    args.push(checkpoint.as_os_str().to_owned());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let err = cmd.exec();
-        Err(anyhow!("cannot restart: {err}"))
-    }
-    #[cfg(not(unix))]
-    {
-        let status = cmd.status().context("cannot restart")?;
-        std::process::exit(status.code().unwrap_or(1));
-    }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
-}
-
-fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn Device, mode: NumericMode) -> String {
-    let c = &state.counters;
-    let steps = state.step.max(1) as f64;
-    let wall = c.wall.as_secs_f64();
-    let windows = steps * options.accum.max(1) as f64;
-    let flops = state.config.train_flops_per_window() * windows;
-    let achieved = flops / c.train.as_secs_f64().max(1e-9);
-    let peak = measure_fma_peak(options.threads, Duration::from_millis(300));
-    let pct = |part: Duration| 100.0 * part.as_secs_f64() / wall.max(1e-9);
-    let mut r = String::new();
-    let mut line = |s: String| {
-        r.push_str(&s);
-        r.push('\n');
-    };
-    line("=== Efficiency report ===".into());
-    line(format!("device              {} ({mode}){}", device.info().name, if device.info().simulated { " [simulated]" } else { "" }));
-    line(format!("steps               {}", state.step));
-    line(format!("wall time           {:.1} s", wall));
-    line(format!("compile (stall)     {:.1} s ({:.1} % of wall), {} kernels compiled", c.compile_stall.as_secs_f64(), pct(c.compile_stall), c.compiles));
-    line(format!("train time          {:.1} s ({:.1} % of wall)", c.train.as_secs_f64(), pct(c.train)));
-    line(format!("  device eval       {:.1} s", c.device_eval.as_secs_f64()));
-    line(format!("  host math         {:.1} s", c.host_math.as_secs_f64()));
-    line(format!("  weight gradients  {:.1} s", c.weight_grads.as_secs_f64()));
-    line(format!("optimizer           {:.1} s", c.optimizer.as_secs_f64()));
-    line(format!("ms/step             {:.1} (train only {:.1})", 1e3 * wall / steps, 1e3 * c.train.as_secs_f64() / steps));
-    line(format!("tokens/s            {:.0}", c.tokens as f64 / wall.max(1e-9)));
-    line(format!("achieved            {:.1} GFLOPS in train time (model FLOPs: 3× forward matmuls)", achieved / 1e9));
-    line(format!("MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)", 100.0 * achieved / peak, peak / 1e9));
     if c.skipped_updates > 0 {
         line(format!("skipped updates     {} (fp16 overflow)", c.skipped_updates));
     }

@@ -2,5 +2,9 @@
 //! metrics, reports and sampling.
 
 pub mod checkpoint;
+pub mod data;
 pub mod delivery;
+pub mod tokenizer;
 pub mod trainer;
+
+pub use data::embedded_corpus;

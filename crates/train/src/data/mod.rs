@@ -1,0 +1,104 @@
+//! Training data: the embedded corpus, token files, the train/validation split, and the
+//! deterministic window sampler.
+
+pub mod atomic;
+pub mod dataset;
+pub mod sampler;
+pub mod token_file;
+
+pub use dataset::{TokenDataset, ValidationWindows};
+pub use sampler::{SamplerState, SplitMix64, WindowSampler};
+pub use token_file::{
+    decode_token_file, encode_token_file, read_token_file, write_token_file, TokenData, TokenFormat,
+};
+
+use thiserror::Error;
+
+/// The embedded default corpus: Jane Austen's six novels (public domain; see `data/README.md`
+/// at the repository root), compiled into the binary so a fresh machine trains offline.
+pub fn embedded_corpus() -> &'static str {
+    include_str!("../../../../data/austen.txt")
+}
+
+/// Errors of token files and data sets; each names the file (or source) it concerns.
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("cannot read token file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write token file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: truncated: {len} bytes is not a whole number of {width}-byte tokens \
+         (the token at byte {at} is cut off)"
+    )]
+    Truncated {
+        path: String,
+        len: u64,
+        width: u8,
+        at: u64,
+    },
+    #[error("{path}: truncated: {len} bytes, shorter than the 24-byte ANETOKEN header")]
+    TruncatedHeader { path: String, len: u64 },
+    #[error(
+        "{path}: truncated: the header announces {declared} tokens but the file holds {found} \
+         ({len} bytes)"
+    )]
+    ShorterThanHeader {
+        path: String,
+        declared: u64,
+        found: u64,
+        len: u64,
+    },
+    #[error("{path}: corrupt: {extra} bytes follow the {declared} tokens the header announces")]
+    LongerThanHeader {
+        path: String,
+        declared: u64,
+        extra: u64,
+    },
+    #[error(
+        "{path}: missing header: a vocabulary of {vocab} tokens needs the uint32 token file, \
+         which starts with `ANETOKEN`; found {found}"
+    )]
+    MissingHeader {
+        path: String,
+        vocab: usize,
+        found: String,
+    },
+    #[error("{path}: wrong header: {field} is {found}, expected {expected}")]
+    WrongHeader {
+        path: String,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "{path}: token {index} is {value}, outside the vocabulary of {vocab} tokens \
+         (ids 0..={max})",
+        max = *vocab as i64 - 1
+    )]
+    TokenOutOfRange {
+        path: String,
+        index: u64,
+        value: u32,
+        vocab: usize,
+    },
+    #[error(
+        "{path}: {part} holds {tokens} tokens, too short for one window of seq+1 = {window} tokens"
+    )]
+    TooShort {
+        path: String,
+        part: String,
+        tokens: u64,
+        window: u64,
+    },
+    #[error("sampler state: {0}")]
+    SamplerMismatch(String),
+    #[error("{0}")]
+    Invalid(String),
+}

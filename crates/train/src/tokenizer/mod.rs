@@ -1,0 +1,206 @@
+//! Tokenizers: Hugging Face `tokenizer.json` (loaded, or a byte-level BPE trained here) and
+//! llama2.c `tokenizer.bin`, behind one enum.
+//!
+//! Both kinds put `<unk>`, BOS and EOS at ids 0, 1, 2 when they follow llama2.c's conventions (the
+//! BPE trained here does); `bos_id`/`eos_id` say what a given tokenizer has. `encode` never adds
+//! BOS or EOS; `decode` leaves them out.
+
+pub mod hf;
+pub mod llama2c;
+
+pub use hf::HfTokenizer;
+pub use llama2c::Llama2cTokenizer;
+
+use crate::data::atomic::write_atomic;
+use std::path::Path;
+use std::sync::OnceLock;
+use thiserror::Error;
+
+/// Vocabulary size of the `tiny` model's tokenizer.
+pub const DEFAULT_VOCAB: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum TokenizerError {
+    #[error("cannot read tokenizer {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write tokenizer {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: corrupt llama2.c tokenizer at byte {offset}: {message}")]
+    Corrupt {
+        file: String,
+        offset: u64,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{file}: {message}")]
+    HuggingFace { file: String, message: String },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    IdOutOfRange { id: u32, vocab: usize },
+    #[error("BPE training: {0}")]
+    Training(String),
+}
+
+/// Which file format a tokenizer comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// Hugging Face `tokenizer.json`.
+    HuggingFace,
+    /// llama2.c `tokenizer.bin`.
+    Llama2c,
+}
+
+impl TokenizerKind {
+    /// The short name checkpoints store: `hf` or `llama2c`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::HuggingFace => "hf",
+            TokenizerKind::Llama2c => "llama2c",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TokenizerKind> {
+        match name {
+            "hf" => Some(TokenizerKind::HuggingFace),
+            "llama2c" => Some(TokenizerKind::Llama2c),
+            _ => None,
+        }
+    }
+}
+
+/// A tokenizer of either kind.
+#[derive(Clone, Debug)]
+pub enum Tokenizer {
+    HuggingFace(HfTokenizer),
+    Llama2c(Llama2cTokenizer),
+}
+
+impl Tokenizer {
+    /// Loads a tokenizer file: `.json` is Hugging Face, `.bin` is llama2.c, any other name is
+    /// recognised by its content (JSON starts with `{`).
+    pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let kind = match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => TokenizerKind::HuggingFace,
+            Some("bin") => TokenizerKind::Llama2c,
+            _ => sniff_kind(&bytes),
+        };
+        Tokenizer::from_bytes(kind, &bytes, &name)
+    }
+
+    /// Parses a tokenizer of a known kind from its file bytes; `source` names it in errors.
+    pub fn from_bytes(
+        kind: TokenizerKind,
+        bytes: &[u8],
+        source: &str,
+    ) -> Result<Tokenizer, TokenizerError> {
+        Ok(match kind {
+            TokenizerKind::HuggingFace => {
+                Tokenizer::HuggingFace(HfTokenizer::from_bytes(bytes, source)?)
+            }
+            TokenizerKind::Llama2c => {
+                Tokenizer::Llama2c(Llama2cTokenizer::from_bytes(bytes, source)?)
+            }
+        })
+    }
+
+    /// The bytes of the tokenizer's file (`tokenizer.json` text or `tokenizer.bin`), for saving
+    /// or embedding in a checkpoint.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TokenizerError> {
+        match self {
+            Tokenizer::HuggingFace(t) => Ok(t.to_json()?.into_bytes()),
+            Tokenizer::Llama2c(t) => Ok(t.to_bytes()),
+        }
+    }
+
+    /// Writes the tokenizer's file atomically: a crash leaves the old file or the new one.
+    pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
+        let bytes = self.to_bytes()?;
+        write_atomic(path, &bytes).map_err(|source| TokenizerError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    pub fn kind(&self) -> TokenizerKind {
+        match self {
+            Tokenizer::HuggingFace(_) => TokenizerKind::HuggingFace,
+            Tokenizer::Llama2c(_) => TokenizerKind::Llama2c,
+        }
+    }
+
+    /// Token ids of `text`, without BOS or EOS.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        match self {
+            Tokenizer::HuggingFace(t) => t.encode(text),
+            Tokenizer::Llama2c(t) => Ok(t.encode_with(text, false, false)),
+        }
+    }
+
+    /// The text of `ids`; BOS and EOS are left out; an id outside the vocabulary is an error.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        match self {
+            Tokenizer::HuggingFace(t) => t.decode(ids),
+            Tokenizer::Llama2c(t) => t.decode(ids),
+        }
+    }
+
+    /// Number of ids the model must embed (the largest id + 1).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::HuggingFace(t) => t.vocab_size(),
+            Tokenizer::Llama2c(t) => t.vocab_size(),
+        }
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::HuggingFace(t) => t.bos_id(),
+            Tokenizer::Llama2c(t) => t.bos_id(),
+        }
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        match self {
+            Tokenizer::HuggingFace(t) => t.eos_id(),
+            Tokenizer::Llama2c(t) => t.eos_id(),
+        }
+    }
+}
+
+/// JSON (after optional whitespace) starts with `{`; a llama2.c file starts with a small
+/// little-endian integer.
+fn sniff_kind(bytes: &[u8]) -> TokenizerKind {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => TokenizerKind::HuggingFace,
+        _ => TokenizerKind::Llama2c,
+    }
+}
+
+/// Trains the project's byte-level BPE (see [`hf`]) on `corpus` to `vocab_size` tokens.
+pub fn train_bpe(corpus: &str, vocab_size: usize) -> Result<Tokenizer, TokenizerError> {
+    HfTokenizer::train_bpe(corpus, vocab_size).map(Tokenizer::HuggingFace)
+}
+
+/// The `tiny` model's tokenizer: the byte-level BPE of [`DEFAULT_VOCAB`] tokens trained on the
+/// embedded corpus. Training takes about 2 s in a release build, so it is trained on first use
+/// and kept for the life of the process rather than shipped as a file that could drift from
+/// the code.
+pub fn default_tokenizer() -> Result<Tokenizer, TokenizerError> {
+    static DEFAULT: OnceLock<Tokenizer> = OnceLock::new();
+    if let Some(t) = DEFAULT.get() {
+        return Ok(t.clone());
+    }
+    let trained = train_bpe(crate::embedded_corpus(), DEFAULT_VOCAB)?;
+    Ok(DEFAULT.get_or_init(|| trained).clone())
+}
