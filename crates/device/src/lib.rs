@@ -5,12 +5,14 @@
 //! decorators that wrap any device for tests and simulation. Probes, benchmarks and the trainer
 //! are written against the trait alone.
 
+pub mod ane;
 pub mod clock;
 pub mod cpu;
 pub mod decorate;
 mod error;
 pub mod fp16;
 
+pub use ane::{AneConfig, AneDevice, AneInfo};
 pub use cpu::CpuDevice;
 pub use error::DeviceError;
 
