@@ -1,5 +1,6 @@
 //! The command line: thin subcommands over the layers.
 
+pub mod devices;
 mod mil;
 
 use clap::{Parser, Subcommand};
@@ -20,10 +21,13 @@ enum Command {
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
+    /// List the devices of this machine: the CPU, and the ANE or why it is unavailable.
+    Devices,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mil(cmd) => mil::run(cmd),
+        Command::Devices => devices::run(),
     }
 }

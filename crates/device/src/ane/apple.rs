@@ -366,16 +366,14 @@ impl Surface {
     }
 }
 
-/// A compiled, loaded model with its surfaces and the request that binds them.
+/// A compiled, loaded program: its model, the surfaces and the request that binds them, and
+/// the temp directory it uses.
 struct AneKernel {
-    model: Retained<AnyObject>,
-    request: Retained<AnyObject>,
-    /// The surface wrappers, held as the request's arrays hold them (spec 1.8).
-    _surface_objects: [Retained<NSArray<AnyObject>>; 2],
+    /// Dropped first: the model is unloaded before anything it might still read goes.
+    model: LoadedModel,
+    binding: Binding,
+    /// The empty `options:` dictionary, made once rather than per eval.
     options: Retained<NSDictionary<NSString, AnyObject>>,
-    inputs: Vec<Surface>,
-    outputs: Vec<Surface>,
-    qos: u32,
     /// Dropped last: the directory goes only after the model is unloaded and released.
     _dir: ModelDirLease,
 }
@@ -386,48 +384,135 @@ struct AneKernel {
 unsafe impl Send for AneKernel {}
 
 impl AneKernel {
-    /// Steps 2–12 of spec 1.3, inside the caller's autorelease pool.
+    /// Steps 2–12 of spec 1.3, inside the caller's autorelease pool. Whatever fails, what was
+    /// made so far is released (and unloaded, once loaded) on the way out.
     fn compile(
         runtime: &Runtime,
         plan: &CompilePlan<'_>,
         qos: u32,
     ) -> Result<AneKernel, DeviceError> {
-        let classes = &runtime.classes;
-        let mil = NSData::with_bytes(plan.mil_text.as_bytes());
-        let weights = weights_dictionary(&plan.weights);
-        let no_plist: Option<&AnyObject> = None;
-        // SAFETY: the method exists (checked at open) and takes three objects.
-        let descriptor: Option<Retained<AnyObject>> = unsafe {
-            msg_send![classes.descriptor, modelWithMILText: &*mil, weights: &*weights, optionsPlist: no_plist]
-        };
-        let descriptor =
-            descriptor.ok_or_else(|| step_failed(Step::Descriptor, None, &plan.hints))?;
-        // SAFETY: as above, one object argument.
-        let model: Option<Retained<AnyObject>> =
-            unsafe { msg_send![classes.model, inMemoryModelWithDescriptor: &*descriptor] };
-        let model = model.ok_or_else(|| step_failed(Step::Model, None, &plan.hints))?;
-        // SAFETY: an instance method without arguments returning an NSString.
-        let hex: Option<Retained<NSString>> = unsafe { msg_send![&*model, hexStringIdentifier] };
-        let hex = hex.ok_or_else(|| {
-            step_failed(
-                Step::Model,
-                Some("the model has no hexStringIdentifier"),
-                &[],
-            )
-        })?;
-        let dir =
-            runtime
-                .dirs
-                .acquire(&hex.to_string(), plan.mil_text.as_bytes(), &plan.weights)?;
-
+        let (model, identifier) = in_memory_model(&runtime.classes, plan)?;
+        let dir = runtime
+            .dirs
+            .acquire(&identifier, plan.mil_text.as_bytes(), &plan.weights)?;
         let options = no_options();
+        let model = LoadedModel::compile_and_load(model, qos, &options, &plan.hints)?;
+        let binding = Binding::new(&runtime.classes, plan)?;
+        Ok(AneKernel {
+            model,
+            binding,
+            options,
+            _dir: dir,
+        })
+    }
+}
+
+/// Steps 2–5: the descriptor from the MIL text and the weights, the in-memory model, and its
+/// `hexStringIdentifier`.
+fn in_memory_model(
+    classes: &Classes,
+    plan: &CompilePlan<'_>,
+) -> Result<(Retained<AnyObject>, String), DeviceError> {
+    let mil = NSData::with_bytes(plan.mil_text.as_bytes());
+    let weights = weights_dictionary(&plan.weights);
+    let no_plist: Option<&AnyObject> = None;
+    // SAFETY: the method exists (checked at open) and takes three objects.
+    let descriptor: Option<Retained<AnyObject>> = unsafe {
+        msg_send![classes.descriptor, modelWithMILText: &*mil, weights: &*weights, optionsPlist: no_plist]
+    };
+    let descriptor = descriptor.ok_or_else(|| step_failed(Step::Descriptor, None, &plan.hints))?;
+    // SAFETY: as above, one object argument.
+    let model: Option<Retained<AnyObject>> =
+        unsafe { msg_send![classes.model, inMemoryModelWithDescriptor: &*descriptor] };
+    let model = model.ok_or_else(|| step_failed(Step::Model, None, &plan.hints))?;
+    // SAFETY: an instance method without arguments returning an NSString (checked at open).
+    let identifier: Option<Retained<NSString>> = unsafe { msg_send![&*model, hexStringIdentifier] };
+    let identifier = identifier.ok_or_else(|| {
+        step_failed(
+            Step::Model,
+            Some("the model has no hexStringIdentifier"),
+            &[],
+        )
+    })?;
+    Ok((model, identifier.to_string()))
+}
+
+/// A model that compiled and loaded; it unloads itself when dropped, so that no failure path
+/// leaves it loaded.
+struct LoadedModel {
+    model: Retained<AnyObject>,
+    qos: u32,
+}
+
+impl LoadedModel {
+    /// Steps 7–8: compile, then load, the load retried once after 100 ms as the original's
+    /// bridge does ("ANE slot reclamation").
+    fn compile_and_load(
+        model: Retained<AnyObject>,
+        qos: u32,
+        options: &NSDictionary<NSString, AnyObject>,
+        hints: &[String],
+    ) -> Result<LoadedModel, DeviceError> {
         // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
         let compiled: Result<(), Retained<NSError>> =
-            unsafe { msg_send![&*model, compileWithQoS: qos, options: &*options, error: _] };
-        compiled.map_err(|e| step_failed(Step::Compile, Some(&error_text(&e)), &plan.hints))?;
-        load_with_retry(&model, &options, qos)
-            .map_err(|e| step_failed(Step::Load, Some(&error_text(&e)), &plan.hints))?;
+            unsafe { msg_send![&*model, compileWithQoS: qos, options: options, error: _] };
+        compiled.map_err(|e| step_failed(Step::Compile, Some(&error_text(&e)), hints))?;
+        let load = || -> Result<(), Retained<NSError>> {
+            // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
+            unsafe { msg_send![&*model, loadWithQoS: qos, options: options, error: _] }
+        };
+        load()
+            .or_else(|_| {
+                std::thread::sleep(LOAD_RETRY_DELAY);
+                load()
+            })
+            .map_err(|e| step_failed(Step::Load, Some(&error_text(&e)), hints))?;
+        Ok(LoadedModel { model, qos })
+    }
 
+    /// Step 13.2: one synchronous evaluation; the outputs are ready when it returns.
+    fn evaluate(
+        &self,
+        options: &NSDictionary<NSString, AnyObject>,
+        request: &AnyObject,
+    ) -> Result<(), Retained<NSError>> {
+        // SAFETY: (unsigned int, id, id, NSError**) -> BOOL, checked at open; the caller keeps
+        // the request and its surfaces alive.
+        unsafe {
+            msg_send![
+                &*self.model,
+                evaluateWithQoS: self.qos,
+                options: options,
+                request: request,
+                error: _
+            ]
+        }
+    }
+}
+
+impl Drop for LoadedModel {
+    fn drop(&mut self) {
+        autoreleasepool(|_| {
+            // SAFETY: (unsigned int, NSError**) -> BOOL, checked at open. A failed unload
+            // cannot be reported from a drop; the model is released either way.
+            let _: Result<(), Retained<NSError>> =
+                unsafe { msg_send![&*self.model, unloadWithQoS: self.qos, error: _] };
+        });
+    }
+}
+
+/// Steps 10–12: one surface per input and output, wrapped, and the request that binds them,
+/// built once and reused for every eval.
+struct Binding {
+    request: Retained<AnyObject>,
+    /// The surface wrappers, held as the request's arrays hold them (spec 1.8).
+    _surface_objects: [Retained<NSArray<AnyObject>>; 2],
+    inputs: Vec<Surface>,
+    outputs: Vec<Surface>,
+}
+
+impl Binding {
+    fn new(classes: &Classes, plan: &CompilePlan<'_>) -> Result<Binding, DeviceError> {
         let inputs = surfaces(&plan.inputs)?;
         let outputs = surfaces(&plan.outputs)?;
         let input_objects = surface_objects(classes, &inputs)?;
@@ -439,33 +524,13 @@ impl AneKernel {
             &output_objects,
             outputs.len(),
         )?;
-        Ok(AneKernel {
-            model,
+        Ok(Binding {
             request,
             _surface_objects: [input_objects, output_objects],
-            options,
             inputs,
             outputs,
-            qos,
-            _dir: dir,
         })
     }
-}
-
-/// `loadWithQoS:`, retried once after 100 ms as the original's bridge does.
-fn load_with_retry(
-    model: &AnyObject,
-    options: &NSDictionary<NSString, AnyObject>,
-    qos: u32,
-) -> Result<(), Retained<NSError>> {
-    let load = || -> Result<(), Retained<NSError>> {
-        // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
-        unsafe { msg_send![model, loadWithQoS: qos, options: options, error: _] }
-    };
-    load().or_else(|_| {
-        std::thread::sleep(LOAD_RETRY_DELAY);
-        load()
-    })
 }
 
 fn surfaces(layouts: &[SurfaceLayout]) -> Result<Vec<Surface>, DeviceError> {
@@ -528,46 +593,24 @@ fn build_request(
 }
 
 impl KernelExec for AneKernel {
-    /// Writes the inputs, evaluates synchronously (the outputs are ready when the call
-    /// returns), reads the outputs.
+    /// Writes the inputs, evaluates, reads the outputs.
     fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
-        for (surface, values) in self.inputs.iter().zip(inputs) {
+        let binding = &self.binding;
+        for (surface, values) in binding.inputs.iter().zip(inputs) {
             surface.write(values)?;
         }
         autoreleasepool(|_| {
-            // SAFETY: (unsigned int, id, id, NSError**) -> BOOL, checked at open; the request
-            // and its surfaces are alive, owned by this kernel.
-            let done: Result<(), Retained<NSError>> = unsafe {
-                msg_send![
-                    &*self.model,
-                    evaluateWithQoS: self.qos,
-                    options: &*self.options,
-                    request: &*self.request,
-                    error: _
-                ]
-            };
-            done.map_err(|e| {
-                let detail = error_text(&e);
-                let hints = eval_hints(&detail, self.inputs.len(), self.outputs.len());
-                step_failed(Step::Eval, Some(&detail), &hints)
-            })
+            self.model
+                .evaluate(&self.options, &binding.request)
+                .map_err(|e| {
+                    let detail = error_text(&e);
+                    let hints = eval_hints(&detail, binding.inputs.len());
+                    step_failed(Step::Eval, Some(&detail), &hints)
+                })
         })?;
-        for (surface, values) in self.outputs.iter().zip(outputs.iter_mut()) {
+        for (surface, values) in binding.outputs.iter().zip(outputs.iter_mut()) {
             surface.read(values)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for AneKernel {
-    /// Unloads the model; the fields then release the request, the model and the surfaces,
-    /// and finally the lease removes the temp directory if no other kernel uses it.
-    fn drop(&mut self) {
-        autoreleasepool(|_| {
-            // SAFETY: (unsigned int, NSError**) -> BOOL, checked at open. A failed unload
-            // cannot be reported from a drop; the model is released either way.
-            let _: Result<(), Retained<NSError>> =
-                unsafe { msg_send![&*self.model, unloadWithQoS: self.qos, error: _] };
-        });
     }
 }

@@ -18,6 +18,15 @@ pub enum RatedPrecision {
     Int8,
 }
 
+impl fmt::Display for RatedPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RatedPrecision::Fp16 => "fp16",
+            RatedPrecision::Int8 => "int8",
+        })
+    }
+}
+
 /// Apple's published Neural Engine throughput for a chip.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rated {
