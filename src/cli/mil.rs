@@ -1,7 +1,8 @@
 //! `anetrain mil check|fmt|run`.
 
+use super::devices;
 use crate::npy;
-use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_device::NumericMode;
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::parse::parse_program;
@@ -16,7 +17,7 @@ pub enum MilCommand {
     Check { file: PathBuf },
     /// Print a program in canonical form.
     Fmt { file: PathBuf },
-    /// Evaluate a program on the CPU device with NumPy .npy tensors in and out.
+    /// Evaluate a program on a device with NumPy .npy tensors in and out.
     Run {
         file: PathBuf,
         /// A weight file for a BLOBFILE path, as written in the program:
@@ -29,8 +30,12 @@ pub enum MilCommand {
         /// Where to write an output: `OUT.npy` for a single output, or `NAME=OUT.npy`.
         #[arg(long = "output", value_name = "[NAME=]FILE", required = true)]
         outputs: Vec<String>,
+        /// The CPU device's numeric mode (the ANE always computes in fp16).
         #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
         precision: String,
+        /// The device that runs the program.
+        #[arg(long, default_value = "cpu", value_parser = devices::DEVICE_NAMES)]
+        device: String,
     },
 }
 
@@ -60,7 +65,8 @@ pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
             inputs,
             outputs,
             precision,
-        } => run_program(&file, &weights, &inputs, &outputs, &precision),
+            device,
+        } => run_program(&file, &weights, &inputs, &outputs, &precision, &device),
     }
 }
 
@@ -82,6 +88,7 @@ fn run_program(
     input_args: &[String],
     output_args: &[String],
     precision: &str,
+    device: &str,
 ) -> anyhow::Result<()> {
     let program = load(file)?;
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
@@ -91,7 +98,7 @@ fn run_program(
         let bytes = std::fs::read(f).with_context(|| format!("cannot read weight file {f}"))?;
         weights.insert(path, bytes);
     }
-    let device = CpuDevice::new(mode);
+    let device = devices::open(device, mode)?;
     let mut kernel = device
         .compile(&program, &weights)
         .map_err(|e| anyhow!("{}: {e}", file.display()))?;

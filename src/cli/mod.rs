@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+pub mod devices;
 mod mil;
 mod peak;
 mod plot;
@@ -49,6 +50,8 @@ enum Command {
     /// Prepare and inspect token files.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// List the devices of this machine: the CPU, and the ANE or why it is unavailable.
+    Devices,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,5 +65,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peak(args) => peak::run(args),
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Devices => devices::run(),
     }
 }

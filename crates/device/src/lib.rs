@@ -5,6 +5,7 @@
 //! decorators that wrap any device for tests and simulation. Probes, benchmarks and the trainer
 //! are written against the trait alone.
 
+pub mod ane;
 pub mod clock;
 pub mod cpu;
 pub mod decorate;
@@ -12,6 +13,7 @@ mod error;
 pub mod fp16;
 pub mod trace;
 
+pub use ane::{AneConfig, AneDevice, AneInfo};
 pub use cpu::CpuDevice;
 pub use error::DeviceError;
 

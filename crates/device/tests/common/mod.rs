@@ -205,3 +205,75 @@ pub fn as_seen(mode: NumericMode, data: &[f32]) -> Vec<f32> {
             .collect(),
     }
 }
+
+/// Builds a function op by op, inferring each op's output type with the checker, so that test
+/// programs state only what they compute. Arguments are written in alphabetical order, as the
+/// original generators write them.
+pub struct ProgramBuilder {
+    builder: FunctionBuilder,
+    types: HashMap<String, Type>,
+    consts: HashMap<String, Literal>,
+}
+
+impl Default for ProgramBuilder {
+    fn default() -> Self {
+        ProgramBuilder::new()
+    }
+}
+
+impl ProgramBuilder {
+    pub fn new() -> ProgramBuilder {
+        ProgramBuilder {
+            builder: FunctionBuilder::new("main", "ios18"),
+            types: HashMap::new(),
+            consts: HashMap::new(),
+        }
+    }
+
+    pub fn input(&mut self, name: &str, dtype: DType, shape: &[usize]) -> anetrain_mil::Var {
+        let ty = Type::tensor(dtype, shape.to_vec());
+        let v = self.builder.input(name, ty.clone());
+        self.types.insert(v.name().to_string(), ty);
+        v
+    }
+
+    pub fn constant(&mut self, name: &str, value: Literal) -> anetrain_mil::Var {
+        let v = self.builder.constant(name, value.clone());
+        self.types.insert(v.name().to_string(), value.ty());
+        self.consts.insert(v.name().to_string(), value);
+        v
+    }
+
+    /// `name = kind(args)`, its type inferred.
+    ///
+    /// # Panics
+    /// If the op does not type-check: a bug in the test, reported with the checker's message.
+    pub fn op(&mut self, kind: &str, name: &str, mut args: Vec<(&str, Arg)>) -> anetrain_mil::Var {
+        args.sort_by(|a, b| a.0.cmp(b.0));
+        let probe = anetrain_mil::Op {
+            kind: kind.to_string(),
+            output: name.to_string(),
+            ty: Type::Scalar(DType::Fp16),
+            args: args
+                .iter()
+                .map(|(k, a)| (k.to_string(), a.clone()))
+                .collect(),
+            attrs: vec![("name".into(), Literal::string(name))],
+        };
+        let ty = infer_op_type(&probe, &self.types, &self.consts)
+            .unwrap_or_else(|e| panic!("test program: {e}"));
+        let v = self.builder.op(kind, name, ty.clone(), args);
+        self.types.insert(v.name().to_string(), ty);
+        v
+    }
+
+    /// The type of a value defined so far.
+    pub fn type_of(&self, v: &anetrain_mil::Var) -> &Type {
+        &self.types[v.name()]
+    }
+
+    pub fn finish(mut self, output: &anetrain_mil::Var) -> Program {
+        self.builder.output(output);
+        Program::single(Dialect::Ios18, Style::Compact, self.builder.finish())
+    }
+}

@@ -1,0 +1,616 @@
+//! The Objective-C half of the ANE device: every call into the private AppleNeuralEngine
+//! framework, IOSurface and the system, and nothing else. What to call with is decided by the
+//! plain-Rust modules beside this one ([`CompilePlan`]); the sequence is spec section 1.3.
+//!
+//! Ownership: factory methods return autoreleased objects, which `msg_send!` retains into
+//! `Retained` values; everything a kernel keeps is owned by its [`AneKernel`] and released when
+//! it drops, after the model is unloaded. Compiles and evals run inside autorelease pools so that
+//! the temporary objects (option dictionaries, errors) do not pile up over millions of evals.
+
+use super::budget::PROCESS_COMPILES;
+use super::chip;
+use super::failure::{eval_hints, step_failed, Step};
+use super::model_dir::{ModelDirLease, ModelDirs};
+use super::plan::CompilePlan;
+use super::surface::SurfaceLayout;
+use super::version::MacOsVersion;
+use super::weights::WeightsDictionary;
+use super::{AneConfig, AneInfo};
+use crate::{DeviceError, Kernel, KernelExec};
+use objc2::rc::{autoreleasepool, Retained};
+use objc2::runtime::{AnyClass, AnyObject, Sel};
+use objc2::{msg_send, sel};
+use objc2_core_foundation::{CFDictionary, CFNumber, CFRetained, CFString};
+use objc2_foundation::{
+    NSArray, NSData, NSDictionary, NSError, NSNumber, NSString, NSTemporaryDirectory,
+};
+use objc2_io_surface::{
+    kIOSurfaceAllocSize, kIOSurfaceBytesPerElement, kIOSurfaceBytesPerRow, kIOSurfaceHeight,
+    kIOSurfacePixelFormat, kIOSurfaceWidth, IOSurfaceLockOptions, IOSurfaceRef,
+};
+use std::ffi::{CStr, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+const FRAMEWORK_PATH: &CStr =
+    c"/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";
+
+/// The bridge of the original retries a failed load once after this long ("ANE slot
+/// reclamation").
+const LOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The framework's classes this device uses.
+struct Classes {
+    descriptor: &'static AnyClass,
+    model: &'static AnyClass,
+    request: &'static AnyClass,
+    surface_object: &'static AnyClass,
+}
+
+/// The loaded framework, the process's model directories and the device's facts.
+pub(super) struct Runtime {
+    classes: Classes,
+    dirs: Arc<ModelDirs>,
+    /// One compile at a time: every measured setup compiled on one thread (while others
+    /// evaluated); concurrent compiles were never tried.
+    compile_lock: Mutex<()>,
+}
+
+impl Runtime {
+    /// Loads the framework and checks that every class and method the device calls exists.
+    pub(super) fn open() -> Result<(Runtime, AneInfo), DeviceError> {
+        if cfg!(not(target_arch = "aarch64")) {
+            return Err(DeviceError::Unavailable(super::off_apple_silicon_reason()));
+        }
+        load_framework()?;
+        let classes = Classes {
+            descriptor: class(c"_ANEInMemoryModelDescriptor")?,
+            model: class(c"_ANEInMemoryModel")?,
+            request: class(c"_ANERequest")?,
+            surface_object: class(c"_ANEIOSurfaceObject")?,
+        };
+        require_class_method(
+            classes.descriptor,
+            sel!(modelWithMILText:weights:optionsPlist:),
+        )?;
+        require_class_method(classes.model, sel!(inMemoryModelWithDescriptor:))?;
+        for sel in [
+            sel!(hexStringIdentifier),
+            sel!(compileWithQoS:options:error:),
+            sel!(loadWithQoS:options:error:),
+            sel!(evaluateWithQoS:options:request:error:),
+            sel!(unloadWithQoS:error:),
+        ] {
+            require_instance_method(classes.model, sel)?;
+        }
+        require_class_method(
+            classes.request,
+            sel!(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:),
+        )?;
+        require_class_method(classes.surface_object, sel!(objectWithIOSurface:))?;
+        let runtime = Runtime {
+            classes,
+            dirs: process_model_dirs(),
+            compile_lock: Mutex::new(()),
+        };
+        Ok((runtime, probe_info()))
+    }
+
+    /// Compiles and loads a planned program, counting it against the process's budget.
+    pub(super) fn compile(
+        &self,
+        plan: CompilePlan<'_>,
+        config: &AneConfig,
+    ) -> Result<Kernel, DeviceError> {
+        let _one_compile = self.compile_lock.lock().unwrap_or_else(|p| p.into_inner());
+        PROCESS_COMPILES.claim(config.compile_budget)?;
+        let exec = autoreleasepool(|_| AneKernel::compile(self, &plan, config.qos))?;
+        Ok(Kernel::new(plan.signature, Box::new(exec)))
+    }
+}
+
+/// The model directories of this process, under `NSTemporaryDirectory()` as the compiler
+/// expects them. One registry for the process: every device shares the temp root.
+fn process_model_dirs() -> Arc<ModelDirs> {
+    static DIRS: OnceLock<Arc<ModelDirs>> = OnceLock::new();
+    Arc::clone(DIRS.get_or_init(|| ModelDirs::new(NSTemporaryDirectory().to_string())))
+}
+
+/// `dlopen`s the framework once per process; its classes register with the runtime as it
+/// loads. The handle is never closed: the classes stay in use for the life of the process.
+fn load_framework() -> Result<(), DeviceError> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // SAFETY: a valid NUL-terminated path; dlopen has no other precondition.
+            let handle = unsafe { libc::dlopen(FRAMEWORK_PATH.as_ptr(), libc::RTLD_NOW) };
+            if handle.is_null() {
+                Err(format!(
+                    "cannot load {}: {}",
+                    FRAMEWORK_PATH.to_string_lossy(),
+                    dlerror_message()
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .clone()
+        .map_err(DeviceError::Unavailable)
+}
+
+fn dlerror_message() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl call on
+    // this thread; it is copied at once.
+    let message = unsafe { libc::dlerror() };
+    if message.is_null() {
+        "unknown error".into()
+    } else {
+        // SAFETY: non-null, NUL-terminated (see above).
+        unsafe { CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn class(name: &CStr) -> Result<&'static AnyClass, DeviceError> {
+    AnyClass::get(name).ok_or_else(|| {
+        DeviceError::Unavailable(format!(
+            "AppleNeuralEngine.framework loaded, but it has no class {}: the private API \
+             changed in this macOS version",
+            name.to_string_lossy()
+        ))
+    })
+}
+
+fn require_class_method(class: &AnyClass, sel: Sel) -> Result<(), DeviceError> {
+    match class.class_method(sel) {
+        Some(_) => Ok(()),
+        None => Err(missing_method(class, '+', sel)),
+    }
+}
+
+fn require_instance_method(class: &AnyClass, sel: Sel) -> Result<(), DeviceError> {
+    match class.instance_method(sel) {
+        Some(_) => Ok(()),
+        None => Err(missing_method(class, '-', sel)),
+    }
+}
+
+fn missing_method(class: &AnyClass, kind: char, sel: Sel) -> DeviceError {
+    DeviceError::Unavailable(format!(
+        "AppleNeuralEngine.framework: {kind}[{} {sel}] is missing: the private API changed in \
+         this macOS version",
+        class.name().to_string_lossy()
+    ))
+}
+
+/// What this machine is: its chip, the ANE's subtype and the macOS version. Each is `None`
+/// when the system does not say.
+fn probe_info() -> AneInfo {
+    let chip_brand = sysctl_string(c"machdep.cpu.brand_string");
+    AneInfo {
+        chip: chip_brand.as_deref().and_then(chip::identify),
+        chip_brand,
+        ane_subtype: ane_subtype(),
+        macos: sysctl_string(c"kern.osproductversion").and_then(|v| v.parse::<MacOsVersion>().ok()),
+    }
+}
+
+/// `[_ANEDeviceInfo aneSubType]`, e.g. `h16`; only probes ever used it, so it is optional.
+fn ane_subtype() -> Option<String> {
+    let class = AnyClass::get(c"_ANEDeviceInfo")?;
+    class.class_method(sel!(aneSubType))?;
+    autoreleasepool(|_| {
+        // SAFETY: the class method exists (checked above) and returns an object or nil.
+        let subtype: Option<Retained<AnyObject>> = unsafe { msg_send![class, aneSubType] };
+        subtype.map(|s| describe(&s))
+    })
+}
+
+/// `[object description]`: the text of an NSString, or any object's description.
+fn describe(object: &AnyObject) -> String {
+    // SAFETY: every Objective-C object answers `description` with an NSString.
+    let text: Retained<NSString> = unsafe { msg_send![object, description] };
+    text.to_string()
+}
+
+/// A string-valued sysctl, without its trailing NUL.
+fn sysctl_string(name: &CStr) -> Option<String> {
+    let mut len: libc::size_t = 0;
+    // SAFETY: a valid name; a null buffer asks for the length only.
+    let rc = unsafe {
+        libc::sysctlbyname(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 || len == 0 {
+        return None;
+    }
+    let mut buffer = vec![0u8; len];
+    // SAFETY: `buffer` has room for `len` bytes, the length just reported.
+    let rc = unsafe {
+        libc::sysctlbyname(
+            name.as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    buffer.truncate(len);
+    let text = CString::from_vec_with_nul(buffer).ok()?;
+    text.into_string().ok()
+}
+
+/// The weights dictionary of spec 1.4: key → `{"offset": @0, "data": NSData(whole file)}`.
+/// Empty (never nil) without weights.
+fn weights_dictionary(
+    weights: &WeightsDictionary<'_>,
+) -> Retained<NSDictionary<NSString, NSDictionary<NSString, AnyObject>>> {
+    let offset_key = NSString::from_str("offset");
+    let data_key = NSString::from_str("data");
+    let keys: Vec<Retained<NSString>> = weights
+        .entries
+        .iter()
+        .map(|e| NSString::from_str(e.key))
+        .collect();
+    let values: Vec<Retained<NSDictionary<NSString, AnyObject>>> = weights
+        .entries
+        .iter()
+        .map(|e| {
+            let offset: Retained<AnyObject> = NSNumber::new_u64(e.offset).into();
+            let data: Retained<AnyObject> = NSData::with_bytes(e.data).into();
+            NSDictionary::from_retained_objects(&[&*offset_key, &*data_key], &[offset, data])
+        })
+        .collect();
+    let key_refs: Vec<&NSString> = keys.iter().map(|k| &**k).collect();
+    NSDictionary::from_retained_objects(&key_refs, &values)
+}
+
+/// The `options:` argument of compile, load, eval: always an empty dictionary.
+fn no_options() -> Retained<NSDictionary<NSString, AnyObject>> {
+    NSDictionary::new()
+}
+
+/// The description of an NSError, as the original prints it (`err.description`: domain, code
+/// and user info).
+fn error_text(error: &NSError) -> String {
+    describe(error)
+}
+
+/// One I/O surface and its layout.
+struct Surface {
+    surface: CFRetained<IOSurfaceRef>,
+    layout: SurfaceLayout,
+}
+
+impl Surface {
+    /// `IOSurfaceCreate` with the six keys of spec 1.5: a single row of `alloc_bytes` bytes.
+    fn new(layout: SurfaceLayout) -> Result<Surface, DeviceError> {
+        let fail = |why: &str| {
+            step_failed(
+                Step::Surface,
+                Some(&format!(
+                    "`{}` ({} bytes): {why}",
+                    layout.name, layout.alloc_bytes
+                )),
+                &[],
+            )
+        };
+        let bytes = i64::try_from(layout.alloc_bytes).map_err(|_| fail("too large"))?;
+        let number = |v: i64| CFNumber::new_i64(v);
+        let (size, one, zero) = (number(bytes), number(1), number(0));
+        // SAFETY: the kIOSurface* keys are immutable CFStrings exported by IOSurface.framework.
+        let keys: [&CFString; 6] = unsafe {
+            [
+                kIOSurfaceWidth,
+                kIOSurfaceHeight,
+                kIOSurfaceBytesPerElement,
+                kIOSurfaceBytesPerRow,
+                kIOSurfaceAllocSize,
+                kIOSurfacePixelFormat,
+            ]
+        };
+        let values: [&CFNumber; 6] = [&size, &one, &one, &size, &size, &zero];
+        let properties = CFDictionary::<CFString, CFNumber>::from_slices(&keys, &values);
+        // SAFETY: a dictionary of CFString keys and CFNumber values, as IOSurfaceCreate takes.
+        let surface = unsafe { IOSurfaceRef::new(properties.as_opaque()) }
+            .ok_or_else(|| fail("IOSurfaceCreate returned NULL"))?;
+        if surface.alloc_size() < layout.data_bytes {
+            return Err(fail("the surface is smaller than asked for"));
+        }
+        Ok(Surface { surface, layout })
+    }
+
+    /// Locks the surface, gives its tensor bytes to `f`, unlocks.
+    fn with_bytes<R>(
+        &self,
+        options: IOSurfaceLockOptions,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, DeviceError> {
+        // SAFETY: a live surface; a null seed pointer is allowed.
+        let rc = unsafe { self.surface.lock(options, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(DeviceError::EvalFailed(format!(
+                "IOSurfaceLock of `{}` failed (kern_return {rc})",
+                self.layout.name
+            )));
+        }
+        let base = self.surface.base_address().as_ptr().cast::<u8>();
+        // SAFETY: the surface is locked and at least `data_bytes` long (checked at creation);
+        // nothing else in this process touches it while the kernel is borrowed mutably.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(base, self.layout.data_bytes) };
+        let result = f(bytes);
+        // SAFETY: unlocks the lock taken above, with the same options.
+        unsafe { self.surface.unlock(options, std::ptr::null_mut()) };
+        Ok(result)
+    }
+
+    fn write(&self, values: &[f32]) -> Result<(), DeviceError> {
+        self.with_bytes(IOSurfaceLockOptions::empty(), |bytes| {
+            self.layout.encode(values, bytes)
+        })
+    }
+
+    fn read(&self, values: &mut [f32]) -> Result<(), DeviceError> {
+        self.with_bytes(IOSurfaceLockOptions::ReadOnly, |bytes| {
+            self.layout.decode(bytes, values)
+        })
+    }
+}
+
+/// A compiled, loaded program: its model, the surfaces and the request that binds them, and
+/// the temp directory it uses.
+struct AneKernel {
+    /// Dropped first: the model is unloaded before anything it might still read goes.
+    model: LoadedModel,
+    binding: Binding,
+    /// The empty `options:` dictionary, made once rather than per eval.
+    options: Retained<NSDictionary<NSString, AnyObject>>,
+    /// Dropped last: the directory goes only after the model is unloaded and released.
+    _dir: ModelDirLease,
+}
+
+// SAFETY: the Objective-C objects are used by one thread at a time (eval takes `&mut self`);
+// the framework is used from several threads by every setup measured (compile on one, eval on
+// another), and surfaces are plain shared memory guarded by their lock.
+unsafe impl Send for AneKernel {}
+
+impl AneKernel {
+    /// Steps 2–12 of spec 1.3, inside the caller's autorelease pool. Whatever fails, what was
+    /// made so far is released (and unloaded, once loaded) on the way out.
+    fn compile(
+        runtime: &Runtime,
+        plan: &CompilePlan<'_>,
+        qos: u32,
+    ) -> Result<AneKernel, DeviceError> {
+        let (model, identifier) = in_memory_model(&runtime.classes, plan)?;
+        let dir = runtime
+            .dirs
+            .acquire(&identifier, plan.mil_text.as_bytes(), &plan.weights)?;
+        let options = no_options();
+        let model = LoadedModel::compile_and_load(model, qos, &options, &plan.hints)?;
+        let binding = Binding::new(&runtime.classes, plan)?;
+        Ok(AneKernel {
+            model,
+            binding,
+            options,
+            _dir: dir,
+        })
+    }
+}
+
+/// Steps 2–5: the descriptor from the MIL text and the weights, the in-memory model, and its
+/// `hexStringIdentifier`.
+fn in_memory_model(
+    classes: &Classes,
+    plan: &CompilePlan<'_>,
+) -> Result<(Retained<AnyObject>, String), DeviceError> {
+    let mil = NSData::with_bytes(plan.mil_text.as_bytes());
+    let weights = weights_dictionary(&plan.weights);
+    let no_plist: Option<&AnyObject> = None;
+    // SAFETY: the method exists (checked at open) and takes three objects.
+    let descriptor: Option<Retained<AnyObject>> = unsafe {
+        msg_send![classes.descriptor, modelWithMILText: &*mil, weights: &*weights, optionsPlist: no_plist]
+    };
+    let descriptor = descriptor.ok_or_else(|| step_failed(Step::Descriptor, None, &plan.hints))?;
+    // SAFETY: as above, one object argument.
+    let model: Option<Retained<AnyObject>> =
+        unsafe { msg_send![classes.model, inMemoryModelWithDescriptor: &*descriptor] };
+    let model = model.ok_or_else(|| step_failed(Step::Model, None, &plan.hints))?;
+    // SAFETY: an instance method without arguments returning an NSString (checked at open).
+    let identifier: Option<Retained<NSString>> = unsafe { msg_send![&*model, hexStringIdentifier] };
+    let identifier = identifier.ok_or_else(|| {
+        step_failed(
+            Step::Model,
+            Some("the model has no hexStringIdentifier"),
+            &[],
+        )
+    })?;
+    Ok((model, identifier.to_string()))
+}
+
+/// A model that compiled and loaded; it unloads itself when dropped, so that no failure path
+/// leaves it loaded.
+struct LoadedModel {
+    model: Retained<AnyObject>,
+    qos: u32,
+}
+
+impl LoadedModel {
+    /// Steps 7–8: compile, then load, the load retried once after 100 ms as the original's
+    /// bridge does ("ANE slot reclamation").
+    fn compile_and_load(
+        model: Retained<AnyObject>,
+        qos: u32,
+        options: &NSDictionary<NSString, AnyObject>,
+        hints: &[String],
+    ) -> Result<LoadedModel, DeviceError> {
+        // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
+        let compiled: Result<(), Retained<NSError>> =
+            unsafe { msg_send![&*model, compileWithQoS: qos, options: options, error: _] };
+        compiled.map_err(|e| step_failed(Step::Compile, Some(&error_text(&e)), hints))?;
+        let load = || -> Result<(), Retained<NSError>> {
+            // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
+            unsafe { msg_send![&*model, loadWithQoS: qos, options: options, error: _] }
+        };
+        load()
+            .or_else(|_| {
+                std::thread::sleep(LOAD_RETRY_DELAY);
+                load()
+            })
+            .map_err(|e| step_failed(Step::Load, Some(&error_text(&e)), hints))?;
+        Ok(LoadedModel { model, qos })
+    }
+
+    /// Step 13.2: one synchronous evaluation; the outputs are ready when it returns.
+    fn evaluate(
+        &self,
+        options: &NSDictionary<NSString, AnyObject>,
+        request: &AnyObject,
+    ) -> Result<(), Retained<NSError>> {
+        // SAFETY: (unsigned int, id, id, NSError**) -> BOOL, checked at open; the caller keeps
+        // the request and its surfaces alive.
+        unsafe {
+            msg_send![
+                &*self.model,
+                evaluateWithQoS: self.qos,
+                options: options,
+                request: request,
+                error: _
+            ]
+        }
+    }
+}
+
+impl Drop for LoadedModel {
+    fn drop(&mut self) {
+        autoreleasepool(|_| {
+            // SAFETY: (unsigned int, NSError**) -> BOOL, checked at open. A failed unload
+            // cannot be reported from a drop; the model is released either way.
+            let _: Result<(), Retained<NSError>> =
+                unsafe { msg_send![&*self.model, unloadWithQoS: self.qos, error: _] };
+        });
+    }
+}
+
+/// Steps 10–12: one surface per input and output, wrapped, and the request that binds them,
+/// built once and reused for every eval.
+struct Binding {
+    request: Retained<AnyObject>,
+    /// The surface wrappers, held as the request's arrays hold them (spec 1.8).
+    _surface_objects: [Retained<NSArray<AnyObject>>; 2],
+    inputs: Vec<Surface>,
+    outputs: Vec<Surface>,
+}
+
+impl Binding {
+    fn new(classes: &Classes, plan: &CompilePlan<'_>) -> Result<Binding, DeviceError> {
+        let inputs = surfaces(&plan.inputs)?;
+        let outputs = surfaces(&plan.outputs)?;
+        let input_objects = surface_objects(classes, &inputs)?;
+        let output_objects = surface_objects(classes, &outputs)?;
+        let request = build_request(
+            classes,
+            &input_objects,
+            inputs.len(),
+            &output_objects,
+            outputs.len(),
+        )?;
+        Ok(Binding {
+            request,
+            _surface_objects: [input_objects, output_objects],
+            inputs,
+            outputs,
+        })
+    }
+}
+
+fn surfaces(layouts: &[SurfaceLayout]) -> Result<Vec<Surface>, DeviceError> {
+    layouts.iter().cloned().map(Surface::new).collect()
+}
+
+/// `[_ANEIOSurfaceObject objectWithIOSurface:]` for each surface, as an NSArray in order.
+fn surface_objects(
+    classes: &Classes,
+    surfaces: &[Surface],
+) -> Result<Retained<NSArray<AnyObject>>, DeviceError> {
+    let mut objects = Vec::with_capacity(surfaces.len());
+    for s in surfaces {
+        // SAFETY: takes an IOSurfaceRef (checked at open); the surface outlives the wrapper,
+        // both being owned by the kernel.
+        let object: Option<Retained<AnyObject>> =
+            unsafe { msg_send![classes.surface_object, objectWithIOSurface: &*s.surface] };
+        objects.push(object.ok_or_else(|| {
+            step_failed(
+                Step::Request,
+                Some(&format!("no _ANEIOSurfaceObject for `{}`", s.layout.name)),
+                &[],
+            )
+        })?);
+    }
+    Ok(NSArray::from_retained_slice(&objects))
+}
+
+/// The request of spec 1.6, built once per kernel: indices 0..n-1, no weights buffer, no
+/// perf stats, procedure index `@0` (an object, not an integer).
+fn build_request(
+    classes: &Classes,
+    inputs: &NSArray<AnyObject>,
+    input_count: usize,
+    outputs: &NSArray<AnyObject>,
+    output_count: usize,
+) -> Result<Retained<AnyObject>, DeviceError> {
+    let indices = |n: usize| -> Retained<NSArray<NSNumber>> {
+        let numbers: Vec<Retained<NSNumber>> = (0..n).map(NSNumber::new_usize).collect();
+        NSArray::from_retained_slice(&numbers)
+    };
+    let (input_indices, output_indices) = (indices(input_count), indices(output_count));
+    let procedure = NSNumber::new_i32(0);
+    let none: Option<&AnyObject> = None;
+    // SAFETY: seven object arguments (checked at open); nil is accepted for the weights buffer
+    // and the perf stats, as in every production use.
+    let request: Option<Retained<AnyObject>> = unsafe {
+        msg_send![
+            classes.request,
+            requestWithInputs: inputs,
+            inputIndices: &*input_indices,
+            outputs: outputs,
+            outputIndices: &*output_indices,
+            weightsBuffer: none,
+            perfStats: none,
+            procedureIndex: &*procedure
+        ]
+    };
+    request.ok_or_else(|| step_failed(Step::Request, Some("_ANERequest returned nil"), &[]))
+}
+
+impl KernelExec for AneKernel {
+    /// Writes the inputs, evaluates, reads the outputs.
+    fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
+        let binding = &self.binding;
+        for (surface, values) in binding.inputs.iter().zip(inputs) {
+            surface.write(values)?;
+        }
+        autoreleasepool(|_| {
+            self.model
+                .evaluate(&self.options, &binding.request)
+                .map_err(|e| {
+                    let detail = error_text(&e);
+                    let hints = eval_hints(&detail, binding.inputs.len());
+                    step_failed(Step::Eval, Some(&detail), &hints)
+                })
+        })?;
+        for (surface, values) in binding.outputs.iter().zip(outputs.iter_mut()) {
+            surface.read(values)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Everything a compile needs that is decided before the first Objective-C call: the checked
+//! signature, the MIL text, the weights dictionary, the surface layouts and the hints for a
+//! failure. Bad input is refused here, before it costs a compile out of the budget.
+
+use super::chip::{self, Chip, Quirk};
+use super::failure::{compile_hints, ProgramFacts};
+use super::surface::SurfaceLayout;
+use super::weights::WeightsDictionary;
+use crate::DeviceError;
+use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::check::{check_program, Signature};
+use anetrain_mil::{print_program, Arg, Literal, Param, Program};
+
+#[derive(Debug)]
+pub struct CompilePlan<'a> {
+    pub signature: Signature,
+    /// The program as the compiler gets it: the printer's text, UTF-8, no trailing NUL.
+    pub mil_text: String,
+    pub weights: WeightsDictionary<'a>,
+    pub inputs: Vec<SurfaceLayout>,
+    pub outputs: Vec<SurfaceLayout>,
+    /// What to add to a compile failure's message.
+    pub hints: Vec<String>,
+}
+
+impl<'a> CompilePlan<'a> {
+    /// Plans the compile of `program` with `files` for `chip` (`None`: a chip not in the table).
+    pub fn new(
+        program: &'a Program,
+        files: &'a WeightFiles,
+        chip: Option<&Chip>,
+    ) -> Result<CompilePlan<'a>, DeviceError> {
+        let checked = check_program(program)?;
+        let weights = WeightsDictionary::for_program(program, files)?;
+        check_weight_files(program, files)?;
+        let quirks = chip::quirks_of(chip);
+        let alignment = chip::surface_alignment(quirks);
+        let layouts = |params: &[Param]| -> Result<Vec<SurfaceLayout>, DeviceError> {
+            params
+                .iter()
+                .map(|p| {
+                    check_spatial_width(p, quirks)?;
+                    SurfaceLayout::for_param(p, alignment)
+                })
+                .collect()
+        };
+        let inputs = layouts(&checked.signature.inputs)?;
+        let outputs = layouts(&checked.signature.outputs)?;
+        let chip_name = chip.map_or("this chip", |c| c.name);
+        let hints = compile_hints(
+            chip_name,
+            quirks,
+            &ProgramFacts::of(program, &checked.types),
+        );
+        Ok(CompilePlan {
+            signature: checked.signature,
+            mil_text: print_program(program),
+            weights,
+            inputs,
+            outputs,
+            hints,
+        })
+    }
+}
+
+/// Checks every BLOBFILE constant against its file (chunk, dtype, size), so that a corrupt or
+/// mismatched file is named here rather than rejected opaquely, or silently misread, by the
+/// compiler.
+fn check_weight_files(program: &Program, files: &WeightFiles) -> Result<(), DeviceError> {
+    for op in program.functions.iter().flat_map(|f| &f.ops) {
+        let inline = op.args.iter().filter_map(|(_, a)| match a {
+            Arg::Literal(l) => Some(l),
+            _ => None,
+        });
+        for lit in op.attrs.iter().map(|(_, l)| l).chain(inline) {
+            if let Literal::Blob {
+                dtype,
+                shape,
+                path,
+                offset,
+            } = lit
+            {
+                files
+                    .tensor_f32(path, *offset, *dtype, shape)
+                    .map_err(|e| DeviceError::Weights {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an input or output whose spatial width the chip would corrupt silently.
+fn check_spatial_width(param: &Param, quirks: &[Quirk]) -> Result<(), DeviceError> {
+    let width = param.ty.shape().last().copied().unwrap_or(1);
+    for quirk in quirks {
+        if let Quirk::SpatialMultipleOf(n) = *quirk {
+            if width % n != 0 {
+                return Err(DeviceError::Unsupported {
+                    op: param.name.clone(),
+                    kind: "function input/output".into(),
+                    message: format!(
+                        "its spatial width {width} ({}) is not a multiple of {n}: the ANE {quirk} \
+                         and corrupts other widths silently (reported in {})",
+                        param.ty,
+                        quirk.source()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ane::chip::identify;
+    use crate::ane::surface::IoType;
+    use anetrain_mil::blob::BlobFile;
+    use anetrain_mil::examples;
+
+    #[test]
+    fn plans_example_a_with_fp32_surfaces_and_its_weights() {
+        let program = examples::conv_fp32_io();
+        let mut files = WeightFiles::new();
+        files.insert_blob(
+            "@model_path/weights/weight.bin",
+            &BlobFile::fp16(&vec![0.5; 64 * 64]),
+        );
+        let plan = CompilePlan::new(&program, &files, identify("Apple M4")).unwrap();
+        assert_eq!(plan.mil_text, print_program(&program));
+        assert!(plan.mil_text.starts_with("program(1.3)\n"));
+        assert_eq!(plan.weights.entries.len(), 1);
+        assert_eq!(plan.inputs.len(), 1);
+        assert_eq!(plan.inputs[0].io_type, IoType::Fp32);
+        assert_eq!(plan.inputs[0].data_bytes, 64 * 32 * 4);
+        assert_eq!(plan.outputs[0].name, "y");
+        assert!(plan.hints.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_weight_file_is_named_before_compiling() {
+        let program = examples::final_rmsnorm(64, 32);
+        let mut files = WeightFiles::new();
+        // 63 values where the program declares [1, 64, 1, 1].
+        files.insert_blob("@model_path/weights/rms_w.bin", &BlobFile::fp16(&[1.0; 63]));
+        let err = CompilePlan::new(&program, &files, None).unwrap_err();
+        assert!(
+            matches!(&err, DeviceError::Weights { path, .. } if path == "@model_path/weights/rms_w.bin"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_spatial_width_that_corrupts_data_is_refused() {
+        let program = examples::dynamic_matmul(64, 64, 20); // input width 84, output width 20
+        let err = CompilePlan::new(&program, &WeightFiles::new(), None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("spatial width 84") && text.contains("multiple of 16"),
+            "{text}"
+        );
+        assert!(CompilePlan::new(
+            &examples::dynamic_matmul(64, 64, 32),
+            &WeightFiles::new(),
+            None
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_program_that_does_not_check_is_refused() {
+        let mut program = examples::conv_chain(1, 64, 32);
+        program.functions[0].outputs = vec!["nowhere".into()];
+        let err = CompilePlan::new(&program, &examples::conv_chain_weights(1, 64, 1.0), None)
+            .unwrap_err();
+        assert!(matches!(err, DeviceError::Check(_)), "{err:?}");
+    }
+
+    #[test]
+    fn hints_are_prepared_for_the_chip() {
+        let program = examples::conv_chain(1, 768, 32);
+        let files = examples::conv_chain_weights(1, 768, 1.0);
+        let plan = CompilePlan::new(&program, &files, identify("Apple M3 Pro")).unwrap();
+        assert_eq!(plan.hints.len(), 1);
+        assert!(plan.hints[0].starts_with("the M3 Pro compiles convs of only 512 channels"));
+    }
+}

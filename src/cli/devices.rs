@@ -1,0 +1,67 @@
+//! `anetrain devices`, and the `--device cpu|ane` choice every subcommand that runs kernels
+//! shares.
+
+use anetrain_device::ane::{self, AneDevice};
+use anetrain_device::{CpuDevice, Device, DeviceError, NumericMode, PeakFlops};
+use std::sync::Arc;
+
+/// The names `--device` accepts.
+pub const DEVICE_NAMES: [&str; 2] = ["cpu", "ane"];
+
+/// Opens the device named on the command line. `precision` is the CPU device's numeric mode;
+/// the ANE always computes in fp16.
+pub fn open(name: &str, precision: NumericMode) -> anyhow::Result<Arc<dyn Device>> {
+    match name {
+        "cpu" => Ok(Arc::new(CpuDevice::new(precision))),
+        "ane" => Ok(Arc::new(AneDevice::open()?)),
+        other => anyhow::bail!(
+            "unknown device `{other}` (expected one of: {})",
+            DEVICE_NAMES.join(", ")
+        ),
+    }
+}
+
+/// Lists the devices of this machine: the CPU always; the ANE with what it is, or why it is
+/// unavailable.
+pub fn run() -> anyhow::Result<()> {
+    let cpu = CpuDevice::new(NumericMode::Fp32).info();
+    println!("cpu  {}: numeric modes fp32 and fp16", cpu.name);
+    match AneDevice::open() {
+        Ok(device) => {
+            println!("ane  {}", device.info().name);
+            for line in ane_details(&device) {
+                println!("       {line}");
+            }
+        }
+        Err(DeviceError::Unavailable(reason)) => println!("ane  unavailable: {reason}"),
+        Err(other) => println!("ane  unavailable: {other}"),
+    }
+    Ok(())
+}
+
+/// The rated peak, the compile budget and the chip's quirks, one per line.
+fn ane_details(device: &AneDevice) -> Vec<String> {
+    let info = device.ane_info();
+    let mut lines = Vec::new();
+    match (info.chip, info.peak()) {
+        (Some(chip), PeakFlops::Rated(flops)) => {
+            let rated = chip.rated.map_or(String::new(), |r| {
+                format!(" (Apple: {} TOPS {})", r.tops, r.precision)
+            });
+            lines.push(format!("rated peak {:.1} TFLOPS fp16{rated}", flops / 1e12));
+        }
+        (Some(chip), _) => lines.push(format!("no rated peak published for the {}", chip.name)),
+        (None, _) => lines
+            .push("chip not in the table: no rated peak; only the default quirks assumed".into()),
+    }
+    lines.push(format!(
+        "compiles: {} of {} used by this process (QoS {})",
+        ane::process_compiles(),
+        device.config().compile_budget,
+        device.config().qos
+    ));
+    for quirk in info.quirks() {
+        lines.push(format!("quirk: {quirk} ({})", quirk.source()));
+    }
+    lines
+}
