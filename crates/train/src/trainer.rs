@@ -7,8 +7,8 @@ use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
 use anetrain_model::step::{
-    compile_kernel_set, forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError,
-    StepTiming, WeightSnapshot,
+    forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
+    WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,8 @@ pub struct Counters {
     pub tokens: u64,
     pub skipped_updates: u64,
     pub background_compile: Duration,
+    /// Host work: staging new weights into the kernels' inputs (dynamic delivery).
+    pub staging: Duration,
     pub swaps: u64,
     pub failed_compiles: u64,
     /// Steps by how many updates the device weights lagged.
@@ -249,11 +251,11 @@ pub fn train(
     let mut buf = StepBuffers::new(&config);
     let mut grads = Params::zeros(state.params.layout.clone());
     let mut window = vec![0u32; s + 1];
-    let set_size = KernelSet::kernel_count(&config) as u64;
 
     let t = clock.now();
     let mut shared = SharedKernels::compile(device, &state.params)?;
-    let initial = compile_kernel_set(device, snapshot(state))?;
+    let initial = env.strategy.compile_initial(device, snapshot(state))?;
+    let set_size = initial.compiled_kernels() as u64;
     let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
     state.counters.compiles += 1 + set_size;
@@ -271,7 +273,8 @@ pub fn train(
             initial,
             env.max_staleness,
             env.max_failures,
-        );
+        )
+        .counting_host_time(env.count_host_time);
         let result = run_steps(
             env,
             options,
@@ -293,6 +296,7 @@ pub fn train(
         let c = &mut state.counters;
         c.compile_stall += stats.stall;
         c.background_compile += stats.background_compile;
+        c.staging += stats.staging;
         c.compiles += stats.kernel_sets_compiled * set_size + stats.failed_compiles * set_size;
         c.swaps += stats.swaps;
         c.failed_compiles += stats.failed_compiles;
