@@ -64,7 +64,10 @@ mod tests {
         let svg = loss_svg("t", &[(1, 5.0), (2, 4.0), (3, 3.0)], &[(3, 3.5)]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // x from 50 to 670 over steps 0..3, y from 350 (loss 3) up to 50 (loss 5).
-        assert!(svg.contains("points=\"256.7,50.0 463.3,200.0 670.0,350.0\""), "{svg}");
+        assert!(
+            svg.contains("points=\"256.7,50.0 463.3,200.0 670.0,350.0\""),
+            "{svg}"
+        );
         assert!(svg.contains("points=\"670.0,275.0\""), "{svg}");
         assert_eq!(svg.matches("<polyline").count(), 2);
     }

@@ -26,7 +26,8 @@ pub fn load_data(
 ) -> anyhow::Result<RunData> {
     let tokenizer = match (from_checkpoint, tokenizer) {
         (Some((kind, bytes)), _) => Tokenizer::from_bytes(
-            TokenizerKind::from_name(kind).ok_or_else(|| anyhow!("the checkpoint's tokenizer kind `{kind}` is unknown"))?,
+            TokenizerKind::from_name(kind)
+                .ok_or_else(|| anyhow!("the checkpoint's tokenizer kind `{kind}` is unknown"))?,
             bytes,
             "the checkpoint's tokenizer",
         )?,
@@ -44,8 +45,15 @@ pub fn load_data(
             tokenizer.encode(anetrain_train::embedded_corpus())?
         }
     };
-    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= config.vocab) {
-        bail!("token {t} at index {i} is outside the model's vocabulary of {}", config.vocab);
+    if let Some((i, &t)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= config.vocab)
+    {
+        bail!(
+            "token {t} at index {i} is outside the model's vocabulary of {}",
+            config.vocab
+        );
     }
     Ok(RunData {
         tokenizer,
@@ -65,7 +73,12 @@ pub struct RandomWindows {
 }
 
 impl RandomWindows {
-    pub fn new(tokens: Arc<Vec<u32>>, seq: usize, val_fraction: f64, seed: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        tokens: Arc<Vec<u32>>,
+        seq: usize,
+        val_fraction: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         let n = tokens.len();
         let val = ((n as f64 * val_fraction) as usize).max(seq + 1);
         if n < val + seq + 1 {
@@ -86,7 +99,11 @@ impl RandomWindows {
     /// Every window of `tokens` is a validation window (evaluating a whole file).
     pub fn validation_only(tokens: Arc<Vec<u32>>, seq: usize) -> anyhow::Result<Self> {
         if tokens.len() < seq + 1 {
-            bail!("the data has {} tokens: too few for one window of {}", tokens.len(), seq + 1);
+            bail!(
+                "the data has {} tokens: too few for one window of {}",
+                tokens.len(),
+                seq + 1
+            );
         }
         Ok(RandomWindows {
             tokens,

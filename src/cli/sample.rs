@@ -66,7 +66,10 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let limit = ckpt.header.config.seq_len;
     if prompt.len() >= limit {
-        bail!("the prompt has {} tokens; the model's context is {limit}", prompt.len());
+        bail!(
+            "the prompt has {} tokens; the model's context is {limit}",
+            prompt.len()
+        );
     }
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
     let out = generate(&ckpt.params, &prompt, args.max_tokens, &mut sampler);
@@ -105,8 +108,20 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         ..TrainOptions::default()
     };
     let n = options.eval_windows.min(windows.validation_windows());
-    let loss = validation_loss(&device, &clock, &mut set, &mut buf, &windows, &options, config.seq_len)
-        .map_err(|e| anyhow!(e))?;
-    println!("mean loss {loss:.4} over {n} windows of {} tokens; perplexity {:.2}", config.seq_len, (loss as f64).exp());
+    let loss = validation_loss(
+        &device,
+        &clock,
+        &mut set,
+        &mut buf,
+        &windows,
+        &options,
+        config.seq_len,
+    )
+    .map_err(|e| anyhow!(e))?;
+    println!(
+        "mean loss {loss:.4} over {n} windows of {} tokens; perplexity {:.2}",
+        config.seq_len,
+        (loss as f64).exp()
+    );
     Ok(())
 }

@@ -2,16 +2,16 @@
 
 use super::plot::loss_svg;
 use super::run_data::{load_data, RandomWindows};
+use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
+use anetrain_device::trace::Traced;
+use anetrain_device::trace::Tracer;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
-use anetrain_device::clock::{Clock, RealClock, SimClock};
-use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
-use anetrain_device::trace::Tracer;
-use anetrain_device::trace::Traced;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
@@ -107,7 +107,8 @@ struct RunConfig {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let file: RunConfig = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
         }
         None => RunConfig::default(),
@@ -132,9 +133,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.delay_compensation {
         options.delay_compensation = v;
     }
-    let precision = args.precision.or(file.precision).unwrap_or_else(|| "fp32".into());
+    let precision = args
+        .precision
+        .or(file.precision)
+        .unwrap_or_else(|| "fp32".into());
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
-    let device_name = if args.device != "cpu" { args.device.clone() } else { file.device.unwrap_or(args.device.clone()) };
+    let device_name = if args.device != "cpu" {
+        args.device.clone()
+    } else {
+        file.device.unwrap_or(args.device.clone())
+    };
     let strategy: Strategy = args
         .strategy
         .or(file.weights)
@@ -146,7 +154,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => Arc::new(RealClock::new()),
     };
     let tracer = args.trace.as_ref().map(|_| Tracer::new());
-    let device = open_device(&device_name, mode, options.threads, args.simulate.as_deref(), args.compile_budget, &clock, tracer.as_ref())?;
+    let device = open_device(
+        &device_name,
+        mode,
+        options.threads,
+        args.simulate.as_deref(),
+        args.compile_budget,
+        &clock,
+        tracer.as_ref(),
+    )?;
 
     let model_name = args.model.or(file.model).unwrap_or_else(|| "tiny".into());
     let out = args
@@ -177,7 +193,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let data = load_data(
         args.data.as_deref().or(file.data.as_deref()),
         args.tokenizer.as_deref().or(file.tokenizer.as_deref()),
-        checkpoint.as_ref().map(|c| (c.header.tokenizer_kind.as_str(), c.tokenizer.as_slice())),
+        checkpoint
+            .as_ref()
+            .map(|c| (c.header.tokenizer_kind.as_str(), c.tokenizer.as_slice())),
         &config,
         !args.quiet,
     )?;
@@ -193,7 +211,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut state = match checkpoint {
         Some(c) => {
             windows.restore(&c.header.sampler)?;
-            let saved: TrainOptions = serde_json::from_value(c.header.options.clone()).unwrap_or_default();
+            let saved: TrainOptions =
+                serde_json::from_value(c.header.options.clone()).unwrap_or_default();
             // A resumed run keeps its schedule unless the flags say otherwise.
             if args.steps.is_none() {
                 options.steps = saved.steps;
@@ -265,7 +284,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 serde_json::json!({"type": "compile", "kernels": kernels, "ms": took.as_secs_f64() * 1e3})
             }
             Event::CompileFailed(message) => {
-                bar.println(format!("warning: {message}; the active kernels stay in place"));
+                bar.println(format!(
+                    "warning: {message}; the active kernels stay in place"
+                ));
                 serde_json::json!({"type": "compile_failed", "message": message})
             }
             Event::Checkpoint { step, path } => {
@@ -284,7 +305,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         max_failures: args.max_compile_failures,
         count_host_time: true,
     };
-    let outcome = train(&env, &options, &mut state, &mut windows, Some(&sink), &mut on_event);
+    let outcome = train(
+        &env,
+        &options,
+        &mut state,
+        &mut windows,
+        Some(&sink),
+        &mut on_event,
+    );
     bar.finish_and_clear();
     if let (Some(path), Some(t)) = (&args.trace, &tracer) {
         write_atomic(path, t.to_json().as_bytes())?;
@@ -292,7 +320,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match outcome {
         Err(TrainError::Restart { step, checkpoint }) => {
             if !args.quiet {
-                println!("compile budget spent after step {step}: restarting from {}", checkpoint.display());
+                println!(
+                    "compile budget spent after step {step}: restarting from {}",
+                    checkpoint.display()
+                );
             }
             return restart_with(&checkpoint);
         }
@@ -301,18 +332,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(e) = write_error {
         bail!("writing {}: {e}", metrics_path.display());
     }
-    std::fs::write(out.join("loss.svg"), loss_svg(&format!("{} loss", config.name), &train_points, &val_points))
-        .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
+    std::fs::write(
+        out.join("loss.svg"),
+        loss_svg(&format!("{} loss", config.name), &train_points, &val_points),
+    )
+    .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
 
     let report = efficiency_report(&state, &options, &*device, mode, strategy);
     std::fs::write(out.join("report.txt"), &report)?;
     println!("{report}");
-    let prompt = data.tokenizer.encode("It is a truth universally acknowledged")?;
+    let prompt = data
+        .tokenizer
+        .encode("It is a truth universally acknowledged")?;
     let mut sampler = Sampler::new(0.8, 0.9, options.seed);
     let sample = generate(&state.params, &prompt, 60, &mut sampler);
     let mut text = prompt.clone();
     text.extend(sample);
-    println!("sample: {}", data.tokenizer.decode(&text)?.replace('\n', " "));
+    println!(
+        "sample: {}",
+        data.tokenizer.decode(&text)?.replace('\n', " ")
+    );
     println!("run folder: {}", out.display());
     Ok(())
 }
@@ -332,7 +371,8 @@ fn open_device(
         other => bail!("device `{other}` is not available on this machine (available: cpu)"),
     };
     if let Some(chip) = simulate {
-        let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
+        let profile = ChipProfile::by_name(chip)
+            .ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
         device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
     }
     if let Some(b) = budget {
@@ -347,7 +387,8 @@ fn open_device(
 /// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
 /// process has a fresh compile budget.
 fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the running executable to restart it")?;
+    let exe =
+        std::env::current_exe().context("cannot find the running executable to restart it")?;
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let mut skip_value = false;
     for a in std::env::args_os().skip(1) {
@@ -388,14 +429,22 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
-fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn Device, mode: NumericMode, strategy: Strategy) -> String {
+fn efficiency_report(
+    state: &TrainState,
+    options: &TrainOptions,
+    device: &dyn Device,
+    mode: NumericMode,
+    strategy: Strategy,
+) -> String {
     let c = &state.counters;
     let info = device.info();
     let steps = state.step.max(1) as f64;
@@ -416,28 +465,83 @@ fn efficiency_report(state: &TrainState, options: &TrainOptions, device: &dyn De
     line(format!("weight delivery     {}", strategy.name()));
     line(format!("steps               {}", state.step));
     line(format!("wall time           {:.2} s", wall));
-    line(format!("compile stall       {:.2} s ({:.1} % of wall)", c.compile_stall.as_secs_f64(), pct(c.compile_stall)));
-    line(format!("background compile  {:.2} s", c.background_compile.as_secs_f64()));
-    line(format!("train time          {:.2} s ({:.1} % of wall)", train_s, pct(c.train)));
-    line(format!("  device eval       {:.2} s", c.device_eval.as_secs_f64()));
-    line(format!("  host math         {:.2} s", c.host_math.as_secs_f64()));
-    line(format!("  weight gradients  {:.2} s", c.weight_grads.as_secs_f64()));
-    line(format!("optimizer           {:.2} s", c.optimizer.as_secs_f64()));
-    line(format!("ms/step             {:.1} (train only {:.1})", 1e3 * wall / steps, 1e3 * train_s / steps));
-    line(format!("tokens/s            {:.0}", c.tokens as f64 / wall.max(1e-9)));
-    line(format!("device eval         {:.3} TFLOPS", device_flops / c.device_eval.as_secs_f64().max(1e-9) / 1e12));
-    line(format!("total               {:.3} TFLOPS in train time (model FLOPs: 3× forward matmuls)", total_flops / train_s / 1e12));
+    line(format!(
+        "compile stall       {:.2} s ({:.1} % of wall)",
+        c.compile_stall.as_secs_f64(),
+        pct(c.compile_stall)
+    ));
+    line(format!(
+        "background compile  {:.2} s",
+        c.background_compile.as_secs_f64()
+    ));
+    line(format!(
+        "train time          {:.2} s ({:.1} % of wall)",
+        train_s,
+        pct(c.train)
+    ));
+    line(format!(
+        "  device eval       {:.2} s",
+        c.device_eval.as_secs_f64()
+    ));
+    line(format!(
+        "  host math         {:.2} s",
+        c.host_math.as_secs_f64()
+    ));
+    line(format!(
+        "  weight gradients  {:.2} s",
+        c.weight_grads.as_secs_f64()
+    ));
+    line(format!(
+        "optimizer           {:.2} s",
+        c.optimizer.as_secs_f64()
+    ));
+    line(format!(
+        "ms/step             {:.1} (train only {:.1})",
+        1e3 * wall / steps,
+        1e3 * train_s / steps
+    ));
+    line(format!(
+        "tokens/s            {:.0}",
+        c.tokens as f64 / wall.max(1e-9)
+    ));
+    line(format!(
+        "device eval         {:.3} TFLOPS",
+        device_flops / c.device_eval.as_secs_f64().max(1e-9) / 1e12
+    ));
+    line(format!(
+        "total               {:.3} TFLOPS in train time (model FLOPs: 3× forward matmuls)",
+        total_flops / train_s / 1e12
+    ));
     if info.kind == "cpu" && !info.simulated {
         let peak = measure_fma_peak(options.threads, Duration::from_millis(300));
-        line(format!("MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)", 100.0 * total_flops / train_s / peak, peak / 1e9));
+        line(format!(
+            "MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)",
+            100.0 * total_flops / train_s / peak,
+            peak / 1e9
+        ));
     }
-    let budget = device.compile_budget().map_or("no limit".to_string(), |b| format!("{} of {} in this process", b.used, b.budget));
-    line(format!("compiles            {} in the run; budget: {budget}", c.compiles));
-    line(format!("swaps               {}   failed compiles {}", c.swaps, c.failed_compiles));
-    let hist: Vec<String> = c.staleness.iter().map(|(lag, n)| format!("{lag}:{n}")).collect();
+    let budget = device.compile_budget().map_or("no limit".to_string(), |b| {
+        format!("{} of {} in this process", b.used, b.budget)
+    });
+    line(format!(
+        "compiles            {} in the run; budget: {budget}",
+        c.compiles
+    ));
+    line(format!(
+        "swaps               {}   failed compiles {}",
+        c.swaps, c.failed_compiles
+    ));
+    let hist: Vec<String> = c
+        .staleness
+        .iter()
+        .map(|(lag, n)| format!("{lag}:{n}"))
+        .collect();
     line(format!("staleness (lag:steps) {}", hist.join("  ")));
     if c.skipped_updates > 0 {
-        line(format!("skipped updates     {} (fp16 overflow)", c.skipped_updates));
+        line(format!(
+            "skipped updates     {} (fp16 overflow)",
+            c.skipped_updates
+        ));
     }
     r
 }

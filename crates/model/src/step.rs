@@ -1,13 +1,18 @@
 //! One training micro-step: forward through every layer's kernels, loss on the host, backward
 //! through the kernels, weight gradients on the host.
 //!
-//! A [`KernelSet`] is compiled from one immutable [`WeightSnapshot`]; the host-side math of a
-//! step (embedding, norms, classifier) reads that same snapshot, so forward and backward of a
+//! A [`KernelSet`] runs on one immutable [`WeightSnapshot`]; the host-side math of a step
+//! (embedding, norms, classifier) reads that same snapshot, so forward and backward of a
 //! micro-step always see one version of the weights, however far the master weights have moved.
+//! A set either has the snapshot's weights baked in ([`compile_kernel_set`]: new weights mean a
+//! new set) or takes them as inputs ([`compile_packed_kernel_set`]: compiled once; new weights
+//! are staged into every layer's persistent inputs by [`KernelSet::stage`]).
 
 use crate::config::ModelConfig;
 use crate::host;
-use crate::kernels::{generate, KernelKind, Packing};
+use crate::kernels::{
+    generate, generate_packed, stage_layer_weights, KernelKind, Packing, StageError, WeightPacking,
+};
 use crate::params::{LayerTensor, Params};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
@@ -47,13 +52,41 @@ pub enum StepError {
         tokens: usize,
         targets: usize,
     },
+    #[error(
+        "the kernel set of weights version {version} has its weights baked in: \
+         new weights need a new set"
+    )]
+    BakedWeights { version: u64 },
+    #[error(
+        "weights of another model configuration (`{found}`) cannot be staged into the kernels \
+         of `{expected}`"
+    )]
+    ModelMismatch { expected: String, found: String },
+    #[error("staging weights into kernel {kernel}: {source}")]
+    Stage { kernel: String, source: StageError },
 }
 
-/// The weight-bearing kernels of every layer, compiled from one snapshot.
+/// The weight-bearing kernels of every layer and the snapshot whose weights they run on.
 pub struct KernelSet {
-    pub snapshot: WeightSnapshot,
-    /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l.
-    layers: Vec<Vec<Kernel>>,
+    snapshot: WeightSnapshot,
+    kernels: SetKernels,
+}
+
+enum SetKernels {
+    /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l, its weights baked in.
+    Baked(Vec<Vec<Kernel>>),
+    Packed(PackedKernels),
+}
+
+/// Kernels that take their weights as inputs: compiled once and shared by every layer, with
+/// each layer's persistent inputs holding that layer's staged weights (the activations are
+/// written into them before each eval).
+struct PackedKernels {
+    /// `kernels[i]` is kernel `KernelKind::WEIGHTED[i]`; `packings[i]` lays out its input.
+    kernels: Vec<Kernel>,
+    packings: Vec<WeightPacking>,
+    /// `inputs[l][i]`: the input `[C][S + P]` of kernel i for layer l.
+    inputs: Vec<Vec<Vec<f32>>>,
 }
 
 impl KernelSet {
@@ -61,17 +94,103 @@ impl KernelSet {
         self.snapshot.version
     }
 
-    /// How many kernels a set of this config compiles.
+    /// The weights the set runs on.
+    pub fn snapshot(&self) -> &WeightSnapshot {
+        &self.snapshot
+    }
+
+    /// How many kernels a baked set of this config compiles.
     pub fn kernel_count(config: &ModelConfig) -> usize {
         config.n_layers * KernelKind::WEIGHTED.len()
     }
 
-    fn kernel(&mut self, layer: usize, kind: KernelKind) -> &mut Kernel {
+    /// How many kernels this set compiled.
+    pub fn compiled_kernels(&self) -> usize {
+        match &self.kernels {
+            SetKernels::Baked(layers) => layers.iter().map(Vec::len).sum(),
+            SetKernels::Packed(packed) => packed.kernels.len(),
+        }
+    }
+
+    /// Makes the set run on `snapshot`'s weights: copies every layer's weights into the
+    /// packed block of that layer's inputs. Only a set of packed kernels can take new weights.
+    pub fn stage(&mut self, snapshot: WeightSnapshot) -> Result<(), StepError> {
+        let SetKernels::Packed(packed) = &mut self.kernels else {
+            return Err(StepError::BakedWeights {
+                version: self.snapshot.version,
+            });
+        };
+        let (expected, found) = (
+            &self.snapshot.params.layout.config,
+            &snapshot.params.layout.config,
+        );
+        if expected != found {
+            return Err(StepError::ModelMismatch {
+                expected: expected.name.clone(),
+                found: found.name.clone(),
+            });
+        }
+        // The packings were staged from this configuration when the set was compiled, so no
+        // layer can fail here and leave the set half old, half new.
+        for (l, inputs) in packed.inputs.iter_mut().enumerate() {
+            for ((input, packing), kind) in inputs
+                .iter_mut()
+                .zip(&packed.packings)
+                .zip(KernelKind::WEIGHTED)
+            {
+                stage_layer_weights(packing, input, &snapshot.params, l).map_err(|source| {
+                    StepError::Stage {
+                        kernel: format!("{}.{l}", kind.name()),
+                        source,
+                    }
+                })?;
+            }
+        }
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// Evaluates weighted kernel `kind` of layer `layer` on activations `[C][S]`.
+    fn eval(
+        &mut self,
+        device: &dyn Device,
+        layer: usize,
+        kind: KernelKind,
+        activations: &[f32],
+        output: &mut [f32],
+        timing: &mut StepTiming,
+    ) -> Result<(), StepError> {
         let i = KernelKind::WEIGHTED
             .iter()
             .position(|&k| k == kind)
             .expect("only weighted kernels live in a set");
-        &mut self.layers[layer][i]
+        let name = format!("{}.{layer}", kind.name());
+        match &mut self.kernels {
+            SetKernels::Baked(layers) => eval(
+                device,
+                &mut layers[layer][i],
+                &name,
+                activations,
+                output,
+                timing,
+            ),
+            SetKernels::Packed(packed) => {
+                let t = Instant::now();
+                let input = &mut packed.inputs[layer][i];
+                let s = self.snapshot.params.layout.config.seq_len;
+                packed.packings[i].write_activations(input, s, activations);
+                timing.host_math += t.elapsed();
+                eval(device, &mut packed.kernels[i], &name, input, output, timing)
+            }
+        }
+    }
+}
+
+/// The float type a device's kernels compute in.
+fn kernel_dtype(device: &dyn Device) -> DType {
+    match device.info().numeric {
+        NumericMode::Fp32 => DType::Fp32,
+        NumericMode::Fp16 => DType::Fp16,
     }
 }
 
@@ -84,21 +203,19 @@ pub fn compile_kernel(
 ) -> Result<Kernel, StepError> {
     let config = &params.layout.config;
     let kernel = format!("{}.{layer}", kind.name());
-    let dtype = match device.info().numeric {
-        NumericMode::Fp32 => DType::Fp32,
-        NumericMode::Fp16 => DType::Fp16,
-    };
     let program =
-        generate(kind, config, params, layer, dtype).map_err(|source| StepError::Generate {
-            kernel: kernel.clone(),
-            source,
+        generate(kind, config, params, layer, kernel_dtype(device)).map_err(|source| {
+            StepError::Generate {
+                kernel: kernel.clone(),
+                source,
+            }
         })?;
     device
         .compile(&program.program, &program.weights)
         .map_err(|source| StepError::Compile { kernel, source })
 }
 
-/// Compiles every weight-bearing kernel of every layer from a snapshot.
+/// Compiles every weight-bearing kernel of every layer from a snapshot, its weights baked in.
 pub fn compile_kernel_set(
     device: &dyn Device,
     snapshot: WeightSnapshot,
@@ -112,7 +229,54 @@ pub fn compile_kernel_set(
             .collect::<Result<Vec<_>, _>>()?;
         layers.push(kernels);
     }
-    Ok(KernelSet { snapshot, layers })
+    Ok(KernelSet {
+        snapshot,
+        kernels: SetKernels::Baked(layers),
+    })
+}
+
+/// Compiles each weight-bearing kernel once in packed weight mode (shared by every layer),
+/// and stages the snapshot's weights into every layer's inputs.
+pub fn compile_packed_kernel_set(
+    device: &dyn Device,
+    snapshot: WeightSnapshot,
+) -> Result<KernelSet, StepError> {
+    let config = snapshot.params.layout.config.clone();
+    let mut kernels = Vec::with_capacity(KernelKind::WEIGHTED.len());
+    let mut packings = Vec::with_capacity(KernelKind::WEIGHTED.len());
+    for kind in KernelKind::WEIGHTED {
+        let kernel = format!("{}.packed", kind.name());
+        let (program, packing) =
+            generate_packed(kind, &config, kernel_dtype(device)).map_err(|source| {
+                StepError::Generate {
+                    kernel: kernel.clone(),
+                    source,
+                }
+            })?;
+        let compiled = device
+            .compile(&program.program, &program.weights)
+            .map_err(|source| StepError::Compile { kernel, source })?;
+        kernels.push(compiled);
+        packings.push(packing);
+    }
+    let inputs = (0..config.n_layers)
+        .map(|_| {
+            packings
+                .iter()
+                .map(|p| vec![0.0; p.input_len(config.seq_len)])
+                .collect()
+        })
+        .collect();
+    let mut set = KernelSet {
+        snapshot: snapshot.clone(),
+        kernels: SetKernels::Packed(PackedKernels {
+            kernels,
+            packings,
+            inputs,
+        }),
+    };
+    set.stage(snapshot)?;
+    Ok(set)
 }
 
 /// The weight-free kernel every layer shares; compiled once per process.
@@ -291,7 +455,7 @@ fn forward(
     tokens: &[u32],
     timing: &mut StepTiming,
 ) -> Result<(), StepError> {
-    let params = set.snapshot.params.clone();
+    let params = set.snapshot().params.clone();
     let c = buf.config.clone();
     let t0 = Instant::now();
     host::embed_forward(params.get(params.layout.embed()), c.dim, tokens, &mut buf.x);
@@ -299,11 +463,10 @@ fn forward(
     for l in 0..c.n_layers {
         let tape = &mut buf.tapes[l];
         tape.x.copy_from_slice(&buf.x);
-        let name = format!("fwd_attn.{l}");
-        eval(
+        set.eval(
             device,
-            set.kernel(l, KernelKind::FwdAttn),
-            &name,
+            l,
+            KernelKind::FwdAttn,
             &tape.x,
             &mut tape.attn.data,
             timing,
@@ -313,11 +476,10 @@ fn forward(
             *x2 = x + o;
         }
         timing.host_math += t.elapsed();
-        let name = format!("fwd_ffn.{l}");
-        eval(
+        set.eval(
             device,
-            set.kernel(l, KernelKind::FwdFfn),
-            &name,
+            l,
+            KernelKind::FwdFfn,
             &tape.x2,
             &mut tape.ffn.data,
             timing,
@@ -375,7 +537,7 @@ pub fn forward_loss(
     check_tokens(&buf.config, tokens, targets)?;
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
-    let params = set.snapshot.params.clone();
+    let params = set.snapshot().params.clone();
     Ok(head_loss(&params, buf, targets, threads).0)
 }
 
@@ -391,7 +553,7 @@ pub fn forward_logits(
     check_tokens(&buf.config, tokens, tokens)?;
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
-    let params = set.snapshot.params.clone();
+    let params = set.snapshot().params.clone();
     head_loss(&params, buf, tokens, threads);
     Ok(buf.logits.clone())
 }
@@ -414,7 +576,7 @@ pub fn micro_step<'c>(
     check_tokens(&buf.config, tokens, targets)?;
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
-    let params = set.snapshot.params.clone();
+    let params = set.snapshot().params.clone();
     let layout = params.layout.clone();
     let c = buf.config.clone();
     let (d, h, v, s) = (c.dim, c.hidden, c.vocab, c.seq_len);
@@ -467,11 +629,10 @@ pub fn micro_step<'c>(
         buf.bwd_ffn_in
             .part_mut("h3")
             .copy_from_slice(tape.ffn.part("h3"));
-        let name = format!("bwd_ffn.{l}");
-        eval(
+        set.eval(
             device,
-            set.kernel(l, KernelKind::BwdFfn),
-            &name,
+            l,
+            KernelKind::BwdFfn,
             &buf.bwd_ffn_in.data,
             &mut buf.bwd_ffn_out.data,
             &mut timing,
@@ -541,11 +702,10 @@ pub fn micro_step<'c>(
                 .copy_from_slice(tape.attn.part(part));
         }
         buf.bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
-        let name = format!("bwd_attn1.{l}");
-        eval(
+        set.eval(
             device,
-            set.kernel(l, KernelKind::BwdAttn1),
-            &name,
+            l,
+            KernelKind::BwdAttn1,
             &buf.bwd_attn1_in.data,
             &mut buf.bwd_attn1_out.data,
             &mut timing,
@@ -578,11 +738,10 @@ pub fn micro_step<'c>(
         buf.bwd_qkv_in
             .part_mut("dv")
             .copy_from_slice(buf.bwd_attn1_out.part("dv"));
-        let name = format!("bwd_qkv.{l}");
-        eval(
+        set.eval(
             device,
-            set.kernel(l, KernelKind::BwdQkv),
-            &name,
+            l,
+            KernelKind::BwdQkv,
             &buf.bwd_qkv_in.data,
             &mut buf.bwd_qkv_out.data,
             &mut timing,

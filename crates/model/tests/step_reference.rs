@@ -4,10 +4,11 @@
 mod reference;
 
 use anetrain_device::clock::RealClock;
-use anetrain_device::{CpuDevice, NumericMode};
+use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::step::{
-    compile_kernel_set, micro_step, SharedKernels, StepBuffers, WeightSnapshot,
+    compile_kernel_set, compile_packed_kernel_set, micro_step, KernelSet, SharedKernels,
+    StepBuffers, StepError, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 use std::sync::Arc;
@@ -44,7 +45,16 @@ fn params(c: &ModelConfig, seed: u64) -> Params {
     p
 }
 
+/// How a kernel set is built: weights baked in, or packed into the inputs (dynamic).
+type Compile = fn(&dyn Device, WeightSnapshot) -> Result<KernelSet, StepError>;
+
+const KERNEL_SETS: [(&str, Compile); 2] = [
+    ("baked", compile_kernel_set),
+    ("dynamic", compile_packed_kernel_set),
+];
+
 fn step_grads(
+    compile: Compile,
     p: &Params,
     mode: NumericMode,
     tokens: &[u32],
@@ -58,7 +68,7 @@ fn step_grads(
         version: 0,
         params: Arc::new(p.clone()),
     };
-    let mut set = compile_kernel_set(&device, snap).unwrap();
+    let mut set = compile(&device, snap).unwrap();
     let mut shared = SharedKernels::compile(&device, p).unwrap();
     let mut buf = StepBuffers::new(c);
     let mut grads = Params::zeros(p.layout.clone());
@@ -100,30 +110,33 @@ fn fp32_loss_and_every_gradient_match_the_reference() {
         let p = params(&c, 3 + kv as u64);
         let (tokens, targets) = window(&c, kv as u32);
         let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
-        let (loss, grads) = step_grads(&p, NumericMode::Fp32, &tokens, &targets, 1.0);
-        assert!(
-            ((loss as f64) - ref_loss).abs() <= 1e-5 * ref_loss,
-            "loss {loss} vs {ref_loss}"
-        );
-        let mut worst = 0.0f64;
-        for spec in &p.layout.tensors {
-            let r = spec.range.clone();
-            let max = ref_grads[r.clone()]
-                .iter()
-                .fold(0.0f64, |m, g| m.max(g.abs()));
-            for i in r {
-                let (got, want) = (grads.data[i] as f64, ref_grads[i]);
-                let err = (got - want).abs() / want.abs().max(max * 1e-2).max(1e-12);
-                worst = worst.max(err);
-                assert!(
-                    err <= 1e-4,
-                    "kv {kv} tied {tied}: {} entry {}: {got} vs {want} (relative {err:.2e})",
-                    spec.name,
-                    i - spec.range.start
-                );
+        for (set, compile) in KERNEL_SETS {
+            let (loss, grads) = step_grads(compile, &p, NumericMode::Fp32, &tokens, &targets, 1.0);
+            assert!(
+                ((loss as f64) - ref_loss).abs() <= 1e-5 * ref_loss,
+                "{set}: loss {loss} vs {ref_loss}"
+            );
+            let mut worst = 0.0f64;
+            for spec in &p.layout.tensors {
+                let r = spec.range.clone();
+                let max = ref_grads[r.clone()]
+                    .iter()
+                    .fold(0.0f64, |m, g| m.max(g.abs()));
+                for i in r {
+                    let (got, want) = (grads.data[i] as f64, ref_grads[i]);
+                    let err = (got - want).abs() / want.abs().max(max * 1e-2).max(1e-12);
+                    worst = worst.max(err);
+                    assert!(
+                        err <= 1e-4,
+                        "{set} kv {kv} tied {tied}: {} entry {}: {got} vs {want} \
+                         (relative {err:.2e})",
+                        spec.name,
+                        i - spec.range.start
+                    );
+                }
             }
+            eprintln!("{set} kv {kv} tied {tied}: worst relative gradient error {worst:.2e}");
         }
-        eprintln!("kv {kv} tied {tied}: worst relative gradient error {worst:.2e}");
     }
 }
 
@@ -135,24 +148,26 @@ fn fp16_gradients_are_close_to_the_reference() {
     let p = params(&c, 9);
     let (tokens, targets) = window(&c, 1);
     let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
-    let (loss, grads) = step_grads(&p, NumericMode::Fp16, &tokens, &targets, 256.0);
-    assert!(
-        ((loss as f64) - ref_loss).abs() <= 1e-2 * ref_loss,
-        "loss {loss} vs {ref_loss}"
-    );
-    for spec in &p.layout.tensors {
-        let r = spec.range.clone();
-        let diff: f64 = r
-            .clone()
-            .map(|i| (grads.data[i] as f64 - ref_grads[i]).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm: f64 = r.map(|i| ref_grads[i].powi(2)).sum::<f64>().sqrt();
+    for (set, compile) in KERNEL_SETS {
+        let (loss, grads) = step_grads(compile, &p, NumericMode::Fp16, &tokens, &targets, 256.0);
         assert!(
-            diff <= 5e-2 * norm,
-            "{}: relative L2 error {:.3}",
-            spec.name,
-            diff / norm
+            ((loss as f64) - ref_loss).abs() <= 1e-2 * ref_loss,
+            "{set}: loss {loss} vs {ref_loss}"
         );
+        for spec in &p.layout.tensors {
+            let r = spec.range.clone();
+            let diff: f64 = r
+                .clone()
+                .map(|i| (grads.data[i] as f64 - ref_grads[i]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let norm: f64 = r.map(|i| ref_grads[i].powi(2)).sum::<f64>().sqrt();
+            assert!(
+                diff <= 5e-2 * norm,
+                "{set}: {}: relative L2 error {:.3}",
+                spec.name,
+                diff / norm
+            );
+        }
     }
 }

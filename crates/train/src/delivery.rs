@@ -8,20 +8,26 @@
 //!   where the lag would be larger, the trainer waits for the compile and counts the wait as
 //!   stall. A failed compile keeps the active set, is reported and retried; too many failures
 //!   in a row end the run with an error.
+//! - [`Strategy::Dynamic`]: kernels that take their weights as inputs are compiled once; after
+//!   each update the new snapshot is staged into every layer's persistent inputs, so every step
+//!   runs on the newest weights with no compile at all. Staging is host work, counted apart.
 
 use anetrain_device::clock::Clock;
 use anetrain_device::Device;
-use anetrain_model::step::{compile_kernel_set, KernelSet, StepError, WeightSnapshot};
+use anetrain_model::step::{
+    compile_kernel_set, compile_packed_kernel_set, KernelSet, StepError, WeightSnapshot,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::thread::{Scope, ScopedJoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     Recompile,
     DoubleBuffer,
+    Dynamic,
 }
 
 impl std::str::FromStr for Strategy {
@@ -30,8 +36,9 @@ impl std::str::FromStr for Strategy {
         match s {
             "recompile" => Ok(Strategy::Recompile),
             "double-buffer" => Ok(Strategy::DoubleBuffer),
+            "dynamic" => Ok(Strategy::Dynamic),
             other => Err(format!(
-                "unknown weight delivery `{other}` (expected recompile or double-buffer)"
+                "unknown weight delivery `{other}` (expected recompile, double-buffer or dynamic)"
             )),
         }
     }
@@ -42,6 +49,20 @@ impl Strategy {
         match self {
             Strategy::Recompile => "recompile",
             Strategy::DoubleBuffer => "double-buffer",
+            Strategy::Dynamic => "dynamic",
+        }
+    }
+
+    /// Compiles the kernel set a run starts on: the snapshot's weights baked in, or (dynamic)
+    /// kernels that take weights as inputs, with the snapshot staged.
+    pub fn compile_initial(
+        self,
+        device: &dyn Device,
+        snapshot: WeightSnapshot,
+    ) -> Result<KernelSet, StepError> {
+        match self {
+            Strategy::Recompile | Strategy::DoubleBuffer => compile_kernel_set(device, snapshot),
+            Strategy::Dynamic => compile_packed_kernel_set(device, snapshot),
         }
     }
 }
@@ -54,6 +75,8 @@ pub struct DeliveryStats {
     pub stall: Duration,
     /// Time spent compiling on the background thread (double-buffer).
     pub background_compile: Duration,
+    /// Host time spent staging new weights into the kernels' inputs (dynamic).
+    pub staging: Duration,
     pub kernel_sets_compiled: u64,
     pub swaps: u64,
     pub failed_compiles: u64,
@@ -92,6 +115,8 @@ pub struct Delivery<'scope, 'env> {
     set_size: u64,
     /// The device's compile budget cannot pay for the next set: the process must restart.
     restart_needed: bool,
+    /// On a virtual clock, whether host work (staging) also spends virtual time.
+    count_host_time: bool,
     pub stats: DeliveryStats,
     /// Failures seen since the caller last looked (for reporting).
     pub failures: Vec<String>,
@@ -107,7 +132,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         max_staleness: u64,
         max_failures: u32,
     ) -> Self {
-        let initial_config = initial.snapshot.params.layout.config.clone();
+        let set_size = initial.compiled_kernels() as u64;
         Delivery {
             strategy,
             scope,
@@ -119,11 +144,19 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             max_staleness,
             max_failures,
             consecutive_failures: 0,
-            set_size: KernelSet::kernel_count(&initial_config) as u64,
+            set_size,
             restart_needed: false,
+            count_host_time: false,
             stats: DeliveryStats::default(),
             failures: Vec::new(),
         }
+    }
+
+    /// On a virtual clock, makes host work done here (staging) spend its real duration in
+    /// virtual time too, as the trainer does with its own host work.
+    pub fn counting_host_time(mut self, on: bool) -> Self {
+        self.count_host_time = on;
+        self
     }
 
     /// New master weights after an update.
@@ -144,6 +177,16 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             Strategy::DoubleBuffer => {
                 self.latest = Some(snapshot);
                 self.start_if_idle();
+                Ok(())
+            }
+            Strategy::Dynamic => {
+                let start = Instant::now();
+                self.active.stage(snapshot)?;
+                let took = start.elapsed();
+                self.stats.staging += took;
+                if self.count_host_time && self.clock.is_simulated() {
+                    self.clock.sleep(took);
+                }
                 Ok(())
             }
         }
@@ -270,6 +313,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let lag = master.saturating_sub(self.active.version());
         *self.stats.staleness.entry(lag).or_default() += 1;
         Ok(&mut self.active)
+    }
+
+    /// Kernels one compile of the weights builds.
+    pub fn set_size(&self) -> u64 {
+        self.set_size
     }
 
     fn budget_allows_a_set(&self) -> bool {

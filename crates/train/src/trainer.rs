@@ -7,8 +7,8 @@ use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
 use anetrain_model::step::{
-    compile_kernel_set, forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError,
-    StepTiming, WeightSnapshot,
+    forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
+    WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,8 @@ pub struct Counters {
     pub tokens: u64,
     pub skipped_updates: u64,
     pub background_compile: Duration,
+    /// Host work: staging new weights into the kernels' inputs (dynamic delivery).
+    pub staging: Duration,
     pub swaps: u64,
     pub failed_compiles: u64,
     /// Steps by how many updates the device weights lagged.
@@ -259,11 +261,11 @@ pub fn train(
     let mut buf = StepBuffers::new(&config);
     let mut grads = Params::zeros(state.params.layout.clone());
     let mut window = vec![0u32; s + 1];
-    let set_size = KernelSet::kernel_count(&config) as u64;
 
     let t = clock.now();
     let mut shared = SharedKernels::compile(device, &state.params)?;
-    let initial = compile_kernel_set(device, snapshot(state))?;
+    let initial = env.strategy.compile_initial(device, snapshot(state))?;
+    let set_size = initial.compiled_kernels() as u64;
     let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
     state.counters.compiles += 1 + set_size;
@@ -281,7 +283,8 @@ pub fn train(
             initial,
             env.max_staleness,
             env.max_failures,
-        );
+        )
+        .counting_host_time(env.count_host_time);
         let result = run_steps(
             env,
             options,
@@ -371,7 +374,7 @@ fn run_steps(
             let unscale = 1.0 / (accum as f32 * scale);
             grads.data.iter_mut().for_each(|g| *g *= unscale);
             if options.delay_compensation > 0.0 && ran_on < state.step {
-                let stale = delivery.active().snapshot.params.clone();
+                let stale = delivery.active().snapshot().params.clone();
                 compensate_delay(grads, &state.params, &stale, &state.adam, options);
             }
             norm = clip_grad_norm(grads, options.clip);
@@ -439,8 +442,7 @@ fn run_steps(
                     &sink.tokenizer_kind,
                     sink.tokenizer.clone(),
                 );
-                let set_size = KernelSet::kernel_count(&state.config) as u64;
-                let counters = with_delivery(&state.counters, &delivery.stats, set_size);
+                let counters = with_delivery(&state.counters, &delivery.stats, delivery.set_size());
                 ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
                 let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
                 on_event(&Event::Checkpoint {
@@ -486,6 +488,7 @@ fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters
     let mut c = c.clone();
     c.compile_stall += stats.stall;
     c.background_compile += stats.background_compile;
+    c.staging += stats.staging;
     c.compiles += (stats.kernel_sets_compiled + stats.failed_compiles) * set_size;
     c.swaps += stats.swaps;
     c.failed_compiles += stats.failed_compiles;
@@ -541,8 +544,12 @@ mod tests {
         c.n_layers = 1;
         let layout = Arc::new(ParamLayout::new(&c));
         let zeros = Params::zeros(layout.clone());
-        let (mut g, mut w, mut ws, mut adam) =
-            (zeros.clone(), zeros.clone(), zeros.clone(), AdamState::new(&zeros));
+        let (mut g, mut w, mut ws, mut adam) = (
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            AdamState::new(&zeros),
+        );
         // Entry 0: g = 2, w − w_s = 0.5, v = 9 → 2 + 0.3·4·0.5/3 = 2.2.
         (g.data[0], w.data[0], ws.data[0], adam.v.data[0]) = (2.0, 1.5, 1.0, 9.0);
         // Entry 1: v = 0 (a first gradient): the rms is |g| = 1 → 1 + 0.3·1·(−2)/1 = 0.4.

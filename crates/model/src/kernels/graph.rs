@@ -2,6 +2,11 @@
 //! by the checker, constants and weight files are created on demand, and one float dtype is used
 //! for every tensor: fp16 for the ANE (and the CPU's fp16 mode), fp32 where exact gradients are
 //! wanted (the CPU's fp32 mode).
+//!
+//! Trainable tensors go through [`Graph::weight`], which follows the graph's [`WeightMode`]: baked
+//! as BLOBFILE constants, or read from a block of extra spatial columns of the kernel's single
+//! input (the dynamic pipeline: compiled once, weights staged by the host). Constant tables
+//! (RoPE, the causal mask) go through [`Graph::baked`] and are baked in every mode.
 
 use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::check::{infer_op_type, CheckError};
@@ -18,9 +23,145 @@ pub struct KernelProgram {
     pub weights: WeightFiles,
 }
 
+/// One trainable tensor in the packed block of a kernel's input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Flat offset in the block (element `i` of the block is column `i % P` of channel `i / P`).
+    pub offset: usize,
+}
+
+impl PackedTensor {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a packed kernel's trainable tensors live in its input `[1, C, 1, S + P]`.
+///
+/// Columns `[0, S)` of every channel hold the activations; the `[1, C, 1, P]` block after them
+/// holds the tensors flattened one after another in the block's row-major order (flat index
+/// `c·P + p`), each at a fixed offset, and `P = ceil(total / C)` (the tail is padding).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightPacking {
+    channels: usize,
+    columns: usize,
+    tensors: Vec<PackedTensor>,
+}
+
+impl WeightPacking {
+    /// Lays out `tensors` (name, shape) in order behind `channels` channels of activations.
+    pub fn new(channels: usize, tensors: &[(String, Vec<usize>)]) -> WeightPacking {
+        let mut offset = 0;
+        let tensors: Vec<PackedTensor> = tensors
+            .iter()
+            .map(|(name, shape)| {
+                let t = PackedTensor {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    offset,
+                };
+                offset += t.len();
+                t
+            })
+            .collect();
+        WeightPacking {
+            channels,
+            columns: offset.div_ceil(channels.max(1)),
+            tensors,
+        }
+    }
+
+    /// Channels C of the input.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Columns P of the block after the activations.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    pub fn tensors(&self) -> &[PackedTensor] {
+        &self.tensors
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PackedTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Elements of the kernel's input `[C][S + P]` for `s` activation columns.
+    pub fn input_len(&self, s: usize) -> usize {
+        self.channels * (s + self.columns)
+    }
+
+    /// Copies activations `[C][S]` into columns `[0, S)` of a packed input `[C][S + P]`.
+    /// Panics when the lengths do not fit the packing (a caller's bug).
+    pub fn write_activations(&self, input: &mut [f32], s: usize, activations: &[f32]) {
+        assert_eq!(activations.len(), self.channels * s, "activations [C][S]");
+        assert_eq!(input.len(), self.input_len(s), "packed input [C][S + P]");
+        if s == 0 {
+            return;
+        }
+        let row = s + self.columns;
+        for (dst, src) in input.chunks_exact_mut(row).zip(activations.chunks_exact(s)) {
+            dst[..s].copy_from_slice(src);
+        }
+    }
+
+    /// Copies a tensor's values (row-major in its shape) to its place in the block of a packed
+    /// input `[C][S + P]`. Panics when the lengths do not fit the packing (a caller's bug).
+    pub fn write_tensor(&self, input: &mut [f32], s: usize, tensor: &PackedTensor, values: &[f32]) {
+        assert_eq!(values.len(), tensor.len(), "values of `{}`", tensor.name);
+        assert_eq!(input.len(), self.input_len(s), "packed input [C][S + P]");
+        assert!(
+            tensor.offset + tensor.len() <= self.channels * self.columns,
+            "`{}` lies outside the block",
+            tensor.name
+        );
+        let (p, row) = (self.columns, s + self.columns);
+        let (mut at, mut rest) = (tensor.offset, values);
+        // The tensor runs along the block's rows, wrapping from one channel to the next.
+        while !rest.is_empty() {
+            let (c, col) = (at / p, at % p);
+            let n = (p - col).min(rest.len());
+            let start = c * row + s + col;
+            input[start..start + n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            at += n;
+        }
+    }
+}
+
+/// Where a kernel's trainable tensors come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightMode {
+    /// BLOBFILE constants: changing a weight means recompiling.
+    Baked,
+    /// The block of the input's spatial axis after the activations, laid out by the packing.
+    Packed(WeightPacking),
+    /// The first pass of a packed generation: notes every trainable tensor the generator asks
+    /// for, in order, so that one [`WeightPacking`] can be laid out from the generator itself.
+    /// Its program carries no weight data and is not meant to be compiled.
+    Recording,
+}
+
 pub struct Graph {
     name: String,
     dtype: DType,
+    mode: WeightMode,
+    /// The packed block flattened to `[1, 1, 1, C·P]` (packed mode, once the input exists).
+    block: Option<Var>,
+    /// Trainable tensors already read (packed and recording modes): each is read once.
+    trainables: HashMap<String, Var>,
+    /// Recording mode: the input's channels and the trainable tensors in order of first use.
+    recorded_channels: Option<usize>,
+    recorded: Vec<(String, Vec<usize>)>,
     b: FunctionBuilder,
     types: HashMap<String, Type>,
     consts: HashMap<String, Literal>,
@@ -32,10 +173,20 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A graph with its trainable tensors baked.
     pub fn new(name: &str, dtype: DType) -> Graph {
+        Graph::with_weights(name, dtype, WeightMode::Baked)
+    }
+
+    pub fn with_weights(name: &str, dtype: DType, mode: WeightMode) -> Graph {
         Graph {
             name: name.to_string(),
             dtype,
+            mode,
+            block: None,
+            trainables: HashMap::new(),
+            recorded_channels: None,
+            recorded: Vec::new(),
             b: FunctionBuilder::new("main", "ios18"),
             types: HashMap::new(),
             consts: HashMap::new(),
@@ -45,12 +196,74 @@ impl Graph {
         }
     }
 
-    /// The kernel's single input, `[1, C, 1, S]`.
+    pub fn weight_mode(&self) -> &WeightMode {
+        &self.mode
+    }
+
+    /// The kernel's single input: returns its activations, `[1, C, 1, S]`. In packed mode the
+    /// input itself is `[1, C, 1, S + P]` and the block after the activations is kept for
+    /// [`Graph::weight`].
     pub fn input(&mut self, name: &str, shape: &[usize]) -> Var {
+        let &[1, channels, 1, s] = shape else {
+            self.fail(format!(
+                "the input `{name}` must be [1, C, 1, S], not {shape:?}"
+            ));
+            return self.declare_input(name, shape);
+        };
+        match &self.mode {
+            WeightMode::Baked => self.declare_input(name, shape),
+            WeightMode::Recording => {
+                self.recorded_channels = Some(channels);
+                self.declare_input(name, shape)
+            }
+            WeightMode::Packed(packing) => {
+                let (c, p) = (packing.channels(), packing.columns());
+                if c != channels {
+                    self.fail(format!(
+                        "the input `{name}` has {channels} channels, its weight packing {c}"
+                    ));
+                }
+                self.packed_input(name, c, s, p)
+            }
+        }
+    }
+
+    /// Declares the input `[1, C, 1, S + P]`, keeps its weight block flattened to
+    /// `[1, 1, 1, C·P]` for [`Graph::weight`], and returns its activations `[1, C, 1, S]`.
+    fn packed_input(&mut self, name: &str, c: usize, s: usize, p: usize) -> Var {
+        if p == 0 {
+            return self.declare_input(name, &[1, c, 1, s]);
+        }
+        let full = self.declare_input(name, &[1, c, 1, s + p]);
+        let block = self.slice(
+            &format!("{name}_wblock"),
+            &full,
+            &[0, 0, 0, s],
+            &[1, c, 1, p],
+        );
+        let flat = self.reshape(&format!("{name}_wflat"), &block, &[1, 1, 1, c * p]);
+        self.block = Some(flat);
+        self.slice(&format!("{name}_act"), &full, &[0, 0, 0, 0], &[1, c, 1, s])
+    }
+
+    fn declare_input(&mut self, name: &str, shape: &[usize]) -> Var {
         let ty = Type::tensor(self.dtype, shape.to_vec());
         let v = self.b.input(name, ty.clone());
         self.types.insert(v.name().to_string(), ty);
         v
+    }
+
+    /// Keeps the first generator error (a bug), for `finish` to report.
+    fn fail(&mut self, message: String) {
+        self.error.get_or_insert(CheckError {
+            function: "main".into(),
+            op_index: None,
+            op_name: None,
+            op_kind: None,
+            output: None,
+            arg: None,
+            message: format!("kernel {}: {message}", self.name),
+        });
     }
 
     pub fn constant(&mut self, name: &str, lit: Literal) -> Var {
@@ -89,10 +302,84 @@ impl Graph {
         self.constant(name, Literal::float(self.dtype, lit))
     }
 
-    /// A tensor baked from a weight file `@model_path/weights/<file>.bin` (one file per
-    /// tensor, offset 64: the layout every chip accepts), stored in the graph's dtype. `values`
-    /// are row-major in `shape`.
-    pub fn weight(&mut self, name: &str, file: &str, shape: &[usize], values: &[f32]) -> Var {
+    /// A trainable tensor `tensor` of `shape`, as value `name`. Baked mode bakes `values`
+    /// (row-major in `shape`) into the weight file `<tensor>.bin`; packed mode reads the tensor
+    /// from the input's block at the packing's offset, and recording mode notes it; neither
+    /// uses `values`, which may then be empty. A tensor asked for twice is read once.
+    pub fn weight(&mut self, name: &str, tensor: &str, shape: &[usize], values: &[f32]) -> Var {
+        if self.mode == WeightMode::Baked {
+            if values.len() != shape.iter().product::<usize>() {
+                self.fail(format!(
+                    "{} values for the weight `{tensor}` of shape {shape:?}",
+                    values.len()
+                ));
+            }
+            return self.baked(name, tensor, shape, values);
+        }
+        if let Some(v) = self.trainables.get(tensor) {
+            return v.clone();
+        }
+        let v = match self.packed_read(tensor, shape) {
+            Some((block, offset, len)) => {
+                let flat = self.slice(
+                    &format!("{name}_flat"),
+                    &block,
+                    &[0, 0, 0, offset],
+                    &[1, 1, 1, len],
+                );
+                self.reshape(name, &flat, shape)
+            }
+            None => {
+                if self.mode == WeightMode::Recording {
+                    self.recorded.push((tensor.to_string(), shape.to_vec()));
+                }
+                self.placeholder(name, tensor, shape)
+            }
+        };
+        self.trainables.insert(tensor.to_string(), v.clone());
+        v
+    }
+
+    /// The flattened block and a trainable tensor's offset and length in it, in packed mode.
+    /// Failures (a tensor the packing lacks, a shape that disagrees with it, no input yet) are
+    /// generator bugs, kept for `finish`.
+    fn packed_read(&mut self, tensor: &str, shape: &[usize]) -> Option<(Var, usize, usize)> {
+        let WeightMode::Packed(packing) = &self.mode else {
+            return None;
+        };
+        let problem = match (packing.get(tensor), &self.block) {
+            (Some(t), Some(block)) if t.shape == shape => {
+                return Some((block.clone(), t.offset, t.len()));
+            }
+            (Some(t), _) if t.shape != shape => format!(
+                "the weight `{tensor}` is {shape:?} here but {:?} in the packing",
+                t.shape
+            ),
+            (Some(_), _) => format!("the weight `{tensor}` is read before the input"),
+            (None, _) => format!("the weight packing has no tensor `{tensor}`"),
+        };
+        self.fail(problem);
+        None
+    }
+
+    /// A value of the right type with no data behind it: what recording mode (and a failed
+    /// packed read) hands back so that generation goes on and types stay right.
+    fn placeholder(&mut self, name: &str, tensor: &str, shape: &[usize]) -> Var {
+        self.constant(
+            name,
+            Literal::Blob {
+                dtype: self.dtype,
+                shape: shape.to_vec(),
+                path: format!("@model_path/weights/{tensor}.bin"),
+                offset: 64,
+            },
+        )
+    }
+
+    /// A constant tensor baked from a weight file `@model_path/weights/<file>.bin` in every
+    /// weight mode (one file per tensor, offset 64: the layout every chip accepts), stored in the
+    /// graph's dtype. `values` are row-major in `shape`.
+    pub fn baked(&mut self, name: &str, file: &str, shape: &[usize], values: &[f32]) -> Var {
         let path = format!("@model_path/weights/{file}.bin");
         let blob = match self.dtype {
             DType::Fp32 => BlobFile::fp32(values),
@@ -269,7 +556,25 @@ impl Graph {
         self.b.output(v);
     }
 
-    pub fn finish(self) -> Result<KernelProgram, Box<CheckError>> {
+    /// Ends a recording pass with the packing of the trainable tensors it noted.
+    pub fn finish_recording(mut self) -> Result<WeightPacking, Box<CheckError>> {
+        if self.mode != WeightMode::Recording {
+            self.fail("only a recording pass ends with a weight packing".into());
+        }
+        let Some(channels) = self.recorded_channels else {
+            self.fail("the recorded kernel has no input".into());
+            return Err(Box::new(self.error.take().expect("just failed")));
+        };
+        match self.error {
+            Some(e) => Err(Box::new(e)),
+            None => Ok(WeightPacking::new(channels, &self.recorded)),
+        }
+    }
+
+    pub fn finish(mut self) -> Result<KernelProgram, Box<CheckError>> {
+        if self.mode == WeightMode::Recording {
+            self.fail("a recording pass has no program to run (finish_recording ends it)".into());
+        }
         if let Some(e) = self.error {
             return Err(Box::new(e));
         }

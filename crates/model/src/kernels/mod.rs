@@ -1,10 +1,19 @@
-//! The MIL kernels of a training step, one set per layer, weights baked as BLOBFILE constants.
+//! The MIL kernels of a training step, in two weight modes.
+//!
+//! - [`generate`]: one kernel per layer, weights baked as BLOBFILE constants (a new weight
+//!   version means a recompile).
+//! - [`generate_packed`]: one kernel for all layers and all weight versions (the dynamic
+//!   pipeline): every trainable tensor arrives in extra spatial columns of the input, laid out
+//!   by the kernel's [`WeightPacking`], and the host stages them with [`stage_layer_weights`].
+//!   Linear maps become `matmul`s of the weight as stored; the backward's `Wᵀ·x` transposes it
+//!   in MIL (`transpose_x`), so the host copies weights without transposing them.
 //!
 //! Each kernel has one input and one output, channel-first `[1, C, 1, S]` fp16, holding several
 //! logical tensors concatenated along channels; a [`Packing`] names the channel ranges, and the
-//! trainer reads and writes through the same packings the generators use.
+//! trainer reads and writes through the same packings the generators use. A packed kernel's
+//! input is `[1, C, 1, S + P]`: the same activations in columns `[0, S)`, weights after them.
 //!
-//! | kernel | input | output | baked weights |
+//! | kernel | input | output | weights (baked: as listed; packed: as stored) |
 //! |---|---|---|---|
 //! | `fwd_attn` | x | o, q_rope, k_rope, v, attn, xnorm | rms_att, Wq, Wk, Wv, Wo, RoPE, mask |
 //! | `fwd_ffn` | x2 | ffn, h1, h3, gate, xnorm | rms_ffn, W1, W3, W2 |
@@ -23,8 +32,11 @@ use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
-use graph::{Graph, KernelProgram};
+use graph::{Graph, KernelProgram, WeightMode};
 use std::ops::Range;
+use thiserror::Error;
+
+pub use graph::{PackedTensor, WeightPacking};
 
 /// Named channel ranges of a packed `[1, C, 1, S]` tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,36 +163,158 @@ pub fn generate(
     dtype: DType,
 ) -> Result<KernelProgram, Box<CheckError>> {
     let mut g = Graph::new(&format!("{}.{layer}", kind.name()), dtype);
-    let (input, output) = kind.layout(c);
-    let x = g.input("x", &[1, input.channels(), 1, c.seq_len]);
-    let gen = Gen { c, params, layer };
-    let parts = match kind {
-        KernelKind::FwdAttn => gen.fwd_attn(&mut g, &x),
-        KernelKind::FwdFfn => gen.fwd_ffn(&mut g, &x),
-        KernelKind::BwdFfn => gen.bwd_ffn(&mut g, &x, &input),
-        KernelKind::BwdAttn1 => gen.bwd_attn1(&mut g, &x, &input),
-        KernelKind::BwdAttn2 => gen.bwd_attn2(&mut g, &x, &input),
-        KernelKind::BwdQkv => gen.bwd_qkv(&mut g, &x, &input),
+    let gen = Gen {
+        c,
+        baked: Some((params, layer)),
     };
-    debug_assert_eq!(parts.len(), output.names().count());
-    let out = g.concat("out", 1, &parts);
-    g.output(&out);
+    gen.build(kind, &mut g);
     g.finish()
+}
+
+/// Where a kernel's trainable tensors lie in its packed input, found by a first pass of the
+/// kernel's own generator that notes every weight it asks for, so that the order and offsets
+/// have one source of truth. Each tensor is named by its [`LayerTensor::short_name`].
+pub fn weight_packing(kind: KernelKind, c: &ModelConfig) -> Result<WeightPacking, Box<CheckError>> {
+    let mut g = Graph::with_weights(kind.name(), DType::Fp32, WeightMode::Recording);
+    Gen { c, baked: None }.build(kind, &mut g);
+    g.finish_recording()
+}
+
+/// Generates a kernel that reads its trainable tensors from its input (see
+/// [`weight_packing`]): compiled once, it serves every layer and every weight version.
+pub fn generate_packed(
+    kind: KernelKind,
+    c: &ModelConfig,
+    dtype: DType,
+) -> Result<(KernelProgram, WeightPacking), Box<CheckError>> {
+    let packing = weight_packing(kind, c)?;
+    let mode = WeightMode::Packed(packing.clone());
+    let mut g = Graph::with_weights(&format!("{}.packed", kind.name()), dtype, mode);
+    Gen { c, baked: None }.build(kind, &mut g);
+    Ok((g.finish()?, packing))
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum StageError {
+    #[error("the packed tensor `{0}` is not a layer tensor")]
+    UnknownTensor(String),
+    #[error("the packed tensor `{name}` has shape {packed:?}, the model's {model:?}")]
+    Shape {
+        name: String,
+        packed: Vec<usize>,
+        model: [usize; 2],
+    },
+    #[error("layer {layer} staged from a model of {layers} layers")]
+    Layer { layer: usize, layers: usize },
+    #[error("a packed input of {found} values, the packing needs {expected}")]
+    InputLength { expected: usize, found: usize },
+}
+
+/// The layer tensor a packed tensor holds.
+fn layer_tensor(packed: &PackedTensor) -> Option<LayerTensor> {
+    LayerTensor::ALL
+        .into_iter()
+        .find(|t| t.short_name() == packed.name)
+}
+
+/// Copies layer `layer`'s weights from `params` into the block of a packed kernel input
+/// `[C][S + P]` (S = the model's sequence length), each tensor as stored.
+pub fn stage_layer_weights(
+    packing: &WeightPacking,
+    input: &mut [f32],
+    params: &Params,
+    layer: usize,
+) -> Result<(), StageError> {
+    let c = &params.layout.config;
+    let s = c.seq_len;
+    if layer >= c.n_layers {
+        return Err(StageError::Layer {
+            layer,
+            layers: c.n_layers,
+        });
+    }
+    if input.len() != packing.input_len(s) {
+        return Err(StageError::InputLength {
+            expected: packing.input_len(s),
+            found: input.len(),
+        });
+    }
+    for packed in packing.tensors() {
+        let t =
+            layer_tensor(packed).ok_or_else(|| StageError::UnknownTensor(packed.name.clone()))?;
+        let [rows, cols] = t.shape(c);
+        if packed.len() != rows * cols {
+            return Err(StageError::Shape {
+                name: packed.name.clone(),
+                packed: packed.shape.clone(),
+                model: [rows, cols],
+            });
+        }
+        packing.write_tensor(input, s, packed, params.layer(layer, t));
+    }
+    Ok(())
 }
 
 struct Gen<'a> {
     c: &'a ModelConfig,
-    params: &'a Params,
-    layer: usize,
+    /// The weights to bake and their layer; `None` when the kernel reads them from its input.
+    baked: Option<(&'a Params, usize)>,
 }
 
 impl Gen<'_> {
+    /// Generates the kernel into `g`, whatever its weight mode.
+    fn build(&self, kind: KernelKind, g: &mut Graph) {
+        let (input, output) = kind.layout(self.c);
+        let x = g.input("x", &[1, input.channels(), 1, self.s()]);
+        let parts = match kind {
+            KernelKind::FwdAttn => self.fwd_attn(g, &x),
+            KernelKind::FwdFfn => self.fwd_ffn(g, &x),
+            KernelKind::BwdFfn => self.bwd_ffn(g, &x, &input),
+            KernelKind::BwdAttn1 => self.bwd_attn1(g, &x, &input),
+            KernelKind::BwdAttn2 => self.bwd_attn2(g, &x, &input),
+            KernelKind::BwdQkv => self.bwd_qkv(g, &x, &input),
+        };
+        debug_assert_eq!(parts.len(), output.names().count());
+        let out = g.concat("out", 1, &parts);
+        g.output(&out);
+    }
+
     fn s(&self) -> usize {
         self.c.seq_len
     }
 
+    /// The values of a layer tensor to bake; none when the weights come from the input.
     fn tensor(&self, t: LayerTensor) -> &[f32] {
-        self.params.layer(self.layer, t)
+        match self.baked {
+            Some((params, layer)) => params.layer(layer, t),
+            None => &[],
+        }
+    }
+
+    /// `W·x` for the layer matrix `t` (`[out, in]`) and `x` `[1, in, 1, S]`, or `Wᵀ·x` when
+    /// `transposed`. Baked, it is a 1×1 conv with the weight baked as needed (transposed by
+    /// the host for `Wᵀ`); packed, a matmul of the weight as stored `[1, 1, out, in]` with `x`
+    /// as `[1, 1, in, S]`, the transpose done by the matmul.
+    fn linear(&self, g: &mut Graph, name: &str, t: LayerTensor, transposed: bool, x: &Var) -> Var {
+        let short = t.short_name();
+        if *g.weight_mode() == WeightMode::Baked {
+            let w = if transposed {
+                self.matrix_t(g, &format!("{short}t"), t)
+            } else {
+                self.matrix(g, short, t)
+            };
+            return g.conv(name, &w, x);
+        }
+        let [rows, cols] = t.shape(self.c);
+        let (k, m) = if transposed {
+            (rows, cols)
+        } else {
+            (cols, rows)
+        };
+        let w = g.weight(short, short, &[1, 1, rows, cols], &[]);
+        let x4 = g.reshape(&format!("{name}_in"), x, &[1, 1, k, self.s()]);
+        let y4 = g.matmul(&format!("{name}_mm"), &w, &x4, transposed, false);
+        g.reshape(name, &y4, &[1, m, 1, self.s()])
     }
 
     /// A layer matrix baked as stored, `[out, in, 1, 1]`: the forward conv weight.
@@ -193,7 +327,11 @@ impl Gen<'_> {
     fn matrix_t(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
         let [rows, cols] = t.shape(self.c);
         let w = self.tensor(t);
-        let mut wt = vec![0.0f32; w.len()];
+        if w.len() != rows * cols {
+            // No weights to bake: the graph reports the mismatch.
+            return g.weight(name, name, &[cols, rows, 1, 1], w);
+        }
+        let mut wt = vec![0.0f32; rows * cols];
         for r in 0..rows {
             for c in 0..cols {
                 wt[c * rows + r] = w[r * cols + c];
@@ -247,13 +385,13 @@ impl Gen<'_> {
             }
         }
         let shape = [1, channels, 1, s];
-        let c = g.weight(
+        let c = g.baked(
             &format!("cos_{tag}"),
             &format!("rope_cos_{tag}"),
             &shape,
             &cos,
         );
-        let sn = g.weight(
+        let sn = g.baked(
             &format!("sin_{tag}"),
             &format!("rope_sin_{tag}"),
             &shape,
@@ -345,7 +483,7 @@ impl Gen<'_> {
         let m: Vec<f32> = (0..s * s)
             .map(|i| if i % s <= i / s { 0.0 } else { -65504.0 })
             .collect();
-        g.weight("mask", "mask", &[1, 1, s, s], &m)
+        g.baked("mask", "mask", &[1, 1, s, s], &m)
     }
 
     /// Causal attention probabilities softmax(q·kᵀ/√hd + mask) over heads.
@@ -361,13 +499,9 @@ impl Gen<'_> {
     fn fwd_attn(&self, g: &mut Graph, x: &Var) -> Vec<Var> {
         let (q_dim, kv_dim) = (self.c.q_dim(), self.c.kv_dim());
         let xn = self.rmsnorm(g, x, LayerTensor::RmsAtt, "n1");
-        let wq = self.matrix(g, "wq", LayerTensor::Wq);
-        let wk = self.matrix(g, "wk", LayerTensor::Wk);
-        let wv = self.matrix(g, "wv", LayerTensor::Wv);
-        let wo = self.matrix(g, "wo", LayerTensor::Wo);
-        let qf = g.conv("qf", &wq, &xn);
-        let kf = g.conv("kf", &wk, &xn);
-        let vf = g.conv("vf", &wv, &xn);
+        let qf = self.linear(g, "qf", LayerTensor::Wq, false, &xn);
+        let kf = self.linear(g, "kf", LayerTensor::Wk, false, &xn);
+        let vf = self.linear(g, "vf", LayerTensor::Wv, false, &xn);
         let tq = self.rope_tables(g, q_dim, 1.0, "q");
         let tk = if kv_dim == q_dim {
             tq.clone()
@@ -382,21 +516,18 @@ impl Gen<'_> {
         let p = self.probs(g, &qh, &kh);
         let ah = g.matmul("ah", &p, &vh, false, false);
         let attn = self.merge_heads(g, &ah, "attn");
-        let o = g.conv("o", &wo, &attn);
+        let o = self.linear(g, "o", LayerTensor::Wo, false, &attn);
         vec![o, qr, kr, vf, attn, xn]
     }
 
     fn fwd_ffn(&self, g: &mut Graph, x: &Var) -> Vec<Var> {
         let xn = self.rmsnorm(g, x, LayerTensor::RmsFfn, "n2");
-        let w1 = self.matrix(g, "w1", LayerTensor::W1);
-        let w3 = self.matrix(g, "w3", LayerTensor::W3);
-        let w2 = self.matrix(g, "w2", LayerTensor::W2);
-        let h1 = g.conv("h1", &w1, &xn);
-        let h3 = g.conv("h3", &w3, &xn);
+        let h1 = self.linear(g, "h1", LayerTensor::W1, false, &xn);
+        let h3 = self.linear(g, "h3", LayerTensor::W3, false, &xn);
         let sig = g.unary("sigmoid", "sig", &h1);
         let silu = g.binary("mul", "silu", &h1, &sig);
         let gate = g.binary("mul", "gate", &silu, &h3);
-        let ffn = g.conv("ffn", &w2, &gate);
+        let ffn = self.linear(g, "ffn", LayerTensor::W2, false, &gate);
         vec![ffn, h1, h3, gate, xn]
     }
 
@@ -404,11 +535,8 @@ impl Gen<'_> {
         let dffn = self.part(g, x, p, "dffn");
         let h1 = self.part(g, x, p, "h1");
         let h3 = self.part(g, x, p, "h3");
-        let w2t = self.matrix_t(g, "w2t", LayerTensor::W2);
-        let w1t = self.matrix_t(g, "w1t", LayerTensor::W1);
-        let w3t = self.matrix_t(g, "w3t", LayerTensor::W3);
         // dgate = W2ᵀ·dffn; gate = silu(h1)·h3.
-        let dgate = g.conv("dgate", &w2t, &dffn);
+        let dgate = self.linear(g, "dgate", LayerTensor::W2, true, &dffn);
         let sig = g.unary("sigmoid", "sig", &h1);
         let silu = g.binary("mul", "silu", &h1, &sig);
         let dh3 = g.binary("mul", "dh3", &dgate, &silu);
@@ -420,8 +548,8 @@ impl Gen<'_> {
         let dsilu = g.binary("mul", "dsilu", &sig, &inner);
         let dgh3 = g.binary("mul", "dgh3", &dgate, &h3);
         let dh1 = g.binary("mul", "dh1", &dgh3, &dsilu);
-        let dx1 = g.conv("dx1", &w1t, &dh1);
-        let dx3 = g.conv("dx3", &w3t, &dh3);
+        let dx1 = self.linear(g, "dx1", LayerTensor::W1, true, &dh1);
+        let dx3 = self.linear(g, "dx3", LayerTensor::W3, true, &dh3);
         let dx = g.binary("add", "dx", &dx1, &dx3);
         vec![dx, dh1, dh3]
     }
@@ -432,8 +560,7 @@ impl Gen<'_> {
         let kr = self.part(g, x, p, "k_rope");
         let v = self.part(g, x, p, "v");
         let dx2 = self.part(g, x, p, "dx2");
-        let wot = self.matrix_t(g, "wot", LayerTensor::Wo);
-        let da = g.conv("da", &wot, &dx2);
+        let da = self.linear(g, "da", LayerTensor::Wo, true, &dx2);
         let qh = self.to_heads(g, &qr, nh, "qh");
         let kh = self.kv_heads(g, &kr, "kh");
         let vh = self.kv_heads(g, &v, "vh");
@@ -485,12 +612,9 @@ impl Gen<'_> {
         };
         let dq = self.rope(g, &dqr, &tq, "dq");
         let dk = self.rope(g, &dkr, &tk, "dk");
-        let wqt = self.matrix_t(g, "wqt", LayerTensor::Wq);
-        let wkt = self.matrix_t(g, "wkt", LayerTensor::Wk);
-        let wvt = self.matrix_t(g, "wvt", LayerTensor::Wv);
-        let dxq = g.conv("dxq", &wqt, &dq);
-        let dxk = g.conv("dxk", &wkt, &dk);
-        let dxv = g.conv("dxv", &wvt, &dv);
+        let dxq = self.linear(g, "dxq", LayerTensor::Wq, true, &dq);
+        let dxk = self.linear(g, "dxk", LayerTensor::Wk, true, &dk);
+        let dxv = self.linear(g, "dxv", LayerTensor::Wv, true, &dv);
         let dxqk = g.binary("add", "dxqk", &dxq, &dxk);
         let dx = g.binary("add", "dx", &dxqk, &dxv);
         vec![dx, dq, dk]
