@@ -10,6 +10,37 @@ use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Training throughput of a model: ms/step split by where the time goes, tokens/s, MFU
+    /// and peak memory.
+    Train {
+        /// A model preset or TOML file.
+        #[arg(long, default_value = "stories15m")]
+        config: String,
+        #[arg(long, default_value_t = 6)]
+        steps: u64,
+        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+        precision: String,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// The weight-delivery strategies side by side on the same data and seed: ms/step, stall,
+    /// staleness, final loss (and the frozen-kernel baseline).
+    Weights {
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        #[arg(long, default_value_t = 200)]
+        steps: u64,
+        /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
+        #[arg(long)]
+        simulate: Option<String>,
+        /// Also run double-buffer with this delay compensation λ.
+        #[arg(long, default_value_t = 2.0)]
+        compensation: f32,
+        #[arg(long, default_value_t = 1)]
+        max_staleness: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// The CPU device against the raw matrix crate and the machine's FMA peak.
     Device {
         /// Threads for the device and the baselines.
@@ -24,6 +55,27 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Device { threads, reps } => bench_device(threads, reps.max(3)),
+        BenchCommand::Train {
+            config,
+            steps,
+            precision,
+            threads,
+        } => super::bench_train::bench_train(&config, steps, &precision, threads),
+        BenchCommand::Weights {
+            config,
+            steps,
+            simulate,
+            compensation,
+            max_staleness,
+            threads,
+        } => super::bench_train::bench_weights(
+            &config,
+            steps,
+            simulate.as_deref(),
+            compensation,
+            max_staleness,
+            threads,
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The command line: thin subcommands over the layers.
 
 mod bench;
+mod bench_train;
 mod data;
 pub mod devices;
 mod mil;

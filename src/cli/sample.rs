@@ -43,7 +43,7 @@ pub struct EvalArgs {
     batches: usize,
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<(Checkpoint, Tokenizer)> {
+fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
     let ckpt = Checkpoint::load(path)?;
     let tok = Tokenizer::from_bytes(
         TokenizerKind::from_name(&ckpt.header.tokenizer_kind)

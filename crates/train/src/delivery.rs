@@ -28,6 +28,9 @@ pub enum Strategy {
     Recompile,
     DoubleBuffer,
     Dynamic,
+    /// A measurement baseline, not a way to train: the device keeps the initial weights and
+    /// nothing is ever recompiled, which bounds the throughput any strategy can reach.
+    Frozen,
 }
 
 impl std::str::FromStr for Strategy {
@@ -37,6 +40,7 @@ impl std::str::FromStr for Strategy {
             "recompile" => Ok(Strategy::Recompile),
             "double-buffer" => Ok(Strategy::DoubleBuffer),
             "dynamic" => Ok(Strategy::Dynamic),
+            "frozen" => Ok(Strategy::Frozen),
             other => Err(format!(
                 "unknown weight delivery `{other}` (expected recompile, double-buffer or dynamic)"
             )),
@@ -50,6 +54,7 @@ impl Strategy {
             Strategy::Recompile => "recompile",
             Strategy::DoubleBuffer => "double-buffer",
             Strategy::Dynamic => "dynamic",
+            Strategy::Frozen => "frozen",
         }
     }
 
@@ -61,7 +66,9 @@ impl Strategy {
         snapshot: WeightSnapshot,
     ) -> Result<KernelSet, StepError> {
         match self {
-            Strategy::Recompile | Strategy::DoubleBuffer => compile_kernel_set(device, snapshot),
+            Strategy::Recompile | Strategy::DoubleBuffer | Strategy::Frozen => {
+                compile_kernel_set(device, snapshot)
+            }
             Strategy::Dynamic => compile_packed_kernel_set(device, snapshot),
         }
     }
@@ -179,6 +186,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 self.start_if_idle();
                 Ok(())
             }
+            Strategy::Frozen => Ok(()),
             Strategy::Dynamic => {
                 let start = Instant::now();
                 self.active.stage(snapshot)?;

@@ -69,20 +69,6 @@ impl EwKind {
     }
 
     #[inline(always)]
-    fn binary(self, x: f32, y: f32) -> f32 {
-        match self {
-            EwKind::Add => x + y,
-            EwKind::Sub => x - y,
-            EwKind::Mul => x * y,
-            EwKind::Div => x / y,
-            EwKind::Pow => x.powf(y),
-            EwKind::Max => x.max(y),
-            EwKind::Min => x.min(y),
-            _ => unreachable!("not a binary op"),
-        }
-    }
-
-    #[inline(always)]
     fn unary(self, x: f32) -> f32 {
         match self {
             EwKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
@@ -449,9 +435,7 @@ fn run_ew<'a>(e: &EwChain, read: &dyn Fn(ValueId) -> &'a [f32], out: &mut [f32])
                     apply_binary(block, op, srcs[k], offs[k] + start * inner[k], inner[k]);
                     k += 1;
                 } else {
-                    for v in block.iter_mut() {
-                        *v = op.kind.unary(*v);
-                    }
+                    apply_unary(block, op.kind);
                 }
                 if op.round {
                     fp16::round_slice(block);
@@ -476,15 +460,27 @@ fn load(block: &mut [f32], src: &[f32], base: usize, stride: usize) {
     }
 }
 
+/// Applies a binary op between the block (the chain's running value) and a side operand.
+/// The op is chosen once per block, so each loop below is a plain vectorisable loop.
 fn apply_binary(block: &mut [f32], op: &EwOp, src: &[f32], base: usize, stride: usize) {
-    let kind = op.kind;
-    let f = |c: f32, s: f32| {
-        if op.chain_is_x {
-            kind.binary(c, s)
-        } else {
-            kind.binary(s, c)
-        }
-    };
+    let x = op.chain_is_x;
+    match op.kind {
+        EwKind::Add => zip_side(block, src, base, stride, |c, s| c + s),
+        EwKind::Mul => zip_side(block, src, base, stride, |c, s| c * s),
+        EwKind::Max => zip_side(block, src, base, stride, f32::max),
+        EwKind::Min => zip_side(block, src, base, stride, f32::min),
+        EwKind::Sub if x => zip_side(block, src, base, stride, |c, s| c - s),
+        EwKind::Sub => zip_side(block, src, base, stride, |c, s| s - c),
+        EwKind::Div if x => zip_side(block, src, base, stride, |c, s| c / s),
+        EwKind::Div => zip_side(block, src, base, stride, |c, s| s / c),
+        EwKind::Pow if x => zip_side(block, src, base, stride, f32::powf),
+        EwKind::Pow => zip_side(block, src, base, stride, |c, s| s.powf(c)),
+        _ => unreachable!("not a binary op"),
+    }
+}
+
+#[inline(always)]
+fn zip_side(block: &mut [f32], src: &[f32], base: usize, stride: usize, f: impl Fn(f32, f32) -> f32) {
     match stride {
         0 => {
             let s = src[base];
@@ -503,6 +499,27 @@ fn apply_binary(block: &mut [f32], op: &EwOp, src: &[f32], base: usize, stride: 
                 *v = f(*v, src[base + i * st]);
             }
         }
+    }
+}
+
+/// Applies a unary op to the block, the op chosen once per block.
+fn apply_unary(block: &mut [f32], kind: EwKind) {
+    #[inline(always)]
+    fn each(block: &mut [f32], f: impl Fn(f32) -> f32) {
+        for v in block.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    match kind {
+        EwKind::Relu => each(block, |x| x.max(0.0)),
+        EwKind::Abs => each(block, f32::abs),
+        EwKind::Square => each(block, |x| x * x),
+        EwKind::Identity => {}
+        EwKind::Sigmoid => each(block, |x| 1.0 / (1.0 + (-x).exp())),
+        EwKind::Silu => each(block, |x| x / (1.0 + (-x).exp())),
+        EwKind::Exp => each(block, f32::exp),
+        EwKind::Sqrt => each(block, f32::sqrt),
+        other => each(block, |x| other.unary(x)),
     }
 }
 

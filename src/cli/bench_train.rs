@@ -1,0 +1,241 @@
+//! `anetrain bench train` and `anetrain bench weights`: training throughput, and the weight
+//! delivery strategies side by side.
+
+use super::run_data::{load_data, RandomWindows};
+use anetrain_device::clock::{Clock, RealClock, SimClock};
+use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::decorate::{ChipProfile, LatencyModel};
+use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_model::init::init_params;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::{train, Event, RunEnv, TrainOptions, TrainState, WindowSource};
+use anyhow::anyhow;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Deterministic pseudo-random tokens, for throughput measurements of models whose vocabulary
+/// has no tokenizer here.
+struct SyntheticWindows {
+    vocab: u64,
+    state: u64,
+}
+
+impl SyntheticWindows {
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.state >> 33) % self.vocab
+    }
+}
+
+impl WindowSource for SyntheticWindows {
+    fn next_train_window(&mut self, out: &mut [u32]) {
+        for t in out.iter_mut() {
+            *t = self.next() as u32;
+        }
+    }
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        for (j, t) in out.iter_mut().enumerate() {
+            *t = ((i * 7919 + j * 104729) as u64 % self.vocab) as u32;
+        }
+    }
+    fn validation_windows(&self) -> usize {
+        4
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "rng": self.state.to_string() })
+    }
+}
+
+/// What one measured run did.
+struct Summary {
+    name: String,
+    state: TrainState,
+    wall: Duration,
+    final_train_loss: f32,
+    val_loss: f32,
+    mean_lag: f64,
+    max_lag: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measured_run(
+    name: &str,
+    config: &ModelConfig,
+    options: &TrainOptions,
+    strategy: Strategy,
+    max_staleness: u64,
+    device: &dyn Device,
+    clock: &dyn Clock,
+    data: &mut dyn WindowSource,
+) -> anyhow::Result<Summary> {
+    let layout = Arc::new(ParamLayout::new(config));
+    let mut state = TrainState::new(init_params(layout, options.seed), options, device.info().numeric);
+    let env = RunEnv {
+        device,
+        clock,
+        strategy,
+        max_staleness,
+        max_failures: 3,
+        count_host_time: true,
+    };
+    let mut losses = Vec::new();
+    let mut val = f32::NAN;
+    let mut lags = Vec::new();
+    train(&env, options, &mut state, data, None, &mut |e| match e {
+        Event::Step(r) => {
+            losses.push(r.loss);
+            lags.push(r.staleness);
+        }
+        Event::Validation { loss, .. } => val = *loss,
+        _ => {}
+    })?;
+    let tail = &losses[losses.len().saturating_sub(20)..];
+    Ok(Summary {
+        name: name.to_string(),
+        wall: state.counters.wall,
+        final_train_loss: tail.iter().sum::<f32>() / tail.len().max(1) as f32,
+        val_loss: val,
+        mean_lag: lags.iter().sum::<u64>() as f64 / lags.len().max(1) as f64,
+        max_lag: lags.iter().copied().max().unwrap_or(0),
+        state,
+    })
+}
+
+/// Peak resident memory of this process so far (Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn bench_train(config: &str, steps: u64, precision: &str, threads: usize) -> anyhow::Result<()> {
+    let config = ModelConfig::named(config)?;
+    let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
+    let device = CpuDevice::new(mode).with_threads(threads);
+    let clock = RealClock::new();
+    let options = TrainOptions {
+        steps,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads,
+        ..TrainOptions::default()
+    };
+    let params = ParamLayout::new(&config).len;
+    println!(
+        "bench train: {} ({:.1}M parameters), {steps} steps of {} tokens, CPU device {mode}, {threads} threads, synthetic tokens",
+        config.name,
+        params as f64 / 1e6,
+        config.seq_len
+    );
+    let mut data = SyntheticWindows { vocab: config.vocab as u64, state: 1 };
+    let run = measured_run("recompile", &config, &options, Strategy::Recompile, 1, &device, &clock, &mut data)?;
+    let c = &run.state.counters;
+    let per = |d: Duration| 1e3 * d.as_secs_f64() / steps as f64;
+    let flops = config.train_flops_per_window() * steps as f64;
+    let compute = run.wall.saturating_sub(c.compile_stall);
+    let peak = measure_fma_peak(threads, Duration::from_millis(500));
+    println!("  ms/step            {:.1} (excluding compile {:.1})", per(run.wall), per(compute));
+    println!("    device eval      {:.1}", per(c.device_eval));
+    println!("    host math        {:.1}", per(c.host_math));
+    println!("    weight gradients {:.1}", per(c.weight_grads));
+    println!("    optimizer        {:.1}", per(c.optimizer));
+    println!("    compile          {:.1}", per(c.compile_stall));
+    println!("  tokens/s           {:.0} (excluding compile)", (steps as usize * config.seq_len) as f64 / compute.as_secs_f64());
+    println!(
+        "  MFU                {:.1} % excluding compile: {:.1} GFLOPS of model FLOPs over the measured FP32 peak {:.1} GFLOPS",
+        100.0 * flops / compute.as_secs_f64() / peak,
+        flops / compute.as_secs_f64() / 1e9,
+        peak / 1e9
+    );
+    if let Some(rss) = peak_rss() {
+        println!("  peak memory        {:.2} GB (resident, whole process)", rss as f64 / 1e9);
+    }
+    Ok(())
+}
+
+pub fn bench_weights(
+    config: &str,
+    steps: u64,
+    simulate: Option<&str>,
+    compensation: f32,
+    max_staleness: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let config = ModelConfig::named(config)?;
+    let mode = NumericMode::Fp32;
+    let base = CpuDevice::new(mode).with_threads(threads);
+    let corpus = if config.name == "tiny" {
+        Some(load_data(None, None, None, &config, false)?)
+    } else {
+        None
+    };
+    let options = TrainOptions {
+        steps,
+        eval_every: steps,
+        eval_windows: 32,
+        checkpoint_every: 0,
+        threads,
+        ..TrainOptions::default()
+    };
+    println!(
+        "bench weights: {} for {steps} steps (seed {}), data: {}, device: CPU {mode}{}",
+        config.name,
+        options.seed,
+        if corpus.is_some() { "the embedded corpus" } else { "synthetic tokens" },
+        simulate.map_or(String::new(), |c| format!(" behind the {c} latency model [simulated]"))
+    );
+    let runs: Vec<(String, Strategy, f32)> = vec![
+        ("frozen kernels (baseline)".into(), Strategy::Frozen, 0.0),
+        ("recompile".into(), Strategy::Recompile, 0.0),
+        (format!("double-buffer (K={max_staleness})"), Strategy::DoubleBuffer, 0.0),
+        (format!("double-buffer + DC λ={compensation}"), Strategy::DoubleBuffer, compensation),
+        ("dynamic".into(), Strategy::Dynamic, 0.0),
+    ];
+    let mut results = Vec::new();
+    for (name, strategy, lambda) in runs {
+        let clock: Arc<dyn Clock> = match simulate {
+            Some(_) => Arc::new(SimClock::new()),
+            None => Arc::new(RealClock::new()),
+        };
+        let device: Box<dyn Device> = match simulate {
+            Some(chip) => {
+                let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
+                Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
+            }
+            None => Box::new(base.clone()),
+        };
+        let options = TrainOptions { delay_compensation: lambda, ..options.clone() };
+        let mut data: Box<dyn WindowSource> = match &corpus {
+            Some(d) => Box::new(RandomWindows::new(d.tokens.clone(), config.seq_len, 0.05, options.seed)?),
+            None => Box::new(SyntheticWindows { vocab: config.vocab as u64, state: options.seed }),
+        };
+        let run = measured_run(&name, &config, &options, strategy, max_staleness, &*device, &*clock, &mut *data)?;
+        results.push(run);
+    }
+    let frozen_ms = 1e3 * results[0].wall.as_secs_f64() / steps as f64;
+    println!();
+    println!(
+        "{:<30} {:>9} {:>10} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "strategy", "ms/step", "vs frozen", "stall %", "lag mean/max", "compiles", "train loss", "val loss"
+    );
+    for r in &results {
+        let c = &r.state.counters;
+        let ms = 1e3 * r.wall.as_secs_f64() / steps as f64;
+        println!(
+            "{:<30} {:>9.1} {:>9.1}% {:>8.1} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
+            r.name,
+            ms,
+            100.0 * frozen_ms / ms,
+            100.0 * c.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
+            r.mean_lag,
+            r.max_lag,
+            c.compiles,
+            r.final_train_loss,
+            r.val_loss
+        );
+    }
+    println!("\n(vs frozen: throughput as a share of training on frozen kernels; train loss: mean of the last 20 steps; val loss: at the end; stall: foreground compile waits including the initial compile)");
+    Ok(())
+}
