@@ -23,7 +23,10 @@ struct SyntheticWindows {
 
 impl SyntheticWindows {
     fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.state >> 33) % self.vocab
     }
 }
@@ -70,7 +73,11 @@ fn measured_run(
     data: &mut dyn WindowSource,
 ) -> anyhow::Result<Summary> {
     let layout = Arc::new(ParamLayout::new(config));
-    let mut state = TrainState::new(init_params(layout, options.seed), options, device.info().numeric);
+    let mut state = TrainState::new(
+        init_params(layout, options.seed),
+        options,
+        device.info().numeric,
+    );
     let env = RunEnv {
         device,
         clock,
@@ -110,7 +117,12 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub fn bench_train(config: &str, steps: u64, precision: &str, threads: usize) -> anyhow::Result<()> {
+pub fn bench_train(
+    config: &str,
+    steps: u64,
+    precision: &str,
+    threads: usize,
+) -> anyhow::Result<()> {
     let config = ModelConfig::named(config)?;
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
     let device = CpuDevice::new(mode).with_threads(threads);
@@ -129,20 +141,39 @@ pub fn bench_train(config: &str, steps: u64, precision: &str, threads: usize) ->
         params as f64 / 1e6,
         config.seq_len
     );
-    let mut data = SyntheticWindows { vocab: config.vocab as u64, state: 1 };
-    let run = measured_run("recompile", &config, &options, Strategy::Recompile, 1, &device, &clock, &mut data)?;
+    let mut data = SyntheticWindows {
+        vocab: config.vocab as u64,
+        state: 1,
+    };
+    let run = measured_run(
+        "recompile",
+        &config,
+        &options,
+        Strategy::Recompile,
+        1,
+        &device,
+        &clock,
+        &mut data,
+    )?;
     let c = &run.state.counters;
     let per = |d: Duration| 1e3 * d.as_secs_f64() / steps as f64;
     let flops = config.train_flops_per_window() * steps as f64;
     let compute = run.wall.saturating_sub(c.compile_stall);
     let peak = measure_fma_peak(threads, Duration::from_millis(500));
-    println!("  ms/step            {:.1} (excluding compile {:.1})", per(run.wall), per(compute));
+    println!(
+        "  ms/step            {:.1} (excluding compile {:.1})",
+        per(run.wall),
+        per(compute)
+    );
     println!("    device eval      {:.1}", per(c.device_eval));
     println!("    host math        {:.1}", per(c.host_math));
     println!("    weight gradients {:.1}", per(c.weight_grads));
     println!("    optimizer        {:.1}", per(c.optimizer));
     println!("    compile          {:.1}", per(c.compile_stall));
-    println!("  tokens/s           {:.0} (excluding compile)", (steps as usize * config.seq_len) as f64 / compute.as_secs_f64());
+    println!(
+        "  tokens/s           {:.0} (excluding compile)",
+        (steps as usize * config.seq_len) as f64 / compute.as_secs_f64()
+    );
     println!(
         "  MFU                {:.1} % excluding compile: {:.1} GFLOPS of model FLOPs over the measured FP32 peak {:.1} GFLOPS",
         100.0 * flops / compute.as_secs_f64() / peak,
@@ -150,7 +181,10 @@ pub fn bench_train(config: &str, steps: u64, precision: &str, threads: usize) ->
         peak / 1e9
     );
     if let Some(rss) = peak_rss() {
-        println!("  peak memory        {:.2} GB (resident, whole process)", rss as f64 / 1e9);
+        println!(
+            "  peak memory        {:.2} GB (resident, whole process)",
+            rss as f64 / 1e9
+        );
     }
     Ok(())
 }
@@ -183,14 +217,28 @@ pub fn bench_weights(
         "bench weights: {} for {steps} steps (seed {}), data: {}, device: CPU {mode}{}",
         config.name,
         options.seed,
-        if corpus.is_some() { "the embedded corpus" } else { "synthetic tokens" },
-        simulate.map_or(String::new(), |c| format!(" behind the {c} latency model [simulated]"))
+        if corpus.is_some() {
+            "the embedded corpus"
+        } else {
+            "synthetic tokens"
+        },
+        simulate.map_or(String::new(), |c| format!(
+            " behind the {c} latency model [simulated]"
+        ))
     );
     let runs: Vec<(String, Strategy, f32)> = vec![
         ("frozen kernels (baseline)".into(), Strategy::Frozen, 0.0),
         ("recompile".into(), Strategy::Recompile, 0.0),
-        (format!("double-buffer (K={max_staleness})"), Strategy::DoubleBuffer, 0.0),
-        (format!("double-buffer + DC λ={compensation}"), Strategy::DoubleBuffer, compensation),
+        (
+            format!("double-buffer (K={max_staleness})"),
+            Strategy::DoubleBuffer,
+            0.0,
+        ),
+        (
+            format!("double-buffer + DC λ={compensation}"),
+            Strategy::DoubleBuffer,
+            compensation,
+        ),
         ("dynamic".into(), Strategy::Dynamic, 0.0),
     ];
     let mut results = Vec::new();
@@ -201,24 +249,52 @@ pub fn bench_weights(
         };
         let device: Box<dyn Device> = match simulate {
             Some(chip) => {
-                let profile = ChipProfile::by_name(chip).ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
+                let profile = ChipProfile::by_name(chip)
+                    .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
                 Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
             }
             None => Box::new(base.clone()),
         };
-        let options = TrainOptions { delay_compensation: lambda, ..options.clone() };
-        let mut data: Box<dyn WindowSource> = match &corpus {
-            Some(d) => Box::new(RandomWindows::new(d.tokens.clone(), config.seq_len, 0.05, options.seed)?),
-            None => Box::new(SyntheticWindows { vocab: config.vocab as u64, state: options.seed }),
+        let options = TrainOptions {
+            delay_compensation: lambda,
+            ..options.clone()
         };
-        let run = measured_run(&name, &config, &options, strategy, max_staleness, &*device, &*clock, &mut *data)?;
+        let mut data: Box<dyn WindowSource> = match &corpus {
+            Some(d) => Box::new(RandomWindows::new(
+                d.tokens.clone(),
+                config.seq_len,
+                0.05,
+                options.seed,
+            )?),
+            None => Box::new(SyntheticWindows {
+                vocab: config.vocab as u64,
+                state: options.seed,
+            }),
+        };
+        let run = measured_run(
+            &name,
+            &config,
+            &options,
+            strategy,
+            max_staleness,
+            &*device,
+            &*clock,
+            &mut *data,
+        )?;
         results.push(run);
     }
     let frozen_ms = 1e3 * results[0].wall.as_secs_f64() / steps as f64;
     println!();
     println!(
         "{:<30} {:>9} {:>10} {:>8} {:>12} {:>10} {:>10} {:>9}",
-        "strategy", "ms/step", "vs frozen", "stall %", "lag mean/max", "compiles", "train loss", "val loss"
+        "strategy",
+        "ms/step",
+        "vs frozen",
+        "stall %",
+        "lag mean/max",
+        "compiles",
+        "train loss",
+        "val loss"
     );
     for r in &results {
         let c = &r.state.counters;

@@ -156,27 +156,41 @@ pub fn weight_grad(
 
 /// Mean cross-entropy over positions of `logits` [V][S]; writes dlogits = (softmax − onehot)/S.
 /// Targets must be below V (checked by the caller's data validation).
+///
+/// Works row by row over the vocabulary (each row contiguous over positions), so that the
+/// [V][S] layout is streamed rather than strided: with V = 32000 the column walk thrashed.
 pub fn cross_entropy(logits: &[f32], targets: &[u32], v: usize, dlogits: &mut [f32]) -> f32 {
     let s = targets.len();
+    let mut max = vec![f32::NEG_INFINITY; s];
+    for row in logits.chunks_exact(s).take(v) {
+        for (m, &x) in max.iter_mut().zip(row) {
+            *m = m.max(x);
+        }
+    }
+    let mut sum = vec![0.0f32; s];
+    for (row, out) in logits
+        .chunks_exact(s)
+        .zip(dlogits.chunks_exact_mut(s))
+        .take(v)
+    {
+        for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
+            *o = (x - m).exp();
+            *z += *o;
+        }
+    }
+    let scale: Vec<f32> = sum.iter().map(|z| 1.0 / (z * s as f32)).collect();
+    for out in dlogits.chunks_exact_mut(s).take(v) {
+        for (o, k) in out.iter_mut().zip(&scale) {
+            *o *= k;
+        }
+    }
     let mut loss = 0.0f64;
-    let mut col = vec![0.0f32; v];
     for (t, &target) in targets.iter().enumerate() {
-        for (c, x) in col.iter_mut().enumerate() {
-            *x = logits[c * s + t];
-        }
-        let max = col.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f64;
-        for x in col.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x as f64;
-        }
-        let inv = 1.0 / sum;
-        loss -= ((col[target as usize] as f64) * inv).max(1e-30).ln();
-        for (c, x) in col.iter().enumerate() {
-            let p = (*x as f64 * inv) as f32;
-            let onehot = if c == target as usize { 1.0 } else { 0.0 };
-            dlogits[c * s + t] = (p - onehot) / s as f32;
-        }
+        let i = target as usize * s + t;
+        // dlogits holds p/S here; the loss needs p itself.
+        let p = dlogits[i] as f64 * s as f64;
+        loss -= p.max(1e-30).ln();
+        dlogits[i] -= 1.0 / s as f32;
     }
     (loss / s as f64) as f32
 }

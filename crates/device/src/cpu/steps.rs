@@ -480,7 +480,13 @@ fn apply_binary(block: &mut [f32], op: &EwOp, src: &[f32], base: usize, stride: 
 }
 
 #[inline(always)]
-fn zip_side(block: &mut [f32], src: &[f32], base: usize, stride: usize, f: impl Fn(f32, f32) -> f32) {
+fn zip_side(
+    block: &mut [f32],
+    src: &[f32],
+    base: usize,
+    stride: usize,
+    f: impl Fn(f32, f32) -> f32,
+) {
     match stride {
         0 => {
             let s = src[base];

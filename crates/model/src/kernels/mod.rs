@@ -34,6 +34,7 @@ use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, KernelProgram, WeightMode};
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 pub use graph::{PackedTensor, WeightPacking};
@@ -151,6 +152,38 @@ impl KernelKind {
             ),
         }
     }
+}
+
+/// cos and sin tables `[channels][S]` for RoPE, cached: every recompile of a kernel set needs
+/// the same ones, and computing them cost more than the rest of kernel generation.
+type RopeTables = Arc<(Vec<f32>, Vec<f32>)>;
+type RopeKey = (usize, usize, usize, u32, bool);
+
+fn rope_tables(channels: usize, hd: usize, s: usize, theta: f32, sign: f64) -> RopeTables {
+    static CACHE: Mutex<Vec<(RopeKey, RopeTables)>> = Mutex::new(Vec::new());
+    let key = (channels, hd, s, theta.to_bits(), sign < 0.0);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, t)) = cache.iter().find(|(k, _)| *k == key) {
+        return t.clone();
+    }
+    let mut cos = vec![0.0f32; channels * s];
+    let mut sin = vec![0.0f32; channels * s];
+    for ch in 0..channels {
+        let i = (ch % hd) / 2;
+        let freq = (theta as f64).powf(-2.0 * i as f64 / hd as f64);
+        for t in 0..s {
+            let angle = t as f64 * freq;
+            cos[ch * s + t] = angle.cos() as f32;
+            sin[ch * s + t] = (sign * angle.sin()) as f32;
+        }
+    }
+    let tables = Arc::new((cos, sin));
+    // A handful of shapes per run; keep the newest few.
+    if cache.len() >= 8 {
+        cache.remove(0);
+    }
+    cache.push((key, tables.clone()));
+    tables
 }
 
 /// Generates one kernel of one layer from the weights in `params`, with every tensor in
@@ -373,29 +406,20 @@ impl Gen<'_> {
     /// inverse rotation (the backward).
     fn rope_tables(&self, g: &mut Graph, channels: usize, sign: f64, tag: &str) -> (Var, Var) {
         let (hd, s) = (self.c.head_dim, self.s());
-        let mut cos = vec![0.0f32; channels * s];
-        let mut sin = vec![0.0f32; channels * s];
-        for ch in 0..channels {
-            let i = (ch % hd) / 2;
-            let freq = (self.c.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
-            for t in 0..s {
-                let theta = t as f64 * freq;
-                cos[ch * s + t] = theta.cos() as f32;
-                sin[ch * s + t] = (sign * theta.sin()) as f32;
-            }
-        }
+        let tables = rope_tables(channels, hd, s, self.c.rope_theta, sign);
+        let (cos, sin) = (&tables.0, &tables.1);
         let shape = [1, channels, 1, s];
         let c = g.baked(
             &format!("cos_{tag}"),
             &format!("rope_cos_{tag}"),
             &shape,
-            &cos,
+            cos,
         );
         let sn = g.baked(
             &format!("sin_{tag}"),
             &format!("rope_sin_{tag}"),
             &shape,
-            &sin,
+            sin,
         );
         (c, sn)
     }
