@@ -277,7 +277,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
             Event::Validation { step, loss } => {
                 val_points.push((*step, *loss));
-                bar.println(format!("step {step}: validation loss {loss:.4}"));
+                say(
+                    &bar,
+                    args.quiet,
+                    format!("step {step}: validation loss {loss:.4}"),
+                );
                 serde_json::json!({"type": "val", "step": step, "val_loss": loss})
             }
             Event::Compiled { kernels, took } => {
@@ -354,6 +358,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     println!("run folder: {}", out.display());
     Ok(())
+}
+
+/// Prints a line above the progress bar, or plainly where there is no bar (not a terminal).
+fn say(bar: &ProgressBar, quiet: bool, line: String) {
+    if quiet {
+        return;
+    }
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// Opens the named device with the decorators the flags ask for.

@@ -51,17 +51,17 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            steps: 600,
+            steps: 4000,
             accum: 1,
             lr: 3e-3,
             min_lr: 3e-4,
-            warmup: 30,
+            warmup: 100,
             clip: 1.0,
             adam: AdamW::default(),
             seed: 42,
-            eval_every: 100,
-            eval_windows: 8,
-            checkpoint_every: 200,
+            eval_every: 250,
+            eval_windows: 16,
+            checkpoint_every: 1000,
             keep_checkpoints: 3,
             loss_scale: 256.0,
             delay_compensation: 0.0,
