@@ -85,6 +85,7 @@ fn measured_run(
         max_staleness,
         max_failures: 3,
         count_host_time: true,
+        stop_after: None,
     };
     let mut losses = Vec::new();
     let mut val = f32::NAN;

@@ -5,6 +5,7 @@ mod bench_train;
 mod data;
 pub mod devices;
 mod mil;
+mod model_io;
 mod peak;
 mod plot;
 mod probe;
@@ -34,6 +35,8 @@ enum Command {
     Generate(sample::GenerateArgs),
     /// Mean loss and perplexity of a checkpoint on a token file.
     Eval(sample::EvalArgs),
+    /// Write a checkpoint's weights as a llama2.c model file or safetensors.
+    Export(model_io::ExportArgs),
     /// Check, format and run MIL programs.
     #[command(subcommand)]
     Mil(mil::MilCommand),
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Generate(args) => sample::run_generate(args),
         Command::Eval(args) => sample::run_eval(args),
+        Command::Export(args) => model_io::run_export(args),
         Command::Mil(cmd) => mil::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Probe(args) => probe::run(args),

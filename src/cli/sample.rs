@@ -16,8 +16,14 @@ use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
+    /// An anetrain checkpoint (weights and tokenizer).
+    #[arg(long, required_unless_present = "model")]
+    checkpoint: Option<PathBuf>,
+    /// Or a published model file (llama2.c .bin or .safetensors) with --tokenizer.
+    #[arg(long, requires = "tokenizer")]
+    model: Option<PathBuf>,
     #[arg(long)]
-    checkpoint: PathBuf,
+    tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "")]
     prompt: String,
     #[arg(long, default_value_t = 200)]
@@ -58,13 +64,23 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.top_p) || args.temperature < 0.0 {
         bail!("--top-p must be in [0, 1] and --temperature at least 0");
     }
-    let (ckpt, tok) = load(&args.checkpoint)?;
+    let (params, tok) = match (&args.checkpoint, &args.model, &args.tokenizer) {
+        (Some(c), _, _) => {
+            let (ckpt, tok) = load(c)?;
+            (ckpt.params, tok)
+        }
+        (None, Some(m), Some(t)) => (
+            super::model_io::load_model_file(m, None)?,
+            Tokenizer::load(t)?,
+        ),
+        _ => bail!("give --checkpoint, or --model with --tokenizer"),
+    };
     let mut prompt = tok.bos_id().into_iter().collect::<Vec<_>>();
     prompt.extend(tok.encode(&args.prompt)?);
     if prompt.is_empty() {
         prompt.push(0);
     }
-    let limit = ckpt.header.config.seq_len;
+    let limit = params.layout.config.seq_len;
     if prompt.len() >= limit {
         bail!(
             "the prompt has {} tokens; the model's context is {limit}",
@@ -72,7 +88,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
-    let out = generate(&ckpt.params, &prompt, args.max_tokens, &mut sampler);
+    let out = generate(&params, &prompt, args.max_tokens, &mut sampler);
     let mut all = prompt;
     all.extend(out);
     println!("{}", tok.decode(&all)?);

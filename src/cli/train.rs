@@ -52,6 +52,10 @@ pub struct TrainArgs {
     /// A tokenizer.json or llama2.c tokenizer.bin; default: BPE trained on the embedded corpus.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Start from a published model instead of random weights: a llama2.c model file (.bin) or
+    /// .safetensors (fine-tuning). Give its tokenizer with --tokenizer.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Continue from the newest checkpoint in --out (or from this checkpoint file).
     #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
     resume: Option<String>,
@@ -84,6 +88,10 @@ pub struct TrainArgs {
     /// re-executes itself with --resume before a kernel set would exceed it.
     #[arg(long)]
     compile_budget: Option<u64>,
+    /// Stop after this many updates (with a checkpoint), though the schedule runs to --steps;
+    /// `--resume` continues exactly where it stopped.
+    #[arg(long)]
+    stop_after: Option<u64>,
     /// Consecutive failed background compiles before the run stops.
     #[arg(long, default_value_t = 3)]
     max_compile_failures: u32,
@@ -186,9 +194,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
-    let config = match &checkpoint {
-        Some(c) => c.header.config.clone(),
-        None => ModelConfig::named(&model_name)?,
+    let initial = match (&checkpoint, &args.init) {
+        (None, Some(path)) => {
+            let preset = ModelConfig::named(&model_name).ok();
+            Some(super::model_io::load_model_file(path, preset.as_ref())?)
+        }
+        _ => None,
+    };
+    let config = match (&checkpoint, &initial) {
+        (Some(c), _) => c.header.config.clone(),
+        (None, Some(p)) => p.layout.config.clone(),
+        (None, None) => ModelConfig::named(&model_name)?,
     };
     let data = load_data(
         args.data.as_deref().or(file.data.as_deref()),
@@ -220,8 +236,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             TrainState::from_checkpoint(c)?
         }
         None => {
-            let layout = Arc::new(ParamLayout::new(&config));
-            TrainState::new(init_params(layout, options.seed), &options, mode)
+            let params = match initial {
+                Some(p) => p,
+                None => init_params(Arc::new(ParamLayout::new(&config)), options.seed),
+            };
+            TrainState::new(params, &options, mode)
         }
     };
     let sink = CheckpointSink {
@@ -308,6 +327,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         max_staleness: args.max_staleness,
         max_failures: args.max_compile_failures,
         count_host_time: true,
+        stop_after: args.stop_after,
     };
     let outcome = train(
         &env,

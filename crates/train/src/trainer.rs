@@ -236,6 +236,9 @@ pub struct RunEnv<'a> {
     /// On a virtual clock, whether host work (which really runs) also spends virtual time.
     /// On for honest simulated reports; off for tests that need exact virtual timelines.
     pub count_host_time: bool,
+    /// Stop (with a checkpoint) once this many updates are done, though the schedule is
+    /// longer; `--resume` continues it.
+    pub stop_after: Option<u64>,
 }
 
 /// Runs the loop from `state.step` to `options.steps`.
@@ -329,7 +332,10 @@ fn run_steps(
     let (device, clock) = (env.device, env.clock);
     let s = state.config.seq_len;
     let accum = options.accum.max(1);
-    while state.step < options.steps {
+    let end = env
+        .stop_after
+        .map_or(options.steps, |s| s.min(options.steps));
+    while state.step < end {
         let step_start = clock.now();
         let acquired = delivery.acquire(state.step).map(|_| ());
         for failure in std::mem::take(&mut delivery.failures) {
@@ -417,7 +423,7 @@ fn run_steps(
             staleness: master_before.saturating_sub(ran_on),
         }));
 
-        let last = state.step == options.steps;
+        let last = state.step == end;
         if options.eval_every > 0 && (state.step % options.eval_every == 0 || last) {
             let set = delivery.active();
             let loss = validation_loss(device, clock, set, buf, data, options, s)?;

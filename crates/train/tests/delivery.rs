@@ -101,6 +101,7 @@ fn run(
         max_staleness,
         max_failures: 3,
         count_host_time: false,
+        stop_after: None,
     };
     let mut records = Vec::new();
     let mut failures = Vec::new();

@@ -101,6 +101,7 @@ fn run(
         max_staleness: 1,
         max_failures: 3,
         count_host_time: false,
+        stop_after: None,
     };
     let mut steps = Vec::new();
     let mut validations = Vec::new();

@@ -96,6 +96,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
             max_staleness: 1,
             max_failures: 3,
             count_host_time: false,
+            stop_after: None,
         };
         train(
             &env,
@@ -127,6 +128,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
             max_staleness: 1,
             max_failures: 3,
             count_host_time: false,
+            stop_after: None,
         };
         let result = train(&env, &opts, &mut state, &mut data, Some(&sink), &mut |e| {
             if let Event::Step(r) = e {

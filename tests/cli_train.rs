@@ -1,0 +1,153 @@
+//! `anetrain train` end to end: resuming continues exactly, and a spent compile budget makes
+//! the process re-execute itself and still end with the weights of an uninterrupted run.
+
+use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
+use anetrain_train::data::token_file::write_token_file;
+use anetrain_train::tokenizer::train_bpe;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn anetrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_anetrain"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A one-layer model, a 300-token BPE and a token file from a slice of the corpus, so each
+/// process starts in well under a second.
+fn fixtures(dir: &Path) -> (String, String, String) {
+    let text: String = anetrain_train::embedded_corpus()
+        .chars()
+        .take(60_000)
+        .collect();
+    let tok = train_bpe(&text, 300).unwrap();
+    let tok_path = dir.join("tok.json");
+    tok.save(&tok_path).unwrap();
+    let ids = tok.encode(&text).unwrap();
+    let data = dir.join("tokens.bin");
+    write_token_file(&data, &ids, 300).unwrap();
+    let model = dir.join("model.toml");
+    std::fs::write(
+        &model,
+        "name = \"one\"\ndim = 32\nhidden = 64\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nhead_dim = 16\nvocab = 300\nseq_len = 16\n",
+    )
+    .unwrap();
+    let s = |p: &Path| p.display().to_string();
+    (s(&model), s(&tok_path), s(&data))
+}
+
+fn final_weights(dir: &Path) -> (u64, Vec<f32>, Vec<f32>) {
+    let (step, path) = list_checkpoints(dir).pop().expect("a checkpoint");
+    let c = Checkpoint::load(&path).unwrap();
+    (step, c.params.data, c.adam.v.data)
+}
+
+#[test]
+fn stop_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok, data) = fixtures(tmp.path());
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out).display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &model,
+            "--tokenizer",
+            &tok,
+            "--data",
+            &data,
+            "--steps",
+            "8",
+            "--weights",
+            "recompile",
+            "--quiet",
+            "--out",
+            &out,
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        anetrain(&args)
+    };
+    ok(&run("whole", &[]));
+    ok(&run("halves", &["--stop-after", "4"]));
+    assert_eq!(final_weights(&tmp.path().join("halves")).0, 4);
+    ok(&run("halves", &["--resume"]));
+    let (a, b) = (
+        final_weights(&tmp.path().join("whole")),
+        final_weights(&tmp.path().join("halves")),
+    );
+    assert_eq!(a.0, 8);
+    assert_eq!(b.0, 8);
+    assert!(a.1 == b.1, "weights differ after resume");
+    assert!(a.2 == b.2, "optimizer moments differ after resume");
+    // The per-step losses of the two halves are those of the whole run.
+    let losses = |dir: &str| -> Vec<String> {
+        std::fs::read_to_string(tmp.path().join(dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"type\":\"step\""))
+            .map(|l| {
+                l.split("\"loss\":")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(losses("whole"), losses("halves"));
+}
+
+#[test]
+fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok, data) = fixtures(tmp.path());
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out).display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &model,
+            "--tokenizer",
+            &tok,
+            "--data",
+            &data,
+            "--steps",
+            "10",
+            "--weights",
+            "recompile",
+            "--out",
+            &out,
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        anetrain(&args)
+    };
+    ok(&run("whole", &["--quiet"]));
+    // 6 compiles at start, 5 per update: 25 pays for 3 sets, so each process runs 4 updates
+    // (the 4th finds the budget short): 10 updates take two restarts.
+    let o = run("budget", &["--compile-budget", "25"]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(stdout.matches("restarting from").count(), 2, "{stdout}");
+    let (a, b) = (
+        final_weights(&tmp.path().join("whole")),
+        final_weights(&tmp.path().join("budget")),
+    );
+    assert_eq!(b.0, 10);
+    assert!(a.1 == b.1, "weights differ after restarts");
+}
