@@ -38,6 +38,9 @@ pub enum BenchCommand {
         compensation: f32,
         #[arg(long, default_value_t = 1)]
         max_staleness: u64,
+        /// Peak learning rate (default: the training default).
+        #[arg(long)]
+        lr: Option<f32>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
@@ -67,6 +70,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             simulate,
             compensation,
             max_staleness,
+            lr,
             threads,
         } => super::bench_train::bench_weights(
             &config,
@@ -74,6 +78,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             simulate.as_deref(),
             compensation,
             max_staleness,
+            lr,
             threads,
         ),
     }

@@ -90,6 +90,15 @@ struct PackedKernels {
 }
 
 impl KernelSet {
+    /// Frees the compiled kernels of a baked set before its successor is compiled, so that a
+    /// synchronous recompile never holds two sets' weights at once. The set cannot be
+    /// evaluated afterwards; it must be replaced.
+    pub fn release_baked(&mut self) {
+        if let SetKernels::Baked(layers) = &mut self.kernels {
+            layers.clear();
+        }
+    }
+
     pub fn version(&self) -> u64 {
         self.snapshot.version
     }
@@ -166,14 +175,18 @@ impl KernelSet {
             .expect("only weighted kernels live in a set");
         let name = format!("{}.{layer}", kind.name());
         match &mut self.kernels {
-            SetKernels::Baked(layers) => eval(
-                device,
-                &mut layers[layer][i],
-                &name,
-                activations,
-                output,
-                timing,
-            ),
+            SetKernels::Baked(layers) => {
+                let kernel = layers
+                    .get_mut(layer)
+                    .and_then(|l| l.get_mut(i))
+                    .ok_or_else(|| StepError::Eval {
+                        kernel: name.clone(),
+                        source: DeviceError::EvalFailed(
+                            "the kernel set was released before its successor compiled".into(),
+                        ),
+                    })?;
+                eval(device, kernel, &name, activations, output, timing)
+            }
             SetKernels::Packed(packed) => {
                 let t = Instant::now();
                 let input = &mut packed.inputs[layer][i];

@@ -175,6 +175,9 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                     return Ok(());
                 }
                 let start = self.clock.now();
+                // The old set is not needed once the new one exists: free it first, which
+                // halves the peak memory of a recompile. A failed compile ends the run anyway.
+                self.active.release_baked();
                 let set = compile_kernel_set(self.device, snapshot)?;
                 self.stats.stall += self.clock.now().saturating_sub(start);
                 self.stats.kernel_sets_compiled += 1;
