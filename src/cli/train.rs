@@ -68,7 +68,8 @@ pub struct TrainArgs {
     #[arg(long)]
     quiet: bool,
     /// How new weights reach the device: recompile, double-buffer (background compile) or
-    /// dynamic (weights as kernel inputs, compiled once).
+    /// dynamic (weights as kernel inputs, compiled once). Default: double-buffer on the ANE,
+    /// dynamic on the CPU.
     #[arg(long = "weights", value_name = "STRATEGY")]
     strategy: Option<String>,
     /// Updates the device weights may lag the master weights (double-buffer).
@@ -151,10 +152,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         file.device.unwrap_or(args.device.clone())
     };
+    // On the ANE, compiles are costly and overlap evals: the double buffer. On the CPU a
+    // compile competes with training for the same cores, and weights-as-inputs train fastest
+    // with no staleness (`bench weights` measures all of them side by side).
+    let default_strategy = if device_name == "ane" {
+        "double-buffer"
+    } else {
+        "dynamic"
+    };
     let strategy: Strategy = args
         .strategy
         .or(file.weights)
-        .unwrap_or_else(|| "double-buffer".into())
+        .unwrap_or_else(|| default_strategy.into())
         .parse()
         .map_err(|e: String| anyhow!(e))?;
     let clock: Arc<dyn Clock> = match args.simulate {
