@@ -540,6 +540,12 @@ fn efficiency_report(
         "optimizer           {:.2} s",
         c.optimizer.as_secs_f64()
     ));
+    if c.staging > Duration::ZERO {
+        line(format!(
+            "weight staging      {:.2} s (dynamic: weights copied into kernel inputs)",
+            c.staging.as_secs_f64()
+        ));
+    }
     line(format!(
         "ms/step             {:.1} (train only {:.1})",
         1e3 * wall / steps,
