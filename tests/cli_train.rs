@@ -151,3 +151,63 @@ fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_ru
     assert_eq!(b.0, 10);
     assert!(a.1 == b.1, "weights differ after restarts");
 }
+
+#[test]
+fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok, data) = fixtures(tmp.path());
+    let out = tmp.path().join("sim").display().to_string();
+    let trace = tmp.path().join("trace.json");
+    let o = anetrain(&[
+        "train",
+        "--model",
+        &model,
+        "--tokenizer",
+        &tok,
+        "--data",
+        &data,
+        "--steps",
+        "4",
+        "--weights",
+        "double-buffer",
+        "--max-staleness",
+        "2",
+        "--simulate",
+        "m4",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--out",
+        &out,
+        "--threads",
+        "1",
+    ]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("=== Efficiency report [simulated] ==="),
+        "{stdout}"
+    );
+    assert!(stdout.contains("latency model: m4"), "{stdout}");
+    let report = std::fs::read_to_string(tmp.path().join("sim").join("report.txt")).unwrap();
+    assert!(report.contains("[simulated]"));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().unwrap();
+    let spans = |tid: u64| {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["tid"] == tid)
+            .count()
+    };
+    // Device evals (6 per step per layer), compiles (6 at start, 5 per background set).
+    assert!(spans(1) >= 4 * 6, "{} eval spans", spans(1));
+    assert!(spans(2) >= 6, "{} compile spans", spans(2));
+    // One host span per step.
+    assert_eq!(spans(3), 4);
+    // A compile span lasts what the m4 model says a 1-layer kernel takes: at least 24.8 ms.
+    let longest = events
+        .iter()
+        .filter(|e| e["tid"] == 2 && e["ph"] == "X")
+        .map(|e| e["dur"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(longest >= 24_800.0, "{longest} µs");
+}

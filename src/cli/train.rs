@@ -6,7 +6,7 @@ use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::measure_fma_peak;
 use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
 use anetrain_device::trace::Traced;
-use anetrain_device::trace::Tracer;
+use anetrain_device::trace::{Tracer, Track};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
@@ -297,6 +297,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let line = match e {
             Event::Step(r) => {
                 train_points.push((r.step, r.loss));
+                if let Some(t) = &tracer {
+                    let start = Duration::from_secs_f64(r.start_s);
+                    let end = start + Duration::from_secs_f64(r.ms / 1e3);
+                    t.record(Track::Host, &format!("step {}", r.step), start, end);
+                }
                 bar.set_position(r.step);
                 bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
                 let mut v = serde_json::to_value(r).unwrap_or_default();

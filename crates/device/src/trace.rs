@@ -22,7 +22,7 @@ impl Track {
         match self {
             Track::DeviceEval => "device evals",
             Track::Compile => "compiles",
-            Track::Host => "host work",
+            Track::Host => "training steps (host thread)",
         }
     }
 }

@@ -149,6 +149,8 @@ pub struct StepRecord {
     pub skipped: bool,
     pub tokens_per_s: f64,
     pub ms: f64,
+    /// When the step started on the run's clock, in seconds (for timelines).
+    pub start_s: f64,
     /// The weight version the device ran this step on, and how many updates it lagged.
     pub weights_version: u64,
     pub staleness: u64,
@@ -419,6 +421,7 @@ fn run_steps(
             skipped: !apply,
             tokens_per_s: tokens as f64 / step_time.as_secs_f64().max(1e-12),
             ms: step_time.as_secs_f64() * 1e3,
+            start_s: step_start.as_secs_f64(),
             weights_version: ran_on,
             staleness: master_before.saturating_sub(ran_on),
         }));
