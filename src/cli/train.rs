@@ -12,6 +12,7 @@ use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
+use anetrain_train::data::atomic::write_atomic;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
@@ -353,7 +354,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     bar.finish_and_clear();
     if let (Some(path), Some(t)) = (&args.trace, &tracer) {
-        write_atomic(path, t.to_json().as_bytes())?;
+        write_atomic(path, t.to_json().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     match outcome {
         Err(TrainError::Restart { step, checkpoint }) => {
@@ -472,20 +474,6 @@ fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
         let status = cmd.status().context("cannot restart")?;
         std::process::exit(status.code().unwrap_or(1));
     }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
 }
 
 fn efficiency_report(

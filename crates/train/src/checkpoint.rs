@@ -18,10 +18,10 @@
 //! N is the parameter count of the header's config. Files are written to a temporary file,
 //! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
 
+use crate::data::atomic::write_atomic;
 use anetrain_model::optim::AdamState;
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -157,25 +157,17 @@ impl Checkpoint {
         })
     }
 
-    /// Writes atomically: temporary file in the same folder, fsync, rename, fsync the folder.
+    /// Writes atomically (temporary file in the same folder, fsync, rename, folder fsync), so
+    /// a run killed mid-write leaves the previous checkpoint intact.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         let io = |source| CheckpointError::Io {
             path: path.display().to_string(),
             source,
         };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-        tmp.write_all(&self.to_bytes()).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
         }
-        Ok(())
+        write_atomic(path, &self.to_bytes()).map_err(io)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
