@@ -238,23 +238,36 @@ pub fn bench_weights(
             " behind the {c} latency model [simulated]"
         ))
     );
-    let runs: Vec<(String, Strategy, f32)> = vec![
-        ("frozen kernels (baseline)".into(), Strategy::Frozen, 0.0),
-        ("recompile".into(), Strategy::Recompile, 0.0),
+    let runs: Vec<(String, Strategy, f32, bool)> = vec![
+        (
+            "frozen kernels (baseline)".into(),
+            Strategy::Frozen,
+            0.0,
+            false,
+        ),
+        ("recompile".into(), Strategy::Recompile, 0.0, false),
         (
             format!("double-buffer (K={max_staleness})"),
             Strategy::DoubleBuffer,
             0.0,
+            false,
         ),
         (
             format!("double-buffer + DC λ={compensation}"),
             Strategy::DoubleBuffer,
             compensation,
+            false,
         ),
-        ("dynamic".into(), Strategy::Dynamic, 0.0),
+        (
+            "double-buffer + prediction".into(),
+            Strategy::DoubleBuffer,
+            0.0,
+            true,
+        ),
+        ("dynamic".into(), Strategy::Dynamic, 0.0, false),
     ];
     let mut results = Vec::new();
-    for (name, strategy, lambda) in runs {
+    for (name, strategy, lambda, prediction) in runs {
         let clock: Arc<dyn Clock> = match simulate {
             Some(_) => Arc::new(SimClock::new()),
             None => Arc::new(RealClock::new()),
@@ -269,6 +282,7 @@ pub fn bench_weights(
         };
         let options = TrainOptions {
             delay_compensation: lambda,
+            weight_prediction: prediction,
             ..options.clone()
         };
         let mut data: Box<dyn WindowSource> = match &corpus {
@@ -298,11 +312,12 @@ pub fn bench_weights(
     let frozen_ms = 1e3 * results[0].wall.as_secs_f64() / steps as f64;
     println!();
     println!(
-        "{:<30} {:>9} {:>10} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "{:<30} {:>9} {:>10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
         "strategy",
         "ms/step",
         "vs frozen",
         "stall %",
+        "stall* %",
         "lag mean/max",
         "compiles",
         "train loss",
@@ -321,7 +336,7 @@ pub fn bench_weights(
             .saturating_sub(r.initial_compile)
             .as_secs_f64();
         println!(
-            "{:<30} {:>9.1} {:>9.1}% {:>8.1} {:>10.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
+            "{:<30} {:>9.1} {:>9.1}% {:>8.1} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
             r.name,
             ms,
             100.0 * frozen_ms / ms,

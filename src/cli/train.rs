@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Delay compensation λ for steps run on stale weights (DC-ASGD-a; 0 = off).
     #[arg(long)]
     delay_compensation: Option<f32>,
+    /// Weight prediction for double-buffer: compile the weights the master is predicted to
+    /// reach when the set runs, not the master weights (true/false).
+    #[arg(long, value_name = "BOOL")]
+    weight_prediction: Option<bool>,
     /// Model a chip's compile and eval latencies on a virtual clock (e.g. m4); every figure
     /// is then labelled simulated.
     #[arg(long)]
@@ -142,6 +146,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.delay_compensation {
         options.delay_compensation = v;
+    }
+    if let Some(v) = args.weight_prediction {
+        options.weight_prediction = v;
     }
     let precision = args
         .precision

@@ -64,6 +64,8 @@ pub enum StepError {
     ModelMismatch { expected: String, found: String },
     #[error("staging weights into kernel {kernel}: {source}")]
     Stage { kernel: String, source: StageError },
+    #[error("the kernel set of weights version {version} has released its weights")]
+    Released { version: u64 },
 }
 
 /// The weight-bearing kernels of every layer and the snapshot whose weights they run on.
@@ -97,6 +99,19 @@ impl KernelSet {
         if let SetKernels::Baked(layers) = &mut self.kernels {
             layers.clear();
         }
+    }
+
+    /// Lets go of the set's weights: its baked kernels, and its share of the snapshot, so
+    /// that the master weights it shares can be updated in place rather than copied. A
+    /// released set runs nothing until it is restaged (packed) or replaced; its version is
+    /// kept for the record.
+    pub fn release_weights(&mut self) {
+        self.release_baked();
+        let layout = self.snapshot.params.layout.clone();
+        self.snapshot.params = Arc::new(Params {
+            layout,
+            data: Vec::new(),
+        });
     }
 
     pub fn version(&self) -> u64 {
@@ -469,6 +484,11 @@ fn forward(
     timing: &mut StepTiming,
 ) -> Result<(), StepError> {
     let params = set.snapshot().params.clone();
+    if params.data.len() != params.layout.len {
+        return Err(StepError::Released {
+            version: set.version(),
+        });
+    }
     let c = buf.config.clone();
     let t0 = Instant::now();
     host::embed_forward(params.get(params.layout.embed()), c.dim, tokens, &mut buf.x);

@@ -324,3 +324,50 @@ fn a_micro_step_on_packed_kernels_equals_one_on_baked_kernels() {
         );
     }
 }
+
+#[test]
+fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
+    let c = config();
+    let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let p = params(&c, 23);
+    let mut shared = SharedKernels::compile(&device, &p).unwrap();
+    let shared_weights = Arc::new(p.clone());
+    let mut packed = compile_packed_kernel_set(
+        &device,
+        WeightSnapshot {
+            version: 4,
+            params: shared_weights.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!(Arc::strong_count(&shared_weights), 2);
+    packed.release_weights();
+    // The set's hold is gone, so the master weights can be updated in place.
+    assert_eq!(Arc::strong_count(&shared_weights), 1);
+    assert_eq!(packed.version(), 4);
+    let v = c.vocab as u32;
+    let tokens: Vec<u32> = (0..c.seq_len as u32).map(|i| i % v).collect();
+    let mut buf = StepBuffers::new(&c);
+    let mut grads = Params::zeros(p.layout.clone());
+    let clock = RealClock::new();
+    let result = micro_step(
+        &device,
+        &clock,
+        &mut packed,
+        &mut shared,
+        &mut buf,
+        &tokens,
+        &tokens,
+        1.0,
+        &mut grads,
+        1,
+    );
+    assert!(
+        matches!(result, Err(StepError::Released { version: 4 })),
+        "{:?}",
+        result.map(|r| r.0)
+    );
+    packed.stage(snapshot(&p, 5)).unwrap();
+    let (loss, _) = loss_and_grads(&device, &mut packed, &mut shared, 1);
+    assert!(loss.is_finite());
+}

@@ -166,6 +166,25 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         self
     }
 
+    /// Called before the optimizer updates the master weights. Recompile and dynamic sets are
+    /// rebuilt or restaged from the update's result anyway, so they let go of their weights
+    /// now: the master weights they share are then updated in place instead of copied, which
+    /// saves a copy of every parameter in memory and in time. Double-buffered and frozen sets
+    /// keep running on their own version and keep it.
+    ///
+    /// A recompile set whose successor the compile budget cannot afford is kept: the run
+    /// checkpoints and restarts after this update, and until then the old set still serves.
+    pub fn release_before_update(&mut self) {
+        let release = match self.strategy {
+            Strategy::Recompile => self.budget_allows_a_set(),
+            Strategy::Dynamic => true,
+            Strategy::DoubleBuffer | Strategy::Frozen => false,
+        };
+        if release {
+            self.active.release_weights();
+        }
+    }
+
     /// New master weights after an update.
     pub fn publish(&mut self, snapshot: WeightSnapshot) -> Result<(), StepError> {
         match self.strategy {

@@ -5,7 +5,9 @@ use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHe
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
-use anetrain_model::optim::{all_finite, clip_grad_norm, AdamState, AdamW, LossScaler, LrSchedule};
+use anetrain_model::optim::{
+    all_finite, clip_grad_norm, scale_all, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
+};
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
     WeightSnapshot,
@@ -45,6 +47,11 @@ pub struct TrainOptions {
     /// w by DC-ASGD's first-order term with the adaptive step of its "-a" variant (Zheng et
     /// al., ICML 2017): g + λ·g⊙g⊙(w − w_s)/(√max(v, g²) + ε), v being AdamW's second moment.
     pub delay_compensation: f32,
+    /// Weight prediction for double-buffered runs: each background compile bakes in the
+    /// weights the master is predicted to reach by the time the set runs (the staleness the
+    /// last step ran at, in AdamW updates with the last gradient), not the master weights.
+    /// See [`AdamW::predict`].
+    pub weight_prediction: bool,
     pub threads: usize,
 }
 
@@ -65,6 +72,7 @@ impl Default for TrainOptions {
             keep_checkpoints: 3,
             loss_scale: 256.0,
             delay_compensation: 0.0,
+            weight_prediction: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -159,7 +167,9 @@ pub struct StepRecord {
 /// The mutable state of a run (what a checkpoint holds besides the data sampler).
 pub struct TrainState {
     pub config: ModelConfig,
-    pub params: Params,
+    /// The master weights, shared with the snapshot of the kernel set made from them (an
+    /// update copies them only if a set still holds the old ones).
+    pub params: Arc<Params>,
     pub adam: AdamState,
     pub step: u64,
     pub scaler: LossScaler,
@@ -175,7 +185,7 @@ impl TrainState {
         TrainState {
             config: params.layout.config.clone(),
             adam: AdamState::new(&params),
-            params,
+            params: Arc::new(params),
             step: 0,
             scaler,
             counters: Counters::default(),
@@ -186,7 +196,7 @@ impl TrainState {
         let h = c.header;
         Ok(TrainState {
             config: h.config,
-            params: c.params,
+            params: Arc::new(c.params),
             adam: c.adam,
             step: h.step,
             scaler: serde_json::from_value(h.loss_scale)
@@ -214,7 +224,7 @@ impl TrainState {
                 tokenizer_kind: tokenizer_kind.to_string(),
             },
             tokenizer,
-            params: self.params.clone(),
+            params: (*self.params).clone(),
             adam: self.adam.clone(),
         }
     }
@@ -347,7 +357,7 @@ fn run_steps(
         let set = delivery.active();
         let ran_on = set.version();
         let train_start = clock.now();
-        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        zero_all(grads);
         let mut loss_sum = 0.0f64;
         let mut timing = StepTiming::new(clock);
         for _ in 0..accum {
@@ -380,15 +390,16 @@ fn run_steps(
         let mut norm = f32::NAN;
         if apply {
             let unscale = 1.0 / (accum as f32 * scale);
-            grads.data.iter_mut().for_each(|g| *g *= unscale);
+            scale_all(grads, unscale);
             if options.delay_compensation > 0.0 && ran_on < state.step {
                 let stale = delivery.active().snapshot().params.clone();
                 compensate_delay(grads, &state.params, &stale, &state.adam, options);
             }
             norm = clip_grad_norm(grads, options.clip);
+            delivery.release_before_update();
             options
                 .adam
-                .update(&mut state.params, grads, &mut state.adam, lr);
+                .update(Arc::make_mut(&mut state.params), grads, &mut state.adam, lr);
         } else {
             state.counters.skipped_updates += 1;
         }
@@ -398,7 +409,13 @@ fn run_steps(
             clock.sleep(optimizer);
         }
         if apply {
-            delivery.publish(snapshot(state))?;
+            let next = if options.weight_prediction && env.strategy == Strategy::DoubleBuffer {
+                let horizon = (state.step - 1).saturating_sub(ran_on).max(1);
+                predicted_snapshot(state, grads, options, schedule.at(state.step), horizon)
+            } else {
+                snapshot(state)
+            };
+            delivery.publish(next)?;
         }
         let restart = delivery.restart_needed() && state.step < options.steps;
 
@@ -510,7 +527,32 @@ fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters
 fn snapshot(state: &TrainState) -> WeightSnapshot {
     WeightSnapshot {
         version: state.step,
-        params: Arc::new(state.params.clone()),
+        params: state.params.clone(),
+    }
+}
+
+/// The weights the master is predicted to reach `horizon` updates from now, under the
+/// master's version: what a set compiled now will be closest to when it runs.
+fn predicted_snapshot(
+    state: &TrainState,
+    last_grads: &Params,
+    options: &TrainOptions,
+    lr: f32,
+    horizon: u64,
+) -> WeightSnapshot {
+    let mut params = Params::zeros(state.params.layout.clone());
+    let adam = &options.adam;
+    adam.predict(
+        &state.params,
+        &state.adam,
+        last_grads,
+        lr,
+        horizon as f32,
+        &mut params,
+    );
+    WeightSnapshot {
+        version: state.step,
+        params: Arc::new(params),
     }
 }
 

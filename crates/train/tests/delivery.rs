@@ -88,6 +88,17 @@ fn run(
         threads: 1,
         ..TrainOptions::default()
     };
+    run_with(device, clock, strategy, max_staleness, &options)
+}
+
+fn run_with(
+    device: &dyn Device,
+    clock: &dyn Clock,
+    strategy: Strategy,
+    max_staleness: u64,
+    options: &TrainOptions,
+) -> Outcome {
+    let options = options.clone();
     let c = config();
     let mut state = TrainState::new(
         init_params(Arc::new(ParamLayout::new(&c)), 1),
@@ -231,4 +242,62 @@ fn repeated_compile_failures_stop_the_run_with_an_error() {
     // Every failure is reported; the third in a row ends the run.
     assert_eq!(out.failures.len(), 3, "{:?}", out.failures);
     assert!(out.steps.len() < 20);
+}
+
+#[test]
+fn weight_prediction_keeps_delayed_training_closer_to_synchronous_training() {
+    // Every double-buffered step runs one update behind (the compile fits in a step), so the
+    // only difference prediction makes is which weights those stale kernels carry.
+    let options = |prediction: bool| TrainOptions {
+        steps: 40,
+        lr: 1e-2,
+        min_lr: 1e-2,
+        warmup: 0,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        weight_prediction: prediction,
+        ..TrainOptions::default()
+    };
+    let go = |strategy: Strategy, prediction: bool| {
+        let clock = Arc::new(SimClock::new());
+        let device = model(&clock);
+        run_with(&device, &*clock, strategy, 1, &options(prediction))
+    };
+    let sync = go(Strategy::Recompile, false);
+    let delayed = go(Strategy::DoubleBuffer, false);
+    let predicted = go(Strategy::DoubleBuffer, true);
+    for out in [&sync, &delayed, &predicted] {
+        assert_eq!(out.result, Ok(()));
+    }
+    let lags = |o: &Outcome| o.steps[1..].iter().all(|r| r.staleness == 1);
+    assert!(lags(&delayed) && lags(&predicted));
+    // Versions are the master's: prediction changes the weights, not the bookkeeping.
+    let versions = |o: &Outcome| {
+        o.steps
+            .iter()
+            .map(|r| r.weights_version)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(versions(&delayed), versions(&predicted));
+    // Per-step losses follow the synchronous run's more closely, and training gets further.
+    let loss_gap = |o: &Outcome| {
+        o.steps
+            .iter()
+            .zip(&sync.steps)
+            .map(|(a, b)| (a.loss - b.loss).abs() as f64)
+            .sum::<f64>()
+    };
+    let late_loss = |o: &Outcome| o.steps[20..].iter().map(|r| r.loss as f64).sum::<f64>() / 20.0;
+    let (gap_delayed, gap_predicted) = (loss_gap(&delayed), loss_gap(&predicted));
+    assert!(
+        gap_predicted < 0.85 * gap_delayed,
+        "summed loss gap to synchronous: predicted {gap_predicted}, delayed {gap_delayed}"
+    );
+    assert!(
+        late_loss(&predicted) < late_loss(&delayed),
+        "mean loss of steps 21-40: predicted {}, delayed {}",
+        late_loss(&predicted),
+        late_loss(&delayed)
+    );
 }
