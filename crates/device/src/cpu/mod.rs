@@ -1,6 +1,7 @@
 //! The CPU device: executes MIL programs exactly as written, in fp32 or in ANE-like fp16.
 
 mod matmul;
+mod packed;
 mod peak;
 mod plan;
 pub mod shape;

@@ -3,10 +3,11 @@
 //! remaining value given a place in one arena whose slots are reused once a value is dead.
 
 use super::matmul::MatLayout;
+use super::packed::{self, PackedA};
 use super::shape::{broadcast_strides, collapse, contiguous_strides, MAX_OPERANDS, MAX_RANK};
 use super::steps::{
-    ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, ReduceKind,
-    ReduceStep, SoftmaxStep, Step, ValueId,
+    ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, PackedGemm,
+    ReduceKind, ReduceStep, SoftmaxStep, Step, ValueId,
 };
 use crate::{fp16, DeviceError, NumericMode};
 use anetrain_mil::blob::WeightFiles;
@@ -705,6 +706,7 @@ impl<'a> Lowering<'a> {
                 batches,
                 scale: 1.0,
                 bias,
+                packed: None,
             }));
         } else {
             let arr = |v: &[usize]| [v[0], v[1], v[2], v[3]];
@@ -785,6 +787,7 @@ impl<'a> Lowering<'a> {
             batches,
             scale,
             bias: None,
+            packed: None,
         }));
         Ok(())
     }
@@ -1014,8 +1017,10 @@ impl<'a> Lowering<'a> {
         outputs: Vec<ValueId>,
     ) -> Result<Plan, DeviceError> {
         for step in &mut self.steps {
-            if let Step::Ew(e) = step {
-                e.finish();
+            match step {
+                Step::Ew(e) => e.finish(),
+                Step::Gemm(g) => g.packed = pack_constant(g, &self.values, &self.consts),
+                _ => {}
             }
         }
         for step in &self.steps {
@@ -1132,6 +1137,56 @@ impl<'a> Lowering<'a> {
             copied_outputs,
         })
     }
+}
+
+/// Products narrower than this keep the general path: the packed microkernel computes
+/// [`packed::NR`] columns at a time, so it would mostly compute padding.
+const PACKED_MIN_N: usize = 8;
+
+/// Packs a product's left operand at compile time when it is a constant and the packed
+/// kernel applies: the weights are then laid out once instead of on every eval.
+fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<PackedGemm> {
+    if !packed::available() || g.lc.cs != 1 || g.n < PACKED_MIN_N || g.k == 0 || g.m == 0 {
+        return None;
+    }
+    let (c, base) = match values[g.a].storage {
+        Storage::Const(c) => (c, 0),
+        Storage::Alias { root, offset } => match values[root].storage {
+            Storage::Const(c) => (c, offset),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let data = &consts[c];
+    let mut offsets: Vec<usize> = Vec::new();
+    let mut pack_of = Vec::with_capacity(g.batches.len());
+    for &[oa, _, _] in &g.batches {
+        let i = offsets.iter().position(|&o| o == oa).unwrap_or_else(|| {
+            offsets.push(oa);
+            offsets.len() - 1
+        });
+        pack_of.push(i);
+    }
+    let packs = offsets
+        .iter()
+        .map(|&oa| {
+            let la = MatLayout {
+                offset: g.la.offset + base + oa,
+                ..g.la
+            };
+            PackedA::new(g.m, g.k, data, la)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let scratch = if g.lb.cs == 1 {
+        Vec::new()
+    } else {
+        vec![0.0; g.k * g.n]
+    };
+    Some(PackedGemm {
+        packs,
+        pack_of,
+        scratch,
+    })
 }
 
 /// Arena slots start on 64-byte boundaries.

@@ -5,6 +5,7 @@
 //! overlaps any of its inputs.
 
 use super::matmul::{gemm, MatLayout};
+use super::packed::{packed_gemm, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
 use crate::fp16;
 
@@ -169,6 +170,21 @@ pub struct GemmStep {
     pub scale: f32,
     /// A per-row bias (conv's `bias`), written into c before accumulating.
     pub bias: Option<ValueId>,
+    /// The constant left operand laid out for the packed microkernel, when the planner chose
+    /// that path; `a` is then not read at run time.
+    pub packed: Option<PackedGemm>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackedGemm {
+    /// One packed matrix per distinct left-operand offset of the batch (one per group of a
+    /// grouped conv; a batch over images shares one).
+    pub packs: Vec<PackedA>,
+    /// For each product of the batch, the index of its packed left operand.
+    pub pack_of: Vec<usize>,
+    /// Room to lay out a right operand whose rows are not contiguous (empty otherwise), so
+    /// evals never allocate.
+    pub scratch: Vec<f32>,
 }
 
 /// A general convolution (any kernel size, strides, padding, dilations, groups).
@@ -253,7 +269,7 @@ impl Step {
     /// The values the step reads.
     pub fn reads(&self) -> Vec<ValueId> {
         match self {
-            Step::Gemm(g) => [Some(g.a), Some(g.b), g.bias]
+            Step::Gemm(g) => [g.packed.is_none().then_some(g.a), Some(g.b), g.bias]
                 .into_iter()
                 .flatten()
                 .collect(),
@@ -323,12 +339,12 @@ impl Step {
 }
 
 fn run_gemm<'a>(
-    g: &GemmStep,
+    g: &mut GemmStep,
     read: &dyn Fn(ValueId) -> &'a [f32],
     out: &mut [f32],
     threads: usize,
 ) {
-    let (a, b) = (read(g.a), read(g.b));
+    let b = read(g.b);
     let accumulate = g.bias.is_some();
     if let Some(bias) = g.bias {
         let bias = read(bias);
@@ -340,11 +356,29 @@ fn run_gemm<'a>(
             }
         }
     }
+    let shift = |l: MatLayout, o: usize| MatLayout {
+        offset: l.offset + o,
+        ..l
+    };
+    if let Some(p) = &mut g.packed {
+        for (&[_, ob, oc], &pack) in g.batches.iter().zip(&p.pack_of) {
+            packed_gemm(
+                &p.packs[pack],
+                g.n,
+                b,
+                shift(g.lb, ob),
+                out,
+                shift(g.lc, oc),
+                accumulate,
+                g.scale,
+                threads,
+                &mut p.scratch,
+            );
+        }
+        return;
+    }
+    let a = read(g.a);
     for &[oa, ob, oc] in &g.batches {
-        let shift = |l: MatLayout, o: usize| MatLayout {
-            offset: l.offset + o,
-            ..l
-        };
         gemm(
             g.m,
             g.n,
