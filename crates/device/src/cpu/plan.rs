@@ -690,6 +690,7 @@ impl<'a> Lowering<'a> {
                         g * cout_g * cin_g,
                         (n * cin + g * cin_g) * hw,
                         (n * cout + g * cout_g) * hw,
+                        g * cout_g,
                     ]);
                 }
             }
@@ -764,7 +765,7 @@ impl<'a> Lowering<'a> {
                 ox += i * xb[d];
                 oy += i * yb[d];
             }
-            batches.push([ox * xr * xc, oy * yr * yc, b * m * n]);
+            batches.push([ox * xr * xc, oy * yr * yc, b * m * n, 0]);
         }
         let view = |t: bool, cols: usize| {
             let l = MatLayout::row_major(0, cols);
@@ -1160,7 +1161,7 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<
     let data = &consts[c];
     let mut offsets: Vec<usize> = Vec::new();
     let mut pack_of = Vec::with_capacity(g.batches.len());
-    for &[oa, _, _] in &g.batches {
+    for &[oa, ..] in &g.batches {
         let i = offsets.iter().position(|&o| o == oa).unwrap_or_else(|| {
             offsets.push(oa);
             offsets.len() - 1
@@ -1249,6 +1250,35 @@ fn ew_kind(op: &Op, l: &Lowering<'_>) -> Option<EwKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 1×1 convs of a chain have constant (BLOBFILE) weights: each is packed at compile
+    /// time wherever the CPU has the packed kernel, and then no step reads the raw weights.
+    #[test]
+    fn constant_conv_weights_take_the_packed_path() {
+        use anetrain_mil::examples::{conv_chain, conv_chain_weights};
+        let program = conv_chain(3, 40, 20);
+        let weights = conv_chain_weights(3, 40, 0.5);
+        let checked = anetrain_mil::check::check_program(&program).expect("valid program");
+        let main = program.main().expect("a main function");
+        for mode in [NumericMode::Fp32, NumericMode::Fp16] {
+            let plan = lower(main, &checked, &weights, mode).expect("lowers");
+            let gemms: Vec<&GemmStep> = plan
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Gemm(g) => Some(g),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(gemms.len(), 3);
+            for g in gemms {
+                assert_eq!(g.packed.is_some(), packed::available());
+                if g.packed.is_some() {
+                    assert!(!Step::Gemm(g.clone()).reads().contains(&g.a));
+                }
+            }
+        }
+    }
 
     #[test]
     fn contiguous_regions() {

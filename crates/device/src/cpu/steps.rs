@@ -164,8 +164,9 @@ pub struct GemmStep {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// Element offsets added to (a, b, c) for each product of the batch.
-    pub batches: Vec<[usize; 3]>,
+    /// Element offsets added to (a, b, c, bias) for each product of the batch; the bias offset
+    /// is the group's first output channel.
+    pub batches: Vec<[usize; 4]>,
     /// Multiplies every product (the attention scale of SDPA).
     pub scale: f32,
     /// A per-row bias (conv's `bias`), written into c before accumulating.
@@ -348,10 +349,10 @@ fn run_gemm<'a>(
     let accumulate = g.bias.is_some();
     if let Some(bias) = g.bias {
         let bias = read(bias);
-        for &[_, _, oc] in &g.batches {
+        for &[_, _, oc, ob] in &g.batches {
             for r in 0..g.m {
                 for col in 0..g.n {
-                    out[oc + g.lc.offset + r * g.lc.rs + col * g.lc.cs] = bias[r];
+                    out[oc + g.lc.offset + r * g.lc.rs + col * g.lc.cs] = bias[ob + r];
                 }
             }
         }
@@ -361,7 +362,7 @@ fn run_gemm<'a>(
         ..l
     };
     if let Some(p) = &mut g.packed {
-        for (&[_, ob, oc], &pack) in g.batches.iter().zip(&p.pack_of) {
+        for (&[_, ob, oc, _], &pack) in g.batches.iter().zip(&p.pack_of) {
             packed_gemm(
                 &p.packs[pack],
                 g.n,
@@ -378,7 +379,7 @@ fn run_gemm<'a>(
         return;
     }
     let a = read(g.a);
-    for &[oa, ob, oc] in &g.batches {
+    for &[oa, ob, oc, _] in &g.batches {
         gemm(
             g.m,
             g.n,
