@@ -5,13 +5,18 @@
 //! weights are the large operand (512×512 fp32 = 1 MB, twice the L2 of the target cores), so
 //! repacking them on each eval costs a pass over memory that is as long as the product itself.
 //! Here the weights are laid out at compile time into row micro-panels of [`MR`] rows, stored
-//! k-major so that the microkernel reads them strictly sequentially, and the activations (the
-//! right operand, `k × n` with `n` contiguous in the channel-first layout) are read in place.
+//! k-major so that the microkernel reads them strictly sequentially. Only the activations (the
+//! right operand, `k × n`, small at these shapes) are copied per call, into [`NR`]-column
+//! slivers in a scratch buffer the planner allocated.
 //!
 //! The microkernel keeps an [`MR`]×[`NR`] tile of the product in 12 AVX registers: per step
 //! along k it loads two vectors of a B row, broadcasts [`MR`] weights and issues 2·[`MR`] FMAs.
 //! It exists only for x86_64 with AVX2 and FMA; [`PackedA::new`] returns `None` elsewhere, so
 //! callers keep the general path.
+
+// Without a microkernel the packing code is still compiled (so that it is type-checked
+// everywhere) but never reached: `PackedA::new` returns `None`.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::matmul::MatLayout;
 
@@ -80,11 +85,20 @@ impl PackedA {
     }
 }
 
+/// Scratch (in f32s) that [`packed_gemm`] needs for a right operand of `k × n`: room for it
+/// packed into zero-padded [`NR`]-column slivers, plus slack to start them on a cache line.
+pub fn scratch_len(k: usize, n: usize) -> usize {
+    k * n.div_ceil(NR) * NR + NR
+}
+
 /// c[m×n] (+)= scale · A · b[k×n], A the packed constant.
 ///
-/// `c` must be row-major with contiguous rows (`lc.cs == 1`). `b` is read in place when its
-/// rows are contiguous (`lb.cs == 1`); otherwise it is first copied into `scratch`, which must
-/// then hold `k * n` elements (the planner allocates it once, so evals never allocate).
+/// `c` must have contiguous rows (`lc.cs == 1`). `b` is copied into `scratch` (at least
+/// [`scratch_len`] long; the planner allocates it once, so evals never allocate) as
+/// [`NR`]-column slivers, each `k` rows of [`NR`] contiguous values: the microkernel then reads
+/// one aligned cache line per step along k instead of a line-straddling strided row, and edge
+/// columns are zeros rather than masked loads. The copy is `k·n` values against `m·k·n`
+/// multiply-adds.
 #[allow(clippy::too_many_arguments)]
 pub fn packed_gemm(
     pa: &PackedA,
@@ -112,42 +126,72 @@ pub fn packed_gemm(
         lc.offset + (m - 1) * lc.rs + n <= c.len(),
         "packed: dst view out of bounds"
     );
-    let (b, ldb) = if lb.cs == 1 {
-        (&b[lb.offset..], lb.rs)
-    } else {
-        let scratch = &mut scratch[..k * n];
-        for (p, row) in scratch.chunks_exact_mut(n).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = b[lb.offset + p * lb.rs + j * lb.cs];
-            }
-        }
-        (&*scratch, n)
-    };
-    let c = &mut c[lc.offset..lc.offset + (m - 1) * lc.rs + n];
-    let panels = m.div_ceil(MR);
+    let slivers = n.div_ceil(NR);
+    let align = scratch.as_ptr().align_offset(64).min(NR);
+    let packed_b = &mut scratch[align..align + slivers * k * NR];
     let threads = if m * n * k >= PARALLEL_MIN_MACS {
-        threads.clamp(1, panels)
+        threads.max(1)
     } else {
         1
     };
+    pack_b(b, lb, k, n, 0, packed_b, threads.min(slivers));
+    let c = &mut c[lc.offset..lc.offset + (m - 1) * lc.rs + n];
+    let panels = m.div_ceil(MR);
     let job = Job {
         pa,
         n,
-        b,
-        ldb,
+        b: packed_b,
         ldc: lc.rs,
         accumulate,
         scale,
     };
-    split(&job, 0, panels, threads, c);
+    split(&job, 0, panels, threads.min(panels), c);
+}
+
+/// Copies columns `first * NR..` of b into `out`, one zero-padded sliver of `k × NR` after
+/// another, on `threads` threads.
+fn pack_b(
+    b: &[f32],
+    lb: MatLayout,
+    k: usize,
+    n: usize,
+    first: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let count = out.len() / (k * NR);
+    if threads > 1 && count > 1 {
+        let left = count / 2;
+        let (l, r) = out.split_at_mut(left * k * NR);
+        rayon::join(
+            || pack_b(b, lb, k, n, first, l, threads / 2),
+            || pack_b(b, lb, k, n, first + left, r, threads - threads / 2),
+        );
+        return;
+    }
+    for (s, sliver) in out.chunks_exact_mut(k * NR).enumerate() {
+        let j0 = (first + s) * NR;
+        let cols = (n - j0).min(NR);
+        for (p, row) in sliver.chunks_exact_mut(NR).enumerate() {
+            let at = lb.offset + p * lb.rs + j0 * lb.cs;
+            if lb.cs == 1 {
+                row[..cols].copy_from_slice(&b[at..at + cols]);
+            } else {
+                for (j, v) in row[..cols].iter_mut().enumerate() {
+                    *v = b[at + j * lb.cs];
+                }
+            }
+            row[cols..].fill(0.0);
+        }
+    }
 }
 
 /// What every thread's share of one product needs.
 struct Job<'a> {
     pa: &'a PackedA,
     n: usize,
+    /// The right operand packed into slivers.
     b: &'a [f32],
-    ldb: usize,
     ldc: usize,
     accumulate: bool,
     scale: f32,
@@ -201,46 +245,14 @@ mod x86 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
-        let (m, k, n) = (job.pa.m, job.pa.k, job.n);
-        let (ldb, ldc) = (job.ldb, job.ldc);
+        let (k, n) = (job.pa.k, job.n);
         for i in first..first + count {
-            let rows = (m - i * MR).min(MR);
-            let panel = &job.pa.data[i * k * MR..(i + 1) * k * MR];
-            // Row 0 of this panel inside `c`.
-            let c_panel = (i - first) * MR * ldc;
             let mut p0 = 0;
             while p0 < k {
                 let kc = (k - p0).min(KC);
-                let add = job.accumulate || p0 > 0;
-                let a = &panel[p0 * MR..(p0 + kc) * MR];
                 let mut j = 0;
                 while j < n {
-                    let cols = (n - j).min(NR);
-                    let b_at = p0 * ldb + j;
-                    let c_at = c_panel + j;
-                    // The asserts here and in `packed_gemm` bound every access the kernel
-                    // makes: rows `p0..p0 + kc` of b from column j to j + cols, and `rows`
-                    // rows of c from column j to j + cols.
-                    assert!(b_at + (kc - 1) * ldb + cols <= job.b.len());
-                    assert!(c_at + (rows - 1) * ldc + cols <= c.len());
-                    let (bp, cp) = (job.b.as_ptr().add(b_at), c.as_mut_ptr().add(c_at));
-                    // SAFETY: bounds as asserted above; `a` holds kc·MR values.
-                    if rows == MR && cols == NR {
-                        kernel::<true>(kc, a.as_ptr(), bp, ldb, cp, ldc, MR, NR, job.scale, add);
-                    } else {
-                        kernel::<false>(
-                            kc,
-                            a.as_ptr(),
-                            bp,
-                            ldb,
-                            cp,
-                            ldc,
-                            rows,
-                            cols,
-                            job.scale,
-                            add,
-                        );
-                    }
+                    tile(job, first, i, p0, kc, j, c);
                     j += NR;
                 }
                 p0 += kc;
@@ -248,24 +260,57 @@ mod x86 {
         }
     }
 
-    /// Lane masks for a partial row of `cols` (< 16) values: lane l is on when `l < cols`.
+    /// One microkernel call: rows of panel `i`, steps `p0..p0 + kc` along k, columns from `j`
+    /// (a multiple of NR). `c` starts at row `first * MR`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn masks(cols: usize) -> (__m256i, __m256i) {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let n = cols as i32;
-        (
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes),
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lanes),
-        )
+    unsafe fn tile(
+        job: &Job<'_>,
+        first: usize,
+        i: usize,
+        p0: usize,
+        kc: usize,
+        j: usize,
+        c: &mut [f32],
+    ) {
+        let (m, k, n) = (job.pa.m, job.pa.k, job.n);
+        let ldc = job.ldc;
+        let rows = (m - i * MR).min(MR);
+        let cols = (n - j).min(NR);
+        let a = &job.pa.data[(i * k + p0) * MR..(i * k + p0 + kc) * MR];
+        let b = &job.b[(j / NR * k + p0) * NR..(j / NR * k + p0 + kc) * NR];
+        let c_at = (i - first) * MR * ldc + j;
+        // With the slices above (kc·MR weights, kc·NR activations), this bounds every access
+        // the kernel makes: `rows` rows of c from column j to j + cols.
+        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
+        let cp = c.as_mut_ptr().add(c_at);
+        let add = job.accumulate || p0 > 0;
+        // SAFETY: bounds as asserted and sliced above.
+        if rows == MR && cols == NR {
+            kernel::<true>(kc, a.as_ptr(), b.as_ptr(), cp, ldc, MR, NR, job.scale, add);
+        } else {
+            kernel::<false>(
+                kc,
+                a.as_ptr(),
+                b.as_ptr(),
+                cp,
+                ldc,
+                rows,
+                cols,
+                job.scale,
+                add,
+            );
+        }
     }
 
     /// c[rows × cols] (+)= scale · a[rows × kc] · b[kc × cols] for one MR×NR tile.
     ///
     /// # Safety
-    /// AVX2 and FMA; `a` holds `kc * MR` values; `b` has `kc` rows of `cols` readable values
-    /// `ldb` apart; `c` has `rows` rows of `cols` writable values `ldc` apart. With `FULL`,
-    /// `rows == MR` and `cols == NR`.
+    /// AVX2 and FMA; `a` holds `kc * MR` values and `b` holds `kc * NR`; `c` has `rows` rows of
+    /// `cols` writable values `ldc` apart. With `FULL`, `rows == MR` and `cols == NR`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -273,7 +318,6 @@ mod x86 {
         kc: usize,
         a: *const f32,
         b: *const f32,
-        ldb: usize,
         c: *mut f32,
         ldc: usize,
         rows: usize,
@@ -282,28 +326,17 @@ mod x86 {
         add: bool,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (m0, m1) = masks(cols);
         let mut a = a;
         let mut b = b;
         for _ in 0..kc {
-            // Masked loads never touch the lanes that are off, so a partial tile at the right
-            // edge reads nothing past its row.
-            let (b0, b1) = if FULL {
-                (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
-            } else {
-                (
-                    _mm256_maskload_ps(b, m0),
-                    _mm256_maskload_ps(b.wrapping_add(8), m1),
-                )
-            };
+            let (b0, b1) = (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)));
             for (r, row) in acc.iter_mut().enumerate() {
                 let w = _mm256_broadcast_ss(&*a.add(r));
                 row[0] = _mm256_fmadd_ps(w, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(w, b1, row[1]);
             }
             a = a.add(MR);
-            // Wrapping: after the last row this points past b, and is never read.
-            b = b.wrapping_add(ldb);
+            b = b.add(NR);
         }
         let s = _mm256_set1_ps(scale);
         if FULL {
@@ -319,6 +352,8 @@ mod x86 {
                 }
             }
         } else {
+            // A partial tile goes through memory so that nothing past its rows and columns is
+            // touched.
             let mut tile = [[0f32; NR]; MR];
             for (t, row) in tile.iter_mut().zip(&acc) {
                 _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
@@ -438,7 +473,7 @@ mod tests {
             .collect();
         let want = naive(m, n, k, &at, la, &b, lb, &c0, scale as f64);
         let pa = PackedA::new(m, k, &at, la).expect("avx2 detected");
-        let mut scratch = vec![0.0; k * n];
+        let mut scratch = vec![0.0; scratch_len(k, n)];
         let before = c.clone();
         packed_gemm(
             &pa,

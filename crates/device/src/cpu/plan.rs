@@ -39,6 +39,8 @@ pub struct Plan {
     pub lens: Vec<usize>,
     pub consts: Vec<Vec<f32>>,
     pub arena_len: usize,
+    /// Working space shared by the steps (they run one at a time), allocated once.
+    pub scratch: Vec<f32>,
     /// Function inputs that are copied into the arena (to be rounded to fp16 on the way in):
     /// input index and value.
     pub copied_inputs: Vec<(usize, ValueId)>,
@@ -1117,6 +1119,7 @@ impl<'a> Lowering<'a> {
                 }
             })
             .collect();
+        let scratch = self.steps.iter().map(Step::scratch_len).max().unwrap_or(0);
         let round_after = self
             .steps
             .iter()
@@ -1134,6 +1137,7 @@ impl<'a> Lowering<'a> {
             lens,
             consts: self.consts,
             arena_len,
+            scratch: vec![0.0; scratch],
             copied_inputs: inputs,
             copied_outputs,
         })
@@ -1178,16 +1182,7 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<
             PackedA::new(g.m, g.k, data, la)
         })
         .collect::<Option<Vec<_>>>()?;
-    let scratch = if g.lb.cs == 1 {
-        Vec::new()
-    } else {
-        vec![0.0; g.k * g.n]
-    };
-    Some(PackedGemm {
-        packs,
-        pack_of,
-        scratch,
-    })
+    Some(PackedGemm { packs, pack_of })
 }
 
 /// Arena slots start on 64-byte boundaries.

@@ -5,7 +5,7 @@
 //! overlaps any of its inputs.
 
 use super::matmul::{gemm, MatLayout};
-use super::packed::{packed_gemm, PackedA};
+use super::packed::{packed_gemm, scratch_len, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
 use crate::fp16;
 
@@ -183,9 +183,6 @@ pub struct PackedGemm {
     pub packs: Vec<PackedA>,
     /// For each product of the batch, the index of its packed left operand.
     pub pack_of: Vec<usize>,
-    /// Room to lay out a right operand whose rows are not contiguous (empty otherwise), so
-    /// evals never allocate.
-    pub scratch: Vec<f32>,
 }
 
 /// A general convolution (any kernel size, strides, padding, dilations, groups).
@@ -303,6 +300,14 @@ impl Step {
         }
     }
 
+    /// How much of the plan's shared scratch the step needs.
+    pub fn scratch_len(&self) -> usize {
+        match self {
+            Step::Gemm(g) if g.packed.is_some() => scratch_len(g.k, g.n),
+            _ => 0,
+        }
+    }
+
     /// Whether the step rounds its own output (so the kernel need not round it afterwards).
     pub fn rounds_itself(&self) -> bool {
         matches!(self, Step::Ew(_) | Step::Copy(_))
@@ -312,14 +317,16 @@ impl Step {
 impl Step {
     /// Runs the step. `read` gives the storage of any value the step reads; `out` is the
     /// storage of the value it writes.
+    /// `scratch` is the plan's shared scratch, at least [`Step::scratch_len`] long.
     pub fn run<'a>(
         &mut self,
         read: &dyn Fn(ValueId) -> &'a [f32],
         out: &mut [f32],
+        scratch: &mut [f32],
         threads: usize,
     ) {
         match self {
-            Step::Gemm(g) => run_gemm(g, read, out, threads),
+            Step::Gemm(g) => run_gemm(g, read, out, scratch, threads),
             Step::Conv(c) => run_conv(c, read, out),
             Step::Ew(e) => run_ew(e, read, out),
             Step::Softmax(s) => run_softmax(s, read(s.x), out),
@@ -340,9 +347,10 @@ impl Step {
 }
 
 fn run_gemm<'a>(
-    g: &mut GemmStep,
+    g: &GemmStep,
     read: &dyn Fn(ValueId) -> &'a [f32],
     out: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) {
     let b = read(g.b);
@@ -361,7 +369,7 @@ fn run_gemm<'a>(
         offset: l.offset + o,
         ..l
     };
-    if let Some(p) = &mut g.packed {
+    if let Some(p) = &g.packed {
         for (&[_, ob, oc, _], &pack) in g.batches.iter().zip(&p.pack_of) {
             packed_gemm(
                 &p.packs[pack],
@@ -373,7 +381,7 @@ fn run_gemm<'a>(
                 accumulate,
                 g.scale,
                 threads,
-                &mut p.scratch,
+                scratch,
             );
         }
         return;
