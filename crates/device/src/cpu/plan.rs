@@ -1120,6 +1120,31 @@ impl<'a> Lowering<'a> {
             })
             .collect();
         let scratch = self.steps.iter().map(Step::scratch_len).max().unwrap_or(0);
+        // Weights that only packed products use are held packed; the raw copy would double
+        // their memory for nothing.
+        let const_of = |id: ValueId| match self.values[root(&self.values, id).0].storage {
+            Storage::Const(c) => Some(c),
+            _ => None,
+        };
+        let mut still_read = vec![false; self.consts.len()];
+        let reads = self.steps.iter().flat_map(Step::reads);
+        for id in reads.chain(outputs.iter().copied()) {
+            if let Some(c) = const_of(id) {
+                still_read[c] = true;
+            }
+        }
+        for step in &self.steps {
+            if let Step::Gemm(
+                g @ GemmStep {
+                    packed: Some(_), ..
+                },
+            ) = step
+            {
+                if let Some(c) = const_of(g.a).filter(|&c| !still_read[c]) {
+                    self.consts[c] = Vec::new();
+                }
+            }
+        }
         let round_after = self
             .steps
             .iter()
@@ -1270,6 +1295,13 @@ mod tests {
                 assert_eq!(g.packed.is_some(), packed::available());
                 if g.packed.is_some() {
                     assert!(!Step::Gemm(g.clone()).reads().contains(&g.a));
+                    let Place::Const(c, _) = plan.places[g.a] else {
+                        panic!("weights are constants");
+                    };
+                    assert!(
+                        plan.consts[c].is_empty(),
+                        "raw weights kept beside packed ones"
+                    );
                 }
             }
         }
