@@ -158,6 +158,74 @@ fn conv_pointwise_and_grouped_match_reference() {
     }
 }
 
+/// A float tensor constant; values are multiples of 1/64, exact in fp16 and in six decimals.
+fn float_const(dtype: DType, shape: &[usize], values: &[f32]) -> Literal {
+    Literal::Tensor {
+        dtype,
+        shape: shape.to_vec(),
+        values: values
+            .iter()
+            .map(|&v| anetrain_mil::Scalar::Float(FloatLit::fixed6(v as f64)))
+            .collect(),
+    }
+}
+
+#[test]
+fn pointwise_conv_with_constant_weights_and_bias_matches_reference() {
+    // Constant weights are packed at compile time where the CPU has the packed kernel. The
+    // shapes leave partial tiles in both directions (rows not a multiple of 6, columns not of
+    // 16), cross the kernel's k blocks (cin 300), and batch over images and groups.
+    for mode in MODES {
+        let (atol, rtol) = tolerance(mode);
+        for (n, cin, cout, groups, s) in [
+            (1, 40, 70, 1, 20),
+            (2, 24, 18, 2, 33),
+            (1, 300, 13, 1, 64),
+            (3, 8, 8, 1, 9),
+        ] {
+            let mut rng = Rng::new(cin as u64 * 7 + s as u64);
+            let x = input("x", &[n, cin, 1, s], &mut rng, 1.0);
+            let grid = |v: f32| (v * 32.0).round() / 64.0;
+            let w: Vec<f32> = rng
+                .vec(cout * cin / groups, 1.0)
+                .into_iter()
+                .map(grid)
+                .collect();
+            let bias: Vec<f32> = rng.vec(cout, 1.0).into_iter().map(grid).collect();
+            let w_shape = [cout, cin / groups, 1, 1];
+            let want = ref_conv(
+                &seen(mode, &x),
+                &T::from_f32(&w_shape, &w),
+                Some(&T::from_f32(&[cout], &bias)),
+                [1, 1],
+                [0; 4],
+                [1, 1],
+                groups,
+            );
+            let dtype = dtype_for(mode);
+            let (shape, got) = run_op(
+                "conv",
+                dtype,
+                &[x],
+                &[
+                    ("weight", float_const(dtype, &w_shape, &w)),
+                    ("bias", float_const(dtype, &[cout], &bias)),
+                    ("groups", Literal::int32(groups as i32)),
+                ],
+                mode,
+            );
+            assert_eq!(shape, want.shape);
+            assert_close(
+                &format!("const conv n{n} {cin}->{cout} g{groups} s{s} {mode}"),
+                &got,
+                &want.data,
+                atol,
+                rtol,
+            );
+        }
+    }
+}
+
 #[test]
 fn conv_with_kernel_strides_padding_dilation_and_bias_matches_reference() {
     for mode in MODES {

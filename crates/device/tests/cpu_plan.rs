@@ -179,3 +179,58 @@ fn fused_chains_respect_values_used_elsewhere() {
         assert!((oms_out[i] - (1.0 - s)).abs() < 1e-6);
     }
 }
+
+#[test]
+fn constant_weights_read_elsewhere_survive_packing() {
+    // -> (conv(x, W), W + 1, W): the conv's weights are packed at compile time, and the raw
+    // weights must stay for the add and for the output that is the constant itself.
+    let (c, s) = (8, 16);
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[1, c, 1, s]));
+    let w_values: Vec<f32> = (0..c * c).map(|i| (i % 7) as f32 / 8.0 - 0.25).collect();
+    let w = b.constant(
+        "w",
+        Literal::Tensor {
+            dtype: DType::Fp32,
+            shape: vec![c, c, 1, 1],
+            values: w_values
+                .iter()
+                .map(|&v| anetrain_mil::Scalar::Float(anetrain_mil::FloatLit::fixed6(v as f64)))
+                .collect(),
+        },
+    );
+    let y = b.op(
+        "conv",
+        "y",
+        t(&[1, c, 1, s]),
+        vec![("weight", (&w).into()), ("x", (&x).into())],
+    );
+    let one = b.constant(
+        "one",
+        Literal::float(DType::Fp32, anetrain_mil::FloatLit::fixed6(1.0)),
+    );
+    let w1 = b.op(
+        "add",
+        "w1",
+        t(&[c, c, 1, 1]),
+        vec![("x", (&w).into()), ("y", (&one).into())],
+    );
+    for v in [&y, &w1, &w] {
+        b.output(v);
+    }
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut k = device.compile(&program(b), &Default::default()).unwrap();
+    let xin = Rng::new(5).vec(c * s, 1.0);
+    let mut outs = vec![vec![0.0f32; c * s], vec![0.0; c * c], vec![0.0; c * c]];
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    device.eval(&mut k, &[&xin], &mut views).unwrap();
+    for o in 0..c {
+        for j in 0..s {
+            let want: f32 = (0..c).map(|i| w_values[o * c + i] * xin[i * s + j]).sum();
+            assert!((outs[0][o * s + j] - want).abs() < 1e-5);
+        }
+    }
+    let w1v: Vec<f32> = w_values.iter().map(|v| v + 1.0).collect();
+    assert_eq!(outs[1], w1v);
+    assert_eq!(outs[2], w_values);
+}

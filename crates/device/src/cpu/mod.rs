@@ -1,6 +1,7 @@
 //! The CPU device: executes MIL programs exactly as written, in fp32 or in ANE-like fp16.
 
 mod matmul;
+mod packed;
 mod peak;
 mod plan;
 pub mod shape;
@@ -110,6 +111,7 @@ impl KernelExec for CpuKernel {
             *slot = RawBuffer::of(o);
         }
         let (places, lens, consts) = (&plan.places, &plan.lens, &plan.consts);
+        let scratch = &mut plan.scratch;
         let view = |id: usize| -> Option<(RawBuffer, usize)> {
             match places[id] {
                 Place::Arena(at) => Some((arena, at)),
@@ -135,7 +137,7 @@ impl KernelExec for CpuKernel {
             };
             // SAFETY: disjoint from every slice `read` returns (see above).
             let out = unsafe { buffer.slice_mut(at, lens[out_id]) };
-            step.run(&read, out, self.threads);
+            step.run(&read, out, scratch, self.threads);
             if round {
                 fp16::round_slice(out);
             }

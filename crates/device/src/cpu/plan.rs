@@ -3,10 +3,11 @@
 //! remaining value given a place in one arena whose slots are reused once a value is dead.
 
 use super::matmul::MatLayout;
+use super::packed::{self, PackedA};
 use super::shape::{broadcast_strides, collapse, contiguous_strides, MAX_OPERANDS, MAX_RANK};
 use super::steps::{
-    ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, ReduceKind,
-    ReduceStep, SoftmaxStep, Step, ValueId,
+    ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, PackedGemm,
+    ReduceKind, ReduceStep, SoftmaxStep, Step, ValueId,
 };
 use crate::{fp16, DeviceError, NumericMode};
 use anetrain_mil::blob::WeightFiles;
@@ -38,6 +39,8 @@ pub struct Plan {
     pub lens: Vec<usize>,
     pub consts: Vec<Vec<f32>>,
     pub arena_len: usize,
+    /// Working space shared by the steps (they run one at a time), allocated once.
+    pub scratch: Vec<f32>,
     /// Function inputs that are copied into the arena (to be rounded to fp16 on the way in):
     /// input index and value.
     pub copied_inputs: Vec<(usize, ValueId)>,
@@ -689,6 +692,7 @@ impl<'a> Lowering<'a> {
                         g * cout_g * cin_g,
                         (n * cin + g * cin_g) * hw,
                         (n * cout + g * cout_g) * hw,
+                        g * cout_g,
                     ]);
                 }
             }
@@ -705,6 +709,7 @@ impl<'a> Lowering<'a> {
                 batches,
                 scale: 1.0,
                 bias,
+                packed: None,
             }));
         } else {
             let arr = |v: &[usize]| [v[0], v[1], v[2], v[3]];
@@ -762,7 +767,7 @@ impl<'a> Lowering<'a> {
                 ox += i * xb[d];
                 oy += i * yb[d];
             }
-            batches.push([ox * xr * xc, oy * yr * yc, b * m * n]);
+            batches.push([ox * xr * xc, oy * yr * yc, b * m * n, 0]);
         }
         let view = |t: bool, cols: usize| {
             let l = MatLayout::row_major(0, cols);
@@ -785,6 +790,7 @@ impl<'a> Lowering<'a> {
             batches,
             scale,
             bias: None,
+            packed: None,
         }));
         Ok(())
     }
@@ -1014,8 +1020,10 @@ impl<'a> Lowering<'a> {
         outputs: Vec<ValueId>,
     ) -> Result<Plan, DeviceError> {
         for step in &mut self.steps {
-            if let Step::Ew(e) = step {
-                e.finish();
+            match step {
+                Step::Ew(e) => e.finish(),
+                Step::Gemm(g) => g.packed = pack_constant(g, &self.values, &self.consts),
+                _ => {}
             }
         }
         for step in &self.steps {
@@ -1111,6 +1119,32 @@ impl<'a> Lowering<'a> {
                 }
             })
             .collect();
+        let scratch = self.steps.iter().map(Step::scratch_len).max().unwrap_or(0);
+        // Weights that only packed products use are held packed; the raw copy would double
+        // their memory for nothing.
+        let const_of = |id: ValueId| match self.values[root(&self.values, id).0].storage {
+            Storage::Const(c) => Some(c),
+            _ => None,
+        };
+        let mut still_read = vec![false; self.consts.len()];
+        let reads = self.steps.iter().flat_map(Step::reads);
+        for id in reads.chain(outputs.iter().copied()) {
+            if let Some(c) = const_of(id) {
+                still_read[c] = true;
+            }
+        }
+        for step in &self.steps {
+            if let Step::Gemm(
+                g @ GemmStep {
+                    packed: Some(_), ..
+                },
+            ) = step
+            {
+                if let Some(c) = const_of(g.a).filter(|&c| !still_read[c]) {
+                    self.consts[c] = Vec::new();
+                }
+            }
+        }
         let round_after = self
             .steps
             .iter()
@@ -1128,10 +1162,52 @@ impl<'a> Lowering<'a> {
             lens,
             consts: self.consts,
             arena_len,
+            scratch: vec![0.0; scratch],
             copied_inputs: inputs,
             copied_outputs,
         })
     }
+}
+
+/// Products narrower than this keep the general path: the packed microkernel computes
+/// [`packed::NR`] columns at a time, so it would mostly compute padding.
+const PACKED_MIN_N: usize = 8;
+
+/// Packs a product's left operand at compile time when it is a constant and the packed
+/// kernel applies: the weights are then laid out once instead of on every eval.
+fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<PackedGemm> {
+    if !packed::available() || g.lc.cs != 1 || g.n < PACKED_MIN_N || g.k == 0 || g.m == 0 {
+        return None;
+    }
+    let (c, base) = match values[g.a].storage {
+        Storage::Const(c) => (c, 0),
+        Storage::Alias { root, offset } => match values[root].storage {
+            Storage::Const(c) => (c, offset),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let data = &consts[c];
+    let mut offsets: Vec<usize> = Vec::new();
+    let mut pack_of = Vec::with_capacity(g.batches.len());
+    for &[oa, ..] in &g.batches {
+        let i = offsets.iter().position(|&o| o == oa).unwrap_or_else(|| {
+            offsets.push(oa);
+            offsets.len() - 1
+        });
+        pack_of.push(i);
+    }
+    let packs = offsets
+        .iter()
+        .map(|&oa| {
+            let la = MatLayout {
+                offset: g.la.offset + base + oa,
+                ..g.la
+            };
+            PackedA::new(g.m, g.k, data, la)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(PackedGemm { packs, pack_of })
 }
 
 /// Arena slots start on 64-byte boundaries.
@@ -1194,6 +1270,42 @@ fn ew_kind(op: &Op, l: &Lowering<'_>) -> Option<EwKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 1×1 convs of a chain have constant (BLOBFILE) weights: each is packed at compile
+    /// time wherever the CPU has the packed kernel, and then no step reads the raw weights.
+    #[test]
+    fn constant_conv_weights_take_the_packed_path() {
+        use anetrain_mil::examples::{conv_chain, conv_chain_weights};
+        let program = conv_chain(3, 40, 20);
+        let weights = conv_chain_weights(3, 40, 0.5);
+        let checked = anetrain_mil::check::check_program(&program).expect("valid program");
+        let main = program.main().expect("a main function");
+        for mode in [NumericMode::Fp32, NumericMode::Fp16] {
+            let plan = lower(main, &checked, &weights, mode).expect("lowers");
+            let gemms: Vec<&GemmStep> = plan
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Gemm(g) => Some(g),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(gemms.len(), 3);
+            for g in gemms {
+                assert_eq!(g.packed.is_some(), packed::available());
+                if g.packed.is_some() {
+                    assert!(!Step::Gemm(g.clone()).reads().contains(&g.a));
+                    let Place::Const(c, _) = plan.places[g.a] else {
+                        panic!("weights are constants");
+                    };
+                    assert!(
+                        plan.consts[c].is_empty(),
+                        "raw weights kept beside packed ones"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn contiguous_regions() {

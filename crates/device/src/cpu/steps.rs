@@ -5,6 +5,7 @@
 //! overlaps any of its inputs.
 
 use super::matmul::{gemm, MatLayout};
+use super::packed::{packed_gemm, scratch_len, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
 use crate::fp16;
 
@@ -163,12 +164,25 @@ pub struct GemmStep {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// Element offsets added to (a, b, c) for each product of the batch.
-    pub batches: Vec<[usize; 3]>,
+    /// Element offsets added to (a, b, c, bias) for each product of the batch; the bias offset
+    /// is the group's first output channel.
+    pub batches: Vec<[usize; 4]>,
     /// Multiplies every product (the attention scale of SDPA).
     pub scale: f32,
     /// A per-row bias (conv's `bias`), written into c before accumulating.
     pub bias: Option<ValueId>,
+    /// The constant left operand laid out for the packed microkernel, when the planner chose
+    /// that path; `a` is then not read at run time.
+    pub packed: Option<PackedGemm>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PackedGemm {
+    /// One packed matrix per distinct left-operand offset of the batch (one per group of a
+    /// grouped conv; a batch over images shares one).
+    pub packs: Vec<PackedA>,
+    /// For each product of the batch, the index of its packed left operand.
+    pub pack_of: Vec<usize>,
 }
 
 /// A general convolution (any kernel size, strides, padding, dilations, groups).
@@ -253,7 +267,7 @@ impl Step {
     /// The values the step reads.
     pub fn reads(&self) -> Vec<ValueId> {
         match self {
-            Step::Gemm(g) => [Some(g.a), Some(g.b), g.bias]
+            Step::Gemm(g) => [g.packed.is_none().then_some(g.a), Some(g.b), g.bias]
                 .into_iter()
                 .flatten()
                 .collect(),
@@ -286,6 +300,14 @@ impl Step {
         }
     }
 
+    /// How much of the plan's shared scratch the step needs.
+    pub fn scratch_len(&self) -> usize {
+        match self {
+            Step::Gemm(g) if g.packed.is_some() => scratch_len(g.k, g.n),
+            _ => 0,
+        }
+    }
+
     /// Whether the step rounds its own output (so the kernel need not round it afterwards).
     pub fn rounds_itself(&self) -> bool {
         matches!(self, Step::Ew(_) | Step::Copy(_))
@@ -295,14 +317,16 @@ impl Step {
 impl Step {
     /// Runs the step. `read` gives the storage of any value the step reads; `out` is the
     /// storage of the value it writes.
+    /// `scratch` is the plan's shared scratch, at least [`Step::scratch_len`] long.
     pub fn run<'a>(
         &mut self,
         read: &dyn Fn(ValueId) -> &'a [f32],
         out: &mut [f32],
+        scratch: &mut [f32],
         threads: usize,
     ) {
         match self {
-            Step::Gemm(g) => run_gemm(g, read, out, threads),
+            Step::Gemm(g) => run_gemm(g, read, out, scratch, threads),
             Step::Conv(c) => run_conv(c, read, out),
             Step::Ew(e) => run_ew(e, read, out),
             Step::Softmax(s) => run_softmax(s, read(s.x), out),
@@ -326,25 +350,44 @@ fn run_gemm<'a>(
     g: &GemmStep,
     read: &dyn Fn(ValueId) -> &'a [f32],
     out: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) {
-    let (a, b) = (read(g.a), read(g.b));
+    let b = read(g.b);
     let accumulate = g.bias.is_some();
     if let Some(bias) = g.bias {
         let bias = read(bias);
-        for &[_, _, oc] in &g.batches {
+        for &[_, _, oc, ob] in &g.batches {
             for r in 0..g.m {
                 for col in 0..g.n {
-                    out[oc + g.lc.offset + r * g.lc.rs + col * g.lc.cs] = bias[r];
+                    out[oc + g.lc.offset + r * g.lc.rs + col * g.lc.cs] = bias[ob + r];
                 }
             }
         }
     }
-    for &[oa, ob, oc] in &g.batches {
-        let shift = |l: MatLayout, o: usize| MatLayout {
-            offset: l.offset + o,
-            ..l
-        };
+    let shift = |l: MatLayout, o: usize| MatLayout {
+        offset: l.offset + o,
+        ..l
+    };
+    if let Some(p) = &g.packed {
+        for (&[_, ob, oc, _], &pack) in g.batches.iter().zip(&p.pack_of) {
+            packed_gemm(
+                &p.packs[pack],
+                g.n,
+                b,
+                shift(g.lb, ob),
+                out,
+                shift(g.lc, oc),
+                accumulate,
+                g.scale,
+                threads,
+                scratch,
+            );
+        }
+        return;
+    }
+    let a = read(g.a);
+    for &[oa, ob, oc, _] in &g.batches {
         gemm(
             g.m,
             g.n,

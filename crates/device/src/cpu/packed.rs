@@ -1,0 +1,520 @@
+//! Products whose left operand is a compile-time constant (the weights of a 1×1 conv or a
+//! matmul against a constant), with the constant packed once at compile time.
+//!
+//! A general GEMM library repacks both operands on every call. For this project's shapes the
+//! weights are the large operand (512×512 fp32 = 1 MB, twice the L2 of the target cores), so
+//! repacking them on each eval costs a pass over memory that is as long as the product itself.
+//! Here the weights are laid out at compile time into row micro-panels of [`MR`] rows, stored
+//! k-major so that the microkernel reads them strictly sequentially. Only the activations (the
+//! right operand, `k × n`, small at these shapes) are copied per call, into [`NR`]-column
+//! slivers in a scratch buffer the planner allocated.
+//!
+//! The microkernel keeps an [`MR`]×[`NR`] tile of the product in 12 AVX registers: per step
+//! along k it loads two vectors of a B row, broadcasts [`MR`] weights and issues 2·[`MR`] FMAs.
+//! It exists only for x86_64 with AVX2 and FMA; [`PackedA::new`] returns `None` elsewhere, so
+//! callers keep the general path.
+
+// Without a microkernel the packing code is still compiled (so that it is type-checked
+// everywhere) but never reached: `PackedA::new` returns `None`.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+use super::matmul::MatLayout;
+
+/// Rows of the product per micro-panel.
+pub const MR: usize = 6;
+/// Columns of the product per microkernel call (two AVX vectors).
+pub const NR: usize = 16;
+/// Steps along k per pass over a panel: keeps an [`MR`]×`KC` weight block (6 KB) and a
+/// `KC`×[`NR`] activation sliver (16 KB) in L1 together.
+const KC: usize = 256;
+
+/// Products below this many multiply-adds run on one thread: spawning costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// A constant `m × k` left operand packed into micro-panels: panel `i` holds rows
+/// `i*MR..i*MR+MR` as `k` groups of [`MR`] values (rows past `m` are zero), so element
+/// (r, p) is at `(r / MR) * k * MR + p * MR + r % MR`.
+#[derive(Clone)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedA {
+    // The packed data is as large as the weights: print the shape only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedA({}×{})", self.m, self.k)
+    }
+}
+
+/// Whether this CPU runs the packed microkernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedA {
+    /// Packs `a` (an `m × k` view), or `None` when this CPU has no microkernel for it. Holding
+    /// a `PackedA` is what proves the CPU features the kernel needs were detected.
+    pub fn new(m: usize, k: usize, a: &[f32], la: MatLayout) -> Option<PackedA> {
+        if !available() || m == 0 || k == 0 {
+            return None;
+        }
+        let last = la.offset + (m - 1) * la.rs + (k - 1) * la.cs;
+        assert!(last < a.len(), "packed: lhs view out of bounds");
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0.0; panels * k * MR];
+        for (i, panel) in data.chunks_exact_mut(k * MR).enumerate() {
+            for (p, group) in panel.chunks_exact_mut(MR).enumerate() {
+                for (r, v) in group.iter_mut().enumerate() {
+                    let row = i * MR + r;
+                    if row < m {
+                        *v = a[la.offset + row * la.rs + p * la.cs];
+                    }
+                }
+            }
+        }
+        Some(PackedA { m, k, data })
+    }
+}
+
+/// Scratch (in f32s) that [`packed_gemm`] needs for a right operand of `k × n`: room for it
+/// packed into zero-padded [`NR`]-column slivers, plus slack to start them on a cache line.
+pub fn scratch_len(k: usize, n: usize) -> usize {
+    k * n.div_ceil(NR) * NR + NR
+}
+
+/// c[m×n] (+)= scale · A · b[k×n], A the packed constant.
+///
+/// `c` must have contiguous rows (`lc.cs == 1`). `b` is copied into `scratch` (at least
+/// [`scratch_len`] long; the planner allocates it once, so evals never allocate) as
+/// [`NR`]-column slivers, each `k` rows of [`NR`] contiguous values: the microkernel then reads
+/// one aligned cache line per step along k instead of a line-straddling strided row, and edge
+/// columns are zeros rather than masked loads. The copy is `k·n` values against `m·k·n`
+/// multiply-adds.
+#[allow(clippy::too_many_arguments)]
+pub fn packed_gemm(
+    pa: &PackedA,
+    n: usize,
+    b: &[f32],
+    lb: MatLayout,
+    c: &mut [f32],
+    lc: MatLayout,
+    accumulate: bool,
+    scale: f32,
+    threads: usize,
+    scratch: &mut [f32],
+) {
+    let (m, k) = (pa.m, pa.k);
+    assert_eq!(lc.cs, 1, "packed: dst rows must be contiguous");
+    assert!(lc.rs >= n, "packed: dst rows overlap");
+    if n == 0 {
+        return;
+    }
+    assert!(
+        lb.offset + (k - 1) * lb.rs + (n - 1) * lb.cs < b.len(),
+        "packed: rhs view out of bounds"
+    );
+    assert!(
+        lc.offset + (m - 1) * lc.rs + n <= c.len(),
+        "packed: dst view out of bounds"
+    );
+    let slivers = n.div_ceil(NR);
+    let align = scratch.as_ptr().align_offset(64).min(NR);
+    let packed_b = &mut scratch[align..align + slivers * k * NR];
+    let threads = if m * n * k >= PARALLEL_MIN_MACS {
+        threads.max(1)
+    } else {
+        1
+    };
+    pack_b(b, lb, k, n, 0, packed_b, threads.min(slivers));
+    let c = &mut c[lc.offset..lc.offset + (m - 1) * lc.rs + n];
+    let panels = m.div_ceil(MR);
+    let job = Job {
+        pa,
+        n,
+        b: packed_b,
+        ldc: lc.rs,
+        accumulate,
+        scale,
+    };
+    split(&job, 0, panels, threads.min(panels), c);
+}
+
+/// Copies columns `first * NR..` of b into `out`, one zero-padded sliver of `k × NR` after
+/// another, on `threads` threads.
+fn pack_b(
+    b: &[f32],
+    lb: MatLayout,
+    k: usize,
+    n: usize,
+    first: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let count = out.len() / (k * NR);
+    if threads > 1 && count > 1 {
+        let left = count / 2;
+        let (l, r) = out.split_at_mut(left * k * NR);
+        rayon::join(
+            || pack_b(b, lb, k, n, first, l, threads / 2),
+            || pack_b(b, lb, k, n, first + left, r, threads - threads / 2),
+        );
+        return;
+    }
+    for (s, sliver) in out.chunks_exact_mut(k * NR).enumerate() {
+        let j0 = (first + s) * NR;
+        let cols = (n - j0).min(NR);
+        for (p, row) in sliver.chunks_exact_mut(NR).enumerate() {
+            let at = lb.offset + p * lb.rs + j0 * lb.cs;
+            if lb.cs == 1 {
+                row[..cols].copy_from_slice(&b[at..at + cols]);
+            } else {
+                for (j, v) in row[..cols].iter_mut().enumerate() {
+                    *v = b[at + j * lb.cs];
+                }
+            }
+            row[cols..].fill(0.0);
+        }
+    }
+}
+
+/// What every thread's share of one product needs.
+struct Job<'a> {
+    pa: &'a PackedA,
+    n: usize,
+    /// The right operand packed into slivers.
+    b: &'a [f32],
+    ldc: usize,
+    accumulate: bool,
+    scale: f32,
+}
+
+/// Runs panels `first..first + count` on `threads` threads, halving the range with
+/// `rayon::join` (which, unlike spawning, allocates nothing). `c` starts at row `first * MR`.
+fn split(job: &Job<'_>, first: usize, count: usize, threads: usize, c: &mut [f32]) {
+    if threads <= 1 || count <= 1 {
+        run_panels(job, first, count, c);
+        return;
+    }
+    let left_threads = threads / 2;
+    let left = count * left_threads / threads;
+    // The right half's rows start at panel `first + left`, i.e. `left * MR` rows into `c`.
+    let (c_left, c_right) = c.split_at_mut((left * MR * job.ldc).min(c.len()));
+    rayon::join(
+        || split(job, first, left, left_threads, c_left),
+        || {
+            split(
+                job,
+                first + left,
+                count - left,
+                threads - left_threads,
+                c_right,
+            )
+        },
+    );
+}
+
+/// Panels `first..first + count` on this thread; `c` starts at row `first * MR`.
+fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: a `PackedA` only exists when `available()` detected AVX2 and FMA.
+        unsafe { x86::run_panels(job, first, count, c) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (job, first, count, c);
+        unreachable!("PackedA is never built without a microkernel");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Job, KC, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
+        let (k, n) = (job.pa.k, job.n);
+        for i in first..first + count {
+            let mut p0 = 0;
+            while p0 < k {
+                let kc = (k - p0).min(KC);
+                let mut j = 0;
+                while j < n {
+                    tile(job, first, i, p0, kc, j, c);
+                    j += NR;
+                }
+                p0 += kc;
+            }
+        }
+    }
+
+    /// One microkernel call: rows of panel `i`, steps `p0..p0 + kc` along k, columns from `j`
+    /// (a multiple of NR). `c` starts at row `first * MR`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile(
+        job: &Job<'_>,
+        first: usize,
+        i: usize,
+        p0: usize,
+        kc: usize,
+        j: usize,
+        c: &mut [f32],
+    ) {
+        let (m, k, n) = (job.pa.m, job.pa.k, job.n);
+        let ldc = job.ldc;
+        let rows = (m - i * MR).min(MR);
+        let cols = (n - j).min(NR);
+        let a = &job.pa.data[(i * k + p0) * MR..(i * k + p0 + kc) * MR];
+        let b = &job.b[(j / NR * k + p0) * NR..(j / NR * k + p0 + kc) * NR];
+        let c_at = (i - first) * MR * ldc + j;
+        // With the slices above (kc·MR weights, kc·NR activations), this bounds every access
+        // the kernel makes: `rows` rows of c from column j to j + cols.
+        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
+        let cp = c.as_mut_ptr().add(c_at);
+        let add = job.accumulate || p0 > 0;
+        // SAFETY: bounds as asserted and sliced above.
+        if rows == MR && cols == NR {
+            kernel::<true>(kc, a.as_ptr(), b.as_ptr(), cp, ldc, MR, NR, job.scale, add);
+        } else {
+            kernel::<false>(
+                kc,
+                a.as_ptr(),
+                b.as_ptr(),
+                cp,
+                ldc,
+                rows,
+                cols,
+                job.scale,
+                add,
+            );
+        }
+    }
+
+    /// c[rows × cols] (+)= scale · a[rows × kc] · b[kc × cols] for one MR×NR tile.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds `kc * MR` values and `b` holds `kc * NR`; `c` has `rows` rows of
+    /// `cols` writable values `ldc` apart. With `FULL`, `rows == MR` and `cols == NR`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kernel<const FULL: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        add: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut a = a;
+        let mut b = b;
+        for _ in 0..kc {
+            let (b0, b1) = (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let w = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(w, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(w, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let s = _mm256_set1_ps(scale);
+        if FULL {
+            for (r, row) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                for (h, v) in row.iter().enumerate() {
+                    let out = if add {
+                        _mm256_fmadd_ps(*v, s, _mm256_loadu_ps(cr.add(8 * h)))
+                    } else {
+                        _mm256_mul_ps(*v, s)
+                    };
+                    _mm256_storeu_ps(cr.add(8 * h), out);
+                }
+            }
+        } else {
+            // A partial tile goes through memory so that nothing past its rows and columns is
+            // touched.
+            let mut tile = [[0f32; NR]; MR];
+            for (t, row) in tile.iter_mut().zip(&acc) {
+                _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), row[1]);
+            }
+            for (r, t) in tile.iter().enumerate().take(rows) {
+                let cr = c.add(r * ldc);
+                for (col, &v) in t.iter().enumerate().take(cols) {
+                    let dst = cr.add(col);
+                    *dst = if add {
+                        v.mul_add(scale, *dst)
+                    } else {
+                        v * scale
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 * 0.731 + seed).sin() * 2.0).round() / 4.0 + 0.01 * seed)
+            .collect()
+    }
+
+    /// Reference in f64 through arbitrary views.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        la: MatLayout,
+        b: &[f32],
+        lb: MatLayout,
+        c0: &[f64],
+        scale: f64,
+    ) -> Vec<f64> {
+        let mut c = c0.to_vec();
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| {
+                        a[la.offset + i * la.rs + p * la.cs] as f64
+                            * b[lb.offset + p * lb.rs + j * lb.cs] as f64
+                    })
+                    .sum();
+                c[i * n + j] += scale * dot;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_across_shapes_and_edges() {
+        if !available() {
+            return;
+        }
+        let dims = [1, 5, 6, 7, 16, 17, 64, 130];
+        let mut checked = 0;
+        for &m in &dims {
+            for &n in &dims {
+                for &k in &dims {
+                    for (threads, accumulate, scale, strided_b) in [
+                        (1, false, 1.0, false),
+                        (2, true, 0.5, false),
+                        (2, false, -1.25, true),
+                        (1, true, 1.0, true),
+                    ] {
+                        check(m, n, k, threads, accumulate, scale, strided_b);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 8 * 8 * 8 * 4);
+    }
+
+    /// One product: a transposed view of A (packing must honour both strides), b either
+    /// row-major inside a wider buffer or transposed, c rows padded past n.
+    fn check(
+        m: usize,
+        n: usize,
+        k: usize,
+        threads: usize,
+        accumulate: bool,
+        scale: f32,
+        strided_b: bool,
+    ) {
+        let at = values(k * m + 3, 1.0);
+        let la = MatLayout {
+            offset: 3,
+            rs: 1,
+            cs: m,
+        };
+        let (b, lb) = if strided_b {
+            (values(n * k, 2.0), MatLayout::row_major(0, k).transposed())
+        } else {
+            (values(2 + k * (n + 5), 2.0), MatLayout::row_major(2, n + 5))
+        };
+        let ldc = n + 3;
+        let lc = MatLayout::row_major(1, ldc);
+        let mut c = values(1 + m * ldc, 3.0);
+        let c0: Vec<f64> = (0..m * n)
+            .map(|i| {
+                if accumulate {
+                    c[1 + (i / n) * ldc + i % n] as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let want = naive(m, n, k, &at, la, &b, lb, &c0, scale as f64);
+        let pa = PackedA::new(m, k, &at, la).expect("avx2 detected");
+        let mut scratch = vec![0.0; scratch_len(k, n)];
+        let before = c.clone();
+        packed_gemm(
+            &pa,
+            n,
+            &b,
+            lb,
+            &mut c,
+            lc,
+            accumulate,
+            scale,
+            threads,
+            &mut scratch,
+        );
+        assert_eq!(c[0], before[0], "wrote before the view");
+        for i in 0..m {
+            for j in 0..ldc {
+                let got = c[1 + i * ldc + j];
+                if j >= n {
+                    assert_eq!(
+                        got,
+                        before[1 + i * ldc + j],
+                        "wrote padding ({m},{n},{k}) at ({i},{j})"
+                    );
+                    continue;
+                }
+                let w = want[i * n + j];
+                assert!(
+                    (got as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "({m},{n},{k}) threads {threads} acc {accumulate} scale {scale} \
+                     strided {strided_b}: c[{i},{j}] = {got}, want {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn long_k_crosses_blocks() {
+        if !available() {
+            return;
+        }
+        check(13, 40, 3 * KC + 5, 2, true, 0.75, false);
+        check(64, 64, 2 * KC, 2, false, 1.0, false);
+    }
+}
