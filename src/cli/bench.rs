@@ -33,8 +33,9 @@ pub enum BenchCommand {
         /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
         #[arg(long)]
         simulate: Option<String>,
-        /// Also run double-buffer with this delay compensation λ.
-        #[arg(long, default_value_t = 2.0)]
+        /// The delay compensation c (λ = c/lr) of the "double-buffer + DC" row (the training
+        /// default).
+        #[arg(long, default_value_t = 3.0)]
         compensation: f32,
         #[arg(long, default_value_t = 1)]
         max_staleness: u64,

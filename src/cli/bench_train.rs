@@ -253,7 +253,7 @@ pub fn bench_weights(
             false,
         ),
         (
-            format!("double-buffer + DC λ={compensation}"),
+            format!("double-buffer + DC c={compensation}"),
             Strategy::DoubleBuffer,
             compensation,
             false,

@@ -76,7 +76,8 @@ pub struct TrainArgs {
     /// Updates the device weights may lag the master weights (double-buffer).
     #[arg(long, default_value_t = 1)]
     max_staleness: u64,
-    /// Delay compensation λ for steps run on stale weights (DC-ASGD-a; 0 = off).
+    /// Delay compensation for steps run on stale weights (DC-ASGD-a with λ = c/lr; default 3,
+    /// 0 = off).
     #[arg(long)]
     delay_compensation: Option<f32>,
     /// Weight prediction for double-buffer: compile the weights the master is predicted to

@@ -6,13 +6,14 @@ use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{
-    all_finite, clip_grad_norm, scale_all, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
+    clip_factor, grad_norm, scale_all, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
 };
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
     WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,10 +43,20 @@ pub struct TrainOptions {
     pub keep_checkpoints: usize,
     /// Initial loss scale in fp16 (dynamic afterwards); fp32 runs use 1.
     pub loss_scale: f32,
-    /// Delay compensation for steps that ran on stale weights (0: off). With λ > 0 the
+    /// Delay compensation for steps that ran on stale weights (0: off). With c > 0 the
     /// gradient g, computed at the stale weights w_s, is corrected towards the master weights
     /// w by DC-ASGD's first-order term with the adaptive step of its "-a" variant (Zheng et
-    /// al., ICML 2017): g + λ·g⊙g⊙(w − w_s)/(√max(v, g²) + ε), v being AdamW's second moment.
+    /// al., ICML 2017): g + λ·g⊙g⊙(w − w_s)/(√max(v, g²) + ε), v being AdamW's second moment,
+    /// and λ = c / lr (the peak learning rate).
+    ///
+    /// Why λ scales with 1/lr: under AdamW, w − w_s is about one learning rate per
+    /// coordinate, so the paper's SGD-sized λ (≈ 1) changes nothing, and a fixed large λ
+    /// overcorrects at a higher learning rate. On `tiny` at lr 3e-3, c from 2.4 to 9 brought
+    /// double-buffer's validation loss to recompile's (`bench weights`), so the default is 3.
+    /// It is not universal: on a 16-dim toy with steady, noise-free gradients (g² then
+    /// overstates the curvature) it made delayed training worse at every c ≥ 0.3, which is why
+    /// the correction is clamped and why 0 turns it off. Only double-buffered steps that ran
+    /// behind the master weights are corrected.
     pub delay_compensation: f32,
     /// Weight prediction for double-buffered runs: each background compile bakes in the
     /// weights the master is predicted to reach by the time the set runs (the staleness the
@@ -71,7 +82,7 @@ impl Default for TrainOptions {
             checkpoint_every: 1000,
             keep_checkpoints: 3,
             loss_scale: 256.0,
-            delay_compensation: 0.0,
+            delay_compensation: 3.0,
             weight_prediction: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -385,21 +396,46 @@ fn run_steps(
         let opt_start = Instant::now();
         // The gradients carry the scale they were computed at, whatever the scaler does next.
         let scale = state.scaler.scale;
-        let apply = state.scaler.observe(all_finite(grads));
+        // One pass: the norm is finite exactly when every gradient is (squares of f32 summed
+        // in f64 cannot overflow), so it doubles as the fp16 overflow check.
+        let raw_norm = grad_norm(grads);
+        let apply = state.scaler.observe(raw_norm.is_finite());
         let lr = schedule.at(state.step);
         let mut norm = f32::NAN;
         if apply {
             let unscale = 1.0 / (accum as f32 * scale);
-            scale_all(grads, unscale);
-            if options.delay_compensation > 0.0 && ran_on < state.step {
-                let stale = delivery.active().snapshot().params.clone();
-                compensate_delay(grads, &state.params, &stale, &state.adam, options);
+            // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
+            let double_buffered = env.strategy == Strategy::DoubleBuffer;
+            let compensate =
+                options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
+            let predict = options.weight_prediction && double_buffered;
+            // The corrections read the gradient itself, so for them it is scaled in place;
+            // otherwise unscaling and clipping ride into the update, which saves two passes
+            // over every gradient.
+            let in_place = compensate || predict;
+            let mut grad_scale = unscale;
+            if in_place {
+                scale_all(grads, unscale);
+                grad_scale = 1.0;
+                if compensate {
+                    let stale = delivery.active().snapshot().params.clone();
+                    compensate_delay(grads, &state.params, &stale, &state.adam, options);
+                }
+                norm = grad_norm(grads);
+            } else {
+                norm = raw_norm * unscale;
             }
-            norm = clip_grad_norm(grads, options.clip);
+            let clip = clip_factor(norm, options.clip);
+            if in_place && clip != 1.0 {
+                scale_all(grads, clip);
+            } else {
+                grad_scale *= clip;
+            }
             delivery.release_before_update();
+            let params = Arc::make_mut(&mut state.params);
             options
                 .adam
-                .update(Arc::make_mut(&mut state.params), grads, &mut state.adam, lr);
+                .update_scaled(params, grads, grad_scale, &mut state.adam, lr);
         } else {
             state.counters.skipped_updates += 1;
         }
@@ -488,7 +524,8 @@ fn run_steps(
 }
 
 /// DC-ASGD-a: moves a gradient computed at stale weights towards the gradient at the master
-/// weights with the diagonal of the outer-product approximation of the Hessian.
+/// weights with the diagonal of the outer-product approximation of the Hessian, clamped so
+/// that no gradient changes sign or more than doubles.
 fn compensate_delay(
     grads: &mut Params,
     master: &Params,
@@ -496,17 +533,28 @@ fn compensate_delay(
     adam: &AdamState,
     options: &TrainOptions,
 ) {
-    let (lambda, eps) = (options.delay_compensation, options.adam.eps);
-    let ((g, w), (ws, v)) = (
-        (grads.data.iter_mut(), master.data.iter()),
-        (stale.data.iter(), adam.v.data.iter()),
-    );
-    for (((g, w), ws), v) in g.zip(w).zip(ws).zip(v) {
-        // The mean square includes the current gradient, so a gradient appearing for the
-        // first time (v still 0) cannot blow the correction up.
-        let rms = v.max(*g * *g).sqrt();
-        *g += lambda * *g * *g * (w - ws) / (rms + eps);
-    }
+    let lambda = options.delay_compensation / options.lr;
+    let eps = options.adam.eps;
+    const CHUNK: usize = 1 << 16;
+    let chunks = grads
+        .data
+        .par_chunks_mut(CHUNK)
+        .zip(master.data.par_chunks(CHUNK))
+        .zip(stale.data.par_chunks(CHUNK))
+        .zip(adam.v.data.par_chunks(CHUNK));
+    chunks.for_each(|(((g, w), ws), v)| {
+        for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
+            // The mean square includes the current gradient, so a gradient appearing for the
+            // first time (v still 0) cannot blow the correction up.
+            let rms = v.max(*g * *g).sqrt();
+            // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in for
+            // the curvature, so the correction is trusted only as far as it keeps the
+            // gradient's sign and at most doubles it: unclamped, it overturned steady
+            // gradients at a high learning rate and training diverged.
+            let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
+            *g *= factor.clamp(0.0, 2.0);
+        }
+    });
 }
 
 /// The run's counters with what delivery has done in this process added.
@@ -605,11 +653,18 @@ mod tests {
         (g.data[0], w.data[0], ws.data[0], adam.v.data[0]) = (2.0, 1.5, 1.0, 9.0);
         // Entry 1: v = 0 (a first gradient): the rms is |g| = 1 → 1 + 0.3·1·(−2)/1 = 0.4.
         (g.data[1], w.data[1], ws.data[1]) = (1.0, 0.0, 2.0);
+        // λ = c / lr: c = 0.6 at lr 2 gives the λ = 0.3 of the figures above.
         let options = TrainOptions {
-            delay_compensation: 0.3,
+            delay_compensation: 0.6,
+            lr: 2.0,
             ..TrainOptions::default()
         };
+        // Entry 3: 1 + 0.3·2·(−10)/2 = −2 would flip the sign: clamped to 0.
+        (g.data[3], w.data[3], ws.data[3], adam.v.data[3]) = (2.0, 0.0, 10.0, 4.0);
+        // Entry 4: 1 + 0.3·2·10/2 = 4 would quadruple it: clamped to double.
+        (g.data[4], w.data[4], ws.data[4], adam.v.data[4]) = (2.0, 10.0, 0.0, 4.0);
         compensate_delay(&mut g, &w, &ws, &adam, &options);
+        assert_eq!((g.data[3], g.data[4]), (0.0, 4.0));
         assert!((g.data[0] - 2.2).abs() < 1e-6, "{}", g.data[0]);
         assert!((g.data[1] - 0.4).abs() < 1e-6, "{}", g.data[1]);
         assert_eq!(g.data[2], 0.0);

@@ -245,10 +245,10 @@ fn repeated_compile_failures_stop_the_run_with_an_error() {
 }
 
 #[test]
-fn weight_prediction_keeps_delayed_training_closer_to_synchronous_training() {
+fn delay_corrections_keep_delayed_training_closer_to_synchronous_training() {
     // Every double-buffered step runs one update behind (the compile fits in a step), so the
-    // only difference prediction makes is which weights those stale kernels carry.
-    let options = |prediction: bool| TrainOptions {
+    // only difference a correction makes is to the gradient or to the weights of stale sets.
+    let options = |compensation: f32, prediction: bool| TrainOptions {
         steps: 40,
         lr: 1e-2,
         min_lr: 1e-2,
@@ -256,31 +256,37 @@ fn weight_prediction_keeps_delayed_training_closer_to_synchronous_training() {
         eval_every: 0,
         checkpoint_every: 0,
         threads: 1,
+        delay_compensation: compensation,
         weight_prediction: prediction,
         ..TrainOptions::default()
     };
-    let go = |strategy: Strategy, prediction: bool| {
+    let go = |strategy: Strategy, compensation: f32, prediction: bool| {
         let clock = Arc::new(SimClock::new());
         let device = model(&clock);
-        run_with(&device, &*clock, strategy, 1, &options(prediction))
+        run_with(
+            &device,
+            &*clock,
+            strategy,
+            1,
+            &options(compensation, prediction),
+        )
     };
-    let sync = go(Strategy::Recompile, false);
-    let delayed = go(Strategy::DoubleBuffer, false);
-    let predicted = go(Strategy::DoubleBuffer, true);
-    for out in [&sync, &delayed, &predicted] {
-        assert_eq!(out.result, Ok(()));
-    }
-    let lags = |o: &Outcome| o.steps[1..].iter().all(|r| r.staleness == 1);
-    assert!(lags(&delayed) && lags(&predicted));
-    // Versions are the master's: prediction changes the weights, not the bookkeeping.
-    let versions = |o: &Outcome| {
-        o.steps
+    // The defaults compensate: recompile's steps are never stale, so λ has nothing to act on.
+    let sync = go(
+        Strategy::Recompile,
+        TrainOptions::default().delay_compensation,
+        false,
+    );
+    assert_eq!(sync.result, Ok(()));
+    assert_eq!(
+        sync.steps.iter().map(|r| r.loss).collect::<Vec<_>>(),
+        go(Strategy::Recompile, 0.0, false)
+            .steps
             .iter()
-            .map(|r| r.weights_version)
+            .map(|r| r.loss)
             .collect::<Vec<_>>()
-    };
-    assert_eq!(versions(&delayed), versions(&predicted));
-    // Per-step losses follow the synchronous run's more closely, and training gets further.
+    );
+    let delayed = go(Strategy::DoubleBuffer, 0.0, false);
     let loss_gap = |o: &Outcome| {
         o.steps
             .iter()
@@ -289,15 +295,34 @@ fn weight_prediction_keeps_delayed_training_closer_to_synchronous_training() {
             .sum::<f64>()
     };
     let late_loss = |o: &Outcome| o.steps[20..].iter().map(|r| r.loss as f64).sum::<f64>() / 20.0;
-    let (gap_delayed, gap_predicted) = (loss_gap(&delayed), loss_gap(&predicted));
-    assert!(
-        gap_predicted < 0.85 * gap_delayed,
-        "summed loss gap to synchronous: predicted {gap_predicted}, delayed {gap_delayed}"
-    );
-    assert!(
-        late_loss(&predicted) < late_loss(&delayed),
-        "mean loss of steps 21-40: predicted {}, delayed {}",
-        late_loss(&predicted),
-        late_loss(&delayed)
-    );
+    let versions = |o: &Outcome| {
+        o.steps
+            .iter()
+            .map(|r| r.weights_version)
+            .collect::<Vec<_>>()
+    };
+    // Delay compensation is left out here: on this toy's steady, noise-free gradients its
+    // curvature estimate g² is far too large and it makes things worse at any strength that
+    // helps real text (see `TrainOptions::delay_compensation`); `bench weights` measures it.
+    for (name, corrected) in [("prediction", go(Strategy::DoubleBuffer, 0.0, true))] {
+        assert_eq!(corrected.result, Ok(()));
+        assert!(
+            corrected.steps[1..].iter().all(|r| r.staleness == 1),
+            "{name}"
+        );
+        // A correction changes gradients or weights, not the bookkeeping of versions.
+        assert_eq!(versions(&corrected), versions(&delayed), "{name}");
+        // Per-step losses follow the synchronous run's more closely, and training gets further.
+        let (gap_delayed, gap) = (loss_gap(&delayed), loss_gap(&corrected));
+        assert!(
+            gap < 0.85 * gap_delayed,
+            "{name}: summed loss gap to synchronous {gap}, uncorrected {gap_delayed}"
+        );
+        assert!(
+            late_loss(&corrected) < late_loss(&delayed),
+            "{name}: mean loss of steps 21-40 {}, uncorrected {}",
+            late_loss(&corrected),
+            late_loss(&delayed)
+        );
+    }
 }

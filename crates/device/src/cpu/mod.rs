@@ -12,6 +12,7 @@ use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::Program;
 use plan::{Place, Plan};
+use std::sync::{Arc, Mutex};
 
 pub use matmul::{gemm, MatLayout};
 pub use peak::measure_fma_peak;
@@ -23,6 +24,35 @@ pub struct CpuDevice {
     mode: NumericMode,
     threads: usize,
     peak: PeakFlops,
+    arenas: Arc<ArenaPool>,
+}
+
+/// Arenas shared by all kernels of a device (and its clones). A kernel borrows one for the
+/// length of an eval, so a model's 70-odd kernels need as many arenas as evals run at once
+/// (usually one) instead of one each: for stories110m that is most of a gigabyte. An arena
+/// grows only while the largest kernel has not run yet, so evals stop allocating after warm-up.
+#[derive(Debug, Default)]
+struct ArenaPool {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+impl ArenaPool {
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut arena = free.pop().unwrap_or_default();
+        drop(free);
+        if arena.len() < len {
+            arena.resize(len, 0.0);
+        }
+        arena
+    }
+
+    fn give(&self, arena: Vec<f32>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        // Largest last, so that the next take finds the one least likely to need growing.
+        let at = free.partition_point(|a| a.len() <= arena.len());
+        free.insert(at, arena);
+    }
 }
 
 impl CpuDevice {
@@ -33,6 +63,7 @@ impl CpuDevice {
             mode,
             threads,
             peak: PeakFlops::Unknown,
+            arenas: Arc::default(),
         }
     }
 
@@ -72,10 +103,9 @@ impl Device for CpuDevice {
             .main()
             .ok_or_else(|| DeviceError::CompileFailed("the program has no function".into()))?;
         let plan = plan::lower(function, &checked, weights, self.mode)?;
-        let arena = vec![0.0; plan.arena_len];
         let exec = CpuKernel {
             plan,
-            arena,
+            arenas: self.arenas.clone(),
             threads: self.threads,
         };
         Ok(Kernel::new(checked.signature, Box::new(exec)))
@@ -84,23 +114,40 @@ impl Device for CpuDevice {
 
 struct CpuKernel {
     plan: Plan,
-    arena: Vec<f32>,
+    arenas: Arc<ArenaPool>,
     threads: usize,
 }
 
 impl KernelExec for CpuKernel {
     fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
+        let (arena_len, scratch_len) = (self.plan.arena_len, self.plan.scratch_len);
+        let mut buffer = self.arenas.take(arena_len + scratch_len);
+        let (arena, scratch) = buffer.split_at_mut(arena_len);
+        let result = self.eval_in(arena, &mut scratch[..scratch_len], inputs, outputs);
+        self.arenas.give(buffer);
+        result
+    }
+}
+
+impl CpuKernel {
+    fn eval_in(
+        &mut self,
+        arena_buf: &mut [f32],
+        scratch: &mut [f32],
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), DeviceError> {
         let plan = &mut self.plan;
         for &(i, id) in &plan.copied_inputs {
             if let Place::Arena(at) = plan.places[id] {
-                let dst = &mut self.arena[at..at + inputs[i].len()];
+                let dst = &mut arena_buf[at..at + inputs[i].len()];
                 dst.copy_from_slice(inputs[i]);
                 fp16::round_slice(dst);
             }
         }
         // Raw views of the arena and the output buffers: steps read some values while writing
         // one other, which the borrow checker cannot see is disjoint (the planner guarantees it).
-        let arena = RawBuffer::of(&mut self.arena);
+        let arena = RawBuffer::of(arena_buf);
         let mut out_buffers = [RawBuffer::EMPTY; MAX_OUTPUTS];
         if outputs.len() > MAX_OUTPUTS {
             return Err(DeviceError::EvalFailed(format!(
@@ -111,7 +158,6 @@ impl KernelExec for CpuKernel {
             *slot = RawBuffer::of(o);
         }
         let (places, lens, consts) = (&plan.places, &plan.lens, &plan.consts);
-        let scratch = &mut plan.scratch;
         let view = |id: usize| -> Option<(RawBuffer, usize)> {
             match places[id] {
                 Place::Arena(at) => Some((arena, at)),
@@ -145,7 +191,7 @@ impl KernelExec for CpuKernel {
         for &(j, id) in &plan.copied_outputs {
             let n = outputs[j].len();
             let src: &[f32] = match plan.places[id] {
-                Place::Arena(at) => &self.arena[at..at + n],
+                Place::Arena(at) => &arena_buf[at..at + n],
                 Place::Const(c, off) => &plan.consts[c][off..off + n],
                 Place::Input(i, off) => &inputs[i][off..off + n],
                 Place::Output(k, off) if k != j => {
@@ -206,5 +252,64 @@ impl RawBuffer {
     unsafe fn slice_mut<'a>(self, at: usize, n: usize) -> &'a mut [f32] {
         assert!(at + n <= self.len, "value outside its buffer");
         std::slice::from_raw_parts_mut(self.ptr.add(at), n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anetrain_mil::blob::BlobFile;
+    use anetrain_mil::examples;
+
+    fn run(device: &CpuDevice, kernel: &mut Kernel, input: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; kernel.output_lens()[0]];
+        device.eval(kernel, &[input], &mut [&mut out]).unwrap();
+        out
+    }
+
+    #[test]
+    fn kernels_of_one_device_share_one_arena_without_seeing_each_others_values() {
+        let (d, s) = (32, 16);
+        let chain = (
+            examples::conv_chain(3, d, s),
+            examples::conv_chain_weights(3, d, 0.7),
+        );
+        let mut norm_weights = WeightFiles::new();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / d as f32).collect();
+        norm_weights.insert_blob("@model_path/weights/rms_w.bin", &BlobFile::fp16(&w));
+        let norm = (examples::final_rmsnorm(d, s), norm_weights);
+        let x: Vec<f32> = (0..d * s)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
+            .collect();
+
+        // Each kernel alone on a device of its own: the reference.
+        let want = [&chain, &norm].map(|(p, w)| {
+            let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+            let mut k = device.compile(p, w).unwrap();
+            run(&device, &mut k, &x)
+        });
+        let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+        let mut kernels = [&chain, &norm].map(|(p, w)| device.compile(p, w).unwrap());
+        for round in 0..3 {
+            for (i, k) in kernels.iter_mut().enumerate() {
+                assert_eq!(run(&device, k, &x), want[i], "kernel {i}, round {round}");
+            }
+        }
+        // One eval at a time needs one arena, however many kernels there are.
+        let free = device.arenas.free.lock().unwrap();
+        assert_eq!(free.len(), 1);
+    }
+
+    #[test]
+    fn the_pool_hands_out_its_largest_arena_and_grows_it_only_when_short() {
+        let pool = ArenaPool::default();
+        let (a, b) = (pool.take(10), pool.take(100));
+        assert_eq!((a.len(), b.len()), (10, 100));
+        pool.give(b);
+        pool.give(a);
+        let big = pool.take(50);
+        assert_eq!(big.len(), 100, "the largest arena serves without growing");
+        let small = pool.take(40);
+        assert_eq!(small.len(), 40, "the 10-long one grew to 40");
     }
 }

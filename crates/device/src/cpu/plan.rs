@@ -39,8 +39,8 @@ pub struct Plan {
     pub lens: Vec<usize>,
     pub consts: Vec<Vec<f32>>,
     pub arena_len: usize,
-    /// Working space shared by the steps (they run one at a time), allocated once.
-    pub scratch: Vec<f32>,
+    /// Working space shared by the steps (they run one at a time), taken with the arena.
+    pub scratch_len: usize,
     /// Function inputs that are copied into the arena (to be rounded to fp16 on the way in):
     /// input index and value.
     pub copied_inputs: Vec<(usize, ValueId)>,
@@ -1162,7 +1162,7 @@ impl<'a> Lowering<'a> {
             lens,
             consts: self.consts,
             arena_len,
-            scratch: vec![0.0; scratch],
+            scratch_len: scratch,
             copied_inputs: inputs,
             copied_outputs,
         })
