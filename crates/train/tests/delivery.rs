@@ -6,15 +6,16 @@
 //! bwd_ffn, bwd_attn1, bwd_attn2, bwd_qkv), so a step takes 6 ms, and a kernel set (5 weighted
 //! kernels) takes 50 ms to compile.
 
+mod common;
+
 use anetrain_device::clock::{Clock, SimClock};
-use anetrain_device::decorate::{ChipProfile, FaultInjection, LatencyModel};
+use anetrain_device::decorate::{FaultInjection, LatencyModel};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
-use anetrain_train::trainer::{
-    train, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
-};
+use anetrain_train::trainer::{train, Event, RunEnv, StepRecord, TrainOptions, TrainState};
+use common::{profile, Cycle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,38 +33,6 @@ fn config() -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: true,
-    }
-}
-
-fn profile() -> ChipProfile {
-    ChipProfile {
-        name: "test",
-        compile_base: Duration::from_millis(10),
-        compile_per_mb: Duration::ZERO,
-        eval_base: Duration::from_millis(1),
-        eval_flops: f64::INFINITY,
-    }
-}
-
-struct Cycle(u32);
-
-impl WindowSource for Cycle {
-    fn next_train_window(&mut self, out: &mut [u32]) {
-        for (i, t) in out.iter_mut().enumerate() {
-            *t = (self.0 + i as u32 * 7) % 23;
-        }
-        self.0 += 1;
-    }
-    fn validation_window(&self, i: usize, out: &mut [u32]) {
-        for (j, t) in out.iter_mut().enumerate() {
-            *t = (i as u32 + j as u32 * 5) % 23;
-        }
-    }
-    fn validation_windows(&self) -> usize {
-        1
-    }
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!(self.0)
     }
 }
 

@@ -1,0 +1,41 @@
+//! What the delivery tests share: a latency profile with round numbers and a data source
+//! whose windows are a fixed function of a counter.
+
+use anetrain_device::decorate::ChipProfile;
+use anetrain_train::trainer::WindowSource;
+use std::time::Duration;
+
+/// Every kernel compiles in exactly 10 ms and evaluates in exactly 1 ms of virtual time.
+pub fn profile() -> ChipProfile {
+    ChipProfile {
+        name: "test",
+        compile_base: Duration::from_millis(10),
+        compile_per_mb: Duration::ZERO,
+        eval_base: Duration::from_millis(1),
+        eval_flops: f64::INFINITY,
+    }
+}
+
+/// Training window n is token (n + 7i) mod 23 at position i; the one validation window is
+/// (5j) mod 23. The counter is the sampler state a checkpoint keeps.
+pub struct Cycle(pub u32);
+
+impl WindowSource for Cycle {
+    fn next_train_window(&mut self, out: &mut [u32]) {
+        for (i, t) in out.iter_mut().enumerate() {
+            *t = (self.0 + i as u32 * 7) % 23;
+        }
+        self.0 += 1;
+    }
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        for (j, t) in out.iter_mut().enumerate() {
+            *t = (i as u32 + j as u32 * 5) % 23;
+        }
+    }
+    fn validation_windows(&self) -> usize {
+        1
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!(self.0)
+    }
+}
