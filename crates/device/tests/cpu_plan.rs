@@ -221,7 +221,7 @@ fn constant_weights_read_elsewhere_survive_packing() {
     let device = CpuDevice::new(NumericMode::Fp32);
     let mut k = device.compile(&program(b), &Default::default()).unwrap();
     let xin = Rng::new(5).vec(c * s, 1.0);
-    let mut outs = vec![vec![0.0f32; c * s], vec![0.0; c * c], vec![0.0; c * c]];
+    let mut outs = [vec![0.0f32; c * s], vec![0.0; c * c], vec![0.0; c * c]];
     let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
     device.eval(&mut k, &[&xin], &mut views).unwrap();
     for o in 0..c {

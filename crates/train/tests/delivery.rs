@@ -273,7 +273,8 @@ fn delay_corrections_keep_delayed_training_closer_to_synchronous_training() {
     // Delay compensation is left out here: on this toy's steady, noise-free gradients its
     // curvature estimate g² is far too large and it makes things worse at any strength that
     // helps real text (see `TrainOptions::delay_compensation`); `bench weights` measures it.
-    for (name, corrected) in [("prediction", go(Strategy::DoubleBuffer, 0.0, true))] {
+    let (name, corrected) = ("prediction", go(Strategy::DoubleBuffer, 0.0, true));
+    {
         assert_eq!(corrected.result, Ok(()));
         assert!(
             corrected.steps[1..].iter().all(|r| r.staleness == 1),
