@@ -32,7 +32,7 @@ impl MatLayout {
     }
 
     /// One past the largest index a `rows × cols` view touches.
-    fn extent(&self, rows: usize, cols: usize) -> usize {
+    pub(super) fn extent(&self, rows: usize, cols: usize) -> usize {
         if rows == 0 || cols == 0 {
             return self.offset;
         }
@@ -41,7 +41,7 @@ impl MatLayout {
 }
 
 /// Products below this many multiply-adds run on one thread: spawning costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
+pub(super) const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// c[m×n] (+)= scale · a[m×k] · b[k×n], accumulating in f32.
 #[allow(clippy::too_many_arguments)]

@@ -18,7 +18,7 @@
 // everywhere) but never reached: `PackedA::new` returns `None`.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use super::matmul::MatLayout;
+use super::matmul::{MatLayout, PARALLEL_MIN_MACS};
 
 /// Rows of the product per micro-panel.
 pub const MR: usize = 6;
@@ -27,9 +27,6 @@ pub const NR: usize = 16;
 /// Steps along k per pass over a panel: keeps an [`MR`]×`KC` weight block (6 KB) and a
 /// `KC`×[`NR`] activation sliver (16 KB) in L1 together.
 const KC: usize = 256;
-
-/// Products below this many multiply-adds run on one thread: spawning costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// A constant `m × k` left operand packed into micro-panels: panel `i` holds rows
 /// `i*MR..i*MR+MR` as `k` groups of [`MR`] values (rows past `m` are zero), so element
@@ -67,8 +64,7 @@ impl PackedA {
         if !available() || m == 0 || k == 0 {
             return None;
         }
-        let last = la.offset + (m - 1) * la.rs + (k - 1) * la.cs;
-        assert!(last < a.len(), "packed: lhs view out of bounds");
+        assert!(la.extent(m, k) <= a.len(), "packed: lhs view out of bounds");
         let panels = m.div_ceil(MR);
         let mut data = vec![0.0; panels * k * MR];
         for (i, panel) in data.chunks_exact_mut(k * MR).enumerate() {
@@ -118,14 +114,8 @@ pub fn packed_gemm(
     if n == 0 {
         return;
     }
-    assert!(
-        lb.offset + (k - 1) * lb.rs + (n - 1) * lb.cs < b.len(),
-        "packed: rhs view out of bounds"
-    );
-    assert!(
-        lc.offset + (m - 1) * lc.rs + n <= c.len(),
-        "packed: dst view out of bounds"
-    );
+    assert!(lb.extent(k, n) <= b.len(), "packed: rhs view out of bounds");
+    assert!(lc.extent(m, n) <= c.len(), "packed: dst view out of bounds");
     let slivers = n.div_ceil(NR);
     let align = scratch.as_ptr().align_offset(64).min(NR);
     let packed_b = &mut scratch[align..align + slivers * k * NR];
@@ -135,7 +125,7 @@ pub fn packed_gemm(
         1
     };
     pack_b(b, lb, k, n, 0, packed_b, threads.min(slivers));
-    let c = &mut c[lc.offset..lc.offset + (m - 1) * lc.rs + n];
+    let c = &mut c[lc.offset..lc.extent(m, n)];
     let panels = m.div_ceil(MR);
     let job = Job {
         pa,

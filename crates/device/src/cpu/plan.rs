@@ -200,10 +200,7 @@ impl<'a> Lowering<'a> {
 
     /// Registers `op`'s output as a view of `of` starting `offset` elements in.
     fn alias(&mut self, op: &Op, of: ValueId, offset: usize) {
-        let (root, base) = match self.values[of].storage {
-            Storage::Alias { root, offset } => (root, offset),
-            _ => (of, 0),
-        };
+        let (root, base) = root(&self.values, of);
         let ty = self.ty(&op.output);
         let round = self.rounds(&ty);
         let id = self.new_value(
@@ -1039,10 +1036,6 @@ impl<'a> Lowering<'a> {
                 )));
             }
         }
-        let root = |values: &[Value], id: ValueId| match values[id].storage {
-            Storage::Alias { root, offset } => (root, offset),
-            _ => (id, 0),
-        };
         // Live ranges of arena roots: steps are numbered 1..=n, inputs are born at 0, and
         // function outputs live past the last step.
         let n = self.steps.len();
@@ -1179,13 +1172,9 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<
     if !packed::available() || g.lc.cs != 1 || g.n < PACKED_MIN_N || g.k == 0 || g.m == 0 {
         return None;
     }
-    let (c, base) = match values[g.a].storage {
-        Storage::Const(c) => (c, 0),
-        Storage::Alias { root, offset } => match values[root].storage {
-            Storage::Const(c) => (c, offset),
-            _ => return None,
-        },
-        _ => return None,
+    let (r, base) = root(values, g.a);
+    let Storage::Const(c) = values[r].storage else {
+        return None;
     };
     let data = &consts[c];
     let mut offsets: Vec<usize> = Vec::new();
@@ -1208,6 +1197,15 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<
         })
         .collect::<Option<Vec<_>>>()?;
     Some(PackedGemm { packs, pack_of })
+}
+
+/// The value whose storage `id` lives in, and `id`'s offset into it. Views of views are
+/// recorded against the first root, so one step resolves any alias.
+fn root(values: &[Value], id: ValueId) -> (ValueId, usize) {
+    match values[id].storage {
+        Storage::Alias { root, offset } => (root, offset),
+        _ => (id, 0),
+    }
 }
 
 /// Arena slots start on 64-byte boundaries.
