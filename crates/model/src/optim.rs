@@ -62,34 +62,30 @@ impl AdamW {
         lr: f32,
     ) {
         state.t += 1;
-        let (step, bc2_sqrt) = self.bias_corrected_step(state.t, lr);
-        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         for spec in &params.layout.tensors {
-            let wd = if spec.decay { self.weight_decay } else { 0.0 };
+            let rule = self.rule(state.t, lr, spec.decay);
             let r = spec.range.clone();
             // Memory-bound: chunks spread the passes over the cores, and the plain zipped
             // loop inside each vectorises (sqrt and division included).
             let chunks = params.data[r.clone()]
-                .par_chunks_mut(UPDATE_CHUNK)
-                .zip(state.m.data[r.clone()].par_chunks_mut(UPDATE_CHUNK))
-                .zip(state.v.data[r.clone()].par_chunks_mut(UPDATE_CHUNK))
-                .zip(grads.data[r].par_chunks(UPDATE_CHUNK));
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .zip(state.m.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
+                .zip(state.v.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
+                .zip(grads.data[r].par_chunks(PARALLEL_CHUNK));
             chunks.for_each(|(((w, m), v), g)| {
                 for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                    let g = g * grad_scale;
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *w -= step * *m / denom + lr * wd * *w;
+                    let (m_new, v_new, dw) = rule.apply(*w, *m, *v, g * grad_scale);
+                    (*m, *v) = (m_new, v_new);
+                    *w -= dw;
                 }
             });
         }
     }
 }
 
-/// Elements per parallel task of the optimizer: large enough to amortise scheduling, small
-/// enough that a stories15m layer still splits across two cores.
-const UPDATE_CHUNK: usize = 1 << 16;
+/// Elements per parallel task of passes over every parameter: large enough to amortise
+/// scheduling, small enough that a stories15m layer still splits across two cores.
+pub const PARALLEL_CHUNK: usize = 1 << 16;
 
 impl AdamW {
     /// Weight prediction for delayed updates: the weights `horizon` further updates would
@@ -111,10 +107,8 @@ impl AdamW {
         horizon: f32,
         out: &mut Params,
     ) {
-        let (step, bc2_sqrt) = self.bias_corrected_step(state.t + 1, lr);
-        let (b1, b2) = (self.beta1, self.beta2);
         for spec in &params.layout.tensors {
-            let wd = if spec.decay { self.weight_decay } else { 0.0 };
+            let rule = self.rule(state.t + 1, lr, spec.decay);
             let r = spec.range.clone();
             let (w, m, v, g) = (
                 &params.data[r.clone()],
@@ -123,20 +117,54 @@ impl AdamW {
                 &grads.data[r.clone()],
             );
             for (i, o) in out.data[r].iter_mut().enumerate() {
-                let m = b1 * m[i] + (1.0 - b1) * g[i];
-                let v = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                let denom = v.sqrt() / bc2_sqrt + self.eps;
-                *o = w[i] - horizon * (step * m / denom + lr * wd * w[i]);
+                let (_, _, dw) = rule.apply(w[i], m[i], v[i], g[i]);
+                *o = w[i] - horizon * dw;
             }
         }
     }
 
-    /// lr / (1 − β1ᵗ) and √(1 − β2ᵗ) for update number `t` (1-based).
-    fn bias_corrected_step(&self, t: u64, lr: f32) -> (f32, f32) {
+    /// The per-coordinate rule of update number `t` (1-based) at learning rate `lr`, for a
+    /// tensor with or without weight decay.
+    fn rule(&self, t: u64, lr: f32, decay: bool) -> UpdateRule {
         let t = t.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - (self.beta1 as f64).powi(t);
         let bc2 = 1.0 - (self.beta2 as f64).powi(t);
-        ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
+        let wd = if decay { self.weight_decay } else { 0.0 };
+        UpdateRule {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            step: (lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            lr,
+            wd,
+        }
+    }
+}
+
+/// AdamW for one coordinate at one update: what [`AdamW::update`] applies and
+/// [`AdamW::predict`] extrapolates.
+#[derive(Clone, Copy)]
+struct UpdateRule {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    /// lr / (1 − β1ᵗ)
+    step: f32,
+    /// √(1 − β2ᵗ)
+    bc2_sqrt: f32,
+    lr: f32,
+    wd: f32,
+}
+
+impl UpdateRule {
+    /// The new moments for gradient `g`, and how far the weight `w` moves down.
+    #[inline(always)]
+    fn apply(self, w: f32, m: f32, v: f32, g: f32) -> (f32, f32, f32) {
+        let m = self.beta1 * m + (1.0 - self.beta1) * g;
+        let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
+        let denom = v.sqrt() / self.bc2_sqrt + self.eps;
+        (m, v, self.step * m / denom + self.lr * self.wd * w)
     }
 }
 
@@ -146,7 +174,7 @@ pub fn grad_norm(grads: &Params) -> f32 {
     // how the work was split: resumed runs must match uninterrupted ones bit for bit.
     let partial: Vec<f64> = grads
         .data
-        .par_chunks(UPDATE_CHUNK)
+        .par_chunks(PARALLEL_CHUNK)
         .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
         .collect();
     partial.iter().sum::<f64>().sqrt() as f32
@@ -244,19 +272,11 @@ impl LossScaler {
     }
 }
 
-/// True when every gradient entry is finite.
-pub fn all_finite(grads: &Params) -> bool {
-    grads
-        .data
-        .par_chunks(UPDATE_CHUNK)
-        .all(|c| c.iter().fold(true, |ok, g| ok & g.is_finite()))
-}
-
 /// Sets every value to zero (multiplying by zero would keep the NaNs of an overflowed step).
 pub fn zero_all(values: &mut Params) {
     values
         .data
-        .par_chunks_mut(UPDATE_CHUNK)
+        .par_chunks_mut(PARALLEL_CHUNK)
         .for_each(|c| c.fill(0.0));
 }
 
@@ -264,7 +284,7 @@ pub fn zero_all(values: &mut Params) {
 pub fn scale_all(values: &mut Params, s: f32) {
     values
         .data
-        .par_chunks_mut(UPDATE_CHUNK)
+        .par_chunks_mut(PARALLEL_CHUNK)
         .for_each(|c| c.iter_mut().for_each(|g| *g *= s));
 }
 

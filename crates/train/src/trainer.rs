@@ -7,6 +7,7 @@ use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{
     clip_factor, grad_norm, scale_all, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
+    PARALLEL_CHUNK,
 };
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
@@ -402,13 +403,13 @@ fn run_steps(
         let apply = state.scaler.observe(raw_norm.is_finite());
         let lr = schedule.at(state.step);
         let mut norm = f32::NAN;
+        // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
+        let double_buffered = env.strategy == Strategy::DoubleBuffer;
+        let predict = options.weight_prediction && double_buffered;
         if apply {
             let unscale = 1.0 / (accum as f32 * scale);
-            // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
-            let double_buffered = env.strategy == Strategy::DoubleBuffer;
             let compensate =
                 options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
-            let predict = options.weight_prediction && double_buffered;
             // The corrections read the gradient itself, so for them it is scaled in place;
             // otherwise unscaling and clipping ride into the update, which saves two passes
             // over every gradient.
@@ -445,7 +446,7 @@ fn run_steps(
             clock.sleep(optimizer);
         }
         if apply {
-            let next = if options.weight_prediction && env.strategy == Strategy::DoubleBuffer {
+            let next = if predict {
                 let horizon = (state.step - 1).saturating_sub(ran_on).max(1);
                 predicted_snapshot(state, grads, options, schedule.at(state.step), horizon)
             } else {
@@ -535,13 +536,12 @@ fn compensate_delay(
 ) {
     let lambda = options.delay_compensation / options.lr;
     let eps = options.adam.eps;
-    const CHUNK: usize = 1 << 16;
     let chunks = grads
         .data
-        .par_chunks_mut(CHUNK)
-        .zip(master.data.par_chunks(CHUNK))
-        .zip(stale.data.par_chunks(CHUNK))
-        .zip(adam.v.data.par_chunks(CHUNK));
+        .par_chunks_mut(PARALLEL_CHUNK)
+        .zip(master.data.par_chunks(PARALLEL_CHUNK))
+        .zip(stale.data.par_chunks(PARALLEL_CHUNK))
+        .zip(adam.v.data.par_chunks(PARALLEL_CHUNK));
     chunks.for_each(|(((g, w), ws), v)| {
         for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
             // The mean square includes the current gradient, so a gradient appearing for the
