@@ -30,6 +30,9 @@ pub enum BenchCommand {
         config: String,
         #[arg(long, default_value_t = 200)]
         steps: u64,
+        /// Runs of every strategy, interleaved (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
         #[arg(long)]
         simulate: Option<String>,
@@ -68,6 +71,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Weights {
             config,
             steps,
+            rounds,
             simulate,
             compensation,
             max_staleness,
@@ -76,6 +80,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         } => super::bench_train::bench_weights(
             &config,
             steps,
+            rounds,
             simulate.as_deref(),
             compensation,
             max_staleness,

@@ -9,7 +9,9 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
-use anetrain_train::trainer::{train, Event, RunEnv, TrainOptions, TrainState, WindowSource};
+use anetrain_train::trainer::{
+    train, Counters, Event, RunEnv, TrainOptions, TrainState, WindowSource,
+};
 use anyhow::anyhow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +54,7 @@ impl WindowSource for SyntheticWindows {
 
 /// What one measured run did.
 struct Summary {
-    name: String,
-    state: TrainState,
+    counters: Counters,
     wall: Duration,
     final_train_loss: f32,
     val_loss: f32,
@@ -63,9 +64,7 @@ struct Summary {
     initial_compile: Duration,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn measured_run(
-    name: &str,
     config: &ModelConfig,
     options: &TrainOptions,
     strategy: Strategy,
@@ -104,15 +103,40 @@ fn measured_run(
     })?;
     let tail = &losses[losses.len().saturating_sub(20)..];
     Ok(Summary {
-        name: name.to_string(),
         wall: state.counters.wall,
         final_train_loss: tail.iter().sum::<f32>() / tail.len().max(1) as f32,
         val_loss: val,
         mean_lag: lags.iter().sum::<u64>() as f64 / lags.len().max(1) as f64,
         max_lag: lags.iter().copied().max().unwrap_or(0),
         initial_compile,
-        state,
+        counters: state.counters,
     })
+}
+
+/// One row of `bench weights`.
+struct Contender {
+    name: String,
+    strategy: Strategy,
+    compensation: f32,
+    prediction: bool,
+}
+
+impl Contender {
+    fn new(name: &str, strategy: Strategy) -> Contender {
+        Contender {
+            name: name.to_string(),
+            strategy,
+            compensation: 0.0,
+            prediction: false,
+        }
+    }
+}
+
+/// The index of the median of `values` (the upper one of an even count).
+fn median_index(values: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order[order.len() / 2]
 }
 
 /// Peak resident memory of this process so far (Linux), in bytes.
@@ -152,7 +176,6 @@ pub fn bench_train(
         state: 1,
     };
     let run = measured_run(
-        "recompile",
         &config,
         &options,
         Strategy::Recompile,
@@ -161,7 +184,7 @@ pub fn bench_train(
         &clock,
         &mut data,
     )?;
-    let c = &run.state.counters;
+    let c = &run.counters;
     let per = |d: Duration| 1e3 * d.as_secs_f64() / steps as f64;
     let flops = config.train_flops_per_window() * steps as f64;
     let compute = run.wall.saturating_sub(c.compile_stall);
@@ -195,9 +218,11 @@ pub fn bench_train(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bench_weights(
     config: &str,
     steps: u64,
+    rounds: usize,
     simulate: Option<&str>,
     compensation: f32,
     max_staleness: u64,
@@ -238,83 +263,78 @@ pub fn bench_weights(
             " behind the {c} latency model [simulated]"
         ))
     );
-    let runs: Vec<(String, Strategy, f32, bool)> = vec![
-        (
-            "frozen kernels (baseline)".into(),
-            Strategy::Frozen,
-            0.0,
-            false,
-        ),
-        ("recompile".into(), Strategy::Recompile, 0.0, false),
-        (
-            format!("double-buffer (K={max_staleness})"),
+    let contenders = [
+        Contender::new("frozen kernels (baseline)", Strategy::Frozen),
+        Contender::new("recompile", Strategy::Recompile),
+        Contender::new(
+            &format!("double-buffer (K={max_staleness})"),
             Strategy::DoubleBuffer,
-            0.0,
-            false,
         ),
-        (
-            format!("double-buffer + DC c={compensation}"),
-            Strategy::DoubleBuffer,
+        Contender {
             compensation,
-            false,
-        ),
-        (
-            "double-buffer + prediction".into(),
-            Strategy::DoubleBuffer,
-            0.0,
-            true,
-        ),
-        ("dynamic".into(), Strategy::Dynamic, 0.0, false),
+            ..Contender::new(
+                &format!("double-buffer + DC c={compensation}"),
+                Strategy::DoubleBuffer,
+            )
+        },
+        Contender {
+            prediction: true,
+            ..Contender::new("double-buffer + prediction", Strategy::DoubleBuffer)
+        },
+        Contender::new("dynamic", Strategy::Dynamic),
     ];
-    let mut results = Vec::new();
-    for (name, strategy, lambda, prediction) in runs {
-        let clock: Arc<dyn Clock> = match simulate {
-            Some(_) => Arc::new(SimClock::new()),
-            None => Arc::new(RealClock::new()),
-        };
-        let device: Box<dyn Device> = match simulate {
-            Some(chip) => {
-                let profile = ChipProfile::by_name(chip)
-                    .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
-                Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
-            }
-            None => Box::new(base.clone()),
-        };
-        let options = TrainOptions {
-            delay_compensation: lambda,
-            weight_prediction: prediction,
-            ..options.clone()
-        };
-        let mut data: Box<dyn WindowSource> = match &corpus {
-            Some(d) => Box::new(RandomWindows::new(
-                d.tokens.clone(),
-                config.seq_len,
-                0.05,
-                options.seed,
-            )?),
-            None => Box::new(SyntheticWindows {
-                vocab: config.vocab as u64,
-                state: options.seed,
-            }),
-        };
-        let run = measured_run(
-            &name,
-            &config,
-            &options,
-            strategy,
-            max_staleness,
-            &*device,
-            &*clock,
-            &mut *data,
-        )?;
-        results.push(run);
+    // Round-robin, so that a noisy stretch of the machine hits every strategy alike; each
+    // ratio to frozen is taken within one round.
+    let mut runs: Vec<Vec<Summary>> = contenders.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds.max(1) {
+        for (c, runs) in contenders.iter().zip(&mut runs) {
+            let clock: Arc<dyn Clock> = match simulate {
+                Some(_) => Arc::new(SimClock::new()),
+                None => Arc::new(RealClock::new()),
+            };
+            let device: Box<dyn Device> = match simulate {
+                Some(chip) => {
+                    let profile = ChipProfile::by_name(chip)
+                        .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
+                    Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
+                }
+                None => Box::new(base.clone()),
+            };
+            let options = TrainOptions {
+                delay_compensation: c.compensation,
+                weight_prediction: c.prediction,
+                ..options.clone()
+            };
+            let mut data: Box<dyn WindowSource> = match &corpus {
+                Some(d) => Box::new(RandomWindows::new(
+                    d.tokens.clone(),
+                    config.seq_len,
+                    0.05,
+                    options.seed,
+                )?),
+                None => Box::new(SyntheticWindows {
+                    vocab: config.vocab as u64,
+                    state: options.seed,
+                }),
+            };
+            runs.push(measured_run(
+                &config,
+                &options,
+                c.strategy,
+                max_staleness,
+                &*device,
+                &*clock,
+                &mut *data,
+            )?);
+        }
     }
-    let frozen_ms = 1e3 * results[0].wall.as_secs_f64() / steps as f64;
+    let ms = |r: &Summary| 1e3 * r.wall.as_secs_f64() / steps as f64;
     println!();
     println!(
-        "{:<30} {:>9} {:>10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "{:<30} {:>9} {:>13} {:>10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
         "strategy",
         "ms/step",
+        "(min-max)",
         "vs frozen",
         "stall %",
         "stall* %",
@@ -323,32 +343,50 @@ pub fn bench_weights(
         "train loss",
         "val loss"
     );
-    for r in &results {
-        let c = &r.state.counters;
-        let ms = 1e3 * r.wall.as_secs_f64() / steps as f64;
+    let frozen = &runs[0];
+    for (c, runs) in contenders.iter().zip(&runs) {
+        let mut times: Vec<f64> = runs.iter().map(ms).collect();
+        let mut ratios: Vec<f64> = runs
+            .iter()
+            .zip(frozen)
+            .map(|(r, f)| ms(f) / ms(r))
+            .collect();
+        // The other columns come from the run of median time.
+        let r = &runs[median_index(&times)];
+        times.sort_by(f64::total_cmp);
+        ratios.sort_by(f64::total_cmp);
         let after_start = r
             .wall
             .saturating_sub(r.initial_compile)
             .as_secs_f64()
             .max(1e-9);
-        let later_stall = c
+        let later_stall = r
+            .counters
             .compile_stall
             .saturating_sub(r.initial_compile)
             .as_secs_f64();
         println!(
-            "{:<30} {:>9.1} {:>9.1}% {:>8.1} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
-            r.name,
-            ms,
-            100.0 * frozen_ms / ms,
-            100.0 * c.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
+            "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
+            c.name,
+            times[times.len() / 2],
+            format!("({:.1}-{:.1})", times[0], times[times.len() - 1]),
+            100.0 * ratios[ratios.len() / 2],
+            100.0 * r.counters.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
             100.0 * later_stall / after_start,
             r.mean_lag,
             r.max_lag,
-            c.compiles,
+            r.counters.compiles,
             r.final_train_loss,
             r.val_loss
         );
     }
-    println!("\n(vs frozen: throughput as a share of training on frozen kernels; train loss: mean of the last 20 steps; val loss: at the end; stall: foreground compile waits including the initial compile; stall*: after the initial compile)");
+    println!(
+        "\n({} round(s), strategies interleaved; ms/step: median (min-max); vs frozen: median over \
+         rounds of the throughput as a share of the frozen-kernel run of the same round; the other \
+         columns are from the run of median time. train loss: mean of the last 20 steps; val loss: \
+         at the end; stall: foreground compile waits including the initial compile; stall*: after \
+         the initial compile)",
+        rounds.max(1)
+    );
     Ok(())
 }

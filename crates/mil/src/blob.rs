@@ -317,7 +317,11 @@ impl BlobChunk {
     }
 
     pub fn fp32(values: &[f32]) -> BlobChunk {
-        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Sized up front and filled in place: this is a recompile's hottest copy.
+        let mut data = vec![0u8; values.len() * 4];
+        for (d, v) in data.chunks_exact_mut(4).zip(values) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
         BlobChunk::new(BlobDType::Float32, data)
     }
 
@@ -345,14 +349,40 @@ impl BlobChunk {
     /// The elements as f32. Integers convert exactly up to 2^24; sub-byte and fp8 dtypes are
     /// not supported (nothing in this project uses them as weights yet).
     pub fn to_f32(&self) -> Result<Vec<f32>, BlobError> {
-        if !self.is_consistent() {
+        ChunkRef {
+            dtype: self.dtype,
+            data: &self.data,
+            padding_bits: self.padding_bits,
+        }
+        .to_f32()
+    }
+}
+
+/// A chunk seen in place in its file's bytes.
+struct ChunkRef<'a> {
+    dtype: BlobDType,
+    data: &'a [u8],
+    padding_bits: u64,
+}
+
+impl ChunkRef<'_> {
+    fn to_owned(&self) -> BlobChunk {
+        BlobChunk {
+            dtype: self.dtype,
+            data: self.data.to_vec(),
+            padding_bits: self.padding_bits,
+        }
+    }
+
+    fn to_f32(&self) -> Result<Vec<f32>, BlobError> {
+        if !size_is_consistent(self.dtype, self.data.len() as u64, self.padding_bits) {
             return Err(BlobError::InconsistentChunk {
                 dtype: self.dtype,
                 size: self.data.len() as u64,
                 padding_bits: self.padding_bits,
             });
         }
-        let d = &self.data;
+        let d = self.data;
         let values = match self.dtype {
             BlobDType::Float16 => decode(d, |b: [u8; 2]| f16::from_le_bytes(b).to_f32()),
             BlobDType::BFloat16 => decode(d, |b: [u8; 2]| bf16::from_le_bytes(b).to_f32()),
@@ -572,6 +602,11 @@ fn check_count(declared: u32, found: u64) -> Result<(), BlobError> {
 /// Resolves `BLOBFILE(offset=X)` against a whole file's bytes: checks the file header, that `X`
 /// can be a metadata offset, and the chunk there.
 pub fn read_chunk(bytes: &[u8], mil_offset: u64) -> Result<BlobChunk, BlobError> {
+    Ok(chunk_ref(bytes, mil_offset)?.to_owned())
+}
+
+/// [`read_chunk`] without copying the chunk's data out of the file.
+fn chunk_ref(bytes: &[u8], mil_offset: u64) -> Result<ChunkRef<'_>, BlobError> {
     // The count is not checked: it says nothing about the chunk at `mil_offset`.
     read_header(bytes)?;
     if mil_offset < BLOCK {
@@ -580,11 +615,16 @@ pub fn read_chunk(bytes: &[u8], mil_offset: u64) -> Result<BlobChunk, BlobError>
     if mil_offset % BLOCK != 0 {
         return Err(BlobError::MisalignedOffset { offset: mil_offset });
     }
-    read_chunk_at(bytes, mil_offset)
+    chunk_ref_at(bytes, mil_offset)
 }
 
 /// Reads and validates the chunk whose metadata starts at `offset`.
 fn read_chunk_at(bytes: &[u8], offset: u64) -> Result<BlobChunk, BlobError> {
+    Ok(chunk_ref_at(bytes, offset)?.to_owned())
+}
+
+/// Validates the chunk whose metadata starts at `offset` and returns it in place.
+fn chunk_ref_at(bytes: &[u8], offset: u64) -> Result<ChunkRef<'_>, BlobError> {
     let len = bytes.len() as u64;
     let meta = slice_at(bytes, offset, BLOCK).ok_or(BlobError::Truncated {
         field: "chunk metadata",
@@ -628,9 +668,9 @@ fn read_chunk_at(bytes: &[u8], offset: u64) -> Result<BlobChunk, BlobError> {
             padding_bits,
         });
     }
-    Ok(BlobChunk {
+    Ok(ChunkRef {
         dtype,
-        data: data.to_vec(),
+        data,
         padding_bits,
     })
 }
@@ -723,7 +763,7 @@ impl WeightFiles {
         let bytes = self.get(path).ok_or_else(|| BlobError::MissingPath {
             path: path.to_string(),
         })?;
-        let chunk = read_chunk(bytes, offset).map_err(in_file)?;
+        let chunk = chunk_ref(bytes, offset).map_err(in_file)?;
         let expected = BlobDType::for_mil(dtype).ok_or_else(|| BlobError::UnsupportedMilDType {
             path: path.to_string(),
             dtype,

@@ -89,8 +89,8 @@ pub const PARALLEL_CHUNK: usize = 1 << 16;
 
 impl AdamW {
     /// Weight prediction for delayed updates: the weights `horizon` further updates would
-    /// reach if each one's gradient were `grads` again (the gradient just applied). Written
-    /// into `out`, which must share `params`' layout; the state is not changed.
+    /// reach if each one's gradient were `grad_scale · grads` again (the gradient just
+    /// applied). The state is not changed.
     ///
     /// A kernel set compiled from these weights and run `horizon` updates later computes its
     /// gradient close to the weights that gradient is applied to, which is what delayed AdamW
@@ -103,24 +103,28 @@ impl AdamW {
         params: &Params,
         state: &AdamState,
         grads: &Params,
+        grad_scale: f32,
         lr: f32,
         horizon: f32,
-        out: &mut Params,
-    ) {
+    ) -> Params {
+        let mut out = Params::zeros(params.layout.clone());
         for spec in &params.layout.tensors {
             let rule = self.rule(state.t + 1, lr, spec.decay);
             let r = spec.range.clone();
-            let (w, m, v, g) = (
-                &params.data[r.clone()],
-                &state.m.data[r.clone()],
-                &state.v.data[r.clone()],
-                &grads.data[r.clone()],
-            );
-            for (i, o) in out.data[r].iter_mut().enumerate() {
-                let (_, _, dw) = rule.apply(w[i], m[i], v[i], g[i]);
-                *o = w[i] - horizon * dw;
-            }
+            let chunks = out.data[r.clone()]
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .zip(params.data[r.clone()].par_chunks(PARALLEL_CHUNK))
+                .zip(state.m.data[r.clone()].par_chunks(PARALLEL_CHUNK))
+                .zip(state.v.data[r.clone()].par_chunks(PARALLEL_CHUNK))
+                .zip(grads.data[r].par_chunks(PARALLEL_CHUNK));
+            chunks.for_each(|((((o, w), m), v), g)| {
+                for ((((o, &w), &m), &v), &g) in o.iter_mut().zip(w).zip(m).zip(v).zip(g) {
+                    let (_, _, dw) = rule.apply(w, m, v, g * grad_scale);
+                    *o = w - horizon * dw;
+                }
+            });
         }
+        out
     }
 
     /// The per-coordinate rule of update number `t` (1-based) at learning rate `lr`, for a
@@ -352,10 +356,13 @@ mod tests {
         let mut state = AdamState::new(&p);
         adam.update(&mut p, &g0, &mut state, 3e-3);
         adam.update(&mut p, &g1, &mut state, 3e-3);
-        let mut predicted = Params::zeros(layout.clone());
-        adam.predict(&p, &state, &g1, 2e-3, 1.0, &mut predicted);
-        let mut still = Params::zeros(layout);
-        adam.predict(&p, &state, &g1, 2e-3, 0.0, &mut still);
+        let predicted = adam.predict(&p, &state, &g1, 1.0, 2e-3, 1.0);
+        // A gradient handed in at twice its size with grad_scale ½ predicts the same.
+        let mut g1_doubled = g1.clone();
+        g1_doubled.data.iter_mut().for_each(|g| *g *= 2.0);
+        let from_doubled = adam.predict(&p, &state, &g1_doubled, 0.5, 2e-3, 1.0);
+        assert_eq!(from_doubled.data, predicted.data);
+        let still = adam.predict(&p, &state, &g1, 1.0, 2e-3, 0.0);
         assert_eq!(still.data, p.data, "horizon 0 predicts no move");
         let before = (state.m.clone(), state.v.clone(), state.t);
         let mut stepped = p.clone();
@@ -366,10 +373,9 @@ mod tests {
         }
         assert_ne!(predicted.data, p.data);
         // Two steps ahead moves twice as far from the current weights.
-        let mut two = Params::zeros(p.layout.clone());
         let (m, v, t) = before;
         let state = AdamState { m, v, t };
-        adam.predict(&p, &state, &g1, 2e-3, 2.0, &mut two);
+        let two = adam.predict(&p, &state, &g1, 1.0, 2e-3, 2.0);
         for i in (0..p.data.len()).step_by(97) {
             let (d1, d2) = (predicted.data[i] - p.data[i], two.data[i] - p.data[i]);
             assert!((d2 - 2.0 * d1).abs() <= 1e-6, "{i}: {d1} {d2}");

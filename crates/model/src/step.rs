@@ -11,7 +11,8 @@
 use crate::config::ModelConfig;
 use crate::host;
 use crate::kernels::{
-    generate, generate_packed, stage_layer_weights, KernelKind, Packing, StageError, WeightPacking,
+    generate_baked, generate_packed, stage_layer_weights, KernelKind, KernelProgram, Packing,
+    StageError, WeightPacking,
 };
 use crate::params::{LayerTensor, Params};
 use anetrain_device::clock::Clock;
@@ -75,8 +76,12 @@ pub struct KernelSet {
 }
 
 enum SetKernels {
-    /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l, its weights baked in.
-    Baked(Vec<Vec<Kernel>>),
+    /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l, its weights baked in,
+    /// compiled from `programs` (which the set's successors reuse).
+    Baked {
+        programs: Arc<BakedPrograms>,
+        layers: Vec<Vec<Kernel>>,
+    },
     Packed(PackedKernels),
 }
 
@@ -96,7 +101,7 @@ impl KernelSet {
     /// synchronous recompile never holds two sets' weights at once. The set cannot be
     /// evaluated afterwards; it must be replaced.
     pub fn release_baked(&mut self) {
-        if let SetKernels::Baked(layers) = &mut self.kernels {
+        if let SetKernels::Baked { layers, .. } = &mut self.kernels {
             layers.clear();
         }
     }
@@ -123,6 +128,14 @@ impl KernelSet {
         &self.snapshot
     }
 
+    /// The programs a baked set was compiled from, for compiling its successors.
+    pub fn baked_programs(&self) -> Option<Arc<BakedPrograms>> {
+        match &self.kernels {
+            SetKernels::Baked { programs, .. } => Some(programs.clone()),
+            SetKernels::Packed(_) => None,
+        }
+    }
+
     /// How many kernels a baked set of this config compiles.
     pub fn kernel_count(config: &ModelConfig) -> usize {
         config.n_layers * KernelKind::WEIGHTED.len()
@@ -131,7 +144,7 @@ impl KernelSet {
     /// How many kernels this set compiled.
     pub fn compiled_kernels(&self) -> usize {
         match &self.kernels {
-            SetKernels::Baked(layers) => layers.iter().map(Vec::len).sum(),
+            SetKernels::Baked { layers, .. } => layers.iter().map(Vec::len).sum(),
             SetKernels::Packed(packed) => packed.kernels.len(),
         }
     }
@@ -190,7 +203,7 @@ impl KernelSet {
             .expect("only weighted kernels live in a set");
         let name = format!("{}.{layer}", kind.name());
         match &mut self.kernels {
-            SetKernels::Baked(layers) => {
+            SetKernels::Baked { layers, .. } => {
                 let kernel = layers
                     .get_mut(layer)
                     .and_then(|l| l.get_mut(i))
@@ -230,17 +243,111 @@ pub fn compile_kernel(
     layer: usize,
 ) -> Result<Kernel, StepError> {
     let config = &params.layout.config;
-    let kernel = format!("{}.{layer}", kind.name());
-    let program =
-        generate(kind, config, params, layer, kernel_dtype(device)).map_err(|source| {
-            StepError::Generate {
-                kernel: kernel.clone(),
-                source,
-            }
+    let program = generate_baked(kind, config, kernel_dtype(device)).map_err(|source| {
+        StepError::Generate {
+            kernel: kind.name().into(),
+            source,
+        }
+    })?;
+    compile_layer(device, &program, params, layer)
+}
+
+/// Compiles `program` with the weights of layer `layer` of `params`.
+fn compile_layer(
+    device: &dyn Device,
+    program: &KernelProgram,
+    params: &Params,
+    layer: usize,
+) -> Result<Kernel, StepError> {
+    let kernel = format!("{}.{layer}", program.name);
+    let weights = program
+        .layer_weights(params, layer)
+        .map_err(|source| StepError::Stage {
+            kernel: kernel.clone(),
+            source,
         })?;
     device
-        .compile(&program.program, &program.weights)
+        .compile(&program.program, &weights)
         .map_err(|source| StepError::Compile { kernel, source })
+}
+
+/// The programs of a model's weight-bearing kernels with baked weights, generated once: every
+/// layer and every weight version compiles the same program text, and only the weight files
+/// differ. (A device that caches compiled programs, like the CPU device, then only reads the
+/// new weights.)
+#[derive(Debug)]
+pub struct BakedPrograms {
+    config: ModelConfig,
+    dtype: DType,
+    /// `programs[i]` is kernel `KernelKind::WEIGHTED[i]`.
+    programs: Vec<KernelProgram>,
+}
+
+impl BakedPrograms {
+    pub fn generate(config: &ModelConfig, dtype: DType) -> Result<BakedPrograms, StepError> {
+        let programs = KernelKind::WEIGHTED
+            .iter()
+            .map(|&kind| {
+                generate_baked(kind, config, dtype).map_err(|source| StepError::Generate {
+                    kernel: kind.name().into(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BakedPrograms {
+            config: config.clone(),
+            dtype,
+            programs,
+        })
+    }
+
+    /// The programs in the float type `device` computes in.
+    pub fn for_device(
+        device: &dyn Device,
+        config: &ModelConfig,
+    ) -> Result<BakedPrograms, StepError> {
+        BakedPrograms::generate(config, kernel_dtype(device))
+    }
+
+    /// Compiles every weight-bearing kernel of every layer with the snapshot's weights.
+    pub fn compile_set(
+        self: &Arc<Self>,
+        device: &dyn Device,
+        snapshot: WeightSnapshot,
+    ) -> Result<KernelSet, StepError> {
+        let found = &snapshot.params.layout.config;
+        if *found != self.config {
+            return Err(StepError::ModelMismatch {
+                expected: self.config.name.clone(),
+                found: found.name.clone(),
+            });
+        }
+        if kernel_dtype(device) != self.dtype {
+            return Err(StepError::Compile {
+                kernel: "kernel set".into(),
+                source: DeviceError::CompileFailed(format!(
+                    "the programs were generated in {:?}, the device computes in {:?}",
+                    self.dtype,
+                    kernel_dtype(device)
+                )),
+            });
+        }
+        let layers = (0..self.config.n_layers)
+            .map(|l| {
+                self.programs
+                    .iter()
+                    .map(|p| compile_layer(device, p, &snapshot.params, l))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KernelSet {
+            snapshot,
+            kernels: SetKernels::Baked {
+                programs: self.clone(),
+                layers,
+            },
+        })
+    }
 }
 
 /// Compiles every weight-bearing kernel of every layer from a snapshot, its weights baked in.
@@ -248,19 +355,8 @@ pub fn compile_kernel_set(
     device: &dyn Device,
     snapshot: WeightSnapshot,
 ) -> Result<KernelSet, StepError> {
-    let config = snapshot.params.layout.config.clone();
-    let mut layers = Vec::with_capacity(config.n_layers);
-    for l in 0..config.n_layers {
-        let kernels = KernelKind::WEIGHTED
-            .iter()
-            .map(|&k| compile_kernel(device, k, &snapshot.params, l))
-            .collect::<Result<Vec<_>, _>>()?;
-        layers.push(kernels);
-    }
-    Ok(KernelSet {
-        snapshot,
-        kernels: SetKernels::Baked(layers),
-    })
+    let programs = BakedPrograms::for_device(device, &snapshot.params.layout.config)?;
+    Arc::new(programs).compile_set(device, snapshot)
 }
 
 /// Compiles each weight-bearing kernel once in packed weight mode (shared by every layer),

@@ -15,10 +15,12 @@
 use anetrain_device::clock::Clock;
 use anetrain_device::Device;
 use anetrain_model::step::{
-    compile_kernel_set, compile_packed_kernel_set, KernelSet, StepError, WeightSnapshot,
+    compile_kernel_set, compile_packed_kernel_set, BakedPrograms, KernelSet, StepError,
+    WeightSnapshot,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
@@ -112,6 +114,8 @@ pub struct Delivery<'scope, 'env> {
     device: &'env dyn Device,
     clock: &'env dyn Clock,
     active: KernelSet,
+    /// What a baked set's successors are compiled from (generated once per run).
+    programs: Option<Arc<BakedPrograms>>,
     job: Option<Job<'scope>>,
     /// The newest snapshot not yet handed to a compile.
     latest: Option<WeightSnapshot>,
@@ -145,6 +149,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             scope,
             device,
             clock,
+            programs: initial.baked_programs(),
             active: initial,
             job: None,
             latest: None,
@@ -197,7 +202,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 // The old set is not needed once the new one exists: free it first, which
                 // halves the peak memory of a recompile. A failed compile ends the run anyway.
                 self.active.release_baked();
-                let set = compile_kernel_set(self.device, snapshot)?;
+                let set = compile_baked(self.programs.as_ref(), self.device, snapshot)?;
                 self.stats.stall += self.clock.now().saturating_sub(start);
                 self.stats.kernel_sets_compiled += 1;
                 self.active = set;
@@ -236,7 +241,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let Some(snapshot) = self.latest.take() else {
             return;
         };
-        let (device, clock) = (self.device, self.clock);
+        let (device, clock, programs) = (self.device, self.clock, self.programs.clone());
         let submitted = clock.now();
         let snap = snapshot.clone();
         // The compile's virtual timeline starts when it was submitted; it reports when it
@@ -244,7 +249,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let handle = self.scope.spawn(move || {
             clock.advance_to(submitted);
             let start = clock.now();
-            let result = compile_kernel_set(device, snap);
+            let result = compile_baked(programs.as_ref(), device, snap);
             let end = clock.now();
             (result, end.saturating_sub(start), end)
         });
@@ -375,6 +380,18 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
 
     pub fn active(&mut self) -> &mut KernelSet {
         &mut self.active
+    }
+}
+
+/// A baked set of the snapshot's weights, from the run's programs when it has them.
+fn compile_baked(
+    programs: Option<&Arc<BakedPrograms>>,
+    device: &dyn Device,
+    snapshot: WeightSnapshot,
+) -> Result<KernelSet, StepError> {
+    match programs {
+        Some(programs) => programs.compile_set(device, snapshot),
+        None => compile_kernel_set(device, snapshot),
     }
 }
 

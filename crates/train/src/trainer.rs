@@ -6,8 +6,7 @@ use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{
-    clip_factor, grad_norm, scale_all, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
-    PARALLEL_CHUNK,
+    clip_factor, grad_norm, zero_all, AdamState, AdamW, LossScaler, LrSchedule, PARALLEL_CHUNK,
 };
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
@@ -403,6 +402,8 @@ fn run_steps(
         let apply = state.scaler.observe(raw_norm.is_finite());
         let lr = schedule.at(state.step);
         let mut norm = f32::NAN;
+        // What the update multiplied the gradient by (unscaling and clipping).
+        let mut applied_scale = 1.0;
         // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
         let double_buffered = env.strategy == Strategy::DoubleBuffer;
         let predict = options.weight_prediction && double_buffered;
@@ -410,28 +411,20 @@ fn run_steps(
             let unscale = 1.0 / (accum as f32 * scale);
             let compensate =
                 options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
-            // The corrections read the gradient itself, so for them it is scaled in place;
-            // otherwise unscaling and clipping ride into the update, which saves two passes
-            // over every gradient.
-            let in_place = compensate || predict;
+            // Delay compensation rewrites the gradient in one pass that also unscales it and
+            // measures its norm. Otherwise unscaling and clipping ride into the update (and
+            // the prediction), which saves two passes over every gradient.
             let mut grad_scale = unscale;
-            if in_place {
-                scale_all(grads, unscale);
+            if compensate {
+                let stale = delivery.active().snapshot().params.clone();
+                norm =
+                    compensate_delay(grads, unscale, &state.params, &stale, &state.adam, options);
                 grad_scale = 1.0;
-                if compensate {
-                    let stale = delivery.active().snapshot().params.clone();
-                    compensate_delay(grads, &state.params, &stale, &state.adam, options);
-                }
-                norm = grad_norm(grads);
             } else {
                 norm = raw_norm * unscale;
             }
-            let clip = clip_factor(norm, options.clip);
-            if in_place && clip != 1.0 {
-                scale_all(grads, clip);
-            } else {
-                grad_scale *= clip;
-            }
+            grad_scale *= clip_factor(norm, options.clip);
+            applied_scale = grad_scale;
             delivery.release_before_update();
             let params = Arc::make_mut(&mut state.params);
             options
@@ -448,7 +441,8 @@ fn run_steps(
         if apply {
             let next = if predict {
                 let horizon = (state.step - 1).saturating_sub(ran_on).max(1);
-                predicted_snapshot(state, grads, options, schedule.at(state.step), horizon)
+                let lr = schedule.at(state.step);
+                predicted_snapshot(state, grads, applied_scale, options, lr, horizon)
             } else {
                 snapshot(state)
             };
@@ -526,14 +520,17 @@ fn run_steps(
 
 /// DC-ASGD-a: moves a gradient computed at stale weights towards the gradient at the master
 /// weights with the diagonal of the outer-product approximation of the Hessian, clamped so
-/// that no gradient changes sign or more than doubles.
+/// that no gradient changes sign or more than doubles. The gradient is first multiplied by
+/// `unscale` (the loss scale and accumulation undone), in the same pass; returns the norm of
+/// the result.
 fn compensate_delay(
     grads: &mut Params,
+    unscale: f32,
     master: &Params,
     stale: &Params,
     adam: &AdamState,
     options: &TrainOptions,
-) {
+) -> f32 {
     let lambda = options.delay_compensation / options.lr;
     let eps = options.adam.eps;
     let chunks = grads
@@ -542,19 +539,28 @@ fn compensate_delay(
         .zip(master.data.par_chunks(PARALLEL_CHUNK))
         .zip(stale.data.par_chunks(PARALLEL_CHUNK))
         .zip(adam.v.data.par_chunks(PARALLEL_CHUNK));
-    chunks.for_each(|(((g, w), ws), v)| {
-        for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
-            // The mean square includes the current gradient, so a gradient appearing for the
-            // first time (v still 0) cannot blow the correction up.
-            let rms = v.max(*g * *g).sqrt();
-            // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in for
-            // the curvature, so the correction is trusted only as far as it keeps the
-            // gradient's sign and at most doubles it: unclamped, it overturned steady
-            // gradients at a high learning rate and training diverged.
-            let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
-            *g *= factor.clamp(0.0, 2.0);
-        }
-    });
+    // Chunk sums in order, added serially: the norm must not depend on the split (see
+    // `grad_norm`).
+    let partial: Vec<f64> = chunks
+        .map(|(((g, w), ws), v)| {
+            let mut sum = 0.0f64;
+            for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
+                *g *= unscale;
+                // The mean square includes the current gradient, so a gradient appearing for
+                // the first time (v still 0) cannot blow the correction up.
+                let rms = v.max(*g * *g).sqrt();
+                // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in
+                // for the curvature, so the correction is trusted only as far as it keeps the
+                // gradient's sign and at most doubles it: unclamped, it overturned steady
+                // gradients at a high learning rate and training diverged.
+                let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
+                *g *= factor.clamp(0.0, 2.0);
+                sum += (*g as f64) * (*g as f64);
+            }
+            sum
+        })
+        .collect();
+    partial.iter().sum::<f64>().sqrt() as f32
 }
 
 /// The run's counters with what delivery has done in this process added.
@@ -584,19 +590,18 @@ fn snapshot(state: &TrainState) -> WeightSnapshot {
 fn predicted_snapshot(
     state: &TrainState,
     last_grads: &Params,
+    grad_scale: f32,
     options: &TrainOptions,
     lr: f32,
     horizon: u64,
 ) -> WeightSnapshot {
-    let mut params = Params::zeros(state.params.layout.clone());
-    let adam = &options.adam;
-    adam.predict(
+    let params = options.adam.predict(
         &state.params,
         &state.adam,
         last_grads,
+        grad_scale,
         lr,
         horizon as f32,
-        &mut params,
     );
     WeightSnapshot {
         version: state.step,
@@ -635,6 +640,7 @@ pub fn validation_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anetrain_model::optim::scale_all;
     use anetrain_model::ParamLayout;
 
     #[test]
@@ -663,10 +669,15 @@ mod tests {
         (g.data[3], w.data[3], ws.data[3], adam.v.data[3]) = (2.0, 0.0, 10.0, 4.0);
         // Entry 4: 1 + 0.3·2·10/2 = 4 would quadruple it: clamped to double.
         (g.data[4], w.data[4], ws.data[4], adam.v.data[4]) = (2.0, 10.0, 0.0, 4.0);
-        compensate_delay(&mut g, &w, &ws, &adam, &options);
+        // Handed in at twice the size, with the unscale factor that undoes it.
+        scale_all(&mut g, 2.0);
+        let norm = compensate_delay(&mut g, 0.5, &w, &ws, &adam, &options);
         assert_eq!((g.data[3], g.data[4]), (0.0, 4.0));
         assert!((g.data[0] - 2.2).abs() < 1e-6, "{}", g.data[0]);
         assert!((g.data[1] - 0.4).abs() < 1e-6, "{}", g.data[1]);
         assert_eq!(g.data[2], 0.0);
+        // The norm of the result: √(2.2² + 0.4² + 4²).
+        let want = (2.2f32 * 2.2 + 0.4 * 0.4 + 16.0).sqrt();
+        assert!((norm - want).abs() < 1e-5, "{norm} vs {want}");
     }
 }

@@ -9,9 +9,10 @@ mod steps;
 
 use crate::{fp16, Device, DeviceError, DeviceInfo, Kernel, KernelExec, NumericMode, PeakFlops};
 use anetrain_mil::blob::WeightFiles;
-use anetrain_mil::check::check_program;
+use anetrain_mil::check::{check_program, Signature};
 use anetrain_mil::Program;
-use plan::{Place, Plan};
+use plan::{Place, Plan, PlanTemplate};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 pub use matmul::{gemm, MatLayout};
@@ -19,12 +20,51 @@ pub use peak::measure_fma_peak;
 
 /// Runs MIL on the host. Compile checks the program, resolves and lays out its constants,
 /// fuses elementwise chains and plans one arena; eval runs the plan without allocating.
+///
+/// A program compiled again with other weights reuses its checked, lowered template (see
+/// [`TemplateCache`]), the way a training run recompiles the same kernels after every update.
 #[derive(Clone, Debug)]
 pub struct CpuDevice {
     mode: NumericMode,
     threads: usize,
     peak: PeakFlops,
     arenas: Arc<ArenaPool>,
+    templates: Option<Arc<TemplateCache>>,
+}
+
+/// The programs a device (and its clones) compiled most recently, each with its signature and
+/// lowered template. A hit skips checking and lowering; the weights are still read, checked
+/// against their declared dtype and shape, rounded and packed, so a kernel compiled from the
+/// cache is the kernel a fresh compile would give.
+#[derive(Debug, Default)]
+struct TemplateCache {
+    entries: Mutex<VecDeque<Arc<CachedProgram>>>,
+}
+
+#[derive(Debug)]
+struct CachedProgram {
+    program: Program,
+    signature: Signature,
+    template: PlanTemplate,
+}
+
+impl TemplateCache {
+    /// Programs kept: a model's distinct kernels with room to spare (a training set has five
+    /// per weight mode, every layer's program being the same text).
+    const CAPACITY: usize = 32;
+
+    fn find(&self, program: &Program) -> Option<Arc<CachedProgram>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().find(|e| e.program == *program).cloned()
+    }
+
+    fn insert(&self, entry: Arc<CachedProgram>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+    }
 }
 
 /// Arenas shared by all kernels of a device (and its clones). A kernel borrows one for the
@@ -64,7 +104,15 @@ impl CpuDevice {
             threads,
             peak: PeakFlops::Unknown,
             arenas: Arc::default(),
+            templates: Some(Arc::default()),
         }
+    }
+
+    /// Checks and lowers every program from scratch, as if each compile were the first (for
+    /// measuring what a cold compile costs).
+    pub fn without_template_cache(mut self) -> CpuDevice {
+        self.templates = None;
+        self
     }
 
     pub fn with_threads(mut self, threads: usize) -> CpuDevice {
@@ -95,20 +143,42 @@ impl Device for CpuDevice {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        let checked = check_program(program)?;
+        let cached = self.templates.as_ref().and_then(|t| t.find(program));
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let entry = Arc::new(self.lower(program)?);
+                if let Some(templates) = &self.templates {
+                    templates.insert(entry.clone());
+                }
+                entry
+            }
+        };
         if let Some(missing) = weights.missing_for(program).into_iter().next() {
             return Err(DeviceError::MissingWeights(missing));
         }
-        let function = program
-            .main()
-            .ok_or_else(|| DeviceError::CompileFailed("the program has no function".into()))?;
-        let plan = plan::lower(function, &checked, weights, self.mode)?;
         let exec = CpuKernel {
-            plan,
+            plan: entry.template.bind(weights)?,
             arenas: self.arenas.clone(),
             threads: self.threads,
         };
-        Ok(Kernel::new(checked.signature, Box::new(exec)))
+        Ok(Kernel::new(entry.signature.clone(), Box::new(exec)))
+    }
+}
+
+impl CpuDevice {
+    /// Checks a program and lowers it to a template waiting for weights.
+    fn lower(&self, program: &Program) -> Result<CachedProgram, DeviceError> {
+        let checked = check_program(program)?;
+        let function = program
+            .main()
+            .ok_or_else(|| DeviceError::CompileFailed("the program has no function".into()))?;
+        let template = PlanTemplate::lower(function, &checked, self.mode)?;
+        Ok(CachedProgram {
+            program: program.clone(),
+            signature: checked.signature,
+            template,
+        })
     }
 }
 
@@ -298,6 +368,81 @@ mod tests {
         // One eval at a time needs one arena, however many kernels there are.
         let free = device.arenas.free.lock().unwrap();
         assert_eq!(free.len(), 1);
+    }
+
+    /// The same program compiled with other weights (a training run's recompiles) comes from
+    /// the template cache and must run exactly as a cold compile of those weights does.
+    #[test]
+    fn a_program_compiled_again_runs_on_its_new_weights() {
+        let (n, d, s) = (3, 24, 16);
+        let program = examples::conv_chain(n, d, s);
+        let x: Vec<f32> = (0..d * s)
+            .map(|i| ((i * 5 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        for mode in [NumericMode::Fp32, NumericMode::Fp16] {
+            let cold = CpuDevice::new(mode)
+                .with_threads(1)
+                .without_template_cache();
+            let warm = CpuDevice::new(mode).with_threads(1);
+            let mut kernels = Vec::new();
+            for scale in [0.7, -0.4, 1.3] {
+                let weights = examples::conv_chain_weights(n, d, scale);
+                let want = run(&cold, &mut cold.compile(&program, &weights).unwrap(), &x);
+                let mut k = warm.compile(&program, &weights).unwrap();
+                assert_eq!(run(&warm, &mut k, &x), want, "{mode:?}, scale {scale}");
+                kernels.push((k, want));
+            }
+            assert_eq!(
+                warm.templates
+                    .as_ref()
+                    .unwrap()
+                    .entries
+                    .lock()
+                    .unwrap()
+                    .len(),
+                1
+            );
+            // Kernels from one template keep their own weights.
+            for (k, want) in &mut kernels {
+                assert_eq!(run(&warm, k, &x), *want, "{mode:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_program_still_checks_its_weights() {
+        let (n, d, s) = (2, 8, 8);
+        let program = examples::conv_chain(n, d, s);
+        let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+        let good = examples::conv_chain_weights(n, d, 0.5);
+        device.compile(&program, &good).unwrap();
+        let (path, bytes) = good
+            .iter()
+            .next()
+            .map(|(p, b)| (p.to_string(), b.to_vec()))
+            .unwrap();
+
+        let mut missing = WeightFiles::new();
+        for (p, b) in good.iter().filter(|(p, _)| *p != path) {
+            missing.insert(p, b.to_vec());
+        }
+        match device.compile(&program, &missing) {
+            Err(DeviceError::MissingWeights(p)) => assert_eq!(p, path),
+            other => panic!("expected missing weights, got {:?}", other.err()),
+        }
+        let mut truncated = good.clone();
+        truncated.insert(path.clone(), bytes[..bytes.len() - 4].to_vec());
+        match device.compile(&program, &truncated) {
+            Err(DeviceError::Weights { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("expected a weights error, got {:?}", other.err()),
+        }
+        let mut wrong_dtype = good.clone();
+        let values = vec![0.5f32; d * d];
+        wrong_dtype.insert_blob(path.clone(), &BlobFile::fp32(&values));
+        assert!(matches!(
+            device.compile(&program, &wrong_dtype),
+            Err(DeviceError::Weights { .. })
+        ));
     }
 
     #[test]

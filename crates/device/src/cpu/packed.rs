@@ -68,11 +68,17 @@ impl PackedA {
         let panels = m.div_ceil(MR);
         let mut data = vec![0.0; panels * k * MR];
         for (i, panel) in data.chunks_exact_mut(k * MR).enumerate() {
-            for (p, group) in panel.chunks_exact_mut(MR).enumerate() {
-                for (r, v) in group.iter_mut().enumerate() {
-                    let row = i * MR + r;
-                    if row < m {
-                        *v = a[la.offset + row * la.rs + p * la.cs];
+            for r in 0..MR.min(m - i * MR) {
+                let start = la.offset + (i * MR + r) * la.rs;
+                let slots = panel.chunks_exact_mut(MR).map(|group| &mut group[r]);
+                if la.cs == 1 {
+                    // Row-major weights (every compile packs these): one sequential read.
+                    for (slot, &v) in slots.zip(&a[start..start + k]) {
+                        *slot = v;
+                    }
+                } else {
+                    for (p, slot) in slots.enumerate() {
+                        *slot = a[start + p * la.cs];
                     }
                 }
             }

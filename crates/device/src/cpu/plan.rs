@@ -1,6 +1,11 @@
 //! Compiling a checked MIL function into a CPU plan: constants resolved and laid out,
 //! elementwise chains fused, views (reshape, contiguous slices) turned into aliases, and every
 //! remaining value given a place in one arena whose slots are reused once a value is dead.
+//!
+//! Lowering happens in two stages. [`PlanTemplate::lower`] does everything that depends on
+//! the program alone: steps, fusion, arena layout, which products get packed weights.
+//! [`PlanTemplate::bind`] reads the weight files into the constants and packs them. A program
+//! compiled again with new weights (every update of a training run) only needs the second.
 
 use super::matmul::MatLayout;
 use super::packed::{self, PackedA};
@@ -14,6 +19,7 @@ use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::CheckedFunction;
 use anetrain_mil::{Arg, DType, Function, Literal, Op, Scalar, Type};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Where a value's elements live when the kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,7 +43,7 @@ pub struct Plan {
     pub round_after: Vec<bool>,
     pub places: Vec<Place>,
     pub lens: Vec<usize>,
-    pub consts: Vec<Vec<f32>>,
+    pub consts: Vec<Arc<Vec<f32>>>,
     pub arena_len: usize,
     /// Working space shared by the steps (they run one at a time), taken with the arena.
     pub scratch_len: usize,
@@ -69,45 +75,145 @@ struct Value {
     round: bool,
 }
 
-pub fn lower(
-    f: &Function,
-    checked: &CheckedFunction,
-    weights: &WeightFiles,
-    mode: NumericMode,
-) -> Result<Plan, DeviceError> {
-    let mut l = Lowering::new(f, checked, weights, mode);
-    let mut inputs = Vec::new();
-    for (i, p) in f.inputs.iter().enumerate() {
-        // fp16 inputs in fp16 mode must be rounded, so they are copied; others are read in place.
-        let round = l.rounds(&p.ty);
-        let storage = if round {
-            Storage::Arena
-        } else {
-            Storage::Input(i)
+/// Where a constant's values come from.
+#[derive(Clone, Debug)]
+enum ConstSource {
+    /// Inline literals, computed (and rounded) once when the program is lowered.
+    Fixed(Arc<Vec<f32>>),
+    /// A BLOBFILE tensor, read from the weight files at every bind.
+    Blob {
+        path: String,
+        offset: u64,
+        dtype: DType,
+        shape: Vec<usize>,
+        round: bool,
+    },
+    /// `constexpr_affine_dequantize`, whose operands may be BLOBFILE tensors.
+    Dequantize {
+        data: Literal,
+        scale: Literal,
+        zero: Option<Literal>,
+        axis: usize,
+        round: bool,
+    },
+}
+
+impl ConstSource {
+    fn load(&self, weights: &WeightFiles) -> Result<Arc<Vec<f32>>, DeviceError> {
+        let rounded = |mut v: Vec<f32>, round: bool| {
+            if round {
+                fp16::round_slice(&mut v);
+            }
+            Arc::new(v)
         };
-        let id = l.new_value(p.ty.shape().to_vec(), storage, round);
-        l.env.insert(p.name.clone(), id);
-        if round {
-            inputs.push((i, id));
+        Ok(match self {
+            ConstSource::Fixed(values) => values.clone(),
+            ConstSource::Blob {
+                path,
+                offset,
+                dtype,
+                shape,
+                round,
+            } => rounded(blob_f32(weights, path, *offset, *dtype, shape)?, *round),
+            ConstSource::Dequantize {
+                data,
+                scale,
+                zero,
+                axis,
+                round,
+            } => {
+                let shape = data.ty().shape().to_vec();
+                let data = literal_f32(weights, data)?;
+                let scale = literal_f32(weights, scale)?;
+                let zero = match zero {
+                    Some(z) => literal_f32(weights, z)?,
+                    None => vec![0.0],
+                };
+                rounded(dequantize(&data, &scale, &zero, &shape, *axis), *round)
+            }
+        })
+    }
+}
+
+/// A lowered function waiting for its weights (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct PlanTemplate {
+    /// The plan without constant data: no `consts`, no packed products.
+    plan: Plan,
+    values: Vec<Value>,
+    sources: Vec<ConstSource>,
+    /// Steps (products) whose constant left operand is packed at bind time.
+    packed_steps: Vec<usize>,
+    /// Constants that only packed products read: their raw copy is dropped once packed.
+    packed_only: Vec<usize>,
+}
+
+impl PlanTemplate {
+    pub fn lower(
+        f: &Function,
+        checked: &CheckedFunction,
+        mode: NumericMode,
+    ) -> Result<PlanTemplate, DeviceError> {
+        let mut l = Lowering::new(f, checked, mode);
+        let mut inputs = Vec::new();
+        for (i, p) in f.inputs.iter().enumerate() {
+            // fp16 inputs in fp16 mode must be rounded, so they are copied; others are read
+            // in place.
+            let round = l.rounds(&p.ty);
+            let storage = if round {
+                Storage::Arena
+            } else {
+                Storage::Input(i)
+            };
+            let id = l.new_value(p.ty.shape().to_vec(), storage, round);
+            l.env.insert(p.name.clone(), id);
+            if round {
+                inputs.push((i, id));
+            }
         }
+        for op in &f.ops {
+            l.lower_op(op)?;
+        }
+        let outputs = f
+            .outputs
+            .iter()
+            .map(|name| l.data(&Arg::Var(name.clone()), "output"))
+            .collect::<Result<Vec<_>, _>>()?;
+        l.finish(inputs, outputs)
     }
-    for op in &f.ops {
-        l.lower_op(op)?;
+
+    /// The plan running on `weights`: every constant read (and checked against its declared
+    /// dtype and shape), rounded in fp16 mode, and packed where the template says so.
+    pub fn bind(&self, weights: &WeightFiles) -> Result<Plan, DeviceError> {
+        let mut consts = self
+            .sources
+            .iter()
+            .map(|s| s.load(weights))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut plan = self.plan.clone();
+        for &i in &self.packed_steps {
+            let Step::Gemm(g) = &mut plan.steps[i] else {
+                unreachable!("only products are packed");
+            };
+            g.packed = Some(pack_constant(g, &self.values, &consts).ok_or_else(|| {
+                DeviceError::CompileFailed(format!(
+                    "packing the constant left operand of step {i} failed"
+                ))
+            })?);
+        }
+        for &c in &self.packed_only {
+            consts[c] = Arc::default();
+        }
+        plan.consts = consts;
+        Ok(plan)
     }
-    let outputs = f
-        .outputs
-        .iter()
-        .map(|name| l.data(&Arg::Var(name.clone()), "output"))
-        .collect::<Result<Vec<_>, _>>()?;
-    l.finish(inputs, outputs)
 }
 
 struct Lowering<'a> {
     checked: &'a CheckedFunction,
-    weights: &'a WeightFiles,
     mode: NumericMode,
     values: Vec<Value>,
-    consts: Vec<Vec<f32>>,
+    sources: Vec<ConstSource>,
     env: HashMap<String, ValueId>,
     steps: Vec<Step>,
     /// How often each MIL value is used (arguments and function outputs).
@@ -128,12 +234,7 @@ fn unsupported(op: &Op, message: impl Into<String>) -> DeviceError {
 }
 
 impl<'a> Lowering<'a> {
-    fn new(
-        f: &'a Function,
-        checked: &'a CheckedFunction,
-        weights: &'a WeightFiles,
-        mode: NumericMode,
-    ) -> Self {
+    fn new(f: &'a Function, checked: &'a CheckedFunction, mode: NumericMode) -> Self {
         let mut uses: HashMap<String, usize> = HashMap::new();
         for op in &f.ops {
             for (_, a) in &op.args {
@@ -151,10 +252,9 @@ impl<'a> Lowering<'a> {
         }
         Lowering {
             checked,
-            weights,
             mode,
             values: Vec::new(),
-            consts: Vec::new(),
+            sources: Vec::new(),
             env: HashMap::new(),
             steps: Vec::new(),
             uses,
@@ -237,40 +337,34 @@ impl<'a> Lowering<'a> {
 
     fn constant(&mut self, lit: &Literal) -> Result<ValueId, DeviceError> {
         let ty = lit.ty();
-        let mut data = self.literal_f32(lit)?;
         let round = self.rounds(&ty);
-        if round {
-            fp16::round_slice(&mut data);
-        }
-        self.consts.push(data);
-        Ok(self.new_value(
-            ty.shape().to_vec(),
-            Storage::Const(self.consts.len() - 1),
-            round,
-        ))
-    }
-
-    fn literal_f32(&self, lit: &Literal) -> Result<Vec<f32>, DeviceError> {
-        match lit {
-            Literal::Scalar { value, .. } => Ok(vec![scalar_f32(value)?]),
-            Literal::Tensor { values, .. } => values.iter().map(scalar_f32).collect(),
+        let source = match lit {
             Literal::Blob {
                 dtype,
                 shape,
                 path,
                 offset,
-            } => {
-                if self.weights.get(path).is_none() {
-                    return Err(DeviceError::MissingWeights(path.clone()));
+            } => ConstSource::Blob {
+                path: path.clone(),
+                offset: *offset,
+                dtype: *dtype,
+                shape: shape.clone(),
+                round,
+            },
+            inline => {
+                let mut data = literal_f32(&WeightFiles::new(), inline)?;
+                if round {
+                    fp16::round_slice(&mut data);
                 }
-                self.weights
-                    .tensor_f32(path, *offset, *dtype, shape)
-                    .map_err(|source| DeviceError::Weights {
-                        path: path.clone(),
-                        source: Box::new(source),
-                    })
+                ConstSource::Fixed(Arc::new(data))
             }
-        }
+        };
+        Ok(self.new_const(ty.shape().to_vec(), source, round))
+    }
+
+    fn new_const(&mut self, shape: Vec<usize>, source: ConstSource, round: bool) -> ValueId {
+        self.sources.push(source);
+        self.new_value(shape, Storage::Const(self.sources.len() - 1), round)
     }
 
     /// The literal behind a structural parameter (argument or attribute), if given.
@@ -931,37 +1025,20 @@ impl<'a> Lowering<'a> {
             self.param(op, key)
                 .ok_or_else(|| unsupported(op, format!("missing attribute `{key}`")))
         };
-        let data = self.literal_f32(&lit("quantized_data")?)?;
-        let shape = lit("quantized_data")?.ty().shape().to_vec();
-        let scale = self.literal_f32(&lit("scale")?)?;
-        let zero = match self.param(op, "zero_point") {
-            Some(z) => self.literal_f32(&z)?,
-            None => vec![0.0],
-        };
+        let (data, scale) = (lit("quantized_data")?, lit("scale")?);
+        let shape = data.ty().shape().to_vec();
         let axis = self
             .param_int(op, "axis", 0)
             .rem_euclid(shape.len().max(1) as i64) as usize;
-        let inner: usize = shape[axis + 1..].iter().product();
-        let along = shape.get(axis).copied().unwrap_or(1);
-        let pick = |v: &[f32], i: usize| {
-            if v.len() == 1 {
-                v[0]
-            } else {
-                v[(i / inner) % along]
-            }
+        let round = self.rounds(&self.ty(&op.output));
+        let source = ConstSource::Dequantize {
+            data,
+            scale,
+            zero: self.param(op, "zero_point"),
+            axis,
+            round,
         };
-        let mut values: Vec<f32> = data
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| (q - pick(&zero, i)) * pick(&scale, i))
-            .collect();
-        let ty = self.ty(&op.output);
-        let round = self.rounds(&ty);
-        if round {
-            fp16::round_slice(&mut values);
-        }
-        self.consts.push(values);
-        let id = self.new_value(shape, Storage::Const(self.consts.len() - 1), round);
+        let id = self.new_const(shape, source, round);
         self.env.insert(op.output.clone(), id);
         Ok(())
     }
@@ -1012,18 +1089,17 @@ impl<'a> Lowering<'a> {
     }
 
     fn finish(
-        mut self,
+        self,
         inputs: Vec<(usize, ValueId)>,
         outputs: Vec<ValueId>,
-    ) -> Result<Plan, DeviceError> {
-        for step in &mut self.steps {
-            match step {
-                Step::Ew(e) => e.finish(),
-                Step::Gemm(g) => g.packed = pack_constant(g, &self.values, &self.consts),
-                _ => {}
+    ) -> Result<PlanTemplate, DeviceError> {
+        let mut steps = self.steps;
+        for step in &mut steps {
+            if let Step::Ew(e) = step {
+                e.finish();
             }
         }
-        for step in &self.steps {
+        for step in &steps {
             let too_big = match step {
                 Step::Ew(e) => e.shape.len() > MAX_RANK + 1 || e.strides.len() > MAX_OPERANDS,
                 Step::Reduce(r) => r.shape.len() > MAX_RANK + 1,
@@ -1036,48 +1112,63 @@ impl<'a> Lowering<'a> {
                 )));
             }
         }
+        let values = self.values;
+        let packed_steps: Vec<usize> = steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Step::Gemm(g) if packs_constant(g, &values)))
+            .map(|(i, _)| i)
+            .collect();
+        // What each step reads once its weights are bound: a packed product reads its
+        // packed copy, not the constant.
+        let reads = |i: usize, step: &Step| {
+            let mut r = step.reads();
+            if let (Step::Gemm(g), true) = (step, packed_steps.contains(&i)) {
+                r.retain(|&id| id != g.a);
+            }
+            r
+        };
         // Live ranges of arena roots: steps are numbered 1..=n, inputs are born at 0, and
         // function outputs live past the last step.
-        let n = self.steps.len();
-        let mut born = vec![usize::MAX; self.values.len()];
-        let mut dies = vec![0usize; self.values.len()];
+        let n = steps.len();
+        let mut born = vec![usize::MAX; values.len()];
+        let mut dies = vec![0usize; values.len()];
         for &(_, id) in &inputs {
             born[id] = 0;
         }
-        for (i, step) in self.steps.iter().enumerate() {
-            let (r, _) = root(&self.values, step.writes());
+        for (i, step) in steps.iter().enumerate() {
+            let (r, _) = root(&values, step.writes());
             born[r] = born[r].min(i + 1);
-            for read in step.reads() {
-                let (r, _) = root(&self.values, read);
+            for read in reads(i, step) {
+                let (r, _) = root(&values, read);
                 dies[r] = dies[r].max(i + 1);
             }
         }
         for &id in &outputs {
-            let (r, _) = root(&self.values, id);
+            let (r, _) = root(&values, id);
             dies[r] = n + 1;
         }
         // An output computed into its own arena root is written straight into the caller's
         // buffer; any other output (an input, a constant, a view, a repeat) is copied at the end.
-        let mut in_place: Vec<Option<usize>> = vec![None; self.values.len()];
+        let mut in_place: Vec<Option<usize>> = vec![None; values.len()];
         let mut copied_outputs = Vec::new();
         for (j, &id) in outputs.iter().enumerate() {
-            let (r, off) = root(&self.values, id);
-            let whole = off == 0 && self.values[r].shape == self.values[id].shape;
-            let computed = matches!(self.values[r].storage, Storage::Arena)
-                && born[r] != usize::MAX
-                && born[r] > 0;
+            let (r, off) = root(&values, id);
+            let whole = off == 0 && values[r].shape == values[id].shape;
+            let computed =
+                matches!(values[r].storage, Storage::Arena) && born[r] != usize::MAX && born[r] > 0;
             if whole && computed && in_place[r].is_none() {
                 in_place[r] = Some(j);
             } else {
                 copied_outputs.push((j, id));
             }
         }
-        let mut offsets = vec![usize::MAX; self.values.len()];
+        let mut offsets = vec![usize::MAX; values.len()];
         let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (offset, len, dies)
         let mut arena_len = 0;
-        let mut order: Vec<ValueId> = (0..self.values.len())
+        let mut order: Vec<ValueId> = (0..values.len())
             .filter(|&id| {
-                matches!(self.values[id].storage, Storage::Arena)
+                matches!(values[id].storage, Storage::Arena)
                     && born[id] != usize::MAX
                     && in_place[id].is_none()
             })
@@ -1085,7 +1176,7 @@ impl<'a> Lowering<'a> {
         order.sort_by_key(|&id| born[id]);
         for id in order {
             live.retain(|&(_, _, d)| d >= born[id]);
-            let len = align(self.values[id].shape.iter().product::<usize>().max(1));
+            let len = align(values[id].shape.iter().product::<usize>().max(1));
             live.sort_unstable();
             let mut at = 0;
             for &(o, l, _) in &live {
@@ -1098,10 +1189,10 @@ impl<'a> Lowering<'a> {
             offsets[id] = at;
             arena_len = arena_len.max(at + len);
         }
-        let places = (0..self.values.len())
+        let places = (0..values.len())
             .map(|id| {
-                let (r, off) = root(&self.values, id);
-                match (&self.values[r].storage, in_place[r]) {
+                let (r, off) = root(&values, id);
+                match (&values[r].storage, in_place[r]) {
                     (Storage::Const(c), _) => Place::Const(*c, off),
                     (Storage::Input(i), _) => Place::Input(*i, off),
                     (Storage::Arena, Some(j)) => Place::Output(j, off),
@@ -1112,52 +1203,57 @@ impl<'a> Lowering<'a> {
                 }
             })
             .collect();
-        let scratch = self.steps.iter().map(Step::scratch_len).max().unwrap_or(0);
+        let scratch = packed_steps
+            .iter()
+            .map(|&i| match &steps[i] {
+                Step::Gemm(g) => packed::scratch_len(g.k, g.n),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
         // Weights that only packed products use are held packed; the raw copy would double
         // their memory for nothing.
-        let const_of = |id: ValueId| match self.values[root(&self.values, id).0].storage {
+        let const_of = |id: ValueId| match values[root(&values, id).0].storage {
             Storage::Const(c) => Some(c),
             _ => None,
         };
-        let mut still_read = vec![false; self.consts.len()];
-        let reads = self.steps.iter().flat_map(Step::reads);
-        for id in reads.chain(outputs.iter().copied()) {
+        let mut still_read = vec![false; self.sources.len()];
+        let all_reads = steps.iter().enumerate().flat_map(|(i, s)| reads(i, s));
+        for id in all_reads.chain(outputs.iter().copied()) {
             if let Some(c) = const_of(id) {
                 still_read[c] = true;
             }
         }
-        for step in &self.steps {
-            if let Step::Gemm(
-                g @ GemmStep {
-                    packed: Some(_), ..
-                },
-            ) = step
-            {
-                if let Some(c) = const_of(g.a).filter(|&c| !still_read[c]) {
-                    self.consts[c] = Vec::new();
-                }
-            }
-        }
-        let round_after = self
-            .steps
+        let mut packed_only: Vec<usize> = packed_steps
             .iter()
-            .map(|s| !s.rounds_itself() && self.values[s.writes()].round)
+            .filter_map(|&i| match &steps[i] {
+                Step::Gemm(g) => const_of(g.a).filter(|&c| !still_read[c]),
+                _ => None,
+            })
             .collect();
-        let lens = self
-            .values
+        packed_only.sort_unstable();
+        packed_only.dedup();
+        let round_after = steps
             .iter()
-            .map(|v| v.shape.iter().product())
+            .map(|s| !s.rounds_itself() && values[s.writes()].round)
             .collect();
-        Ok(Plan {
-            steps: self.steps,
-            round_after,
-            places,
-            lens,
-            consts: self.consts,
-            arena_len,
-            scratch_len: scratch,
-            copied_inputs: inputs,
-            copied_outputs,
+        let lens = values.iter().map(|v| v.shape.iter().product()).collect();
+        Ok(PlanTemplate {
+            plan: Plan {
+                steps,
+                round_after,
+                places,
+                lens,
+                consts: Vec::new(),
+                arena_len,
+                scratch_len: scratch,
+                copied_inputs: inputs,
+                copied_outputs,
+            },
+            values,
+            sources: self.sources,
+            packed_steps,
+            packed_only,
         })
     }
 }
@@ -1166,12 +1262,29 @@ impl<'a> Lowering<'a> {
 /// [`packed::NR`] columns at a time, so it would mostly compute padding.
 const PACKED_MIN_N: usize = 8;
 
-/// Packs a product's left operand at compile time when it is a constant and the packed
-/// kernel applies: the weights are then laid out once instead of on every eval.
-fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<PackedGemm> {
+/// Whether a product's left operand is a constant the packed kernel can take, so that the
+/// weights are laid out once at compile time instead of on every eval.
+fn packs_constant(g: &GemmStep, values: &[Value]) -> bool {
     if !packed::available() || g.lc.cs != 1 || g.n < PACKED_MIN_N || g.k == 0 || g.m == 0 {
-        return None;
+        return false;
     }
+    let (r, base) = root(values, g.a);
+    let Storage::Const(_) = values[r].storage else {
+        return false;
+    };
+    let len: usize = values[r].shape.iter().product();
+    g.batches.iter().all(|&[oa, ..]| {
+        let la = MatLayout {
+            offset: g.la.offset + base + oa,
+            ..g.la
+        };
+        la.extent(g.m, g.k) <= len
+    })
+}
+
+/// Packs a product's constant left operand (see [`packs_constant`]): one packed matrix per
+/// distinct left-operand offset of the batch.
+fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Arc<Vec<f32>>]) -> Option<PackedGemm> {
     let (r, base) = root(values, g.a);
     let Storage::Const(c) = values[r].storage else {
         return None;
@@ -1193,10 +1306,65 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Vec<f32>]) -> Option<
                 offset: g.la.offset + base + oa,
                 ..g.la
             };
-            PackedA::new(g.m, g.k, data, la)
+            (la.extent(g.m, g.k) <= data.len())
+                .then(|| PackedA::new(g.m, g.k, data, la))
+                .flatten()
         })
         .collect::<Option<Vec<_>>>()?;
     Some(PackedGemm { packs, pack_of })
+}
+
+/// The values of a literal, reading BLOBFILE data from `weights`.
+fn literal_f32(weights: &WeightFiles, lit: &Literal) -> Result<Vec<f32>, DeviceError> {
+    match lit {
+        Literal::Scalar { value, .. } => Ok(vec![scalar_f32(value)?]),
+        Literal::Tensor { values, .. } => values.iter().map(scalar_f32).collect(),
+        Literal::Blob {
+            dtype,
+            shape,
+            path,
+            offset,
+        } => blob_f32(weights, path, *offset, *dtype, shape),
+    }
+}
+
+fn blob_f32(
+    weights: &WeightFiles,
+    path: &str,
+    offset: u64,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<Vec<f32>, DeviceError> {
+    if weights.get(path).is_none() {
+        return Err(DeviceError::MissingWeights(path.to_string()));
+    }
+    weights
+        .tensor_f32(path, offset, dtype, shape)
+        .map_err(|source| DeviceError::Weights {
+            path: path.to_string(),
+            source: Box::new(source),
+        })
+}
+
+/// `(q − zero) · scale`, with `scale` and `zero` either scalars or one value per index of
+/// `axis`.
+fn dequantize(data: &[f32], scale: &[f32], zero: &[f32], shape: &[usize], axis: usize) -> Vec<f32> {
+    let inner: usize = shape.get(axis + 1..).map_or(1, |s| s.iter().product());
+    let along = shape.get(axis).copied().unwrap_or(1);
+    let pick = |v: &[f32], i: usize| {
+        if v.len() == 1 {
+            v[0]
+        } else {
+            // The checker matched the vector's length to the axis.
+            v.get((i / inner.max(1)) % along.max(1))
+                .copied()
+                .unwrap_or(f32::NAN)
+        }
+    };
+    data.iter()
+        .enumerate()
+        .map(|(i, &q)| (q - pick(zero, i)) * pick(scale, i))
+        .collect()
 }
 
 /// The value whose storage `id` lives in, and `id`'s offset into it. Views of views are
@@ -1279,7 +1447,8 @@ mod tests {
         let checked = anetrain_mil::check::check_program(&program).expect("valid program");
         let main = program.main().expect("a main function");
         for mode in [NumericMode::Fp32, NumericMode::Fp16] {
-            let plan = lower(main, &checked, &weights, mode).expect("lowers");
+            let template = PlanTemplate::lower(main, &checked, mode).expect("lowers");
+            let plan = template.bind(&weights).expect("binds");
             let gemms: Vec<&GemmStep> = plan
                 .steps
                 .iter()

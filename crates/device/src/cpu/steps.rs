@@ -5,7 +5,7 @@
 //! overlaps any of its inputs.
 
 use super::matmul::{gemm, MatLayout};
-use super::packed::{packed_gemm, scratch_len, PackedA};
+use super::packed::{packed_gemm, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
 use crate::fp16;
 
@@ -300,14 +300,6 @@ impl Step {
         }
     }
 
-    /// How much of the plan's shared scratch the step needs.
-    pub fn scratch_len(&self) -> usize {
-        match self {
-            Step::Gemm(g) if g.packed.is_some() => scratch_len(g.k, g.n),
-            _ => 0,
-        }
-    }
-
     /// Whether the step rounds its own output (so the kernel need not round it afterwards).
     pub fn rounds_itself(&self) -> bool {
         matches!(self, Step::Ew(_) | Step::Copy(_))
@@ -317,7 +309,7 @@ impl Step {
 impl Step {
     /// Runs the step. `read` gives the storage of any value the step reads; `out` is the
     /// storage of the value it writes.
-    /// `scratch` is the plan's shared scratch, at least [`Step::scratch_len`] long.
+    /// `scratch` is the plan's shared scratch, as long as the plan says its packed products need.
     pub fn run<'a>(
         &mut self,
         read: &dyn Fn(ValueId) -> &'a [f32],

@@ -4,9 +4,11 @@
 //! wanted (the CPU's fp32 mode).
 //!
 //! Trainable tensors go through [`Graph::weight`], which follows the graph's [`WeightMode`]: baked
-//! as BLOBFILE constants, or read from a block of extra spatial columns of the kernel's single
-//! input (the dynamic pipeline: compiled once, weights staged by the host). Constant tables
-//! (RoPE, the causal mask) go through [`Graph::baked`] and are baked in every mode.
+//! as BLOBFILE constants whose files are written per layer and weight version (the program
+//! itself is the same for all of them), or read from a block of extra spatial columns of the
+//! kernel's single input (the dynamic pipeline: compiled once, weights staged by the host).
+//! Constant tables (RoPE, the causal mask) go through [`Graph::baked`] and are baked in every
+//! mode.
 
 use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::check::{infer_op_type, CheckError};
@@ -20,7 +22,22 @@ use std::collections::HashMap;
 pub struct KernelProgram {
     pub name: String,
     pub program: Program,
+    /// The files of the constant tables; a baked kernel's trainable tensors are added per
+    /// layer and weight version (see `trainables`).
     pub weights: WeightFiles,
+    /// Baked mode: the trainable tensors the program reads from weight files of their own.
+    pub trainables: Vec<BakedTensor>,
+}
+
+/// A trainable tensor baked into a weight file `path` (one tensor per file, at offset 64), as
+/// stored or transposed, in `shape` and `dtype`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BakedTensor {
+    pub path: String,
+    pub tensor: String,
+    pub transposed: bool,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
 }
 
 /// One trainable tensor in the packed block of a kernel's input.
@@ -159,6 +176,8 @@ pub struct Graph {
     block: Option<Var>,
     /// Trainable tensors already read (packed and recording modes): each is read once.
     trainables: HashMap<String, Var>,
+    /// Baked mode: the trainable tensors in order of first use.
+    baked_trainables: Vec<BakedTensor>,
     /// Recording mode: the input's channels and the trainable tensors in order of first use.
     recorded_channels: Option<usize>,
     recorded: Vec<(String, Vec<usize>)>,
@@ -185,6 +204,7 @@ impl Graph {
             mode,
             block: None,
             trainables: HashMap::new(),
+            baked_trainables: Vec::new(),
             recorded_channels: None,
             recorded: Vec::new(),
             b: FunctionBuilder::new("main", "ios18"),
@@ -302,19 +322,31 @@ impl Graph {
         self.constant(name, Literal::float(self.dtype, lit))
     }
 
-    /// A trainable tensor `tensor` of `shape`, as value `name`. Baked mode bakes `values`
-    /// (row-major in `shape`) into the weight file `<tensor>.bin`; packed mode reads the tensor
-    /// from the input's block at the packing's offset, and recording mode notes it; neither
-    /// uses `values`, which may then be empty. A tensor asked for twice is read once.
-    pub fn weight(&mut self, name: &str, tensor: &str, shape: &[usize], values: &[f32]) -> Var {
+    /// A trainable tensor `tensor` of `shape` (the tensor as stored, or its transpose when
+    /// `transposed`), as value `name`. Baked mode reads it from the weight file
+    /// `<tensor>.bin` (`<tensor>t.bin` transposed), whose data is written later for a layer and
+    /// weight version (see [`KernelProgram::trainables`]); packed mode reads the tensor from
+    /// the input's block at the packing's offset, and recording mode notes it. Packed weights
+    /// are read as stored. A tensor asked for twice is read once.
+    pub fn weight(&mut self, name: &str, tensor: &str, shape: &[usize], transposed: bool) -> Var {
         if self.mode == WeightMode::Baked {
-            if values.len() != shape.iter().product::<usize>() {
-                self.fail(format!(
-                    "{} values for the weight `{tensor}` of shape {shape:?}",
-                    values.len()
-                ));
+            let file = format!("{tensor}{}", if transposed { "t" } else { "" });
+            let path = format!("@model_path/weights/{file}.bin");
+            if !self.baked_trainables.iter().any(|b| b.path == path) {
+                self.baked_trainables.push(BakedTensor {
+                    path: path.clone(),
+                    tensor: tensor.to_string(),
+                    transposed,
+                    shape: shape.to_vec(),
+                    dtype: self.dtype,
+                });
             }
-            return self.baked(name, tensor, shape, values);
+            return self.blob_constant(name, shape, path);
+        }
+        if transposed {
+            self.fail(format!(
+                "the weight `{tensor}` is packed as stored; transpose it in the program"
+            ));
         }
         if let Some(v) = self.trainables.get(tensor) {
             return v.clone();
@@ -365,27 +397,12 @@ impl Graph {
     /// A value of the right type with no data behind it: what recording mode (and a failed
     /// packed read) hands back so that generation goes on and types stay right.
     fn placeholder(&mut self, name: &str, tensor: &str, shape: &[usize]) -> Var {
-        self.constant(
-            name,
-            Literal::Blob {
-                dtype: self.dtype,
-                shape: shape.to_vec(),
-                path: format!("@model_path/weights/{tensor}.bin"),
-                offset: 64,
-            },
-        )
+        self.blob_constant(name, shape, format!("@model_path/weights/{tensor}.bin"))
     }
 
-    /// A constant tensor baked from a weight file `@model_path/weights/<file>.bin` in every
-    /// weight mode (one file per tensor, offset 64: the layout every chip accepts), stored in the
-    /// graph's dtype. `values` are row-major in `shape`.
-    pub fn baked(&mut self, name: &str, file: &str, shape: &[usize], values: &[f32]) -> Var {
-        let path = format!("@model_path/weights/{file}.bin");
-        let blob = match self.dtype {
-            DType::Fp32 => BlobFile::fp32(values),
-            _ => BlobFile::fp16(values),
-        };
-        self.weights.insert_blob(path.clone(), &blob);
+    /// A BLOBFILE constant of the graph's dtype at offset 64 of `path` (one tensor per file:
+    /// the layout every chip accepts).
+    fn blob_constant(&mut self, name: &str, shape: &[usize], path: String) -> Var {
         self.constant(
             name,
             Literal::Blob {
@@ -395,6 +412,24 @@ impl Graph {
                 offset: 64,
             },
         )
+    }
+
+    /// A constant tensor baked from a weight file `@model_path/weights/<file>.bin` in every
+    /// weight mode, stored in the graph's dtype. `values` are row-major in `shape`.
+    pub fn baked(&mut self, name: &str, file: &str, shape: &[usize], values: &[f32]) -> Var {
+        let path = format!("@model_path/weights/{file}.bin");
+        if values.len() != shape.iter().product::<usize>() {
+            self.fail(format!(
+                "{} values for the constant `{file}` of shape {shape:?}",
+                values.len()
+            ));
+        }
+        let blob = match self.dtype {
+            DType::Fp32 => BlobFile::fp32(values),
+            _ => BlobFile::fp16(values),
+        };
+        self.weights.insert_blob(path.clone(), &blob);
+        self.blob_constant(name, shape, path)
     }
 
     /// Adds `kind(args)`, inferring its type.
@@ -582,6 +617,7 @@ impl Graph {
             name: self.name,
             program: Program::single(Dialect::Ios18, Style::Compact, self.b.finish()),
             weights: self.weights,
+            trainables: self.baked_trainables,
         })
     }
 }

@@ -30,14 +30,15 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
+use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
-use graph::{Graph, KernelProgram, WeightMode};
+use graph::{Graph, WeightMode};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
-pub use graph::{PackedTensor, WeightPacking};
+pub use graph::{BakedTensor, KernelProgram, PackedTensor, WeightPacking};
 
 /// Named channel ranges of a packed `[1, C, 1, S]` tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,14 +195,90 @@ pub fn generate(
     params: &Params,
     layer: usize,
     dtype: DType,
+) -> Result<KernelProgram, GenerateError> {
+    let mut program = generate_baked(kind, c, dtype)?;
+    program.weights = program.layer_weights(params, layer)?;
+    program.name = format!("{}.{layer}", kind.name());
+    Ok(program)
+}
+
+/// Generates the program of a baked kernel, the same for every layer and weight version: its
+/// weight files hold the constant tables only, and [`KernelProgram::layer_weights`] adds the
+/// trainable tensors of a layer.
+pub fn generate_baked(
+    kind: KernelKind,
+    c: &ModelConfig,
+    dtype: DType,
 ) -> Result<KernelProgram, Box<CheckError>> {
-    let mut g = Graph::new(&format!("{}.{layer}", kind.name()), dtype);
-    let gen = Gen {
-        c,
-        baked: Some((params, layer)),
-    };
-    gen.build(kind, &mut g);
+    let mut g = Graph::new(kind.name(), dtype);
+    Gen { c }.build(kind, &mut g);
     g.finish()
+}
+
+#[derive(Debug, Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Program(#[from] Box<CheckError>),
+    #[error(transparent)]
+    Weights(#[from] StageError),
+}
+
+impl KernelProgram {
+    /// The program's weight files for layer `layer` of `params`: the constant tables and each
+    /// trainable tensor in the program's dtype, transposed where the program reads it so.
+    pub fn layer_weights(&self, params: &Params, layer: usize) -> Result<WeightFiles, StageError> {
+        let c = &params.layout.config;
+        if layer >= c.n_layers {
+            return Err(StageError::Layer {
+                layer,
+                layers: c.n_layers,
+            });
+        }
+        let mut files = self.weights.clone();
+        for baked in &self.trainables {
+            let t = layer_tensor(&baked.tensor)
+                .ok_or_else(|| StageError::UnknownTensor(baked.tensor.clone()))?;
+            let [rows, cols] = t.shape(c);
+            let expected = if baked.transposed {
+                [cols, rows]
+            } else {
+                [rows, cols]
+            };
+            let dims = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+            if dims(&baked.shape) != dims(&expected) {
+                return Err(StageError::Shape {
+                    name: baked.path.clone(),
+                    packed: baked.shape.clone(),
+                    model: expected,
+                });
+            }
+            let values = params.layer(layer, t);
+            let blob = match (baked.dtype, baked.transposed) {
+                (DType::Fp32, false) => BlobFile::fp32(values),
+                (DType::Fp32, true) => BlobFile::fp32(&transpose(values, rows, cols)),
+                (_, false) => BlobFile::fp16(values),
+                (_, true) => BlobFile::fp16_matrix_transposed(values, rows, cols),
+            };
+            files.insert_blob(baked.path.clone(), &blob);
+        }
+        Ok(files)
+    }
+}
+
+/// `[rows][cols]` → `[cols][rows]`. Eight rows at a time: eight sequential reads, and each
+/// output row written in runs of eight.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BAND: usize = 8;
+    let mut t = vec![0.0f32; rows * cols];
+    for r0 in (0..rows).step_by(BAND) {
+        let band = &w[r0 * cols..(r0 + BAND).min(rows) * cols];
+        for (c, out) in t.chunks_exact_mut(rows).enumerate() {
+            for (o, row) in out[r0..].iter_mut().zip(band.chunks_exact(cols)) {
+                *o = row[c];
+            }
+        }
+    }
+    t
 }
 
 /// Where a kernel's trainable tensors lie in its packed input, found by a first pass of the
@@ -209,7 +286,7 @@ pub fn generate(
 /// have one source of truth. Each tensor is named by its [`LayerTensor::short_name`].
 pub fn weight_packing(kind: KernelKind, c: &ModelConfig) -> Result<WeightPacking, Box<CheckError>> {
     let mut g = Graph::with_weights(kind.name(), DType::Fp32, WeightMode::Recording);
-    Gen { c, baked: None }.build(kind, &mut g);
+    Gen { c }.build(kind, &mut g);
     g.finish_recording()
 }
 
@@ -223,7 +300,7 @@ pub fn generate_packed(
     let packing = weight_packing(kind, c)?;
     let mode = WeightMode::Packed(packing.clone());
     let mut g = Graph::with_weights(&format!("{}.packed", kind.name()), dtype, mode);
-    Gen { c, baked: None }.build(kind, &mut g);
+    Gen { c }.build(kind, &mut g);
     Ok((g.finish()?, packing))
 }
 
@@ -243,11 +320,11 @@ pub enum StageError {
     InputLength { expected: usize, found: usize },
 }
 
-/// The layer tensor a packed tensor holds.
-fn layer_tensor(packed: &PackedTensor) -> Option<LayerTensor> {
+/// The layer tensor of a short name (`wq`, `rms_att`, ...).
+fn layer_tensor(name: &str) -> Option<LayerTensor> {
     LayerTensor::ALL
         .into_iter()
-        .find(|t| t.short_name() == packed.name)
+        .find(|t| t.short_name() == name)
 }
 
 /// Copies layer `layer`'s weights from `params` into the block of a packed kernel input
@@ -273,8 +350,8 @@ pub fn stage_layer_weights(
         });
     }
     for packed in packing.tensors() {
-        let t =
-            layer_tensor(packed).ok_or_else(|| StageError::UnknownTensor(packed.name.clone()))?;
+        let t = layer_tensor(&packed.name)
+            .ok_or_else(|| StageError::UnknownTensor(packed.name.clone()))?;
         let [rows, cols] = t.shape(c);
         if packed.len() != rows * cols {
             return Err(StageError::Shape {
@@ -290,8 +367,6 @@ pub fn stage_layer_weights(
 
 struct Gen<'a> {
     c: &'a ModelConfig,
-    /// The weights to bake and their layer; `None` when the kernel reads them from its input.
-    baked: Option<(&'a Params, usize)>,
 }
 
 impl Gen<'_> {
@@ -316,61 +391,31 @@ impl Gen<'_> {
         self.c.seq_len
     }
 
-    /// The values of a layer tensor to bake; none when the weights come from the input.
-    fn tensor(&self, t: LayerTensor) -> &[f32] {
-        match self.baked {
-            Some((params, layer)) => params.layer(layer, t),
-            None => &[],
-        }
-    }
-
     /// `W·x` for the layer matrix `t` (`[out, in]`) and `x` `[1, in, 1, S]`, or `Wᵀ·x` when
     /// `transposed`. Baked, it is a 1×1 conv with the weight baked as needed (transposed by
     /// the host for `Wᵀ`); packed, a matmul of the weight as stored `[1, 1, out, in]` with `x`
     /// as `[1, 1, in, S]`, the transpose done by the matmul.
     fn linear(&self, g: &mut Graph, name: &str, t: LayerTensor, transposed: bool, x: &Var) -> Var {
         let short = t.short_name();
+        let [rows, cols] = t.shape(self.c);
         if *g.weight_mode() == WeightMode::Baked {
-            let w = if transposed {
-                self.matrix_t(g, &format!("{short}t"), t)
+            let (w, shape) = if transposed {
+                (format!("{short}t"), [cols, rows, 1, 1])
             } else {
-                self.matrix(g, short, t)
+                (short.to_string(), [rows, cols, 1, 1])
             };
+            let w = g.weight(&w, short, &shape, transposed);
             return g.conv(name, &w, x);
         }
-        let [rows, cols] = t.shape(self.c);
         let (k, m) = if transposed {
             (rows, cols)
         } else {
             (cols, rows)
         };
-        let w = g.weight(short, short, &[1, 1, rows, cols], &[]);
+        let w = g.weight(short, short, &[1, 1, rows, cols], false);
         let x4 = g.reshape(&format!("{name}_in"), x, &[1, 1, k, self.s()]);
         let y4 = g.matmul(&format!("{name}_mm"), &w, &x4, transposed, false);
         g.reshape(name, &y4, &[1, m, 1, self.s()])
-    }
-
-    /// A layer matrix baked as stored, `[out, in, 1, 1]`: the forward conv weight.
-    fn matrix(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
-        let [rows, cols] = t.shape(self.c);
-        g.weight(name, name, &[rows, cols, 1, 1], self.tensor(t))
-    }
-
-    /// A layer matrix baked transposed, `[in, out, 1, 1]`: the backward-dx conv weight.
-    fn matrix_t(&self, g: &mut Graph, name: &str, t: LayerTensor) -> Var {
-        let [rows, cols] = t.shape(self.c);
-        let w = self.tensor(t);
-        if w.len() != rows * cols {
-            // No weights to bake: the graph reports the mismatch.
-            return g.weight(name, name, &[cols, rows, 1, 1], w);
-        }
-        let mut wt = vec![0.0f32; rows * cols];
-        for r in 0..rows {
-            for c in 0..cols {
-                wt[c * rows + r] = w[r * cols + c];
-            }
-        }
-        g.weight(name, name, &[cols, rows, 1, 1], &wt)
     }
 
     /// Channel slice `[from, from + n)` of a packed input.
@@ -392,12 +437,7 @@ impl Gen<'_> {
         let nhalf = g.scalar(&format!("{prefix}_nhalf"), -0.5);
         let rrms = g.binary("pow", &format!("{prefix}_rrms"), &mse, &nhalf);
         let xr = g.binary("mul", &format!("{prefix}_xr"), x, &rrms);
-        let w = g.weight(
-            &format!("{prefix}_w"),
-            t.short_name(),
-            &[1, d, 1, 1],
-            self.tensor(t),
-        );
+        let w = g.weight(&format!("{prefix}_w"), t.short_name(), &[1, d, 1, 1], false);
         g.binary("mul", &format!("{prefix}_xn"), &xr, &w)
     }
 
@@ -642,5 +682,27 @@ impl Gen<'_> {
         let dxqk = g.binary("add", "dxqk", &dxq, &dxk);
         let dx = g.binary("add", "dx", &dxqk, &dxv);
         vec![dx, dq, dk]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_matches_the_definition() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (13, 7), (17, 32), (64, 9)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let t = transpose(&w, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        w[r * cols + c],
+                        "{rows}×{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 }
