@@ -1,6 +1,6 @@
 //! `anetrain bench …`: performance measured side by side in one run.
 
-use anetrain_device::cpu::{gemm, measure_fma_peak, MatLayout};
+use anetrain_device::cpu::{best_fma_peak, gemm, MatLayout};
 use anetrain_device::{CpuDevice, Device, Kernel, NumericMode};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::{examples, Program};
@@ -18,6 +18,9 @@ pub enum BenchCommand {
         config: String,
         #[arg(long, default_value_t = 6)]
         steps: u64,
+        /// Windows per optimizer update (gradient accumulation).
+        #[arg(long, default_value_t = 1)]
+        accum: u32,
         #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
         precision: String,
         #[arg(long, default_value_t = 2)]
@@ -65,9 +68,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train {
             config,
             steps,
+            accum,
             precision,
             threads,
-        } => super::bench_train::bench_train(&config, steps, &precision, threads),
+        } => super::bench_train::bench_train(&config, steps, accum, &precision, threads),
         BenchCommand::Weights {
             config,
             steps,
@@ -145,7 +149,7 @@ fn gflops(flops: f64, t: Duration) -> f64 {
 
 fn bench_device(threads: usize, reps: usize) -> anyhow::Result<()> {
     println!("CPU device benchmark: {threads} threads, median of {reps} runs each\n");
-    let peak = measure_fma_peak(threads, Duration::from_millis(500));
+    let peak = best_fma_peak(threads, 5, Duration::from_millis(200));
     println!(
         "FP32 peak (FMA loop, {threads} threads): {:.1} GFLOPS\n",
         peak / 1e9

@@ -3,7 +3,7 @@
 
 use super::run_data::{load_data, RandomWindows};
 use anetrain_device::clock::{Clock, RealClock, SimClock};
-use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, LatencyModel};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
@@ -150,15 +150,18 @@ fn peak_rss() -> Option<u64> {
 pub fn bench_train(
     config: &str,
     steps: u64,
+    accum: u32,
     precision: &str,
     threads: usize,
 ) -> anyhow::Result<()> {
+    let accum = accum.max(1);
     let config = ModelConfig::named(config)?;
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
     let device = CpuDevice::new(mode).with_threads(threads);
     let clock = RealClock::new();
     let options = TrainOptions {
         steps,
+        accum,
         eval_every: 0,
         checkpoint_every: 0,
         threads,
@@ -166,7 +169,7 @@ pub fn bench_train(
     };
     let params = ParamLayout::new(&config).len;
     println!(
-        "bench train: {} ({:.1}M parameters), {steps} steps of {} tokens, CPU device {mode}, {threads} threads, synthetic tokens",
+        "bench train: {} ({:.1}M parameters), {steps} steps of {accum}×{} tokens, CPU device {mode}, {threads} threads, synthetic tokens",
         config.name,
         params as f64 / 1e6,
         config.seq_len
@@ -186,9 +189,10 @@ pub fn bench_train(
     )?;
     let c = &run.counters;
     let per = |d: Duration| 1e3 * d.as_secs_f64() / steps as f64;
-    let flops = config.train_flops_per_window() * steps as f64;
+    let windows = steps as f64 * accum as f64;
+    let flops = config.train_flops_per_window() * windows;
     let compute = run.wall.saturating_sub(c.compile_stall);
-    let peak = measure_fma_peak(threads, Duration::from_millis(500));
+    let peak = best_fma_peak(threads, 5, Duration::from_millis(200));
     println!(
         "  ms/step            {:.1} (excluding compile {:.1})",
         per(run.wall),
@@ -196,12 +200,16 @@ pub fn bench_train(
     );
     println!("    device eval      {:.1}", per(c.device_eval));
     println!("    host math        {:.1}", per(c.host_math));
-    println!("    weight gradients {:.1}", per(c.weight_grads));
+    println!(
+        "    weight gradients {:.1} (alongside the evals; waited for: {:.1})",
+        per(c.weight_grads),
+        per(c.weight_grad_wait)
+    );
     println!("    optimizer        {:.1}", per(c.optimizer));
     println!("    compile          {:.1}", per(c.compile_stall));
     println!(
         "  tokens/s           {:.0} (excluding compile)",
-        (steps as usize * config.seq_len) as f64 / compute.as_secs_f64()
+        windows * config.seq_len as f64 / compute.as_secs_f64()
     );
     println!(
         "  MFU                {:.1} % excluding compile: {:.1} GFLOPS of model FLOPs over the measured FP32 peak {:.1} GFLOPS",

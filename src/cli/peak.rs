@@ -1,7 +1,7 @@
 //! `anetrain peak`: the peak-throughput sweep.
 
 use super::probe::{write_report, DeviceArgs};
-use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::{DeviceInfo, PeakFlops};
 use anetrain_probe::peak::{default_depth_divisor, ORIGINAL_ROWS};
 use anetrain_probe::report::{peak_header, peak_row_line, peak_to_json};
@@ -83,10 +83,7 @@ fn device_peak(info: &DeviceInfo, fma_duration: Duration) -> PeakFlops {
     match &info.peak {
         PeakFlops::Unknown if info.kind == "cpu" && !info.simulated => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let best = (0..FMA_RUNS)
-                .map(|_| measure_fma_peak(threads, fma_duration / FMA_RUNS))
-                .fold(0.0, f64::max);
-            PeakFlops::Measured(best)
+            PeakFlops::Measured(best_fma_peak(threads, FMA_RUNS, fma_duration / FMA_RUNS))
         }
         known => known.clone(),
     }

@@ -3,7 +3,7 @@
 use super::plot::loss_svg;
 use super::run_data::{load_data, RandomWindows};
 use anetrain_device::clock::{Clock, RealClock, SimClock};
-use anetrain_device::cpu::measure_fma_peak;
+use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
 use anetrain_device::trace::Traced;
 use anetrain_device::trace::{Tracer, Track};
@@ -534,8 +534,9 @@ fn efficiency_report(
         c.host_math.as_secs_f64()
     ));
     line(format!(
-        "  weight gradients  {:.2} s",
-        c.weight_grads.as_secs_f64()
+        "  weight gradients  {:.2} s (alongside the evals; the steps waited {:.2} s for them)",
+        c.weight_grads.as_secs_f64(),
+        c.weight_grad_wait.as_secs_f64()
     ));
     line(format!(
         "optimizer           {:.2} s",
@@ -565,7 +566,7 @@ fn efficiency_report(
         total_flops / train_s / 1e12
     ));
     if info.kind == "cpu" && !info.simulated {
-        let peak = measure_fma_peak(options.threads, Duration::from_millis(300));
+        let peak = best_fma_peak(options.threads, 3, Duration::from_millis(100));
         line(format!(
             "MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)",
             100.0 * total_flops / train_s / peak,

@@ -1,7 +1,9 @@
 //! The math that stays on the host: embedding, RMSNorm where the host needs it, the classifier
 //! and cross-entropy, and weight-gradient products. Activations are channel-first `[C][S]`.
 
+use anetrain_device::cpu::fastmath::exp;
 use anetrain_device::cpu::{gemm, MatLayout};
+use rayon::prelude::*;
 
 /// x[d][t] = embed[token_t][d].
 pub fn embed_forward(embed: &[f32], dim: usize, tokens: &[u32], x: &mut [f32]) {
@@ -154,45 +156,96 @@ pub fn weight_grad(
     );
 }
 
-/// Mean cross-entropy over positions of `logits` [V][S]; writes dlogits = (softmax − onehot)/S.
-/// Targets must be below V (checked by the caller's data validation).
+/// The mean cross-entropy of a window and its gradient, left unnormalised.
 ///
-/// Works row by row over the vocabulary (each row contiguous over positions), so that the
-/// [V][S] layout is streamed rather than strided: with V = 32000 the column walk thrashed.
-pub fn cross_entropy(logits: &[f32], targets: &[u32], v: usize, dlogits: &mut [f32]) -> f32 {
+/// Normalising the gradient would cost two more passes over the `[V][S]` logits (32 MB for a
+/// 32 000-word vocabulary); instead `dlogits[v][t] · column[t]` is the gradient of
+/// `scale ·` loss, and the products that read `dlogits` fold `column` into their small
+/// operand or result.
+pub struct CrossEntropy {
+    pub loss: f32,
+    pub column: Vec<f32>,
+}
+
+/// Cross-entropy over positions of `logits` [V][S] at `targets` (each below V: the caller's
+/// data validation checks), with `dlogits` as [`CrossEntropy`] describes: softmax numerators
+/// exp(logit − max) with the target's share taken off.
+///
+/// Rows of the vocabulary are split across the threads, each row contiguous over positions,
+/// so that the layout is streamed rather than strided. Partial maxima and sums are combined in
+/// a fixed order: the result does not depend on the split.
+pub fn cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> CrossEntropy {
     let s = targets.len();
-    let mut max = vec![f32::NEG_INFINITY; s];
-    for row in logits.chunks_exact(s).take(v) {
-        for (m, &x) in max.iter_mut().zip(row) {
-            *m = m.max(x);
+    let rows = ROWS_PER_TASK * s;
+    let logits = &logits[..v * s];
+    let dlogits = &mut dlogits[..v * s];
+    let column_max = |chunk: &[f32]| {
+        let mut max = vec![f32::NEG_INFINITY; s];
+        for row in chunk.chunks_exact(s) {
+            for (m, &x) in max.iter_mut().zip(row) {
+                *m = m.max(x);
+            }
         }
-    }
+        max
+    };
+    let max = logits
+        .par_chunks(rows)
+        .map(column_max)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect())
+        .unwrap_or_else(|| vec![0.0; s]);
+    let partial_sums: Vec<Vec<f32>> = logits
+        .par_chunks(rows)
+        .zip(dlogits.par_chunks_mut(rows))
+        .map(|(chunk, out)| {
+            let mut sum = vec![0.0f32; s];
+            for (row, out) in chunk.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
+                for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
+                    *o = exp(x - m);
+                    *z += *o;
+                }
+            }
+            sum
+        })
+        .collect();
     let mut sum = vec![0.0f32; s];
-    for (row, out) in logits
-        .chunks_exact(s)
-        .zip(dlogits.chunks_exact_mut(s))
-        .take(v)
-    {
-        for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
-            *o = (x - m).exp();
-            *z += *o;
-        }
-    }
-    let scale: Vec<f32> = sum.iter().map(|z| 1.0 / (z * s as f32)).collect();
-    for out in dlogits.chunks_exact_mut(s).take(v) {
-        for (o, k) in out.iter_mut().zip(&scale) {
-            *o *= k;
+    for partial in &partial_sums {
+        for (z, p) in sum.iter_mut().zip(partial) {
+            *z += p;
         }
     }
     let mut loss = 0.0f64;
     for (t, &target) in targets.iter().enumerate() {
         let i = target as usize * s + t;
-        // dlogits holds p/S here; the loss needs p itself.
-        let p = dlogits[i] as f64 * s as f64;
+        let p = dlogits[i] as f64 / sum[t] as f64;
         loss -= p.max(1e-30).ln();
-        dlogits[i] -= 1.0 / s as f32;
+        // (e/z − 1)·column = (e − z)/z·column: the one-hot comes off before normalising.
+        dlogits[i] -= sum[t];
     }
-    (loss / s as f64) as f32
+    let column = sum.iter().map(|z| scale / (z * s as f32)).collect();
+    CrossEntropy {
+        loss: (loss / s as f64) as f32,
+        column,
+    }
+}
+
+/// Vocabulary rows per parallel task of the cross-entropy.
+const ROWS_PER_TASK: usize = 1024;
+
+/// Multiplies column `t` of `m` (rows of `column.len()`) by `column[t]`.
+pub fn scale_columns(m: &mut [f32], column: &[f32]) {
+    for row in m.chunks_exact_mut(column.len()) {
+        for (x, c) in row.iter_mut().zip(column) {
+            *x *= c;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,10 +305,47 @@ mod tests {
         let (v, s) = (8, 3);
         let logits = vec![0.25; v * s];
         let mut d = vec![0.0; v * s];
-        let loss = cross_entropy(&logits, &[1, 7, 0], v, &mut d);
-        assert!((loss - (v as f32).ln()).abs() < 1e-6);
+        let ce = cross_entropy(&logits, &[1, 7, 0], v, 1.0, &mut d);
+        assert!((ce.loss - (v as f32).ln()).abs() < 1e-6);
+        scale_columns(&mut d, &ce.column);
         // dlogits = (1/V − onehot)/S
         assert!((d[s] - (1.0 / 8.0 - 1.0) / 3.0).abs() < 1e-7);
         assert!((d[0] - (1.0 / 8.0) / 3.0).abs() < 1e-7);
+    }
+
+    /// Against softmax − one-hot computed plainly in f64, on a vocabulary that spans several
+    /// parallel tasks, with a loss scale.
+    #[test]
+    fn cross_entropy_matches_a_plain_f64_softmax() {
+        let (v, s, scale) = (2 * ROWS_PER_TASK + 37, 5, 8.0f32);
+        let logits: Vec<f32> = (0..v * s)
+            .map(|i| (((i * 7919) % 1013) as f32 / 1013.0 - 0.5) * 12.0)
+            .collect();
+        let targets = [0u32, 5, 1024, 2048, (v - 1) as u32];
+        let mut d = vec![0.0; v * s];
+        let ce = cross_entropy(&logits, &targets, v, scale, &mut d);
+        scale_columns(&mut d, &ce.column);
+        let mut loss = 0.0f64;
+        for t in 0..s {
+            let col: Vec<f64> = (0..v).map(|r| logits[r * s + t] as f64).collect();
+            let max = col.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = col.iter().map(|x| (x - max).exp()).sum();
+            loss -= (col[targets[t] as usize] - max) - z.ln();
+            for r in 0..v {
+                let onehot = if r == targets[t] as usize { 1.0 } else { 0.0 };
+                let want = ((col[r] - max).exp() / z - onehot) * scale as f64 / s as f64;
+                let got = d[r * s + t] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs() + 1e-9,
+                    "({r}, {t}): {got} vs {want}"
+                );
+            }
+        }
+        assert!(
+            (ce.loss as f64 - loss / s as f64).abs() < 1e-5,
+            "{} vs {}",
+            ce.loss,
+            loss / s as f64
+        );
     }
 }

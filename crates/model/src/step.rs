@@ -14,14 +14,16 @@ use crate::kernels::{
     generate_baked, generate_packed, stage_layer_weights, KernelKind, KernelProgram, Packing,
     StageError, WeightPacking,
 };
-use crate::params::{LayerTensor, Params};
+use crate::params::{LayerTensor, ParamLayout, Params};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::DType;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use WgradInput::Kept;
 
 /// Immutable weights with the version of the optimizer update that produced them.
 #[derive(Clone, Debug)]
@@ -423,7 +425,10 @@ pub struct StepTiming<'c> {
     pub clock: &'c dyn Clock,
     pub device_eval: Duration,
     pub host_math: Duration,
+    /// Weight-gradient products, on a helper thread alongside the step's evals.
     pub weight_grads: Duration,
+    /// How long the step waited for them at its end.
+    pub weight_grad_wait: Duration,
 }
 
 impl<'c> StepTiming<'c> {
@@ -433,6 +438,7 @@ impl<'c> StepTiming<'c> {
             device_eval: Duration::ZERO,
             host_math: Duration::ZERO,
             weight_grads: Duration::ZERO,
+            weight_grad_wait: Duration::ZERO,
         }
     }
 
@@ -440,6 +446,7 @@ impl<'c> StepTiming<'c> {
         self.device_eval += other.device_eval;
         self.host_math += other.host_math;
         self.weight_grads += other.weight_grads;
+        self.weight_grad_wait += other.weight_grad_wait;
     }
 }
 
@@ -493,6 +500,37 @@ pub struct StepBuffers {
     bwd_attn2_out: Packed,
     bwd_qkv_in: Packed,
     bwd_qkv_out: Packed,
+    /// Buffers for copies of weight-gradient inputs, reused from step to step.
+    spare: Mutex<Vec<Vec<f32>>>,
+    /// The backward's thread pools, built for a thread count on first use.
+    pools: Option<Arc<BackwardPools>>,
+}
+
+/// During the backward the step runs two streams at once: kernels and host math on the
+/// calling thread, weight gradients on a helper. The helper's products get a pool of their
+/// own share of the threads rather than splitting every product across all of them with the
+/// step's own work: on two cores the fine-grained fork-join of one shared pool cost more in
+/// waking and waiting than it gained. (The step itself stays on the calling thread, whose
+/// timeline a simulated clock keeps.)
+struct BackwardPools {
+    threads: usize,
+    wgrad: rayon::ThreadPool,
+}
+
+impl BackwardPools {
+    fn new(threads: usize) -> Option<BackwardPools> {
+        let pool = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .thread_name(|i| format!("backward-{i}"))
+                .build()
+                .ok()
+        };
+        Some(BackwardPools {
+            threads,
+            wgrad: pool(threads / 2)?,
+        })
+    }
 }
 
 impl StepBuffers {
@@ -527,7 +565,169 @@ impl StepBuffers {
             bwd_attn2_out: packed(KernelKind::BwdAttn2, false),
             bwd_qkv_in: packed(KernelKind::BwdQkv, true),
             bwd_qkv_out: packed(KernelKind::BwdQkv, false),
+            spare: Mutex::default(),
+            pools: None,
         }
+    }
+
+    /// The backward's pools for `threads` threads (none if they cannot be built: the step
+    /// then runs on the global pool).
+    fn backward_pools(&mut self, threads: usize) -> Option<Arc<BackwardPools>> {
+        if self.pools.as_ref().is_none_or(|p| p.threads != threads) {
+            self.pools = BackwardPools::new(threads).map(Arc::new);
+        }
+        self.pools.clone()
+    }
+}
+
+/// Each gradient tensor as a slice of its own, so that the weight-gradient thread can fill
+/// some while the step fills others.
+struct GradSlots<'a> {
+    layout: Arc<ParamLayout>,
+    slots: Vec<Option<&'a mut [f32]>>,
+}
+
+impl<'a> GradSlots<'a> {
+    fn new(grads: &'a mut Params) -> GradSlots<'a> {
+        let layout = grads.layout.clone();
+        let mut rest: &'a mut [f32] = &mut grads.data;
+        let mut slots = Vec::with_capacity(layout.tensors.len());
+        // The layout lays tensors out back to back, in order.
+        for t in &layout.tensors {
+            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(t.range.len());
+            slots.push(Some(slot));
+            rest = tail;
+        }
+        GradSlots { layout, slots }
+    }
+
+    /// The gradient of the tensor at `range`; each is handed out once per step.
+    fn take(&mut self, range: Range<usize>) -> &'a mut [f32] {
+        let i = self
+            .layout
+            .tensors
+            .iter()
+            .position(|t| t.range == range)
+            .expect("a tensor of the layout");
+        self.slots[i]
+            .take()
+            .expect("each gradient tensor is written by one product per step")
+    }
+}
+
+/// An input of a weight-gradient product: read where it is kept for the whole step (the
+/// tapes), or a copy of a buffer the step is about to overwrite.
+enum WgradInput<'a> {
+    Kept(&'a [f32]),
+    Copied(Vec<f32>),
+}
+
+impl WgradInput<'_> {
+    fn values(&self) -> &[f32] {
+        match self {
+            Kept(v) => v,
+            WgradInput::Copied(v) => v,
+        }
+    }
+}
+
+/// `dw[out][in] += dy[out][S] · x[in][S]ᵀ`, waiting to run.
+struct WgradJob<'a> {
+    dw: &'a mut [f32],
+    dy: WgradInput<'a>,
+    x: WgradInput<'a>,
+    dims: [usize; 3],
+}
+
+/// The weight-gradient products of a step run on a helper thread in the order the backward
+/// pass produces them, while the step goes on evaluating kernels (the original overlaps them
+/// and waits late: on the ANE the two run on different hardware; on the CPU they share the
+/// cores and fill each other's idle gaps). The step waits for them at its end.
+struct WeightGradWorker<'scope, 'env> {
+    jobs: Option<mpsc::Sender<WgradJob<'env>>>,
+    done: std::thread::ScopedJoinHandle<'scope, Duration>,
+    spare: &'env Mutex<Vec<Vec<f32>>>,
+}
+
+impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
+    fn start(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        spare: &'env Mutex<Vec<Vec<f32>>>,
+        pool: Option<&'env rayon::ThreadPool>,
+        threads: usize,
+    ) -> Self {
+        let (jobs, queue) = mpsc::channel::<WgradJob<'env>>();
+        let done = scope.spawn(move || {
+            install(pool, || {
+                let mut busy = Duration::ZERO;
+                for job in queue {
+                    let t = Instant::now();
+                    let [out, inp, s] = job.dims;
+                    host::weight_grad(
+                        job.dw,
+                        job.dy.values(),
+                        job.x.values(),
+                        out,
+                        inp,
+                        s,
+                        threads,
+                    );
+                    busy += t.elapsed();
+                    let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
+                    for input in [job.dy, job.x] {
+                        if let WgradInput::Copied(v) = input {
+                            spare.push(v);
+                        }
+                    }
+                }
+                busy
+            })
+        });
+        WeightGradWorker {
+            jobs: Some(jobs),
+            done,
+            spare,
+        }
+    }
+
+    /// A copy of `values` in a spare buffer.
+    fn copy(&self, values: &[f32]) -> WgradInput<'env> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = spare.pop().unwrap_or_default();
+        drop(spare);
+        v.clear();
+        v.extend_from_slice(values);
+        WgradInput::Copied(v)
+    }
+
+    fn submit(
+        &mut self,
+        dw: &'env mut [f32],
+        dy: WgradInput<'env>,
+        x: WgradInput<'env>,
+        dims: [usize; 3],
+    ) {
+        let job = WgradJob { dw, dy, x, dims };
+        if let Some(jobs) = &self.jobs {
+            // The worker only stops when the queue closes, so the send cannot fail.
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Waits for every product; returns the time the worker spent on them.
+    fn finish(mut self) -> Duration {
+        self.jobs = None;
+        self.done
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// Runs `op` in `pool`, or where it is called when there is none.
+fn install<R: Send>(pool: Option<&rayon::ThreadPool>, op: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.install(op),
+        None => op(),
     }
 }
 
@@ -624,12 +824,15 @@ fn forward(
 
 /// Final norm, classifier and cross-entropy of the hidden state in `buf.x`; returns the loss
 /// and the reciprocal RMS of the final norm.
+/// Final norm, classifier and cross-entropy; `dlogits` and the returned column scales hold
+/// the gradient of `scale ·` loss (see [`host::CrossEntropy`]).
 fn head_loss(
     params: &Params,
     buf: &mut StepBuffers,
     targets: &[u32],
+    scale: f32,
     threads: usize,
-) -> (f32, Vec<f32>) {
+) -> (host::CrossEntropy, Vec<f32>) {
     let c = &buf.config;
     let (d, v, s) = (c.dim, c.vocab, c.seq_len);
     let layout = &params.layout;
@@ -649,8 +852,8 @@ fn head_loss(
         &mut buf.logits,
         threads,
     );
-    let loss = host::cross_entropy(&buf.logits, targets, v, &mut buf.dlogits);
-    (loss, rrms)
+    let ce = host::cross_entropy(&buf.logits, targets, v, scale, &mut buf.dlogits);
+    (ce, rrms)
 }
 
 /// The mean cross-entropy of one window, forward only.
@@ -667,7 +870,7 @@ pub fn forward_loss(
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot().params.clone();
-    Ok(head_loss(&params, buf, targets, threads).0)
+    Ok(head_loss(&params, buf, targets, 1.0, threads).0.loss)
 }
 
 /// The logits `[V][S]` of one window, forward only.
@@ -683,7 +886,7 @@ pub fn forward_logits(
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot().params.clone();
-    head_loss(&params, buf, tokens, threads);
+    head_loss(&params, buf, tokens, 1.0, threads);
     Ok(buf.logits.clone())
 }
 
@@ -713,8 +916,8 @@ pub fn micro_step<'c>(
 
     // Head: loss, classifier and final-norm backward.
     let t = Instant::now();
-    let (loss, rrms_final) = head_loss(&params, buf, targets, threads);
-    buf.dlogits.iter_mut().for_each(|g| *g *= loss_scale);
+    let (ce, rrms_final) = head_loss(&params, buf, targets, loss_scale, threads);
+    let loss = ce.loss;
     host::matmul_t(
         params.get(layout.classifier()),
         &buf.dlogits,
@@ -724,202 +927,214 @@ pub fn micro_step<'c>(
         &mut buf.dx,
         threads,
     );
+    host::scale_columns(&mut buf.dx, &ce.column);
     timing.host_math += t.elapsed();
-    let t = Instant::now();
-    host::weight_grad(
-        grads.get_mut(layout.classifier()),
-        &buf.dlogits,
-        &buf.x_final,
-        v,
-        d,
-        s,
-        threads,
-    );
-    timing.weight_grads += t.elapsed();
-    let t = Instant::now();
-    let (dx, dy) = (&buf.dx, &mut buf.dy);
-    host::rmsnorm_backward(
-        dx,
-        &buf.x,
-        params.get(layout.rms_final()),
-        &rrms_final,
+
+    let pools = buf.backward_pools(threads);
+    let wgrad_pool = pools.as_ref().map(|p| &p.wgrad);
+    let StepBuffers {
+        tapes,
+        x,
+        x_final,
+        dlogits,
         dy,
-        grads.get_mut(layout.rms_final()),
-    );
-    timing.host_math += t.elapsed();
+        dx,
+        bwd_ffn_in,
+        bwd_ffn_out,
+        bwd_attn1_in,
+        bwd_attn1_out,
+        bwd_attn2_in,
+        bwd_attn2_out,
+        bwd_qkv_in,
+        bwd_qkv_out,
+        spare,
+        ..
+    } = &mut *buf;
+    let busy = std::thread::scope(|scope| {
+        let mut grad = GradSlots::new(grads);
+        let mut wgrad = WeightGradWorker::start(scope, spare, wgrad_pool, threads);
+        let result = (|| {
+            // dW = dlogits·diag(column)·x_finalᵀ: the column scales go on the small side.
+            let mut x_scaled = wgrad.copy(x_final);
+            if let WgradInput::Copied(x) = &mut x_scaled {
+                host::scale_columns(x, &ce.column);
+            }
+            wgrad.submit(
+                grad.take(layout.classifier()),
+                Kept(dlogits),
+                x_scaled,
+                [v, d, s],
+            );
+            let t = Instant::now();
+            host::rmsnorm_backward(
+                dx,
+                x,
+                params.get(layout.rms_final()),
+                &rrms_final,
+                dy,
+                grad.take(layout.rms_final()),
+            );
+            timing.host_math += t.elapsed();
 
-    for l in (0..c.n_layers).rev() {
-        let tape = &buf.tapes[l];
-        // FFN backward on the device; its weight gradients and RMSNorm backward on the host.
-        buf.bwd_ffn_in.part_mut("dffn").copy_from_slice(&buf.dy);
-        buf.bwd_ffn_in
-            .part_mut("h1")
-            .copy_from_slice(tape.ffn.part("h1"));
-        buf.bwd_ffn_in
-            .part_mut("h3")
-            .copy_from_slice(tape.ffn.part("h3"));
-        set.eval(
-            device,
-            l,
-            KernelKind::BwdFfn,
-            &buf.bwd_ffn_in.data,
-            &mut buf.bwd_ffn_out.data,
-            &mut timing,
-        )?;
-        let t = Instant::now();
-        let x2norm = tape.ffn.part("xnorm");
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::W2),
-            &buf.dy,
-            tape.ffn.part("gate"),
-            d,
-            h,
-            s,
-            threads,
-        );
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::W1),
-            buf.bwd_ffn_out.part("dh1"),
-            x2norm,
-            h,
-            d,
-            s,
-            threads,
-        );
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::W3),
-            buf.bwd_ffn_out.part("dh3"),
-            x2norm,
-            h,
-            d,
-            s,
-            threads,
-        );
-        timing.weight_grads += t.elapsed();
-        let t = Instant::now();
-        let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
-        host::rmsnorm_backward(
-            buf.bwd_ffn_out.part("dx"),
-            &tape.x2,
-            params.layer(l, LayerTensor::RmsFfn),
-            &rrms2,
-            &mut buf.dx,
-            grads.layer_mut(l, LayerTensor::RmsFfn),
-        );
-        // dx2 = the residual's gradient plus the FFN branch's.
-        for (dx2, dy) in buf.dx.iter_mut().zip(&buf.dy) {
-            *dx2 += dy;
-        }
-        timing.host_math += t.elapsed();
-        let dx2 = &buf.dx;
+            for l in (0..c.n_layers).rev() {
+                let tape = &tapes[l];
+                let layer = |t: LayerTensor| layout.layer(l, t);
+                // FFN backward on the device; its weight gradients and RMSNorm backward on
+                // the host.
+                bwd_ffn_in.part_mut("dffn").copy_from_slice(dy);
+                bwd_ffn_in
+                    .part_mut("h1")
+                    .copy_from_slice(tape.ffn.part("h1"));
+                bwd_ffn_in
+                    .part_mut("h3")
+                    .copy_from_slice(tape.ffn.part("h3"));
+                set.eval(
+                    device,
+                    l,
+                    KernelKind::BwdFfn,
+                    &bwd_ffn_in.data,
+                    &mut bwd_ffn_out.data,
+                    &mut timing,
+                )?;
+                let t = Instant::now();
+                let x2norm = tape.ffn.part("xnorm");
+                let w2 = grad.take(layer(LayerTensor::W2));
+                wgrad.submit(w2, wgrad.copy(dy), Kept(tape.ffn.part("gate")), [d, h, s]);
+                let dh1 = wgrad.copy(bwd_ffn_out.part("dh1"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::W1)),
+                    dh1,
+                    Kept(x2norm),
+                    [h, d, s],
+                );
+                let dh3 = wgrad.copy(bwd_ffn_out.part("dh3"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::W3)),
+                    dh3,
+                    Kept(x2norm),
+                    [h, d, s],
+                );
+                let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
+                host::rmsnorm_backward(
+                    bwd_ffn_out.part("dx"),
+                    &tape.x2,
+                    params.layer(l, LayerTensor::RmsFfn),
+                    &rrms2,
+                    dx,
+                    grad.take(layer(LayerTensor::RmsFfn)),
+                );
+                // dx2 = the residual's gradient plus the FFN branch's.
+                for (dx2, dy) in dx.iter_mut().zip(dy.iter()) {
+                    *dx2 += dy;
+                }
+                timing.host_math += t.elapsed();
+                let dx2 = &*dx;
 
-        // Attention backward on the device.
+                // Attention backward on the device.
+                let attn = Kept(tape.attn.part("attn"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::Wo)),
+                    wgrad.copy(dx2),
+                    attn,
+                    [d, q, s],
+                );
+                for part in ["q_rope", "k_rope", "v"] {
+                    bwd_attn1_in
+                        .part_mut(part)
+                        .copy_from_slice(tape.attn.part(part));
+                }
+                bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
+                set.eval(
+                    device,
+                    l,
+                    KernelKind::BwdAttn1,
+                    &bwd_attn1_in.data,
+                    &mut bwd_attn1_out.data,
+                    &mut timing,
+                )?;
+                for part in ["probs", "dprobs"] {
+                    bwd_attn2_in
+                        .part_mut(part)
+                        .copy_from_slice(bwd_attn1_out.part(part));
+                }
+                for part in ["q_rope", "k_rope"] {
+                    bwd_attn2_in
+                        .part_mut(part)
+                        .copy_from_slice(tape.attn.part(part));
+                }
+                let name = format!("bwd_attn2.{l}");
+                eval(
+                    device,
+                    &mut shared.bwd_attn2,
+                    &name,
+                    &bwd_attn2_in.data,
+                    &mut bwd_attn2_out.data,
+                    &mut timing,
+                )?;
+                bwd_qkv_in
+                    .part_mut("dq_rope")
+                    .copy_from_slice(bwd_attn2_out.part("dq_rope"));
+                bwd_qkv_in
+                    .part_mut("dk_rope")
+                    .copy_from_slice(bwd_attn2_out.part("dk_rope"));
+                bwd_qkv_in
+                    .part_mut("dv")
+                    .copy_from_slice(bwd_attn1_out.part("dv"));
+                set.eval(
+                    device,
+                    l,
+                    KernelKind::BwdQkv,
+                    &bwd_qkv_in.data,
+                    &mut bwd_qkv_out.data,
+                    &mut timing,
+                )?;
+                let t = Instant::now();
+                let xnorm = tape.attn.part("xnorm");
+                let dq = wgrad.copy(bwd_qkv_out.part("dq"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::Wq)),
+                    dq,
+                    Kept(xnorm),
+                    [q, d, s],
+                );
+                let dk = wgrad.copy(bwd_qkv_out.part("dk"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::Wk)),
+                    dk,
+                    Kept(xnorm),
+                    [kv, d, s],
+                );
+                let dv = wgrad.copy(bwd_attn1_out.part("dv"));
+                wgrad.submit(
+                    grad.take(layer(LayerTensor::Wv)),
+                    dv,
+                    Kept(xnorm),
+                    [kv, d, s],
+                );
+                let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
+                host::rmsnorm_backward(
+                    bwd_qkv_out.part("dx"),
+                    &tape.x,
+                    params.layer(l, LayerTensor::RmsAtt),
+                    &rrms1,
+                    dy,
+                    grad.take(layer(LayerTensor::RmsAtt)),
+                );
+                for (dy, dx2) in dy.iter_mut().zip(dx.iter()) {
+                    *dy += dx2;
+                }
+                timing.host_math += t.elapsed();
+            }
+            Ok(())
+        })();
+        // The step waits for its weight gradients only here, at its end.
         let t = Instant::now();
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::Wo),
-            dx2,
-            tape.attn.part("attn"),
-            d,
-            q,
-            s,
-            threads,
-        );
-        timing.weight_grads += t.elapsed();
-        for part in ["q_rope", "k_rope", "v"] {
-            buf.bwd_attn1_in
-                .part_mut(part)
-                .copy_from_slice(tape.attn.part(part));
-        }
-        buf.bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
-        set.eval(
-            device,
-            l,
-            KernelKind::BwdAttn1,
-            &buf.bwd_attn1_in.data,
-            &mut buf.bwd_attn1_out.data,
-            &mut timing,
-        )?;
-        for part in ["probs", "dprobs"] {
-            buf.bwd_attn2_in
-                .part_mut(part)
-                .copy_from_slice(buf.bwd_attn1_out.part(part));
-        }
-        for part in ["q_rope", "k_rope"] {
-            buf.bwd_attn2_in
-                .part_mut(part)
-                .copy_from_slice(tape.attn.part(part));
-        }
-        let name = format!("bwd_attn2.{l}");
-        eval(
-            device,
-            &mut shared.bwd_attn2,
-            &name,
-            &buf.bwd_attn2_in.data,
-            &mut buf.bwd_attn2_out.data,
-            &mut timing,
-        )?;
-        buf.bwd_qkv_in
-            .part_mut("dq_rope")
-            .copy_from_slice(buf.bwd_attn2_out.part("dq_rope"));
-        buf.bwd_qkv_in
-            .part_mut("dk_rope")
-            .copy_from_slice(buf.bwd_attn2_out.part("dk_rope"));
-        buf.bwd_qkv_in
-            .part_mut("dv")
-            .copy_from_slice(buf.bwd_attn1_out.part("dv"));
-        set.eval(
-            device,
-            l,
-            KernelKind::BwdQkv,
-            &buf.bwd_qkv_in.data,
-            &mut buf.bwd_qkv_out.data,
-            &mut timing,
-        )?;
-        let t = Instant::now();
-        let xnorm = tape.attn.part("xnorm");
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::Wq),
-            buf.bwd_qkv_out.part("dq"),
-            xnorm,
-            q,
-            d,
-            s,
-            threads,
-        );
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::Wk),
-            buf.bwd_qkv_out.part("dk"),
-            xnorm,
-            kv,
-            d,
-            s,
-            threads,
-        );
-        host::weight_grad(
-            grads.layer_mut(l, LayerTensor::Wv),
-            buf.bwd_attn1_out.part("dv"),
-            xnorm,
-            kv,
-            d,
-            s,
-            threads,
-        );
-        timing.weight_grads += t.elapsed();
-        let t = Instant::now();
-        let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
-        host::rmsnorm_backward(
-            buf.bwd_qkv_out.part("dx"),
-            &tape.x,
-            params.layer(l, LayerTensor::RmsAtt),
-            &rrms1,
-            &mut buf.dy,
-            grads.layer_mut(l, LayerTensor::RmsAtt),
-        );
-        for (dy, dx2) in buf.dy.iter_mut().zip(&buf.dx) {
-            *dy += dx2;
-        }
-        timing.host_math += t.elapsed();
-    }
+        let busy = wgrad.finish();
+        timing.weight_grad_wait += t.elapsed();
+        result.map(|()| busy)
+    })?;
+    timing.weight_grads += busy;
+    // After the wait: a tied classifier's gradient is the embedding's.
     let t = Instant::now();
     host::embed_backward(grads.get_mut(layout.embed()), d, tokens, &buf.dy);
     timing.host_math += t.elapsed();

@@ -124,7 +124,10 @@ pub struct Counters {
     pub train: Duration,
     pub device_eval: Duration,
     pub host_math: Duration,
+    /// Weight-gradient products (on a helper thread, overlapping the device evals).
     pub weight_grads: Duration,
+    /// What the steps waited for their weight gradients after their last eval.
+    pub weight_grad_wait: Duration,
     pub optimizer: Duration,
     pub tokens: u64,
     pub skipped_updates: u64,
@@ -388,9 +391,10 @@ fn run_steps(
             loss_sum += loss as f64;
             timing.add(&t);
         }
-        // Host work really ran; on a virtual clock it still takes its time.
+        // Host work really ran; on a virtual clock it still takes its time (the weight
+        // gradients only as far as the evals did not hide them).
         if clock.is_simulated() && env.count_host_time {
-            clock.sleep(timing.host_math + timing.weight_grads);
+            clock.sleep(timing.host_math + timing.weight_grad_wait);
         }
         let train_time = clock.now().saturating_sub(train_start);
         let opt_start = Instant::now();
@@ -455,6 +459,7 @@ fn run_steps(
         c.device_eval += timing.device_eval;
         c.host_math += timing.host_math;
         c.weight_grads += timing.weight_grads;
+        c.weight_grad_wait += timing.weight_grad_wait;
         c.optimizer += optimizer;
         let tokens = (s * accum as usize) as u64;
         c.tokens += tokens;

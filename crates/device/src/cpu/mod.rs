@@ -1,5 +1,6 @@
 //! The CPU device: executes MIL programs exactly as written, in fp32 or in ANE-like fp16.
 
+pub mod fastmath;
 mod matmul;
 mod packed;
 mod peak;
@@ -16,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 pub use matmul::{gemm, MatLayout};
-pub use peak::measure_fma_peak;
+pub use peak::{best_fma_peak, measure_fma_peak};
 
 /// Runs MIL on the host. Compile checks the program, resolves and lays out its constants,
 /// fuses elementwise chains and plans one arena; eval runs the plan without allocating.
@@ -193,7 +194,17 @@ impl KernelExec for CpuKernel {
         let (arena_len, scratch_len) = (self.plan.arena_len, self.plan.scratch_len);
         let mut buffer = self.arenas.take(arena_len + scratch_len);
         let (arena, scratch) = buffer.split_at_mut(arena_len);
-        let result = self.eval_in(arena, &mut scratch[..scratch_len], inputs, outputs);
+        let scratch = &mut scratch[..scratch_len];
+        let result = if self.threads > 1 && self.plan.parallel {
+            // The whole eval runs on one of the pool's threads, so that its steps fork and
+            // join from inside the pool: called from outside, every step's `join` would
+            // queue its work cold and sleep on a latch, and waking costs more than a small
+            // step's work (2 threads ran the stories15m kernels slower than 1). A kernel
+            // with nothing to split skips the hop.
+            rayon::scope(|_| self.eval_in(arena, scratch, inputs, outputs))
+        } else {
+            self.eval_in(arena, scratch, inputs, outputs)
+        };
         self.arenas.give(buffer);
         result
     }

@@ -170,6 +170,13 @@ fn pack_b(
         let cols = (n - j0).min(NR);
         for (p, row) in sliver.chunks_exact_mut(NR).enumerate() {
             let at = lb.offset + p * lb.rs + j0 * lb.cs;
+            if lb.cs == 1 && cols == NR {
+                // A whole sliver row: a fixed-size copy the compiler keeps inline (a
+                // `memcpy` call per 16 values).
+                let src: &[f32; NR] = b[at..at + NR].try_into().expect("NR values");
+                *<&mut [f32; NR]>::try_from(row).expect("NR values") = *src;
+                continue;
+            }
             if lb.cs == 1 {
                 row[..cols].copy_from_slice(&b[at..at + cols]);
             } else {

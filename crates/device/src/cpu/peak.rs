@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 /// Independent accumulator vectors: enough to cover FMA latency × issue width on current cores.
 const ACCUMULATORS: usize = 12;
 
+/// The best of `runs` FMA-loop measurements of `each`: the peak is the best the cores do,
+/// and a busy host takes single runs down (by half, at times, on a shared machine).
+pub fn best_fma_peak(threads: usize, runs: u32, each: Duration) -> f64 {
+    (0..runs.max(1))
+        .map(|_| measure_fma_peak(threads, each))
+        .fold(0.0, f64::max)
+}
+
 /// FLOP/s of all `threads` running the FMA loop for about `duration`.
 pub fn measure_fma_peak(threads: usize, duration: Duration) -> f64 {
     let threads = threads.max(1);

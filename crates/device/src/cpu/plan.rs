@@ -7,7 +7,7 @@
 //! [`PlanTemplate::bind`] reads the weight files into the constants and packs them. A program
 //! compiled again with new weights (every update of a training run) only needs the second.
 
-use super::matmul::MatLayout;
+use super::matmul::{MatLayout, PARALLEL_MIN_MACS};
 use super::packed::{self, PackedA};
 use super::shape::{broadcast_strides, collapse, contiguous_strides, MAX_OPERANDS, MAX_RANK};
 use super::steps::{
@@ -52,6 +52,8 @@ pub struct Plan {
     pub copied_inputs: Vec<(usize, ValueId)>,
     /// Function outputs that are not written in place: output index and value to copy out.
     pub copied_outputs: Vec<(usize, ValueId)>,
+    /// Whether any step is large enough to split across threads.
+    pub parallel: bool,
 }
 
 /// Values are born as one of these; aliases share their root's storage.
@@ -1238,6 +1240,9 @@ impl<'a> Lowering<'a> {
             .map(|s| !s.rounds_itself() && values[s.writes()].round)
             .collect();
         let lens = values.iter().map(|v| v.shape.iter().product()).collect();
+        let parallel = steps
+            .iter()
+            .any(|s| matches!(s, Step::Gemm(g) if g.m * g.n * g.k >= PARALLEL_MIN_MACS));
         Ok(PlanTemplate {
             plan: Plan {
                 steps,
@@ -1249,6 +1254,7 @@ impl<'a> Lowering<'a> {
                 scratch_len: scratch,
                 copied_inputs: inputs,
                 copied_outputs,
+                parallel,
             },
             values,
             sources: self.sources,

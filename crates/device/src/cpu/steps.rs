@@ -4,6 +4,7 @@
 //! the arena or in the constant pool. The planner guarantees that a step's output never
 //! overlaps any of its inputs.
 
+use super::fastmath::exp;
 use super::matmul::{gemm, MatLayout};
 use super::packed::{packed_gemm, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
@@ -72,13 +73,13 @@ impl EwKind {
     #[inline(always)]
     fn unary(self, x: f32) -> f32 {
         match self {
-            EwKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            EwKind::Exp => x.exp(),
+            EwKind::Sigmoid => 1.0 / (1.0 + exp(-x)),
+            EwKind::Exp => exp(x),
             EwKind::Log => x.ln(),
             EwKind::Sqrt => x.sqrt(),
             EwKind::Rsqrt(eps) => 1.0 / (x + eps).sqrt(),
             EwKind::Relu => x.max(0.0),
-            EwKind::Silu => x / (1.0 + (-x).exp()),
+            EwKind::Silu => x / (1.0 + exp(-x)),
             EwKind::Tanh => x.tanh(),
             EwKind::Gelu(mode) => gelu(x, mode),
             EwKind::Abs => x.abs(),
@@ -99,7 +100,7 @@ fn gelu(x: f32, mode: GeluMode) -> f32 {
             let c = (2.0 / std::f32::consts::PI).sqrt();
             0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
         }
-        GeluMode::Sigmoid => x / (1.0 + (-1.702 * x).exp()),
+        GeluMode::Sigmoid => x / (1.0 + exp(-1.702 * x)),
     }
 }
 
@@ -556,12 +557,24 @@ fn apply_unary(block: &mut [f32], kind: EwKind) {
         EwKind::Abs => each(block, f32::abs),
         EwKind::Square => each(block, |x| x * x),
         EwKind::Identity => {}
-        EwKind::Sigmoid => each(block, |x| 1.0 / (1.0 + (-x).exp())),
-        EwKind::Silu => each(block, |x| x / (1.0 + (-x).exp())),
+        EwKind::Sigmoid => each(block, |x| 1.0 / (1.0 + exp(-x))),
+        EwKind::Silu => each(block, |x| x / (1.0 + exp(-x))),
         EwKind::Exp => each(block, f32::exp),
         EwKind::Sqrt => each(block, f32::sqrt),
         other => each(block, |x| other.unary(x)),
     }
+}
+
+/// Σ values, in eight interleaved partial sums so that the adds vectorise.
+fn sum_f32(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32]) {
@@ -572,12 +585,11 @@ fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32]) {
             let row = &x[base..base + len];
             let out = &mut y[base..base + len];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
+            // Exponentials first, then the sum: a running sum would keep the loop scalar.
             for (d, v) in out.iter_mut().zip(row) {
-                *d = (v - max).exp();
-                sum += *d;
+                *d = exp(v - max);
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum_f32(out);
             out.iter_mut().for_each(|d| *d *= inv);
         } else {
             let (max, sum) = s.scratch.split_at_mut(inner);
@@ -596,7 +608,7 @@ fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32]) {
                     .zip(&x[r])
                     .zip(max.iter().zip(sum.iter_mut()))
                 {
-                    *d = (v - m).exp();
+                    *d = exp(v - m);
                     *s += *d;
                 }
             }
