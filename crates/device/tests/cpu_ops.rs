@@ -310,11 +310,15 @@ fn binary_ops_broadcast_like_numpy() {
         ("maximum", f64::max),
         ("minimum", f64::min),
     ];
-    let shapes: [(&[usize], &[usize]); 4] = [
+    // The last two are large enough for the device to split them across threads: by the
+    // outer dimension (odd, with a broadcast operand), and a flat run.
+    let shapes: [(&[usize], &[usize]); 6] = [
         (&[2, 3, 4], &[2, 3, 4]),
         (&[1, 6, 1, 5], &[1, 1, 1, 5]),
         (&[3, 1], &[1, 4]),
         (&[2, 3, 4], &[4]),
+        (&[5, 67, 101], &[1, 67, 1]),
+        (&[40_001], &[40_001]),
     ];
     for mode in MODES {
         let (atol, rtol) = tolerance(mode);
@@ -433,6 +437,8 @@ fn softmax_over_last_and_inner_axes() {
             (vec![2, 3, 5, 7], -1i32),
             (vec![1, 9, 1, 6], 1),
             (vec![4, 5], 0),
+            // Rows enough to be split across threads.
+            (vec![3, 129, 97], -1),
         ] {
             let mut rng = Rng::new(shape.len() as u64 + axis as u64 * 3);
             let x = input("x", &shape, &mut rng, 4.0);

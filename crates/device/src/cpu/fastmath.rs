@@ -15,7 +15,11 @@ pub fn exp(x: f32) -> f32 {
     // and `floor` are library calls below SSE4.1, which would keep the loops scalar.
     const ROUNDER: f32 = 12_582_912.0;
     let xc = x.clamp(-86.6, 88.8);
-    let n = (xc * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let shifted = xc * std::f32::consts::LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
+    // The integer n sits in the low mantissa bits of `shifted`: read there, because a float
+    // to int `as` cast saturates, and that keeps every lane scalar.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -26,7 +30,7 @@ pub fn exp(x: f32) -> f32 {
     let y = p * r * r + r + 1.0;
     // y lies in [0.7, 1.42]; adding n to its exponent field scales it by 2^n, and an
     // exponent pushed past the top reads as infinity.
-    let scaled = f32::from_bits((y.to_bits() as i32).wrapping_add((n as i32) << 23) as u32);
+    let scaled = f32::from_bits((y.to_bits() as i32).wrapping_add(n_bits << 23) as u32);
     let out = if x < -86.6 { 0.0 } else { scaled };
     let out = if x > 88.72 { f32::INFINITY } else { out };
     if x.is_nan() {

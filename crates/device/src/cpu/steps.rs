@@ -7,7 +7,7 @@
 use super::fastmath::exp;
 use super::matmul::{gemm, MatLayout};
 use super::packed::{packed_gemm, PackedA};
-use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS};
+use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS, MAX_RANK};
 use crate::fp16;
 
 pub type ValueId = usize;
@@ -321,8 +321,8 @@ impl Step {
         match self {
             Step::Gemm(g) => run_gemm(g, read, out, scratch, threads),
             Step::Conv(c) => run_conv(c, read, out),
-            Step::Ew(e) => run_ew(e, read, out),
-            Step::Softmax(s) => run_softmax(s, read(s.x), out),
+            Step::Ew(e) => run_ew(e, read, out, threads),
+            Step::Softmax(s) => run_softmax(s, read(s.x), out, threads),
             Step::Reduce(r) => run_reduce(r, read(r.x), out),
             Step::Copy(c) => {
                 for p in &c.pieces {
@@ -380,7 +380,55 @@ fn run_gemm<'a>(
         return;
     }
     let a = read(g.a);
-    for &[oa, ob, oc, _] in &g.batches {
+    gemm_batches(g, a, b, out, 0, &g.batches, accumulate, threads);
+}
+
+/// The products of `batches`, writing `out` (which starts at element `base` of the step's
+/// output). A batch of small products (attention heads) is split between the threads a
+/// product at a time: splitting each small product instead costs more than it gains.
+#[allow(clippy::too_many_arguments)]
+fn gemm_batches(
+    g: &GemmStep,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    base: usize,
+    batches: &[[usize; 4]],
+    accumulate: bool,
+    threads: usize,
+) {
+    let region = |&[_, _, oc, _]: &[usize; 4]| {
+        let start = g.lc.offset + oc;
+        start..MatLayout {
+            offset: start,
+            ..g.lc
+        }
+        .extent(g.m, g.n)
+    };
+    if threads > 1 && batches.len() >= 2 {
+        let half = batches.len() / 2;
+        let split = region(&batches[half]).start;
+        // Only when the first half writes strictly before the second (as batches laid out
+        // one after another do) can the output be handed out in two pieces.
+        let apart = batches[..half].iter().all(|b| region(b).end <= split)
+            && batches[half..].iter().all(|b| region(b).start >= split);
+        if apart && split >= base {
+            let (lo, hi) = out.split_at_mut(split - base);
+            rayon::join(
+                || gemm_batches(g, a, b, lo, base, &batches[..half], accumulate, threads / 2),
+                || {
+                    let rest = threads - threads / 2;
+                    gemm_batches(g, a, b, hi, split, &batches[half..], accumulate, rest)
+                },
+            );
+            return;
+        }
+    }
+    let shift = |l: MatLayout, o: usize| MatLayout {
+        offset: l.offset + o,
+        ..l
+    };
+    for &[oa, ob, oc, _] in batches {
         gemm(
             g.m,
             g.n,
@@ -390,7 +438,10 @@ fn run_gemm<'a>(
             b,
             shift(g.lb, ob),
             out,
-            shift(g.lc, oc),
+            MatLayout {
+                offset: g.lc.offset + oc - base,
+                ..g.lc
+            },
             accumulate,
             g.scale,
             threads,
@@ -441,7 +492,10 @@ fn run_conv<'a>(c: &ConvStep, read: &dyn Fn(ValueId) -> &'a [f32], y: &mut [f32]
 /// Elements processed per block of a fused chain: small enough to stay in L1.
 const EW_BLOCK: usize = 256;
 
-fn run_ew<'a>(e: &EwChain, read: &dyn Fn(ValueId) -> &'a [f32], out: &mut [f32]) {
+/// Elements below which a chain or softmax runs on one thread: splitting costs more.
+const SPLIT_MIN: usize = 1 << 15;
+
+fn run_ew<'a>(e: &EwChain, read: &dyn Fn(ValueId) -> &'a [f32], out: &mut [f32], threads: usize) {
     // Operand k of the loop nest: 0 is the output, 1 is `first`, 2.. are the side operands.
     let mut srcs: [&[f32]; MAX_OPERANDS] = [&[]; MAX_OPERANDS];
     srcs[1] = &read(e.first.value)[e.first.offset..];
@@ -452,14 +506,53 @@ fn run_ew<'a>(e: &EwChain, read: &dyn Fn(ValueId) -> &'a [f32], out: &mut [f32])
             k += 1;
         }
     }
-    let last = e.shape.len() - 1;
-    let n = e.shape[last];
+    let parts = if e.shape.iter().product::<usize>() >= SPLIT_MIN {
+        threads
+    } else {
+        1
+    };
+    ew_split(e, &srcs, out, e.shape[0], parts);
+}
+
+/// Runs the chain over the first `count` indices of its outermost dimension, halving them
+/// across `parts` threads. `srcs` and `out` start at the first index.
+fn ew_split(
+    e: &EwChain,
+    srcs: &[&[f32]; MAX_OPERANDS],
+    out: &mut [f32],
+    count: usize,
+    parts: usize,
+) {
+    if parts <= 1 || count < 2 {
+        return ew_nest(e, srcs, out, count);
+    }
+    let half = count / 2;
+    let mut rest = *srcs;
+    for (src, strides) in rest.iter_mut().zip(&e.strides).skip(1) {
+        *src = &src[half * strides[0]..];
+    }
+    // The output is contiguous, so its first `half` indices come first.
+    let (lo, hi) = out.split_at_mut(half * e.strides[0][0]);
+    rayon::join(
+        || ew_split(e, srcs, lo, half, parts / 2),
+        || ew_split(e, &rest, hi, count - half, parts - parts / 2),
+    );
+}
+
+fn ew_nest(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], count: usize) {
+    let rank = e.shape.len();
+    let mut shape = [0usize; MAX_RANK + 1];
+    shape[..rank].copy_from_slice(&e.shape);
+    shape[0] = count;
+    let shape = &shape[..rank];
+    let last = rank - 1;
+    let n = shape[last];
     let mut inner = [0usize; MAX_OPERANDS];
     for (i, s) in e.strides.iter().enumerate() {
         inner[i] = s[last];
     }
     let mut buf = [0f32; EW_BLOCK];
-    for_each_row(&e.shape, &e.strides, |offs| {
+    for_each_row(shape, &e.strides, |offs| {
         let mut start = 0;
         while start < n {
             let len = (n - start).min(EW_BLOCK);
@@ -565,6 +658,46 @@ fn apply_unary(block: &mut [f32], kind: EwKind) {
     }
 }
 
+/// Softmax of each contiguous row of `len` in `x`, the rows halved across `parts` threads.
+fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, parts: usize) {
+    let rows = x.len() / len.max(1);
+    if parts > 1 && rows >= 2 {
+        let at = rows / 2 * len;
+        let ((xl, xr), (yl, yr)) = (x.split_at(at), y.split_at_mut(at));
+        rayon::join(
+            || softmax_rows(xl, yl, len, parts / 2),
+            || softmax_rows(xr, yr, len, parts - parts / 2),
+        );
+        return;
+    }
+    for (row, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+        let max = max_f32(row);
+        // Exponentials first, then the sum: a running sum would keep the loop scalar.
+        for (d, v) in out.iter_mut().zip(row) {
+            *d = exp(v - max);
+        }
+        let inv = 1.0 / sum_f32(out);
+        out.iter_mut().for_each(|d| *d *= inv);
+    }
+}
+
+/// The largest of `values` (NaNs ignored; −∞ for none), in eight interleaved lanes so that
+/// the comparisons vectorise (`f32::max` as a fold stays scalar).
+fn max_f32(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter().copied();
+    lanes
+        .into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// Σ values, in eight interleaved partial sums so that the adds vectorise.
 fn sum_f32(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
@@ -577,21 +710,17 @@ fn sum_f32(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32]) {
+fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32], threads: usize) {
     let (len, inner) = (s.len, s.inner);
+    if inner == 1 {
+        let total = s.outer * len;
+        let parts = if total >= SPLIT_MIN { threads } else { 1 };
+        return softmax_rows(&x[..total], &mut y[..total], len, parts);
+    }
     for o in 0..s.outer {
         let base = o * len * inner;
-        if inner == 1 {
-            let row = &x[base..base + len];
-            let out = &mut y[base..base + len];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // Exponentials first, then the sum: a running sum would keep the loop scalar.
-            for (d, v) in out.iter_mut().zip(row) {
-                *d = exp(v - max);
-            }
-            let inv = 1.0 / sum_f32(out);
-            out.iter_mut().for_each(|d| *d *= inv);
-        } else {
+        {
+            // The axis is not innermost: running max and sum per column.
             let (max, sum) = s.scratch.split_at_mut(inner);
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
