@@ -953,185 +953,183 @@ pub fn micro_step<'c>(
     let busy = std::thread::scope(|scope| {
         let mut grad = GradSlots::new(grads);
         let mut wgrad = WeightGradWorker::start(scope, spare, wgrad_pool, threads);
-        let result = (|| {
-            // dW = dlogits·diag(column)·x_finalᵀ: the column scales go on the small side.
-            let mut x_scaled = wgrad.copy(x_final);
-            if let WgradInput::Copied(x) = &mut x_scaled {
-                host::scale_columns(x, &ce.column);
-            }
-            wgrad.submit(
-                grad.take(layout.classifier()),
-                Kept(dlogits),
-                x_scaled,
-                [v, d, s],
-            );
+        // dW = dlogits·diag(column)·x_finalᵀ: the column scales go on the small side.
+        let mut x_scaled = wgrad.copy(x_final);
+        if let WgradInput::Copied(x) = &mut x_scaled {
+            host::scale_columns(x, &ce.column);
+        }
+        wgrad.submit(
+            grad.take(layout.classifier()),
+            Kept(dlogits),
+            x_scaled,
+            [v, d, s],
+        );
+        let t = Instant::now();
+        host::rmsnorm_backward(
+            dx,
+            x,
+            params.get(layout.rms_final()),
+            &rrms_final,
+            dy,
+            grad.take(layout.rms_final()),
+        );
+        timing.host_math += t.elapsed();
+
+        for l in (0..c.n_layers).rev() {
+            let tape = &tapes[l];
+            let layer = |t: LayerTensor| layout.layer(l, t);
+            // FFN backward on the device; its weight gradients and RMSNorm backward on
+            // the host.
+            bwd_ffn_in.part_mut("dffn").copy_from_slice(dy);
+            bwd_ffn_in
+                .part_mut("h1")
+                .copy_from_slice(tape.ffn.part("h1"));
+            bwd_ffn_in
+                .part_mut("h3")
+                .copy_from_slice(tape.ffn.part("h3"));
+            set.eval(
+                device,
+                l,
+                KernelKind::BwdFfn,
+                &bwd_ffn_in.data,
+                &mut bwd_ffn_out.data,
+                &mut timing,
+            )?;
             let t = Instant::now();
-            host::rmsnorm_backward(
-                dx,
-                x,
-                params.get(layout.rms_final()),
-                &rrms_final,
-                dy,
-                grad.take(layout.rms_final()),
+            let x2norm = tape.ffn.part("xnorm");
+            let w2 = grad.take(layer(LayerTensor::W2));
+            wgrad.submit(w2, wgrad.copy(dy), Kept(tape.ffn.part("gate")), [d, h, s]);
+            let dh1 = wgrad.copy(bwd_ffn_out.part("dh1"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::W1)),
+                dh1,
+                Kept(x2norm),
+                [h, d, s],
             );
-            timing.host_math += t.elapsed();
-
-            for l in (0..c.n_layers).rev() {
-                let tape = &tapes[l];
-                let layer = |t: LayerTensor| layout.layer(l, t);
-                // FFN backward on the device; its weight gradients and RMSNorm backward on
-                // the host.
-                bwd_ffn_in.part_mut("dffn").copy_from_slice(dy);
-                bwd_ffn_in
-                    .part_mut("h1")
-                    .copy_from_slice(tape.ffn.part("h1"));
-                bwd_ffn_in
-                    .part_mut("h3")
-                    .copy_from_slice(tape.ffn.part("h3"));
-                set.eval(
-                    device,
-                    l,
-                    KernelKind::BwdFfn,
-                    &bwd_ffn_in.data,
-                    &mut bwd_ffn_out.data,
-                    &mut timing,
-                )?;
-                let t = Instant::now();
-                let x2norm = tape.ffn.part("xnorm");
-                let w2 = grad.take(layer(LayerTensor::W2));
-                wgrad.submit(w2, wgrad.copy(dy), Kept(tape.ffn.part("gate")), [d, h, s]);
-                let dh1 = wgrad.copy(bwd_ffn_out.part("dh1"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::W1)),
-                    dh1,
-                    Kept(x2norm),
-                    [h, d, s],
-                );
-                let dh3 = wgrad.copy(bwd_ffn_out.part("dh3"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::W3)),
-                    dh3,
-                    Kept(x2norm),
-                    [h, d, s],
-                );
-                let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
-                host::rmsnorm_backward(
-                    bwd_ffn_out.part("dx"),
-                    &tape.x2,
-                    params.layer(l, LayerTensor::RmsFfn),
-                    &rrms2,
-                    dx,
-                    grad.take(layer(LayerTensor::RmsFfn)),
-                );
-                // dx2 = the residual's gradient plus the FFN branch's.
-                for (dx2, dy) in dx.iter_mut().zip(dy.iter()) {
-                    *dx2 += dy;
-                }
-                timing.host_math += t.elapsed();
-                let dx2 = &*dx;
-
-                // Attention backward on the device.
-                let attn = Kept(tape.attn.part("attn"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::Wo)),
-                    wgrad.copy(dx2),
-                    attn,
-                    [d, q, s],
-                );
-                for part in ["q_rope", "k_rope", "v"] {
-                    bwd_attn1_in
-                        .part_mut(part)
-                        .copy_from_slice(tape.attn.part(part));
-                }
-                bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
-                set.eval(
-                    device,
-                    l,
-                    KernelKind::BwdAttn1,
-                    &bwd_attn1_in.data,
-                    &mut bwd_attn1_out.data,
-                    &mut timing,
-                )?;
-                for part in ["probs", "dprobs"] {
-                    bwd_attn2_in
-                        .part_mut(part)
-                        .copy_from_slice(bwd_attn1_out.part(part));
-                }
-                for part in ["q_rope", "k_rope"] {
-                    bwd_attn2_in
-                        .part_mut(part)
-                        .copy_from_slice(tape.attn.part(part));
-                }
-                let name = format!("bwd_attn2.{l}");
-                eval(
-                    device,
-                    &mut shared.bwd_attn2,
-                    &name,
-                    &bwd_attn2_in.data,
-                    &mut bwd_attn2_out.data,
-                    &mut timing,
-                )?;
-                bwd_qkv_in
-                    .part_mut("dq_rope")
-                    .copy_from_slice(bwd_attn2_out.part("dq_rope"));
-                bwd_qkv_in
-                    .part_mut("dk_rope")
-                    .copy_from_slice(bwd_attn2_out.part("dk_rope"));
-                bwd_qkv_in
-                    .part_mut("dv")
-                    .copy_from_slice(bwd_attn1_out.part("dv"));
-                set.eval(
-                    device,
-                    l,
-                    KernelKind::BwdQkv,
-                    &bwd_qkv_in.data,
-                    &mut bwd_qkv_out.data,
-                    &mut timing,
-                )?;
-                let t = Instant::now();
-                let xnorm = tape.attn.part("xnorm");
-                let dq = wgrad.copy(bwd_qkv_out.part("dq"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::Wq)),
-                    dq,
-                    Kept(xnorm),
-                    [q, d, s],
-                );
-                let dk = wgrad.copy(bwd_qkv_out.part("dk"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::Wk)),
-                    dk,
-                    Kept(xnorm),
-                    [kv, d, s],
-                );
-                let dv = wgrad.copy(bwd_attn1_out.part("dv"));
-                wgrad.submit(
-                    grad.take(layer(LayerTensor::Wv)),
-                    dv,
-                    Kept(xnorm),
-                    [kv, d, s],
-                );
-                let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
-                host::rmsnorm_backward(
-                    bwd_qkv_out.part("dx"),
-                    &tape.x,
-                    params.layer(l, LayerTensor::RmsAtt),
-                    &rrms1,
-                    dy,
-                    grad.take(layer(LayerTensor::RmsAtt)),
-                );
-                for (dy, dx2) in dy.iter_mut().zip(dx.iter()) {
-                    *dy += dx2;
-                }
-                timing.host_math += t.elapsed();
+            let dh3 = wgrad.copy(bwd_ffn_out.part("dh3"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::W3)),
+                dh3,
+                Kept(x2norm),
+                [h, d, s],
+            );
+            let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
+            host::rmsnorm_backward(
+                bwd_ffn_out.part("dx"),
+                &tape.x2,
+                params.layer(l, LayerTensor::RmsFfn),
+                &rrms2,
+                dx,
+                grad.take(layer(LayerTensor::RmsFfn)),
+            );
+            // dx2 = the residual's gradient plus the FFN branch's.
+            for (dx2, dy) in dx.iter_mut().zip(dy.iter()) {
+                *dx2 += dy;
             }
-            Ok(())
-        })();
-        // The step waits for its weight gradients only here, at its end.
+            timing.host_math += t.elapsed();
+            let dx2 = &*dx;
+
+            // Attention backward on the device.
+            let attn = Kept(tape.attn.part("attn"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::Wo)),
+                wgrad.copy(dx2),
+                attn,
+                [d, q, s],
+            );
+            for part in ["q_rope", "k_rope", "v"] {
+                bwd_attn1_in
+                    .part_mut(part)
+                    .copy_from_slice(tape.attn.part(part));
+            }
+            bwd_attn1_in.part_mut("dx2").copy_from_slice(dx2);
+            set.eval(
+                device,
+                l,
+                KernelKind::BwdAttn1,
+                &bwd_attn1_in.data,
+                &mut bwd_attn1_out.data,
+                &mut timing,
+            )?;
+            for part in ["probs", "dprobs"] {
+                bwd_attn2_in
+                    .part_mut(part)
+                    .copy_from_slice(bwd_attn1_out.part(part));
+            }
+            for part in ["q_rope", "k_rope"] {
+                bwd_attn2_in
+                    .part_mut(part)
+                    .copy_from_slice(tape.attn.part(part));
+            }
+            let name = format!("bwd_attn2.{l}");
+            eval(
+                device,
+                &mut shared.bwd_attn2,
+                &name,
+                &bwd_attn2_in.data,
+                &mut bwd_attn2_out.data,
+                &mut timing,
+            )?;
+            bwd_qkv_in
+                .part_mut("dq_rope")
+                .copy_from_slice(bwd_attn2_out.part("dq_rope"));
+            bwd_qkv_in
+                .part_mut("dk_rope")
+                .copy_from_slice(bwd_attn2_out.part("dk_rope"));
+            bwd_qkv_in
+                .part_mut("dv")
+                .copy_from_slice(bwd_attn1_out.part("dv"));
+            set.eval(
+                device,
+                l,
+                KernelKind::BwdQkv,
+                &bwd_qkv_in.data,
+                &mut bwd_qkv_out.data,
+                &mut timing,
+            )?;
+            let t = Instant::now();
+            let xnorm = tape.attn.part("xnorm");
+            let dq = wgrad.copy(bwd_qkv_out.part("dq"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::Wq)),
+                dq,
+                Kept(xnorm),
+                [q, d, s],
+            );
+            let dk = wgrad.copy(bwd_qkv_out.part("dk"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::Wk)),
+                dk,
+                Kept(xnorm),
+                [kv, d, s],
+            );
+            let dv = wgrad.copy(bwd_attn1_out.part("dv"));
+            wgrad.submit(
+                grad.take(layer(LayerTensor::Wv)),
+                dv,
+                Kept(xnorm),
+                [kv, d, s],
+            );
+            let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
+            host::rmsnorm_backward(
+                bwd_qkv_out.part("dx"),
+                &tape.x,
+                params.layer(l, LayerTensor::RmsAtt),
+                &rrms1,
+                dy,
+                grad.take(layer(LayerTensor::RmsAtt)),
+            );
+            for (dy, dx2) in dy.iter_mut().zip(dx.iter()) {
+                *dy += dx2;
+            }
+            timing.host_math += t.elapsed();
+        }
+        // The step waits for its weight gradients only here, at its end. (On an error above,
+        // dropping the worker closes its queue and the scope waits for it.)
         let t = Instant::now();
         let busy = wgrad.finish();
         timing.weight_grad_wait += t.elapsed();
-        result.map(|()| busy)
+        Ok::<_, StepError>(busy)
     })?;
     timing.weight_grads += busy;
     // After the wait: a tied classifier's gradient is the embedding's.
