@@ -138,3 +138,54 @@ fn kernel_forward_matches_the_host_decoder() {
         }
     }
 }
+
+/// An eval failing in the middle of the backward, after weight-gradient products were handed
+/// to the helper thread, ends the step with an error naming the kernel (not a hang), and the
+/// next step computes the same gradients as a step on a healthy device.
+#[test]
+fn a_failed_eval_mid_backward_is_an_error_and_leaves_nothing_behind() {
+    use anetrain_device::decorate::FaultInjection;
+    use anetrain_device::Device;
+    use anetrain_model::step::StepError;
+    let config = tiny(2, false);
+    let params = random_params(&config, 5);
+    // `count` micro-steps on one compiled set, each into fresh gradients.
+    let steps = |device: &dyn Device, count: usize| -> Vec<Result<Params, StepError>> {
+        let clock = anetrain_device::clock::RealClock::new();
+        let tokens: Vec<u32> = (0..8).map(|i| (i * 3 + 2) % 19).collect();
+        let targets: Vec<u32> = (0..8).map(|i| (i * 5 + 4) % 19).collect();
+        let snap = WeightSnapshot {
+            version: 0,
+            params: Arc::new(params.clone()),
+        };
+        let mut set = compile_kernel_set(device, snap).unwrap();
+        let mut shared = SharedKernels::compile(device, &params).unwrap();
+        let mut buf = StepBuffers::new(&config);
+        (0..count)
+            .map(|_| {
+                let mut grads = Params::zeros(params.layout.clone());
+                let (set, shared, buf) = (&mut set, &mut shared, &mut buf);
+                micro_step(
+                    device, &clock, set, shared, buf, &tokens, &targets, 1.0, &mut grads, 2,
+                )
+                .map(|_| grads)
+            })
+            .collect()
+    };
+    let healthy = CpuDevice::new(NumericMode::Fp32).with_threads(2);
+    let want = steps(&healthy, 1).remove(0).unwrap();
+    // Two layers: 4 forward evals, then bwd_ffn.1 (after which the FFN weight gradients are
+    // queued), then bwd_attn1.1: the 6th eval, which fails.
+    let device = CpuDevice::new(NumericMode::Fp32).with_threads(2);
+    let failing = FaultInjection::new(device).fail_eval(6);
+    let mut results = steps(&failing, 2).into_iter();
+    match results.next() {
+        Some(Err(StepError::Eval { kernel, .. })) => assert_eq!(kernel, "bwd_attn1.1"),
+        other => panic!(
+            "expected the failed eval, got {:?}",
+            other.map(|r| r.is_ok())
+        ),
+    }
+    let again = results.next().expect("a second step").unwrap();
+    assert_eq!(again.data, want.data);
+}
