@@ -7,6 +7,7 @@ use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, LatencyModel};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
+use anetrain_model::step::{compile_kernel_set, BakedPrograms, KernelSet, WeightSnapshot};
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
@@ -14,7 +15,7 @@ use anetrain_train::trainer::{
 };
 use anyhow::anyhow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Deterministic pseudo-random tokens, for throughput measurements of models whose vocabulary
 /// has no tokenizer here.
@@ -111,6 +112,38 @@ fn measured_run(
         initial_compile,
         counters: state.counters,
     })
+}
+
+/// Milliseconds to compile a kernel set on a device that lowers every program afresh, and on
+/// one that has lowered the set's programs before (what each recompile of a run costs).
+fn compile_times(config: &ModelConfig, device: &CpuDevice) -> anyhow::Result<(f64, f64)> {
+    let layout = Arc::new(ParamLayout::new(config));
+    let snapshot = |seed: u64| WeightSnapshot {
+        version: seed,
+        params: Arc::new(init_params(layout.clone(), seed)),
+    };
+    let programs = Arc::new(BakedPrograms::for_device(device, config)?);
+    // A run generates its programs once; a fresh device also lowers them afresh.
+    let median_ms = |device: &CpuDevice, fresh: bool| -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for seed in 0..6 {
+            let snap = snapshot(seed);
+            let start = Instant::now();
+            if fresh {
+                compile_kernel_set(device, snap)?;
+            } else {
+                programs.compile_set(device, snap)?;
+            }
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        // The first compile fills the device's cache: not counted.
+        times.remove(0);
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    let cold = median_ms(&device.clone().without_template_cache(), true)?;
+    let cached = median_ms(device, false)?;
+    Ok((cold, cached))
 }
 
 /// One row of `bench weights`.
@@ -337,6 +370,14 @@ pub fn bench_weights(
         }
     }
     let ms = |r: &Summary| 1e3 * r.wall.as_secs_f64() / steps as f64;
+    if simulate.is_none() {
+        let (cold, cached) = compile_times(&config, &base)?;
+        println!(
+            "\nCPU compile of one kernel set ({} kernels), median of 5: {cold:.2} ms from scratch \
+             (programs generated and lowered), {cached:.2} ms in a run (new weights only)",
+            KernelSet::kernel_count(&config)
+        );
+    }
     println!();
     println!(
         "{:<30} {:>9} {:>13} {:>10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",

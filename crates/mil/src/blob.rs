@@ -522,7 +522,12 @@ impl BlobFile {
         out.extend_from_slice(&header_bytes(self.chunks.len()));
         for (chunk, &offset) in self.chunks.iter().zip(&offsets) {
             out.resize(offset as usize, 0);
-            out.extend_from_slice(&metadata_bytes(chunk, offset));
+            out.extend_from_slice(&metadata_bytes(
+                chunk.dtype,
+                chunk.data.len() as u64,
+                chunk.padding_bits,
+                offset,
+            ));
             out.extend_from_slice(&chunk.data);
         }
         out
@@ -551,6 +556,21 @@ impl BlobFile {
     }
 }
 
+/// The bytes of a file holding one fp32 tensor at MIL offset 64: what
+/// `BlobFile::fp32(values).to_bytes()` gives, written in one pass (every recompile of a
+/// training run writes its weights this way).
+pub fn fp32_file_bytes(values: &[f32]) -> Vec<u8> {
+    let size = values.len() * 4;
+    let mut out = Vec::with_capacity(2 * BLOCK as usize + size);
+    out.extend_from_slice(&header_bytes(1));
+    out.extend_from_slice(&metadata_bytes(BlobDType::Float32, size as u64, 0, BLOCK));
+    out.resize(2 * BLOCK as usize + size, 0);
+    for (d, v) in out[2 * BLOCK as usize..].chunks_exact_mut(4).zip(values) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 /// The 64-byte file header.
 fn header_bytes(count: usize) -> [u8; BLOCK as usize] {
     let count = u32::try_from(count).expect("a blob file holds at most u32::MAX chunks");
@@ -560,14 +580,20 @@ fn header_bytes(count: usize) -> [u8; BLOCK as usize] {
     h
 }
 
-/// The 64-byte metadata block of `chunk`, placed at file offset `offset`.
-fn metadata_bytes(chunk: &BlobChunk, offset: u64) -> [u8; BLOCK as usize] {
+/// The 64-byte metadata block of a chunk of `size` data bytes, placed at file offset
+/// `offset`.
+fn metadata_bytes(
+    dtype: BlobDType,
+    size: u64,
+    padding_bits: u64,
+    offset: u64,
+) -> [u8; BLOCK as usize] {
     let mut m = [0u8; BLOCK as usize];
     m[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
-    m[4..8].copy_from_slice(&chunk.dtype.code().to_le_bytes());
-    m[8..16].copy_from_slice(&(chunk.data.len() as u64).to_le_bytes());
+    m[4..8].copy_from_slice(&dtype.code().to_le_bytes());
+    m[8..16].copy_from_slice(&size.to_le_bytes());
     m[16..24].copy_from_slice(&(offset + BLOCK).to_le_bytes());
-    m[24..32].copy_from_slice(&chunk.padding_bits.to_le_bytes());
+    m[24..32].copy_from_slice(&padding_bits.to_le_bytes());
     m
 }
 

@@ -876,3 +876,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fp32_file_bytes_match_a_one_chunk_file() {
+    for n in [0usize, 1, 17, 1000] {
+        let values: Vec<f32> = (0..n).map(|i| i as f32 * -0.37 + 1e-3).collect();
+        let bytes = anetrain_mil::blob::fp32_file_bytes(&values);
+        assert_eq!(bytes, BlobFile::fp32(&values).to_bytes(), "{n} values");
+        let back = BlobFile::parse(&bytes).unwrap();
+        assert_eq!(back.chunks[0].to_f32().unwrap(), values);
+    }
+}

@@ -30,7 +30,7 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::{BlobFile, WeightFiles};
+use anetrain_mil::blob::{fp32_file_bytes, BlobFile, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
@@ -253,13 +253,17 @@ impl KernelProgram {
                 });
             }
             let values = params.layer(layer, t);
-            let blob = match (baked.dtype, baked.transposed) {
-                (DType::Fp32, false) => BlobFile::fp32(values),
-                (DType::Fp32, true) => BlobFile::fp32(&transpose(values, rows, cols)),
-                (_, false) => BlobFile::fp16(values),
-                (_, true) => BlobFile::fp16_matrix_transposed(values, rows, cols),
-            };
-            files.insert_blob(baked.path.clone(), &blob);
+            let path = baked.path.clone();
+            match (baked.dtype, baked.transposed) {
+                (DType::Fp32, false) => files.insert(path, fp32_file_bytes(values)),
+                (DType::Fp32, true) => {
+                    files.insert(path, fp32_file_bytes(&transpose(values, rows, cols)))
+                }
+                (_, false) => files.insert_blob(path, &BlobFile::fp16(values)),
+                (_, true) => {
+                    files.insert_blob(path, &BlobFile::fp16_matrix_transposed(values, rows, cols))
+                }
+            }
         }
         Ok(files)
     }
