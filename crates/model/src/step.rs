@@ -502,8 +502,8 @@ pub struct StepBuffers {
     bwd_qkv_out: Packed,
     /// Buffers for copies of weight-gradient inputs, reused from step to step.
     spare: Mutex<Vec<Vec<f32>>>,
-    /// The backward's thread pools, built for a thread count on first use.
-    pools: Option<Arc<BackwardPools>>,
+    /// The weight-gradient helper's thread pool, built for a thread count on first use.
+    wgrad_pool: Option<Arc<WgradPool>>,
 }
 
 /// During the backward the step runs two streams at once: kernels and host math on the
@@ -512,24 +512,20 @@ pub struct StepBuffers {
 /// step's own work: on two cores the fine-grained fork-join of one shared pool cost more in
 /// waking and waiting than it gained. (The step itself stays on the calling thread, whose
 /// timeline a simulated clock keeps.)
-struct BackwardPools {
+struct WgradPool {
     threads: usize,
-    wgrad: rayon::ThreadPool,
+    pool: rayon::ThreadPool,
 }
 
-impl BackwardPools {
-    fn new(threads: usize) -> Option<BackwardPools> {
-        let pool = |n: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .thread_name(|i| format!("backward-{i}"))
-                .build()
-                .ok()
-        };
-        Some(BackwardPools {
-            threads,
-            wgrad: pool(threads / 2)?,
-        })
+impl WgradPool {
+    /// A pool of `threads / 2` threads (at least one): the helper's share of `threads`.
+    fn new(threads: usize) -> Option<WgradPool> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads((threads / 2).max(1))
+            .thread_name(|i| format!("weight-gradients-{i}"))
+            .build()
+            .ok()?;
+        Some(WgradPool { threads, pool })
     }
 }
 
@@ -566,17 +562,21 @@ impl StepBuffers {
             bwd_qkv_in: packed(KernelKind::BwdQkv, true),
             bwd_qkv_out: packed(KernelKind::BwdQkv, false),
             spare: Mutex::default(),
-            pools: None,
+            wgrad_pool: None,
         }
     }
 
-    /// The backward's pools for `threads` threads (none if they cannot be built: the step
-    /// then runs on the global pool).
-    fn backward_pools(&mut self, threads: usize) -> Option<Arc<BackwardPools>> {
-        if self.pools.as_ref().is_none_or(|p| p.threads != threads) {
-            self.pools = BackwardPools::new(threads).map(Arc::new);
+    /// The helper's pool for `threads` threads (none if it cannot be built: the helper then
+    /// runs on the global pool).
+    fn wgrad_pool(&mut self, threads: usize) -> Option<Arc<WgradPool>> {
+        if self
+            .wgrad_pool
+            .as_ref()
+            .is_none_or(|p| p.threads != threads)
+        {
+            self.wgrad_pool = WgradPool::new(threads).map(Arc::new);
         }
-        self.pools.clone()
+        self.wgrad_pool.clone()
     }
 }
 
@@ -930,8 +930,8 @@ pub fn micro_step<'c>(
     host::scale_columns(&mut buf.dx, &ce.column);
     timing.host_math += t.elapsed();
 
-    let pools = buf.backward_pools(threads);
-    let wgrad_pool = pools.as_ref().map(|p| &p.wgrad);
+    let pool = buf.wgrad_pool(threads);
+    let wgrad_pool = pool.as_ref().map(|p| &p.pool);
     let StepBuffers {
         tapes,
         x,
