@@ -714,6 +714,13 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
         }
     }
 
+    /// `dw += dy·xᵀ`, with `dy` copied now (the step is about to overwrite it) and `x` read
+    /// where the step keeps it to the end.
+    fn submit_copied(&mut self, dw: &'env mut [f32], dy: &[f32], x: &'env [f32], dims: [usize; 3]) {
+        let dy = self.copy(dy);
+        self.submit(dw, dy, Kept(x), dims);
+    }
+
     /// Waits for every product; returns the time the worker spent on them.
     fn finish(mut self) -> Duration {
         self.jobs = None;
@@ -997,22 +1004,12 @@ pub fn micro_step<'c>(
             )?;
             let t = Instant::now();
             let x2norm = tape.ffn.part("xnorm");
-            let w2 = grad.take(layer(LayerTensor::W2));
-            wgrad.submit(w2, wgrad.copy(dy), Kept(tape.ffn.part("gate")), [d, h, s]);
-            let dh1 = wgrad.copy(bwd_ffn_out.part("dh1"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::W1)),
-                dh1,
-                Kept(x2norm),
-                [h, d, s],
-            );
-            let dh3 = wgrad.copy(bwd_ffn_out.part("dh3"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::W3)),
-                dh3,
-                Kept(x2norm),
-                [h, d, s],
-            );
+            let gate = tape.ffn.part("gate");
+            wgrad.submit_copied(grad.take(layer(LayerTensor::W2)), dy, gate, [d, h, s]);
+            let dh1 = bwd_ffn_out.part("dh1");
+            wgrad.submit_copied(grad.take(layer(LayerTensor::W1)), dh1, x2norm, [h, d, s]);
+            let dh3 = bwd_ffn_out.part("dh3");
+            wgrad.submit_copied(grad.take(layer(LayerTensor::W3)), dh3, x2norm, [h, d, s]);
             let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
             host::rmsnorm_backward(
                 bwd_ffn_out.part("dx"),
@@ -1030,13 +1027,8 @@ pub fn micro_step<'c>(
             let dx2 = &*dx;
 
             // Attention backward on the device.
-            let attn = Kept(tape.attn.part("attn"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::Wo)),
-                wgrad.copy(dx2),
-                attn,
-                [d, q, s],
-            );
+            let attn = tape.attn.part("attn");
+            wgrad.submit_copied(grad.take(layer(LayerTensor::Wo)), dx2, attn, [d, q, s]);
             for part in ["q_rope", "k_rope", "v"] {
                 bwd_attn1_in
                     .part_mut(part)
@@ -1089,27 +1081,11 @@ pub fn micro_step<'c>(
             )?;
             let t = Instant::now();
             let xnorm = tape.attn.part("xnorm");
-            let dq = wgrad.copy(bwd_qkv_out.part("dq"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::Wq)),
-                dq,
-                Kept(xnorm),
-                [q, d, s],
-            );
-            let dk = wgrad.copy(bwd_qkv_out.part("dk"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::Wk)),
-                dk,
-                Kept(xnorm),
-                [kv, d, s],
-            );
-            let dv = wgrad.copy(bwd_attn1_out.part("dv"));
-            wgrad.submit(
-                grad.take(layer(LayerTensor::Wv)),
-                dv,
-                Kept(xnorm),
-                [kv, d, s],
-            );
+            let (dq, dk) = (bwd_qkv_out.part("dq"), bwd_qkv_out.part("dk"));
+            wgrad.submit_copied(grad.take(layer(LayerTensor::Wq)), dq, xnorm, [q, d, s]);
+            wgrad.submit_copied(grad.take(layer(LayerTensor::Wk)), dk, xnorm, [kv, d, s]);
+            let dv = bwd_attn1_out.part("dv");
+            wgrad.submit_copied(grad.take(layer(LayerTensor::Wv)), dv, xnorm, [kv, d, s]);
             let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
             host::rmsnorm_backward(
                 bwd_qkv_out.part("dx"),

@@ -34,6 +34,7 @@ use anetrain_mil::blob::{fp32_file_bytes, BlobFile, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -252,17 +253,16 @@ impl KernelProgram {
                     model: expected,
                 });
             }
-            let values = params.layer(layer, t);
+            let stored = params.layer(layer, t);
+            let values = if baked.transposed {
+                Cow::Owned(transpose(stored, rows, cols))
+            } else {
+                Cow::Borrowed(stored)
+            };
             let path = baked.path.clone();
-            match (baked.dtype, baked.transposed) {
-                (DType::Fp32, false) => files.insert(path, fp32_file_bytes(values)),
-                (DType::Fp32, true) => {
-                    files.insert(path, fp32_file_bytes(&transpose(values, rows, cols)))
-                }
-                (_, false) => files.insert_blob(path, &BlobFile::fp16(values)),
-                (_, true) => {
-                    files.insert_blob(path, &BlobFile::fp16_matrix_transposed(values, rows, cols))
-                }
+            match baked.dtype {
+                DType::Fp32 => files.insert(path, fp32_file_bytes(&values)),
+                _ => files.insert_blob(path, &BlobFile::fp16(&values)),
             }
         }
         Ok(files)
