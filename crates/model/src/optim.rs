@@ -298,6 +298,13 @@ mod tests {
     use crate::{ModelConfig, ParamLayout};
     use std::sync::Arc;
 
+    /// The layout of `tiny` cut to one layer: every kind of tensor, few parameters.
+    fn one_layer() -> Arc<ParamLayout> {
+        let mut c = ModelConfig::tiny();
+        c.n_layers = 1;
+        Arc::new(ParamLayout::new(&c))
+    }
+
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
         let s = LrSchedule {
@@ -317,9 +324,7 @@ mod tests {
     #[test]
     fn adamw_first_step_moves_by_lr_times_sign() {
         // On the first step m̂ = g and v̂ = g², so the move is lr·g/(|g| + eps) + lr·wd·w.
-        let mut c = ModelConfig::tiny();
-        c.n_layers = 1;
-        let layout = Arc::new(ParamLayout::new(&c));
+        let layout = one_layer();
         let mut p = Params::zeros(layout.clone());
         p.data.iter_mut().for_each(|w| *w = 0.5);
         let mut g = Params::zeros(layout.clone());
@@ -341,9 +346,7 @@ mod tests {
 
     #[test]
     fn one_step_prediction_lands_where_the_same_gradient_takes_the_weights() {
-        let mut c = ModelConfig::tiny();
-        c.n_layers = 1;
-        let layout = Arc::new(ParamLayout::new(&c));
+        let layout = one_layer();
         let wave = |scale: f32, f: f32| {
             let mut p = Params::zeros(layout.clone());
             for (i, x) in p.data.iter_mut().enumerate() {
@@ -384,9 +387,7 @@ mod tests {
 
     #[test]
     fn a_scaled_update_equals_an_update_with_the_scaled_gradient() {
-        let mut c = ModelConfig::tiny();
-        c.n_layers = 1;
-        let layout = Arc::new(ParamLayout::new(&c));
+        let layout = one_layer();
         let mut p = Params::zeros(layout.clone());
         let mut g = Params::zeros(layout);
         for (i, (w, g)) in p.data.iter_mut().zip(&mut g.data).enumerate() {

@@ -2,6 +2,8 @@
 //! checkpoints and continues in a "new process" (a fresh device) several times, and ends with
 //! exactly the losses and weights of an uninterrupted run under the same schedule.
 
+mod common;
+
 use anetrain_device::clock::RealClock;
 use anetrain_device::decorate::CompileBudget;
 use anetrain_device::{CpuDevice, NumericMode};
@@ -10,8 +12,9 @@ use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState, WindowSource,
+    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
+use common::Cycle;
 use std::sync::Arc;
 
 fn config() -> ModelConfig {
@@ -28,29 +31,6 @@ fn config() -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: false,
-    }
-}
-
-/// Windows drawn from a counter, so the sampler state is one number.
-struct Counter(u64);
-
-impl WindowSource for Counter {
-    fn next_train_window(&mut self, out: &mut [u32]) {
-        for (i, t) in out.iter_mut().enumerate() {
-            *t = ((self.0 * 13 + i as u64 * 7) % 23) as u32;
-        }
-        self.0 += 1;
-    }
-    fn validation_window(&self, i: usize, out: &mut [u32]) {
-        for (j, t) in out.iter_mut().enumerate() {
-            *t = ((i + j * 3) % 23) as u32;
-        }
-    }
-    fn validation_windows(&self) -> usize {
-        2
-    }
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!(self.0)
     }
 }
 
@@ -98,18 +78,11 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
             count_host_time: false,
             stop_after: None,
         };
-        train(
-            &env,
-            &opts,
-            &mut reference,
-            &mut Counter(0),
-            None,
-            &mut |e| {
-                if let Event::Step(r) = e {
-                    ref_losses.push(r.loss)
-                }
-            },
-        )
+        train(&env, &opts, &mut reference, &mut Cycle(0), None, &mut |e| {
+            if let Event::Step(r) = e {
+                ref_losses.push(r.loss)
+            }
+        })
         .unwrap();
     }
 
@@ -118,7 +91,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let mut losses = Vec::new();
     let mut restarts = 0;
     let mut state = fresh();
-    let mut data = Counter(0);
+    let mut data = Cycle(0);
     loop {
         let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 25);
         let env = RunEnv {
@@ -142,7 +115,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
                 restarts += 1;
                 // A new process: everything comes back from the checkpoint file.
                 let ckpt = Checkpoint::load(&checkpoint).unwrap();
-                data = Counter(ckpt.header.sampler.as_u64().unwrap());
+                data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
                 state = TrainState::from_checkpoint(ckpt).unwrap();
             }
             Err(e) => panic!("{e}"),

@@ -1,5 +1,6 @@
-//! What the delivery tests share: a latency profile with round numbers and a data source
-//! whose windows are a fixed function of a counter.
+//! What the delivery and restart tests share: a latency profile with round numbers and a data
+//! source whose windows are a fixed function of a counter. Each test crate uses part of it.
+#![allow(dead_code)]
 
 use anetrain_device::decorate::ChipProfile;
 use anetrain_train::trainer::WindowSource;
