@@ -4,6 +4,7 @@
 mod common;
 
 use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_mil::blob::{fp32_file_bytes, WeightFiles};
 use anetrain_mil::{DType, Dialect, FunctionBuilder, Literal, Program, Style, Type};
 use common::Rng;
 
@@ -233,4 +234,74 @@ fn constant_weights_read_elsewhere_survive_packing() {
     let w1v: Vec<f32> = w_values.iter().map(|v| v + 1.0).collect();
     assert_eq!(outs[1], w1v);
     assert_eq!(outs[2], w_values);
+}
+
+#[test]
+fn a_recompile_reads_changed_weight_files_and_reuses_unchanged_ones() {
+    // -> (conv(x, W), x + B), W and B BLOBFILE constants: W is packed at compile, B is held
+    // as read. A compile handed the very file of an earlier one may reuse what it read; any
+    // other file at the same path must be read again, whatever the earlier compiles saw.
+    let (c, s) = (8, 16);
+    let blob = |name: &str, shape: Vec<usize>| Literal::Blob {
+        dtype: DType::Fp32,
+        shape,
+        path: format!("@model_path/weights/{name}.bin"),
+        offset: 64,
+    };
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[1, c, 1, s]));
+    let w = b.constant("w", blob("w", vec![c, c, 1, 1]));
+    let bias = b.constant("b", blob("b", vec![1, c, 1, s]));
+    let y = b.op(
+        "conv",
+        "y",
+        t(&[1, c, 1, s]),
+        vec![("weight", (&w).into()), ("x", (&x).into())],
+    );
+    let z = b.op(
+        "add",
+        "z",
+        t(&[1, c, 1, s]),
+        vec![("x", (&x).into()), ("y", (&bias).into())],
+    );
+    b.output(&y);
+    b.output(&z);
+    let program = program(b);
+    let files = |seed: u64| {
+        let mut rng = Rng::new(seed);
+        let (w, b) = (rng.vec(c * c, 1.0), rng.vec(c * s, 1.0));
+        let mut files = WeightFiles::new();
+        files.insert("@model_path/weights/w.bin", fp32_file_bytes(&w));
+        files.insert("@model_path/weights/b.bin", fp32_file_bytes(&b));
+        (files, w, b)
+    };
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let xin = Rng::new(9).vec(c * s, 1.0);
+    let run = |weights: &WeightFiles, w: &[f32], b: &[f32], what: &str| {
+        let mut k = device.compile(&program, weights).unwrap();
+        let mut outs = [vec![0.0f32; c * s], vec![0.0; c * s]];
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        device.eval(&mut k, &[&xin], &mut views).unwrap();
+        for o in 0..c {
+            for j in 0..s {
+                let want: f32 = (0..c).map(|i| w[o * c + i] * xin[i * s + j]).sum();
+                let got = outs[0][o * s + j];
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "{what}: conv ({o},{j}) {got} vs {want}"
+                );
+            }
+        }
+        let want: Vec<f32> = xin.iter().zip(b).map(|(x, b)| x + b).collect();
+        assert_eq!(outs[1], want, "{what}: x + B");
+    };
+    let (first, w1, b1) = files(1);
+    let (second, w2, b2) = files(2);
+    run(&first, &w1, &b1, "first files");
+    run(&first.clone(), &w1, &b1, "the same files again");
+    run(&second, &w2, &b2, "other files at the same paths");
+    run(&first, &w1, &b1, "the first files once more");
+    // New bytes equal to the old ones, in a new buffer: read again, and of course the same.
+    let (copy, w1c, b1c) = files(1);
+    run(&copy, &w1c, &b1c, "a copy of the first files");
 }

@@ -37,6 +37,7 @@
 
 use crate::ir::{self, DType};
 use half::{bf16, f16};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -365,7 +366,20 @@ struct ChunkRef<'a> {
     padding_bits: u64,
 }
 
-impl ChunkRef<'_> {
+impl<'a> ChunkRef<'a> {
+    /// The elements as f32, read in place when the chunk is fp32 and its bytes can be seen as
+    /// f32s (a little-endian host and 4-byte-aligned bytes, as the buffers this crate writes
+    /// and `fs::read` returns are in practice), else decoded: compiling fp32 weights then
+    /// copies each value once, into the device's own layout.
+    fn values(&self) -> Result<Cow<'a, [f32]>, BlobError> {
+        if self.dtype == BlobDType::Float32 && cfg!(target_endian = "little") {
+            if let Ok(values) = bytemuck::try_cast_slice(self.data) {
+                return Ok(Cow::Borrowed(values));
+            }
+        }
+        self.to_f32().map(Cow::Owned)
+    }
+
     fn to_owned(&self) -> BlobChunk {
         BlobChunk {
             dtype: self.dtype,
@@ -560,15 +574,59 @@ impl BlobFile {
 /// `BlobFile::fp32(values).to_bytes()` gives, written in one pass (every recompile of a
 /// training run writes its weights this way).
 pub fn fp32_file_bytes(values: &[f32]) -> Vec<u8> {
-    let size = values.len() * 4;
+    let mut out = fp32_file_start(values.len());
+    extend_le(&mut out, values);
+    out
+}
+
+/// [`fp32_file_bytes`] of the transpose of `values`, a `[rows][cols]` matrix, written without
+/// a transposed copy in between.
+pub fn fp32_file_bytes_transposed(values: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = fp32_file_start(values.len());
+    transpose_bands(values, rows, cols, |band| extend_le(&mut out, band));
+    out
+}
+
+/// Hands the rows of the transpose of `values` (a `[rows][cols]` matrix) to `emit` in order, a
+/// band of up to 16 at a time: each band is gathered from one sequential pass over the matrix
+/// that reads a whole cache line of every row.
+pub fn transpose_bands(values: &[f32], rows: usize, cols: usize, mut emit: impl FnMut(&[f32])) {
+    const BAND: usize = 16;
+    assert_eq!(
+        values.len(),
+        rows * cols,
+        "transpose of a {rows}×{cols} matrix"
+    );
+    let mut band = vec![0.0f32; BAND * rows];
+    for c0 in (0..cols).step_by(BAND) {
+        let width = BAND.min(cols - c0);
+        for (r, row) in values.chunks_exact(cols).enumerate() {
+            for (j, &v) in row[c0..c0 + width].iter().enumerate() {
+                band[j * rows + r] = v;
+            }
+        }
+        emit(&band[..width * rows]);
+    }
+}
+
+/// The header and metadata of a one-chunk fp32 file of `len` values, with room for them.
+fn fp32_file_start(len: usize) -> Vec<u8> {
+    let size = len * 4;
     let mut out = Vec::with_capacity(2 * BLOCK as usize + size);
     out.extend_from_slice(&header_bytes(1));
     out.extend_from_slice(&metadata_bytes(BlobDType::Float32, size as u64, 0, BLOCK));
-    out.resize(2 * BLOCK as usize + size, 0);
-    for (d, v) in out[2 * BLOCK as usize..].chunks_exact_mut(4).zip(values) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
     out
+}
+
+/// Appends `values` as little-endian bytes.
+fn extend_le(out: &mut Vec<u8>, values: &[f32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    }
 }
 
 /// The 64-byte file header.
@@ -755,6 +813,12 @@ impl WeightFiles {
         self.insert(path, blob.to_bytes());
     }
 
+    /// The file at `path` as the shared buffer it is held in: two `WeightFiles` that share a
+    /// file (one cloned from the other) hand out the same `Arc`.
+    pub fn shared(&self, path: &str) -> Option<&Arc<Vec<u8>>> {
+        self.files.get(path)
+    }
+
     pub fn get(&self, path: &str) -> Option<&[u8]> {
         self.files.get(path).map(|b| b.as_slice())
     }
@@ -774,14 +838,15 @@ impl WeightFiles {
 
     /// Resolves a `Literal::Blob` to f32 values, checking: the path exists, the chunk at
     /// `offset` is valid, its dtype is the one that stores the declared MIL dtype, and its
-    /// sizeInBytes is the number of elements × the element size.
+    /// sizeInBytes is the number of elements × the element size. fp32 data is borrowed in
+    /// place when it can be.
     pub fn tensor_f32(
         &self,
         path: &str,
         offset: u64,
         dtype: DType,
         shape: &[usize],
-    ) -> Result<Vec<f32>, BlobError> {
+    ) -> Result<Cow<'_, [f32]>, BlobError> {
         let in_file = |error| BlobError::InFile {
             path: path.to_string(),
             error: Box::new(error),
@@ -819,7 +884,7 @@ impl WeightFiles {
                 found,
             });
         }
-        chunk.to_f32().map_err(in_file)
+        chunk.values().map_err(in_file)
     }
 
     /// The BLOBFILE paths `program` refers to that are missing here, in order of first use:

@@ -887,3 +887,55 @@ fn fp32_file_bytes_match_a_one_chunk_file() {
         assert_eq!(back.chunks[0].to_f32().unwrap(), values);
     }
 }
+
+#[test]
+fn transposed_fp32_files_hold_the_transpose() {
+    // Shapes around the 16-column band: narrower, exact, and with a ragged last band.
+    for (rows, cols) in [(1, 1), (3, 5), (16, 16), (13, 33), (40, 17), (7, 64)] {
+        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25 - 9.0).collect();
+        let mut transposed = vec![0.0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                transposed[c * rows + r] = values[r * cols + c];
+            }
+        }
+        let bytes = anetrain_mil::blob::fp32_file_bytes_transposed(&values, rows, cols);
+        assert_eq!(
+            bytes,
+            BlobFile::fp32(&transposed).to_bytes(),
+            "{rows}×{cols}"
+        );
+    }
+}
+
+#[test]
+fn fp32_tensors_are_read_in_place_and_others_decoded() {
+    let values: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect();
+    let mut w = WeightFiles::new();
+    w.insert(
+        "@model_path/weights/f.bin",
+        anetrain_mil::blob::fp32_file_bytes(&values),
+    );
+    w.insert_blob("@model_path/weights/h.bin", &BlobFile::fp16(&values));
+    let file = w.get("@model_path/weights/f.bin").unwrap();
+    let read = w
+        .tensor_f32("@model_path/weights/f.bin", 64, DType::Fp32, &[3, 4])
+        .unwrap();
+    assert_eq!(read, values);
+    // In place exactly when the bytes can be seen as f32s (they always can here in practice:
+    // the allocator aligns a Vec's buffer to at least 8 bytes).
+    let aligned = file.as_ptr().align_offset(4) == 0 && cfg!(target_endian = "little");
+    assert_eq!(
+        matches!(read, std::borrow::Cow::Borrowed(_)),
+        aligned,
+        "fp32 read in place"
+    );
+    if let std::borrow::Cow::Borrowed(seen) = read {
+        assert_eq!(seen.as_ptr() as usize, file.as_ptr() as usize + 128);
+    }
+    let half = w
+        .tensor_f32("@model_path/weights/h.bin", 64, DType::Fp16, &[3, 4])
+        .unwrap();
+    assert!(matches!(half, std::borrow::Cow::Owned(_)), "fp16 decoded");
+    assert_eq!(half, values);
+}

@@ -6,7 +6,8 @@ use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::optim::{
-    clip_factor, grad_norm, zero_all, AdamState, AdamW, LossScaler, LrSchedule, PARALLEL_CHUNK,
+    clip_factor, grad_norm, sum_squares, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
+    PARALLEL_CHUNK,
 };
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
@@ -548,7 +549,6 @@ fn compensate_delay(
     // `grad_norm`).
     let partial: Vec<f64> = chunks
         .map(|(((g, w), ws), v)| {
-            let mut sum = 0.0f64;
             for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
                 *g *= unscale;
                 // The mean square includes the current gradient, so a gradient appearing for
@@ -560,9 +560,8 @@ fn compensate_delay(
                 // gradients at a high learning rate and training diverged.
                 let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
                 *g *= factor.clamp(0.0, 2.0);
-                sum += (*g as f64) * (*g as f64);
             }
-            sum
+            sum_squares(g)
         })
         .collect();
     partial.iter().sum::<f64>().sqrt() as f32

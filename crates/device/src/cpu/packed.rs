@@ -66,23 +66,38 @@ impl PackedA {
         }
         assert!(la.extent(m, k) <= a.len(), "packed: lhs view out of bounds");
         let panels = m.div_ceil(MR);
-        let mut data = vec![0.0; panels * k * MR];
-        for (i, panel) in data.chunks_exact_mut(k * MR).enumerate() {
-            for r in 0..MR.min(m - i * MR) {
-                let start = la.offset + (i * MR + r) * la.rs;
+        let len = panels * k * MR;
+        // Every slot is written once, never zero-filled first: every compile packs every
+        // weight, and a fill would be one more pass over it.
+        let mut data: Vec<f32> = Vec::with_capacity(len);
+        for (i, panel) in data.spare_capacity_mut()[..len]
+            .chunks_exact_mut(k * MR)
+            .enumerate()
+        {
+            for r in 0..MR {
                 let slots = panel.chunks_exact_mut(MR).map(|group| &mut group[r]);
+                if i * MR + r >= m {
+                    // The last panel's missing rows.
+                    slots.for_each(|slot| _ = slot.write(0.0));
+                    continue;
+                }
+                let start = la.offset + (i * MR + r) * la.rs;
                 if la.cs == 1 {
                     // Row-major weights (every compile packs these): one sequential read.
                     for (slot, &v) in slots.zip(&a[start..start + k]) {
-                        *slot = v;
+                        slot.write(v);
                     }
                 } else {
                     for (p, slot) in slots.enumerate() {
-                        *slot = a[start + p * la.cs];
+                        slot.write(a[start + p * la.cs]);
                     }
                 }
             }
         }
+        // SAFETY: the loop above wrote all `len` slots: `panels` panels of `k` groups, each
+        // group's `MR` slots written by the `MR` passes over its panel (`a[start..start + k]`
+        // is in bounds by the assert above, so the zip runs all `k` groups).
+        unsafe { data.set_len(len) };
         Some(PackedA { m, k, data })
     }
 }
@@ -425,13 +440,13 @@ mod tests {
         for &m in &dims {
             for &n in &dims {
                 for &k in &dims {
-                    for (threads, accumulate, scale, strided_b) in [
-                        (1, false, 1.0, false),
-                        (2, true, 0.5, false),
-                        (2, false, -1.25, true),
-                        (1, true, 1.0, true),
+                    for (threads, accumulate, scale, strided_b, a_rows) in [
+                        (1, false, 1.0, false, true),
+                        (2, true, 0.5, false, false),
+                        (2, false, -1.25, true, true),
+                        (1, true, 1.0, true, false),
                     ] {
-                        check(m, n, k, threads, accumulate, scale, strided_b);
+                        check(m, n, k, threads, accumulate, scale, strided_b, a_rows);
                         checked += 1;
                     }
                 }
@@ -440,8 +455,10 @@ mod tests {
         assert_eq!(checked, 8 * 8 * 8 * 4);
     }
 
-    /// One product: a transposed view of A (packing must honour both strides), b either
-    /// row-major inside a wider buffer or transposed, c rows padded past n.
+    /// One product: A row-major (as weights are) or a transposed view (packing must honour
+    /// both strides), b either row-major inside a wider buffer or transposed, c rows padded
+    /// past n.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         m: usize,
         n: usize,
@@ -450,12 +467,17 @@ mod tests {
         accumulate: bool,
         scale: f32,
         strided_b: bool,
+        a_rows: bool,
     ) {
         let at = values(k * m + 3, 1.0);
-        let la = MatLayout {
-            offset: 3,
-            rs: 1,
-            cs: m,
+        let la = if a_rows {
+            MatLayout::row_major(3, k)
+        } else {
+            MatLayout {
+                offset: 3,
+                rs: 1,
+                cs: m,
+            }
         };
         let (b, lb) = if strided_b {
             (values(n * k, 2.0), MatLayout::row_major(0, k).transposed())
@@ -517,7 +539,7 @@ mod tests {
         if !available() {
             return;
         }
-        check(13, 40, 3 * KC + 5, 2, true, 0.75, false);
-        check(64, 64, 2 * KC, 2, false, 1.0, false);
+        check(13, 40, 3 * KC + 5, 2, true, 0.75, false, true);
+        check(64, 64, 2 * KC, 2, false, 1.0, false, false);
     }
 }

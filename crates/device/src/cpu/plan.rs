@@ -18,8 +18,10 @@ use crate::{fp16, DeviceError, NumericMode};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::CheckedFunction;
 use anetrain_mil::{Arg, DType, Function, Literal, Op, Scalar, Type};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// Where a value's elements live when the kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,15 +103,19 @@ enum ConstSource {
 }
 
 impl ConstSource {
-    fn load(&self, weights: &WeightFiles) -> Result<Arc<Vec<f32>>, DeviceError> {
-        let rounded = |mut v: Vec<f32>, round: bool| {
-            if round {
-                fp16::round_slice(&mut v);
+    /// The constant's values: borrowed where they already exist as f32s (inline literals,
+    /// and fp32 weights read in place from their file), else computed.
+    fn values<'a>(&'a self, weights: &'a WeightFiles) -> Result<Cow<'a, [f32]>, DeviceError> {
+        let rounded = |values: Cow<'a, [f32]>, round: bool| {
+            if !round {
+                return values;
             }
-            Arc::new(v)
+            let mut v = values.into_owned();
+            fp16::round_slice(&mut v);
+            Cow::Owned(v)
         };
         Ok(match self {
-            ConstSource::Fixed(values) => values.clone(),
+            ConstSource::Fixed(values) => Cow::Borrowed(values.as_slice()),
             ConstSource::Blob {
                 path,
                 offset,
@@ -129,16 +135,33 @@ impl ConstSource {
                 let scale = literal_f32(weights, scale)?;
                 let zero = match zero {
                     Some(z) => literal_f32(weights, z)?,
-                    None => vec![0.0],
+                    None => Cow::Owned(vec![0.0]),
                 };
-                rounded(dequantize(&data, &scale, &zero, &shape, *axis), *round)
+                let values = dequantize(&data, &scale, &zero, &shape, *axis);
+                rounded(Cow::Owned(values), *round)
             }
         })
+    }
+
+    /// The weight file a constant is read from alone, if any.
+    fn file<'a>(&self, weights: &'a WeightFiles) -> Option<&'a Arc<Vec<u8>>> {
+        match self {
+            ConstSource::Blob { path, .. } => weights.shared(path),
+            _ => None,
+        }
+    }
+
+    /// The constant as the plan holds it: inline literals shared, the rest owned.
+    fn hold(&self, values: Cow<'_, [f32]>) -> Arc<Vec<f32>> {
+        match self {
+            ConstSource::Fixed(values) => values.clone(),
+            _ => Arc::new(values.into_owned()),
+        }
     }
 }
 
 /// A lowered function waiting for its weights (see the module documentation).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PlanTemplate {
     /// The plan without constant data: no `consts`, no packed products.
     plan: Plan,
@@ -148,6 +171,24 @@ pub struct PlanTemplate {
     packed_steps: Vec<usize>,
     /// Constants that only packed products read: their raw copy is dropped once packed.
     packed_only: Vec<usize>,
+    /// Per constant, what the last bind read from a weight file, with that file.
+    read_before: Mutex<Vec<Option<ReadConst>>>,
+}
+
+/// A constant read from a weight file by an earlier bind, kept together with that file. A
+/// later bind handed the very same file (the same shared bytes, as a kernel's fixed tables
+/// are at every compile of a training run: masks, rotary tables) takes the values as they
+/// are instead of reading them again. Holding the file keeps its address from being reused by
+/// other bytes, so the identity check cannot be fooled.
+struct ReadConst {
+    file: Arc<Vec<u8>>,
+    values: Arc<Vec<f32>>,
+}
+
+impl fmt::Debug for ReadConst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadConst({} values)", self.values.len())
+    }
 }
 
 impl PlanTemplate {
@@ -187,26 +228,65 @@ impl PlanTemplate {
     /// The plan running on `weights`: every constant read (and checked against its declared
     /// dtype and shape), rounded in fp16 mode, and packed where the template says so.
     pub fn bind(&self, weights: &WeightFiles) -> Result<Plan, DeviceError> {
-        let mut consts = self
+        let mut read_before = self.read_before.lock().unwrap_or_else(|e| e.into_inner());
+        let known: Vec<Option<Arc<Vec<f32>>>> = self
             .sources
             .iter()
-            .map(|s| s.load(weights))
+            .zip(read_before.iter())
+            .map(|(source, before)| {
+                let file = source.file(weights)?;
+                before
+                    .as_ref()
+                    .filter(|b| Arc::ptr_eq(&b.file, file))
+                    .map(|b| b.values.clone())
+            })
+            .collect();
+        let values = self
+            .sources
+            .iter()
+            .zip(&known)
+            .map(|(source, known)| match known {
+                Some(values) => Ok(Cow::Borrowed(values.as_slice())),
+                None => source.values(weights),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut plan = self.plan.clone();
         for &i in &self.packed_steps {
             let Step::Gemm(g) = &mut plan.steps[i] else {
                 unreachable!("only products are packed");
             };
-            g.packed = Some(pack_constant(g, &self.values, &consts).ok_or_else(|| {
+            g.packed = Some(pack_constant(g, &self.values, &values).ok_or_else(|| {
                 DeviceError::CompileFailed(format!(
                     "packing the constant left operand of step {i} failed"
                 ))
             })?);
         }
-        for &c in &self.packed_only {
-            consts[c] = Arc::default();
+        // A constant only packed products read was read in place or dropped here: its values
+        // live on in the packed layout alone.
+        plan.consts = values
+            .into_iter()
+            .zip(&self.sources)
+            .enumerate()
+            .map(
+                |(c, (v, source))| match (self.packed_only.binary_search(&c), &known[c]) {
+                    (Ok(_), _) => Arc::default(),
+                    (Err(_), Some(known)) => known.clone(),
+                    (Err(_), None) => source.hold(v),
+                },
+            )
+            .collect();
+        for (c, source) in self.sources.iter().enumerate() {
+            // Packed-only constants are not held, so there is nothing to reuse.
+            if self.packed_only.binary_search(&c).is_ok() {
+                continue;
+            }
+            if let (None, Some(file)) = (&known[c], source.file(weights)) {
+                read_before[c] = Some(ReadConst {
+                    file: file.clone(),
+                    values: plan.consts[c].clone(),
+                });
+            }
         }
-        plan.consts = consts;
         Ok(plan)
     }
 }
@@ -354,7 +434,7 @@ impl<'a> Lowering<'a> {
                 round,
             },
             inline => {
-                let mut data = literal_f32(&WeightFiles::new(), inline)?;
+                let mut data = literal_f32(&WeightFiles::new(), inline)?.into_owned();
                 if round {
                     fp16::round_slice(&mut data);
                 }
@@ -1257,6 +1337,7 @@ impl<'a> Lowering<'a> {
                 parallel,
             },
             values,
+            read_before: Mutex::new(self.sources.iter().map(|_| None).collect()),
             sources: self.sources,
             packed_steps,
             packed_only,
@@ -1290,7 +1371,7 @@ fn packs_constant(g: &GemmStep, values: &[Value]) -> bool {
 
 /// Packs a product's constant left operand (see [`packs_constant`]): one packed matrix per
 /// distinct left-operand offset of the batch.
-fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Arc<Vec<f32>>]) -> Option<PackedGemm> {
+fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Cow<'_, [f32]>]) -> Option<PackedGemm> {
     let (r, base) = root(values, g.a);
     let Storage::Const(c) = values[r].storage else {
         return None;
@@ -1321,9 +1402,12 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Arc<Vec<f32>>]) -> Op
 }
 
 /// The values of a literal, reading BLOBFILE data from `weights`.
-fn literal_f32(weights: &WeightFiles, lit: &Literal) -> Result<Vec<f32>, DeviceError> {
+fn literal_f32<'a>(
+    weights: &'a WeightFiles,
+    lit: &'a Literal,
+) -> Result<Cow<'a, [f32]>, DeviceError> {
     match lit {
-        Literal::Scalar { value, .. } => Ok(vec![scalar_f32(value)?]),
+        Literal::Scalar { value, .. } => Ok(Cow::Owned(vec![scalar_f32(value)?])),
         Literal::Tensor { values, .. } => values.iter().map(scalar_f32).collect(),
         Literal::Blob {
             dtype,
@@ -1334,13 +1418,13 @@ fn literal_f32(weights: &WeightFiles, lit: &Literal) -> Result<Vec<f32>, DeviceE
     }
 }
 
-fn blob_f32(
-    weights: &WeightFiles,
+fn blob_f32<'a>(
+    weights: &'a WeightFiles,
     path: &str,
     offset: u64,
     dtype: DType,
     shape: &[usize],
-) -> Result<Vec<f32>, DeviceError> {
+) -> Result<Cow<'a, [f32]>, DeviceError> {
     if weights.get(path).is_none() {
         return Err(DeviceError::MissingWeights(path.to_string()));
     }

@@ -30,11 +30,12 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::{fp32_file_bytes, BlobFile, WeightFiles};
+use anetrain_mil::blob::{
+    fp32_file_bytes, fp32_file_bytes_transposed, transpose_bands, BlobFile, WeightFiles,
+};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
-use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
@@ -254,34 +255,26 @@ impl KernelProgram {
                 });
             }
             let stored = params.layer(layer, t);
-            let values = if baked.transposed {
-                Cow::Owned(transpose(stored, rows, cols))
-            } else {
-                Cow::Borrowed(stored)
-            };
             let path = baked.path.clone();
-            match baked.dtype {
-                DType::Fp32 => files.insert(path, fp32_file_bytes(&values)),
-                _ => files.insert_blob(path, &BlobFile::fp16(&values)),
+            match (baked.dtype, baked.transposed) {
+                (DType::Fp32, false) => files.insert(path, fp32_file_bytes(stored)),
+                (DType::Fp32, true) => {
+                    files.insert(path, fp32_file_bytes_transposed(stored, rows, cols))
+                }
+                (_, false) => files.insert_blob(path, &BlobFile::fp16(stored)),
+                (_, true) => {
+                    files.insert_blob(path, &BlobFile::fp16(&transpose(stored, rows, cols)))
+                }
             }
         }
         Ok(files)
     }
 }
 
-/// `[rows][cols]` → `[cols][rows]`. Eight rows at a time: eight sequential reads, and each
-/// output row written in runs of eight.
+/// `[rows][cols]` → `[cols][rows]`.
 fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const BAND: usize = 8;
-    let mut t = vec![0.0f32; rows * cols];
-    for r0 in (0..rows).step_by(BAND) {
-        let band = &w[r0 * cols..(r0 + BAND).min(rows) * cols];
-        for (c, out) in t.chunks_exact_mut(rows).enumerate() {
-            for (o, row) in out[r0..].iter_mut().zip(band.chunks_exact(cols)) {
-                *o = row[c];
-            }
-        }
-    }
+    let mut t = Vec::with_capacity(rows * cols);
+    transpose_bands(w, rows, cols, |band| t.extend_from_slice(band));
     t
 }
 
