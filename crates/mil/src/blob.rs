@@ -588,10 +588,12 @@ pub fn fp32_file_bytes_transposed(values: &[f32], rows: usize, cols: usize) -> V
 }
 
 /// Hands the rows of the transpose of `values` (a `[rows][cols]` matrix) to `emit` in order, a
-/// band of up to 16 at a time: each band is gathered from one sequential pass over the matrix
-/// that reads a whole cache line of every row.
+/// band of up to 16 at a time. A band is gathered from one sequential pass over the matrix
+/// that reads a whole cache line of every row, in 4×4 blocks: a block is four loads, a few
+/// shuffles and four stores, where element by element it is sixteen of each.
 pub fn transpose_bands(values: &[f32], rows: usize, cols: usize, mut emit: impl FnMut(&[f32])) {
     const BAND: usize = 16;
+    const BLOCK: usize = 4;
     assert_eq!(
         values.len(),
         rows * cols,
@@ -600,8 +602,28 @@ pub fn transpose_bands(values: &[f32], rows: usize, cols: usize, mut emit: impl 
     let mut band = vec![0.0f32; BAND * rows];
     for c0 in (0..cols).step_by(BAND) {
         let width = BAND.min(cols - c0);
-        for (r, row) in values.chunks_exact(cols).enumerate() {
-            for (j, &v) in row[c0..c0 + width].iter().enumerate() {
+        let mut r0 = 0;
+        if width == BAND {
+            while r0 + BLOCK <= rows {
+                let src: [&[f32]; BLOCK] =
+                    std::array::from_fn(|i| &values[(r0 + i) * cols + c0..][..BAND]);
+                for q in (0..BAND).step_by(BLOCK) {
+                    let block: [[f32; BLOCK]; BLOCK] = std::array::from_fn(|i| {
+                        src[i][q..q + BLOCK]
+                            .try_into()
+                            .expect("a slice of BLOCK values")
+                    });
+                    for j in 0..BLOCK {
+                        let column: [f32; BLOCK] = std::array::from_fn(|i| block[i][j]);
+                        band[(q + j) * rows + r0..][..BLOCK].copy_from_slice(&column);
+                    }
+                }
+                r0 += BLOCK;
+            }
+        }
+        // A ragged last band, and the rows past the last whole block.
+        for r in r0..rows {
+            for (j, &v) in values[r * cols + c0..][..width].iter().enumerate() {
                 band[j * rows + r] = v;
             }
         }

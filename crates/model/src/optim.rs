@@ -61,6 +61,35 @@ impl AdamW {
         state: &mut AdamState,
         lr: f32,
     ) {
+        self.update_scaled_impl(None, params, grads, grad_scale, state, lr);
+    }
+
+    /// [`AdamW::update_scaled`] of `from`, written into `to` (whose values are overwritten).
+    /// When the current weights must stay as they are (a kernel set compiled from them is
+    /// still running), this is the update and the copy in one pass: read the old weights,
+    /// write the new ones, where a copy first would read and write every weight twice.
+    pub fn update_scaled_from(
+        &self,
+        from: &Params,
+        to: &mut Params,
+        grads: &Params,
+        grad_scale: f32,
+        state: &mut AdamState,
+        lr: f32,
+    ) {
+        assert_eq!(from.data.len(), to.data.len(), "update into another layout");
+        self.update_scaled_impl(Some(from), to, grads, grad_scale, state, lr);
+    }
+
+    fn update_scaled_impl(
+        &self,
+        from: Option<&Params>,
+        params: &mut Params,
+        grads: &Params,
+        grad_scale: f32,
+        state: &mut AdamState,
+        lr: f32,
+    ) {
         state.t += 1;
         for spec in &params.layout.tensors {
             let rule = self.rule(state.t, lr, spec.decay);
@@ -71,12 +100,28 @@ impl AdamW {
                 .par_chunks_mut(PARALLEL_CHUNK)
                 .zip(state.m.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
                 .zip(state.v.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
-                .zip(grads.data[r].par_chunks(PARALLEL_CHUNK));
-            chunks.for_each(|(((w, m), v), g)| {
-                for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                    let (m_new, v_new, dw) = rule.apply(*w, *m, *v, g * grad_scale);
+                .zip(grads.data[r.clone()].par_chunks(PARALLEL_CHUNK))
+                .enumerate();
+            chunks.for_each(|(i, (((w, m), v), g))| {
+                let step = |w: f32, m: &mut f32, v: &mut f32, g: f32| {
+                    let (m_new, v_new, dw) = rule.apply(w, *m, *v, g * grad_scale);
                     (*m, *v) = (m_new, v_new);
-                    *w -= dw;
+                    w - dw
+                };
+                match from {
+                    None => {
+                        for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                            *w = step(*w, m, v, g);
+                        }
+                    }
+                    Some(from) => {
+                        let start = r.start + i * PARALLEL_CHUNK;
+                        let old = &from.data[start..start + w.len()];
+                        for ((((w, &old), m), v), &g) in w.iter_mut().zip(old).zip(m).zip(v).zip(g)
+                        {
+                            *w = step(old, m, v, g);
+                        }
+                    }
                 }
             });
         }
@@ -426,6 +471,33 @@ mod tests {
         // 0.125 is a power of two, so both see bit-identical gradients.
         assert_eq!(a.data, b.data);
         assert_eq!(sa, sb);
+    }
+
+    #[test]
+    fn an_update_into_another_buffer_equals_the_update_in_place() {
+        let layout = one_layer();
+        let mut p = Params::zeros(layout.clone());
+        let mut g = Params::zeros(layout.clone());
+        for (i, (w, g)) in p.data.iter_mut().zip(&mut g.data).enumerate() {
+            *w = ((i as f32) * 0.29).sin();
+            *g = ((i as f32) * 0.13).cos();
+        }
+        let adam = AdamW::default();
+        let (mut in_place, mut current) = (p.clone(), p);
+        let (mut sa, mut sb) = (AdamState::new(&in_place), AdamState::new(&current));
+        // The buffer written into holds stale values, which must not leak into the result.
+        let mut spare = Params::zeros(layout);
+        spare.data.fill(f32::NAN);
+        for step in 0..3 {
+            let lr = 1e-3 * (step + 1) as f32;
+            adam.update_scaled(&mut in_place, &g, 0.5, &mut sa, lr);
+            let before = current.clone();
+            adam.update_scaled_from(&current, &mut spare, &g, 0.5, &mut sb, lr);
+            assert_eq!(current, before, "the source is left as it was");
+            std::mem::swap(&mut current, &mut spare);
+            assert_eq!(in_place.data, current.data, "step {step}");
+            assert_eq!(sa, sb, "step {step}");
+        }
     }
 
     #[test]

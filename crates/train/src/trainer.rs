@@ -362,6 +362,9 @@ fn run_steps(
     let end = env
         .stop_after
         .map_or(options.steps, |s| s.min(options.steps));
+    // The master weights' previous version, whose buffer the next update may write into once
+    // no kernel set holds it any more (double-buffer).
+    let mut retired: Option<Arc<Params>> = None;
     while state.step < end {
         let step_start = clock.now();
         let acquired = delivery.acquire(state.step).map(|_| ());
@@ -431,10 +434,28 @@ fn run_steps(
             grad_scale *= clip_factor(norm, options.clip);
             applied_scale = grad_scale;
             delivery.release_before_update();
-            let params = Arc::make_mut(&mut state.params);
-            options
-                .adam
-                .update_scaled(params, grads, grad_scale, &mut state.adam, lr);
+            let adam = &options.adam;
+            match Arc::get_mut(&mut state.params) {
+                Some(params) => adam.update_scaled(params, grads, grad_scale, &mut state.adam, lr),
+                None => {
+                    // A kernel set (or its compile) still holds these weights: the new version
+                    // goes into the buffer of one no set holds any more, in the pass that
+                    // computes it, instead of into a copy made first.
+                    let mut next = retired
+                        .take()
+                        .and_then(|p| Arc::try_unwrap(p).ok())
+                        .unwrap_or_else(|| Params::zeros(state.params.layout.clone()));
+                    adam.update_scaled_from(
+                        &state.params,
+                        &mut next,
+                        grads,
+                        grad_scale,
+                        &mut state.adam,
+                        lr,
+                    );
+                    retired = Some(std::mem::replace(&mut state.params, Arc::new(next)));
+                }
+            }
         } else {
             state.counters.skipped_updates += 1;
         }
