@@ -28,29 +28,7 @@ pub enum BenchCommand {
     },
     /// The weight-delivery strategies side by side on the same data and seed: ms/step, stall,
     /// staleness, final loss (and the frozen-kernel baseline).
-    Weights {
-        #[arg(long, default_value = "tiny")]
-        config: String,
-        #[arg(long, default_value_t = 200)]
-        steps: u64,
-        /// Runs of every strategy, interleaved (medians are reported).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
-        #[arg(long)]
-        simulate: Option<String>,
-        /// The delay compensation c (λ = c/lr) of the "double-buffer + DC" row (the training
-        /// default).
-        #[arg(long, default_value_t = 3.0)]
-        compensation: f32,
-        #[arg(long, default_value_t = 1)]
-        max_staleness: u64,
-        /// Peak learning rate (default: the training default).
-        #[arg(long)]
-        lr: Option<f32>,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-    },
+    Weights(super::bench_train::WeightsBench),
     /// The CPU device against the raw matrix crate and the machine's FMA peak.
     Device {
         /// Threads for the device and the baselines.
@@ -72,25 +50,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             precision,
             threads,
         } => super::bench_train::bench_train(&config, steps, accum, &precision, threads),
-        BenchCommand::Weights {
-            config,
-            steps,
-            rounds,
-            simulate,
-            compensation,
-            max_staleness,
-            lr,
-            threads,
-        } => super::bench_train::bench_weights(
-            &config,
-            steps,
-            rounds,
-            simulate.as_deref(),
-            compensation,
-            max_staleness,
-            lr,
-            threads,
-        ),
+        BenchCommand::Weights(bench) => super::bench_train::bench_weights(&bench),
     }
 }
 

@@ -259,17 +259,49 @@ pub fn bench_train(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn bench_weights(
-    config: &str,
+/// What `bench weights` runs.
+#[derive(clap::Args, Debug)]
+pub struct WeightsBench {
+    #[arg(long, default_value = "tiny")]
+    config: String,
+    #[arg(long, default_value_t = 200)]
     steps: u64,
+    /// Windows per update: each update, and so each compile, is paid for by this many
+    /// forward and backward passes (the original ANE trainer accumulates 10).
+    #[arg(long, default_value_t = 1)]
+    accum: u32,
+    /// Runs of every strategy, interleaved (medians are reported).
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
-    simulate: Option<&str>,
+    /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
+    #[arg(long)]
+    simulate: Option<String>,
+    /// The delay compensation c (λ = c/lr) of the "double-buffer + DC" row (the training
+    /// default).
+    #[arg(long, default_value_t = 3.0)]
     compensation: f32,
+    #[arg(long, default_value_t = 1)]
     max_staleness: u64,
+    /// Peak learning rate (default: the training default).
+    #[arg(long)]
     lr: Option<f32>,
+    #[arg(long, default_value_t = 2)]
     threads: usize,
-) -> anyhow::Result<()> {
+}
+
+pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
+    let WeightsBench {
+        ref config,
+        steps,
+        accum,
+        rounds,
+        ref simulate,
+        compensation,
+        max_staleness,
+        lr,
+        threads,
+    } = *bench;
+    let simulate = simulate.as_deref();
     let config = ModelConfig::named(config)?;
     let mode = NumericMode::Fp32;
     let defaults = TrainOptions::default();
@@ -284,6 +316,7 @@ pub fn bench_weights(
         steps,
         lr,
         min_lr,
+        accum: accum.max(1),
         eval_every: steps,
         eval_windows: 32,
         checkpoint_every: 0,
@@ -291,8 +324,9 @@ pub fn bench_weights(
         ..TrainOptions::default()
     };
     println!(
-        "bench weights: {} for {steps} steps (seed {}, peak lr {}), data: {}, device: CPU {mode}{}",
+        "bench weights: {} for {steps} steps of {} window(s) (seed {}, peak lr {}), data: {}, device: CPU {mode}{}",
         config.name,
+        options.accum,
         options.seed,
         options.lr,
         if corpus.is_some() {

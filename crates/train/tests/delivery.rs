@@ -8,13 +8,20 @@
 
 mod common;
 
-use anetrain_device::clock::{Clock, SimClock};
+use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::decorate::{FaultInjection, LatencyModel};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
-use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_model::optim::{clip_factor, grad_norm, AdamState, LrSchedule};
+use anetrain_model::step::{
+    compile_kernel_set, micro_step, SharedKernels, StepBuffers, WeightSnapshot,
+};
+use anetrain_model::{ModelConfig, ParamLayout, Params};
+
 use anetrain_train::delivery::Strategy;
-use anetrain_train::trainer::{train, Event, RunEnv, StepRecord, TrainOptions, TrainState};
+use anetrain_train::trainer::{
+    train, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
+};
 use common::{profile, Cycle};
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,4 +302,74 @@ fn delay_corrections_keep_delayed_training_closer_to_synchronous_training() {
             late_loss(&delayed)
         );
     }
+}
+
+#[test]
+fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weights() {
+    // The run under test: K = 1, no correction, so step t's gradient is computed on the
+    // weights of the version it ran on and applied to the master weights of version t.
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let options = TrainOptions {
+        steps: 6,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        delay_compensation: 0.0,
+        weight_prediction: false,
+        ..TrainOptions::default()
+    };
+    let out = run_with(&device, &*clock, Strategy::DoubleBuffer, 1, &options);
+    out.result.unwrap();
+    let ran_on: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();
+    assert_eq!(ran_on, vec![0, 0, 1, 2, 3, 4]);
+
+    // The same schedule by hand, keeping every version: a kernel set per version the run
+    // used, the gradient from it, plain AdamW on the master weights.
+    let c = config();
+    let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let mut versions = vec![Arc::new(init_params(Arc::new(ParamLayout::new(&c)), 1))];
+    let mut master = (*versions[0]).clone();
+    let mut adam = AdamState::new(&master);
+    let schedule = LrSchedule {
+        max_lr: options.lr,
+        min_lr: options.min_lr,
+        warmup: options.warmup,
+        total: options.steps,
+    };
+    let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
+    let mut buf = StepBuffers::new(&c);
+    let mut data = Cycle(0);
+    let mut window = vec![0u32; c.seq_len + 1];
+    for (t, &v) in ran_on.iter().enumerate() {
+        let snapshot = WeightSnapshot {
+            version: v,
+            params: versions[v as usize].clone(),
+        };
+        let mut set = compile_kernel_set(&cpu, snapshot).unwrap();
+        let mut grads = Params::zeros(master.layout.clone());
+        data.next_train_window(&mut window);
+        let clock = RealClock::new();
+        micro_step(
+            &cpu,
+            &clock,
+            &mut set,
+            &mut shared,
+            &mut buf,
+            &window[..c.seq_len],
+            &window[1..],
+            1.0,
+            &mut grads,
+            1,
+        )
+        .unwrap();
+        let scale = clip_factor(grad_norm(&grads), options.clip);
+        let lr = schedule.at(t as u64);
+        options
+            .adam
+            .update_scaled(&mut master, &grads, scale, &mut adam, lr);
+        versions.push(Arc::new(master.clone()));
+    }
+    assert_eq!(out.state.params.data, master.data);
+    assert_eq!(out.state.adam, adam);
 }
