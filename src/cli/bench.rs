@@ -16,8 +16,13 @@ pub enum BenchCommand {
         /// A model preset or TOML file.
         #[arg(long, default_value = "stories15m")]
         config: String,
+        /// Measured steps.
         #[arg(long, default_value_t = 6)]
         steps: u64,
+        /// Steps run first and not measured: they pay one-time costs (first touch of the
+        /// optimizer moments and of the buffers).
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
         /// Windows per optimizer update (gradient accumulation).
         #[arg(long, default_value_t = 1)]
         accum: u32,
@@ -46,10 +51,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train {
             config,
             steps,
+            warmup,
             accum,
             precision,
             threads,
-        } => super::bench_train::bench_train(&config, steps, accum, &precision, threads),
+        } => super::bench_train::bench_train(&config, steps, warmup, accum, &precision, threads),
         BenchCommand::Weights(bench) => super::bench_train::bench_weights(&bench),
     }
 }

@@ -11,7 +11,7 @@ use anetrain_model::step::{compile_kernel_set, BakedPrograms, KernelSet, WeightS
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, Counters, Event, RunEnv, TrainOptions, TrainState, WindowSource,
+    train, Counters, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
 };
 use anyhow::anyhow;
 use std::sync::Arc;
@@ -63,6 +63,7 @@ struct Summary {
     max_lag: u64,
     /// The compile every run starts with (not a cost of the strategy).
     initial_compile: Duration,
+    steps: Vec<StepRecord>,
 }
 
 fn measured_run(
@@ -89,28 +90,26 @@ fn measured_run(
         count_host_time: true,
         stop_after: None,
     };
-    let mut losses = Vec::new();
+    let mut steps = Vec::new();
     let mut val = f32::NAN;
-    let mut lags = Vec::new();
     let mut initial_compile = Duration::ZERO;
     train(&env, options, &mut state, data, None, &mut |e| match e {
         Event::Compiled { took, .. } => initial_compile = *took,
-        Event::Step(r) => {
-            losses.push(r.loss);
-            lags.push(r.staleness);
-        }
+        Event::Step(r) => steps.push(r.clone()),
         Event::Validation { loss, .. } => val = *loss,
         _ => {}
     })?;
-    let tail = &losses[losses.len().saturating_sub(20)..];
+    let tail = &steps[steps.len().saturating_sub(20)..];
+    let lags = || steps.iter().map(|r| r.staleness);
     Ok(Summary {
         wall: state.counters.wall,
-        final_train_loss: tail.iter().sum::<f32>() / tail.len().max(1) as f32,
+        final_train_loss: tail.iter().map(|r| r.loss).sum::<f32>() / tail.len().max(1) as f32,
         val_loss: val,
-        mean_lag: lags.iter().sum::<u64>() as f64 / lags.len().max(1) as f64,
-        max_lag: lags.iter().copied().max().unwrap_or(0),
+        mean_lag: lags().sum::<u64>() as f64 / steps.len().max(1) as f64,
+        max_lag: lags().max().unwrap_or(0),
         initial_compile,
         counters: state.counters,
+        steps,
     })
 }
 
@@ -183,17 +182,19 @@ fn peak_rss() -> Option<u64> {
 pub fn bench_train(
     config: &str,
     steps: u64,
+    warmup: u64,
     accum: u32,
     precision: &str,
     threads: usize,
 ) -> anyhow::Result<()> {
     let accum = accum.max(1);
+    let steps = steps.max(1);
     let config = ModelConfig::named(config)?;
     let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
     let device = CpuDevice::new(mode).with_threads(threads);
     let clock = RealClock::new();
     let options = TrainOptions {
-        steps,
+        steps: warmup + steps,
         accum,
         eval_every: 0,
         checkpoint_every: 0,
@@ -202,7 +203,7 @@ pub fn bench_train(
     };
     let params = ParamLayout::new(&config).len;
     println!(
-        "bench train: {} ({:.1}M parameters), {steps} steps of {accum}×{} tokens, CPU device {mode}, {threads} threads, synthetic tokens",
+        "bench train: {} ({:.1}M parameters), {steps} steps of {accum}×{} tokens after {warmup} warm-up step(s), CPU device {mode}, {threads} threads, synthetic tokens",
         config.name,
         params as f64 / 1e6,
         config.seq_len
@@ -220,35 +221,40 @@ pub fn bench_train(
         &clock,
         &mut data,
     )?;
+    // The warm-up steps pay what a run pays once: the first touch of the optimizer moments
+    // (the first update took 196 ms of stories15m's 19 ms in steady state), of the step's
+    // buffers and of the device's arenas.
+    let measured = &run.steps[run.steps.len().saturating_sub(steps as usize)..];
+    let mean = |f: fn(&StepRecord) -> f64| measured.iter().map(f).sum::<f64>() / steps as f64;
+    let (step_ms, stall_ms) = (mean(|r| r.ms), mean(|r| r.stall_ms));
+    let compute_ms = step_ms - stall_ms;
     let c = &run.counters;
-    let per = |d: Duration| 1e3 * d.as_secs_f64() / steps as f64;
-    let windows = steps as f64 * accum as f64;
-    let flops = config.train_flops_per_window() * windows;
-    let compute = run.wall.saturating_sub(c.compile_stall);
+    let windows = options.steps as f64 * accum as f64;
+    let flops = config.train_flops_per_window() * accum as f64;
     let peak = best_fma_peak(threads, 5, Duration::from_millis(200));
+    let gflops = flops / compute_ms / 1e6;
+    println!("  ms/step            {step_ms:.1} (excluding compile {compute_ms:.1})");
+    println!("    device eval      {:.1}", mean(|r| r.eval_ms));
+    println!("    host math        {:.1}", mean(|r| r.host_ms));
     println!(
-        "  ms/step            {:.1} (excluding compile {:.1})",
-        per(run.wall),
-        per(compute)
+        "    weight gradients {:.1} per step over the whole run, alongside the evals (the waits for them are in host math)",
+        1e3 * c.weight_grads.as_secs_f64() / options.steps as f64
     );
-    println!("    device eval      {:.1}", per(c.device_eval));
-    println!("    host math        {:.1}", per(c.host_math));
-    println!(
-        "    weight gradients {:.1} (alongside the evals; waited for: {:.1})",
-        per(c.weight_grads),
-        per(c.weight_grad_wait)
-    );
-    println!("    optimizer        {:.1}", per(c.optimizer));
-    println!("    compile          {:.1}", per(c.compile_stall));
+    println!("    optimizer        {:.1}", mean(|r| r.optimizer_ms));
+    println!("    compile          {stall_ms:.1}");
     println!(
         "  tokens/s           {:.0} (excluding compile)",
-        windows * config.seq_len as f64 / compute.as_secs_f64()
+        accum as f64 * config.seq_len as f64 / compute_ms * 1e3
     );
     println!(
-        "  MFU                {:.1} % excluding compile: {:.1} GFLOPS of model FLOPs over the measured FP32 peak {:.1} GFLOPS",
-        100.0 * flops / compute.as_secs_f64() / peak,
-        flops / compute.as_secs_f64() / 1e9,
+        "  MFU                {:.1} % excluding compile: {gflops:.1} GFLOPS of model FLOPs over the measured FP32 peak {:.1} GFLOPS",
+        100.0 * gflops * 1e9 / peak,
         peak / 1e9
+    );
+    let first = run.steps.first().map_or(0.0, |r| r.ms - r.stall_ms);
+    println!(
+        "  first step         {first:.1} ms excluding compile ({} windows in all)",
+        windows
     );
     if let Some(rss) = peak_rss() {
         println!(

@@ -177,6 +177,17 @@ pub struct StepRecord {
     /// The weight version the device ran this step on, and how many updates it lagged.
     pub weights_version: u64,
     pub staleness: u64,
+    /// Where the step's time went (ms): device evals; host math, with the time the step
+    /// waited for the weight-gradient helper; the optimizer; and waits for compiles (under
+    /// `recompile`, the compile itself).
+    #[serde(default)]
+    pub eval_ms: f64,
+    #[serde(default)]
+    pub host_ms: f64,
+    #[serde(default)]
+    pub optimizer_ms: f64,
+    #[serde(default)]
+    pub stall_ms: f64,
 }
 
 /// The mutable state of a run (what a checkpoint holds besides the data sampler).
@@ -367,6 +378,7 @@ fn run_steps(
     let mut retired: Option<Arc<Params>> = None;
     while state.step < end {
         let step_start = clock.now();
+        let stall_before = delivery.stats.stall;
         let acquired = delivery.acquire(state.step).map(|_| ());
         for failure in std::mem::take(&mut delivery.failures) {
             on_event(&Event::CompileFailed(failure));
@@ -499,6 +511,10 @@ fn run_steps(
             start_s: step_start.as_secs_f64(),
             weights_version: ran_on,
             staleness: master_before.saturating_sub(ran_on),
+            eval_ms: ms(timing.device_eval),
+            host_ms: ms(timing.host_math + timing.weight_grad_wait),
+            optimizer_ms: ms(optimizer),
+            stall_ms: ms(delivery.stats.stall.saturating_sub(stall_before)),
         }));
 
         let last = state.step == end;
@@ -601,6 +617,10 @@ fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters
         *c.staleness.entry(*lag).or_default() += n;
     }
     c
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn snapshot(state: &TrainState) -> WeightSnapshot {

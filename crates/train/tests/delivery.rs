@@ -128,6 +128,10 @@ fn recompile_stalls_for_every_set_and_never_lags() {
     let out = run(&device, &*clock, Strategy::Recompile, 1, 5);
     out.result.unwrap();
     assert!(out.steps.iter().all(|r| r.staleness == 0));
+    // Each step's own record: its 6 evals, and the compile of the next set after its update.
+    for r in &out.steps {
+        assert_eq!((r.eval_ms, r.stall_ms), (6.0, 50.0), "step {}", r.step);
+    }
     // Initial compile (6 kernels, 60 ms), then per step 6 ms of evals and 50 ms of compile.
     assert_eq!(
         out.state.counters.compile_stall,
@@ -147,6 +151,8 @@ fn double_buffer_with_staleness_one_waits_for_each_compile() {
     assert_eq!(lags, vec![0, 1, 1, 1, 1, 1]);
     let versions: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();
     assert_eq!(versions, vec![0, 0, 1, 2, 3, 4]);
+    let stalls: Vec<f64> = out.steps.iter().map(|r| r.stall_ms).collect();
+    assert_eq!(stalls, vec![0.0, 0.0, 44.0, 44.0, 44.0, 44.0]);
     // From step 3 on, each boundary waits for a compile that started one step (6 ms) earlier:
     // 50 − 6 = 44 ms of stall each.
     assert_eq!(
