@@ -115,17 +115,93 @@ pub fn strided_copy(
     let last = shape.len() - 1;
     let n = shape[last];
     let (ss, ds) = (src_strides[last], dst_strides[last]);
-    let strides = [src_strides, dst_strides];
-    for_each_row(shape, &strides, |offs| {
-        let (s0, d0) = (offs[0], offs[1]);
-        if ss == 1 && ds == 1 {
+    if ss == 1 && ds == 1 {
+        let strides = [src_strides, dst_strides];
+        return for_each_row(shape, &strides, |offs| {
+            let (s0, d0) = (offs[0], offs[1]);
             dst[d0..d0 + n].copy_from_slice(&src[s0..s0 + n]);
-        } else {
-            for i in 0..n {
-                dst[d0 + i * ds] = src[s0 + i * ss];
+        });
+    }
+    if last == 0 {
+        for i in 0..n {
+            dst[i * ds] = src[i * ss];
+        }
+        return;
+    }
+    // A transpose, or another copy strided along its last dimension: tiles of the last two
+    // dimensions, so that each tile reads and writes a few cache lines many times over instead
+    // of a new line for every element along the strided side.
+    const TILE: usize = 8;
+    let m = shape[last - 1];
+    let (ssm, dsm) = (src_strides[last - 1], dst_strides[last - 1]);
+    let strides = [&src_strides[..last], &dst_strides[..last]];
+    for_each_row(&shape[..last], &strides, |offs| {
+        let (s0, d0) = (offs[0], offs[1]);
+        for i0 in (0..m).step_by(TILE) {
+            for j0 in (0..n).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(m) {
+                    for j in j0..(j0 + TILE).min(n) {
+                        dst[d0 + i * dsm + j * ds] = src[s0 + i * ssm + j * ss];
+                    }
+                }
             }
         }
     });
+}
+
+/// [`strided_copy`] split across up to `parts` threads along the outermost dimension, when
+/// the destination regions of its indices are disjoint and in order (as in a transpose or a
+/// concat into a row-major value); otherwise on this thread.
+pub fn strided_copy_split(
+    src: &[f32],
+    src_strides: &[usize],
+    dst: &mut [f32],
+    dst_strides: &[usize],
+    shape: &[usize],
+    parts: usize,
+) {
+    let count = shape[0];
+    // One past the last destination element of one outermost index.
+    let inner: usize = 1 + shape[1..]
+        .iter()
+        .zip(&dst_strides[1..])
+        .map(|(&n, &s)| n.saturating_sub(1) * s)
+        .sum::<usize>();
+    if parts <= 1 || count < 2 || shape.len() > MAX_RANK || dst_strides[0] < inner {
+        return strided_copy(src, src_strides, dst, dst_strides, shape);
+    }
+    let half = count / 2;
+    let mut lo_shape = [0usize; MAX_RANK];
+    let mut hi_shape = [0usize; MAX_RANK];
+    let rank = shape.len();
+    lo_shape[..rank].copy_from_slice(shape);
+    hi_shape[..rank].copy_from_slice(shape);
+    lo_shape[0] = half;
+    hi_shape[0] = count - half;
+    let (dst_lo, dst_hi) = dst.split_at_mut(half * dst_strides[0]);
+    let src_hi = &src[half * src_strides[0]..];
+    rayon::join(
+        || {
+            strided_copy_split(
+                src,
+                src_strides,
+                dst_lo,
+                dst_strides,
+                &lo_shape[..rank],
+                parts / 2,
+            )
+        },
+        || {
+            strided_copy_split(
+                src_hi,
+                src_strides,
+                dst_hi,
+                dst_strides,
+                &hi_shape[..rank],
+                parts - parts / 2,
+            )
+        },
+    );
 }
 
 #[cfg(test)]
@@ -152,6 +228,51 @@ mod tests {
         let dense = contiguous_strides(&[2, 3, 4]);
         let (s, _) = collapse(&[2, 3, 4], &[dense.clone(), dense]);
         assert_eq!(s, vec![24]);
+    }
+
+    /// Every element of `shape` copied one index at a time.
+    fn naive_copy(src: &[f32], ss: &[usize], dst: &mut [f32], ds: &[usize], shape: &[usize]) {
+        let total: usize = shape.iter().product();
+        for flat in 0..total {
+            let (mut rest, mut so, mut dof) = (flat, 0, 0);
+            for d in (0..shape.len()).rev() {
+                let i = rest % shape[d];
+                rest /= shape[d];
+                so += i * ss[d];
+                dof += i * ds[d];
+            }
+            dst[dof] = src[so];
+        }
+    }
+
+    #[test]
+    fn tiled_and_split_copies_match_an_element_by_element_copy() {
+        let src: Vec<f32> = (0..4096).map(|v| v as f32).collect();
+        // (shape, src strides, dst strides, dst length): heads to rows and back as attention
+        // does, ragged tiles, a slice of every other row, a concat piece into a wider value,
+        // a rank-1 gather.
+        type Case = (&'static [usize], &'static [usize], &'static [usize], usize);
+        let cases: [Case; 6] = [
+            (&[3, 13, 21], &[273, 1, 13], &[273, 21, 1], 819),
+            (&[3, 21, 13], &[273, 13, 1], &[273, 1, 21], 819),
+            (&[9, 17], &[1, 9], &[17, 1], 153),
+            (&[5, 30], &[60, 1], &[30, 1], 150),
+            (&[7, 11], &[11, 1], &[20, 1], 140),
+            (&[40], &[3], &[1], 40),
+        ];
+        for (shape, ss, ds, len) in cases {
+            let mut want = vec![f32::NAN; len];
+            naive_copy(&src, ss, &mut want, ds, shape);
+            for parts in [1, 2, 3] {
+                let mut got = vec![f32::NAN; len];
+                strided_copy_split(&src, ss, &mut got, ds, shape, parts);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g == w || (g.is_nan() && w.is_nan()));
+                assert!(same, "{shape:?} {ss:?} -> {ds:?}, {parts} part(s)");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::fastmath::exp;
 use super::matmul::{gemm, MatLayout};
 use super::packed::{packed_gemm, PackedA};
-use super::shape::{collapse, for_each_row, strided_copy, MAX_OPERANDS, MAX_RANK};
+use super::shape::{collapse, for_each_row, strided_copy_split, MAX_OPERANDS, MAX_RANK};
 use crate::fp16;
 
 pub type ValueId = usize;
@@ -326,12 +326,15 @@ impl Step {
             Step::Reduce(r) => run_reduce(r, read(r.x), out),
             Step::Copy(c) => {
                 for p in &c.pieces {
-                    strided_copy(
+                    let len: usize = p.shape.iter().product();
+                    let parts = if len >= SPLIT_MIN { threads } else { 1 };
+                    strided_copy_split(
                         &read(p.src)[p.src_offset..],
                         &p.src_strides,
                         &mut out[p.dst_offset..],
                         &p.dst_strides,
                         &p.shape,
+                        parts,
                     );
                 }
             }
