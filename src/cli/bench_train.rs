@@ -230,7 +230,6 @@ pub fn bench_train(
     let (step_ms, stall_ms) = (mean(|r| r.ms), mean(|r| r.stall_ms));
     let compute_ms = step_ms - stall_ms;
     let c = &run.counters;
-    let windows = options.steps as f64 * accum as f64;
     let flops = config.train_flops_per_window() * accum as f64;
     // Measured before and after the run, the best reading kept: other tenants of a shared
     // machine can halve one reading for its whole second.
@@ -254,11 +253,12 @@ pub fn bench_train(
         100.0 * gflops * 1e9 / peak,
         peak / 1e9
     );
-    let first = run.steps.first().map_or(0.0, |r| r.ms - r.stall_ms);
-    println!(
-        "  first step         {first:.1} ms excluding compile ({} windows in all)",
-        windows
-    );
+    if let (true, Some(first)) = (warmup > 0, run.steps.first()) {
+        println!(
+            "  first step         {:.1} ms excluding compile (a warm-up step, not measured)",
+            first.ms - first.stall_ms
+        );
+    }
     if let Some(rss) = peak_rss() {
         println!(
             "  peak memory        {:.2} GB (resident, whole process)",

@@ -81,6 +81,26 @@ pub fn rmsnorm_backward(
     }
 }
 
+/// The gradient at the input `x` of a pre-norm block: [`rmsnorm_backward`] of `dnorm`, the
+/// gradient at the norm's output (the norm weight's gradient accumulated into `dw`), plus
+/// `dres`, the gradient the residual path carries past the block.
+pub fn prenorm_backward(
+    dx: &mut [f32],
+    dnorm: &[f32],
+    x: &[f32],
+    w: &[f32],
+    eps: f32,
+    dres: &[f32],
+    dw: &mut [f32],
+) {
+    let (d, s) = (w.len(), x.len() / w.len().max(1));
+    let rrms = rrms(x, d, s, eps);
+    rmsnorm_backward(dnorm, x, w, &rrms, dx, dw);
+    for (dx, r) in dx.iter_mut().zip(dres) {
+        *dx += r;
+    }
+}
+
 /// The reciprocal RMS of every position (the forward's, recomputed for a backward).
 pub fn rrms(x: &[f32], d: usize, s: usize, eps: f32) -> Vec<f32> {
     let mut ms = vec![0.0f64; s];

@@ -1010,19 +1010,16 @@ pub fn micro_step<'c>(
             wgrad.submit_copied(grad.take(layer(LayerTensor::W1)), dh1, x2norm, [h, d, s]);
             let dh3 = bwd_ffn_out.part("dh3");
             wgrad.submit_copied(grad.take(layer(LayerTensor::W3)), dh3, x2norm, [h, d, s]);
-            let rrms2 = host::rrms(&tape.x2, d, s, c.norm_eps);
-            host::rmsnorm_backward(
+            // dx2 = the FFN branch's gradient plus the residual's.
+            host::prenorm_backward(
+                dx,
                 bwd_ffn_out.part("dx"),
                 &tape.x2,
                 params.layer(l, LayerTensor::RmsFfn),
-                &rrms2,
-                dx,
+                c.norm_eps,
+                dy,
                 grad.take(layer(LayerTensor::RmsFfn)),
             );
-            // dx2 = the residual's gradient plus the FFN branch's.
-            for (dx2, dy) in dx.iter_mut().zip(dy.iter()) {
-                *dx2 += dy;
-            }
             timing.host_math += t.elapsed();
             let dx2 = &*dx;
 
@@ -1086,18 +1083,15 @@ pub fn micro_step<'c>(
             wgrad.submit_copied(grad.take(layer(LayerTensor::Wk)), dk, xnorm, [kv, d, s]);
             let dv = bwd_attn1_out.part("dv");
             wgrad.submit_copied(grad.take(layer(LayerTensor::Wv)), dv, xnorm, [kv, d, s]);
-            let rrms1 = host::rrms(&tape.x, d, s, c.norm_eps);
-            host::rmsnorm_backward(
+            host::prenorm_backward(
+                dy,
                 bwd_qkv_out.part("dx"),
                 &tape.x,
                 params.layer(l, LayerTensor::RmsAtt),
-                &rrms1,
-                dy,
+                c.norm_eps,
+                dx,
                 grad.take(layer(LayerTensor::RmsAtt)),
             );
-            for (dy, dx2) in dy.iter_mut().zip(dx.iter()) {
-                *dy += dx2;
-            }
             timing.host_math += t.elapsed();
         }
         // The step waits for its weight gradients only here, at its end. (On an error above,

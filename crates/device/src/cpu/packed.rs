@@ -96,7 +96,7 @@ impl PackedA {
                 }
                 let start = la.offset + (i * MR + r) * la.rs;
                 if la.cs == 1 {
-                    // Row-major weights (every compile packs these): one sequential read.
+                    // The last, partial panel of row-major weights: one sequential read.
                     for (slot, &v) in slots.zip(&a[start..start + k]) {
                         slot.write(v);
                     }

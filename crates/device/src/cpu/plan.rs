@@ -261,32 +261,27 @@ impl PlanTemplate {
                 ))
             })?);
         }
-        // A constant only packed products read was read in place or dropped here: its values
-        // live on in the packed layout alone.
-        plan.consts = values
-            .into_iter()
-            .zip(&self.sources)
-            .enumerate()
-            .map(
-                |(c, (v, source))| match (self.packed_only.binary_search(&c), &known[c]) {
-                    (Ok(_), _) => Arc::default(),
-                    (Err(_), Some(known)) => known.clone(),
-                    (Err(_), None) => source.hold(v),
-                },
-            )
-            .collect();
-        for (c, source) in self.sources.iter().enumerate() {
-            // Packed-only constants are not held, so there is nothing to reuse.
-            if self.packed_only.binary_search(&c).is_ok() {
-                continue;
-            }
-            if let (None, Some(file)) = (&known[c], source.file(weights)) {
-                read_before[c] = Some(ReadConst {
-                    file: file.clone(),
-                    values: plan.consts[c].clone(),
-                });
-            }
+        let mut consts = Vec::with_capacity(values.len());
+        for (c, (v, source)) in values.into_iter().zip(&self.sources).enumerate() {
+            let held = match (self.packed_only.binary_search(&c), &known[c]) {
+                // Only packed products read it: it was read in place or dropped here, and
+                // its values live on in the packed layout alone (nothing to reuse either).
+                (Ok(_), _) => Arc::default(),
+                (Err(_), Some(known)) => known.clone(),
+                (Err(_), None) => {
+                    let held = source.hold(v);
+                    if let Some(file) = source.file(weights) {
+                        read_before[c] = Some(ReadConst {
+                            file: file.clone(),
+                            values: held.clone(),
+                        });
+                    }
+                    held
+                }
+            };
+            consts.push(held);
         }
+        plan.consts = consts;
         Ok(plan)
     }
 }
