@@ -2,6 +2,7 @@
 //! and cross-entropy, and weight-gradient products. Activations are channel-first `[C][S]`.
 
 use anetrain_device::cpu::fastmath::exp;
+use anetrain_device::cpu::simd::vectorised;
 use anetrain_device::cpu::{gemm, MatLayout};
 use rayon::prelude::*;
 
@@ -216,7 +217,7 @@ pub fn cross_entropy(
     };
     let max = logits
         .par_chunks(rows)
-        .map(column_max)
+        .map(|chunk| vectorised(|| column_max(chunk)))
         .collect::<Vec<_>>()
         .into_iter()
         .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect())
@@ -225,14 +226,16 @@ pub fn cross_entropy(
         .par_chunks(rows)
         .zip(dlogits.par_chunks_mut(rows))
         .map(|(chunk, out)| {
-            let mut sum = vec![0.0f32; s];
-            for (row, out) in chunk.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
-                for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
-                    *o = exp(x - m);
-                    *z += *o;
+            vectorised(|| {
+                let mut sum = vec![0.0f32; s];
+                for (row, out) in chunk.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
+                    for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
+                        *o = exp(x - m);
+                        *z += *o;
+                    }
                 }
-            }
-            sum
+                sum
+            })
         })
         .collect();
     let mut sum = vec![0.0f32; s];

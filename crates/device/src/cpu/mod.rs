@@ -6,6 +6,7 @@ mod packed;
 mod peak;
 mod plan;
 pub mod shape;
+pub mod simd;
 mod steps;
 
 use crate::{fp16, Device, DeviceError, DeviceInfo, Kernel, KernelExec, NumericMode, PeakFlops};

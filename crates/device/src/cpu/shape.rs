@@ -70,6 +70,7 @@ pub const MAX_OPERANDS: usize = 16;
 
 /// Calls `f(offsets)` for every index of `shape` except the last dimension, with the element
 /// offset of that row's start for each operand. The caller runs the innermost loop.
+#[inline(always)]
 pub fn for_each_row<S: AsRef<[usize]>>(
     shape: &[usize],
     strides: &[S],

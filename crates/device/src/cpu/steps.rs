@@ -8,6 +8,7 @@ use super::fastmath::exp;
 use super::matmul::{gemm, MatLayout};
 use super::packed::{packed_gemm, PackedA};
 use super::shape::{collapse, for_each_row, strided_copy_split, MAX_OPERANDS, MAX_RANK};
+use super::simd::vectorised;
 use crate::fp16;
 
 pub type ValueId = usize;
@@ -543,6 +544,11 @@ fn ew_split(
 }
 
 fn ew_nest(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], count: usize) {
+    vectorised(|| ew_nest_rows(e, srcs, out, count));
+}
+
+#[inline(always)]
+fn ew_nest_rows(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], count: usize) {
     let rank = e.shape.len();
     let mut shape = [0usize; MAX_RANK + 1];
     shape[..rank].copy_from_slice(&e.shape);
@@ -580,6 +586,7 @@ fn ew_nest(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], count: u
     });
 }
 
+#[inline(always)]
 fn load(block: &mut [f32], src: &[f32], base: usize, stride: usize) {
     match stride {
         1 => block.copy_from_slice(&src[base..base + block.len()]),
@@ -594,6 +601,7 @@ fn load(block: &mut [f32], src: &[f32], base: usize, stride: usize) {
 
 /// Applies a binary op between the block (the chain's running value) and a side operand.
 /// The op is chosen once per block, so each loop below is a plain vectorisable loop.
+#[inline(always)]
 fn apply_binary(block: &mut [f32], op: &EwOp, src: &[f32], base: usize, stride: usize) {
     let x = op.chain_is_x;
     match op.kind {
@@ -641,6 +649,7 @@ fn zip_side(
 }
 
 /// Applies a unary op to the block, the op chosen once per block.
+#[inline(always)]
 fn apply_unary(block: &mut [f32], kind: EwKind) {
     #[inline(always)]
     fn each(block: &mut [f32], f: impl Fn(f32) -> f32) {
@@ -673,19 +682,22 @@ fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, parts: usize) {
         );
         return;
     }
-    for (row, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
-        let max = max_f32(row);
-        // Exponentials first, then the sum: a running sum would keep the loop scalar.
-        for (d, v) in out.iter_mut().zip(row) {
-            *d = exp(v - max);
+    vectorised(|| {
+        for (row, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+            let max = max_f32(row);
+            // Exponentials first, then the sum: a running sum would keep the loop scalar.
+            for (d, v) in out.iter_mut().zip(row) {
+                *d = exp(v - max);
+            }
+            let inv = 1.0 / sum_f32(out);
+            out.iter_mut().for_each(|d| *d *= inv);
         }
-        let inv = 1.0 / sum_f32(out);
-        out.iter_mut().for_each(|d| *d *= inv);
-    }
+    });
 }
 
 /// The largest of `values` (NaNs ignored; −∞ for none), in eight interleaved lanes so that
 /// the comparisons vectorise (`f32::max` as a fold stays scalar).
+#[inline(always)]
 fn max_f32(values: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = values.chunks_exact(8);
@@ -702,6 +714,7 @@ fn max_f32(values: &[f32]) -> f32 {
 }
 
 /// Σ values, in eight interleaved partial sums so that the adds vectorise.
+#[inline(always)]
 fn sum_f32(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut chunks = values.chunks_exact(8);
