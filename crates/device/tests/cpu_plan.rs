@@ -305,3 +305,142 @@ fn a_recompile_reads_changed_weight_files_and_reuses_unchanged_ones() {
     let (copy, w1c, b1c) = files(1);
     run(&copy, &w1c, &b1c, "a copy of the first files");
 }
+
+/// Pieces of a channel concat are computed straight into their stretch of its output (no
+/// copy). Every case around that: a piece read again after the concat, directly and through
+/// a view made before it; a piece that appears twice; an input and a constant as pieces; a
+/// piece that is also a program output; a piece that goes into a second concat; a concat
+/// along the last axis (pieces not contiguous: copied). Checked in plain Rust.
+#[test]
+fn concat_pieces_computed_in_place_keep_every_value() {
+    let (c, s) = (3, 5);
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[1, c, 1, s]));
+    let k = b.constant(
+        "k",
+        Literal::Tensor {
+            dtype: DType::Fp32,
+            shape: vec![1, c, 1, s],
+            values: (0..c * s)
+                .map(|v| anetrain_mil::Scalar::Float(anetrain_mil::FloatLit::fixed6(v as f64)))
+                .collect(),
+        },
+    );
+    let a = b.op("relu", "a", t(&[1, c, 1, s]), vec![("x", (&x).into())]);
+    let shape = b.constant("shape", Literal::int32_tensor(&[c as i32, s as i32]));
+    let r = b.op(
+        "reshape",
+        "r",
+        t(&[c, s]),
+        vec![("shape", (&shape).into()), ("x", (&a).into())],
+    );
+    let g = b.op("sigmoid", "g", t(&[1, c, 1, s]), vec![("x", (&x).into())]);
+    let e = b.op("exp", "e", t(&[1, c, 1, s]), vec![("x", (&x).into())]);
+    let axis1 = b.constant("axis1", Literal::int32(1));
+    let axis3 = b.constant("axis3", Literal::int32(3));
+    let no = b.constant("no", Literal::bool(false));
+    let concat = |b: &mut FunctionBuilder,
+                  name: &str,
+                  axis: &anetrain_mil::Var,
+                  ty,
+                  vs: &[anetrain_mil::Var]| {
+        b.op(
+            "concat",
+            name,
+            ty,
+            vec![
+                ("axis", axis.into()),
+                ("interleave", (&no).into()),
+                ("values", vs.into()),
+            ],
+        )
+    };
+    let pieces = [
+        a.clone(),
+        g.clone(),
+        x.clone(),
+        g.clone(),
+        e.clone(),
+        k.clone(),
+    ];
+    let cat = concat(&mut b, "cat", &axis1, t(&[1, 6 * c, 1, s]), &pieces);
+    let cat2 = concat(
+        &mut b,
+        "cat2",
+        &axis1,
+        t(&[1, 2 * c, 1, s]),
+        &[e.clone(), a.clone()],
+    );
+    let cat3 = concat(
+        &mut b,
+        "cat3",
+        &axis3,
+        t(&[1, c, 1, 2 * s]),
+        &[a.clone(), e.clone()],
+    );
+    let d = b.op(
+        "mul",
+        "d",
+        t(&[1, c, 1, s]),
+        vec![("x", (&a).into()), ("y", (&e).into())],
+    );
+    let rr = b.op(
+        "add",
+        "rr",
+        t(&[c, s]),
+        vec![("x", (&r).into()), ("y", (&r).into())],
+    );
+    for v in [&cat, &cat2, &cat3, &d, &rr, &e] {
+        b.output(v);
+    }
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut kernel = device.compile(&program(b), &Default::default()).unwrap();
+    let xin: Vec<f32> = (0..c * s).map(|i| i as f32 * 0.37 - 2.0).collect();
+    let lens = [6 * c * s, 2 * c * s, 2 * c * s, c * s, c * s, c * s];
+    let mut outs: Vec<Vec<f32>> = lens.iter().map(|&n| vec![f32::NAN; n]).collect();
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    device.eval(&mut kernel, &[&xin], &mut views).unwrap();
+
+    let av: Vec<f32> = xin.iter().map(|v| v.max(0.0)).collect();
+    let gv: Vec<f32> = xin.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let ev: Vec<f32> = xin.iter().map(|v| v.exp()).collect();
+    let kv: Vec<f32> = (0..c * s).map(|v| v as f32).collect();
+    let close = |got: &[f32], want: &[f32], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    };
+    let joined = |parts: &[&Vec<f32>]| {
+        parts
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    close(&outs[0], &joined(&[&av, &gv, &xin, &gv, &ev, &kv]), "cat");
+    close(&outs[1], &joined(&[&ev, &av]), "cat2");
+    let along_s: Vec<f32> = (0..c)
+        .flat_map(|ch| {
+            av[ch * s..(ch + 1) * s]
+                .iter()
+                .chain(&ev[ch * s..(ch + 1) * s])
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    close(&outs[2], &along_s, "cat3");
+    close(
+        &outs[3],
+        &av.iter().zip(&ev).map(|(a, e)| a * e).collect::<Vec<_>>(),
+        "d",
+    );
+    close(
+        &outs[4],
+        &av.iter().map(|a| a + a).collect::<Vec<_>>(),
+        "rr",
+    );
+    close(&outs[5], &ev, "e");
+}

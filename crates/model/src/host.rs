@@ -206,18 +206,14 @@ pub fn cross_entropy(
     let rows = ROWS_PER_TASK * s;
     let logits = &logits[..v * s];
     let dlogits = &mut dlogits[..v * s];
-    let column_max = |chunk: &[f32]| {
-        let mut max = vec![f32::NEG_INFINITY; s];
-        for row in chunk.chunks_exact(s) {
-            for (m, &x) in max.iter_mut().zip(row) {
-                *m = m.max(x);
-            }
-        }
-        max
-    };
     let max = logits
         .par_chunks(rows)
-        .map(|chunk| vectorised(|| column_max(chunk)))
+        .map(|chunk| {
+            vectorised(
+                #[inline(always)]
+                || column_max(chunk, s),
+            )
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect())
@@ -226,16 +222,10 @@ pub fn cross_entropy(
         .par_chunks(rows)
         .zip(dlogits.par_chunks_mut(rows))
         .map(|(chunk, out)| {
-            vectorised(|| {
-                let mut sum = vec![0.0f32; s];
-                for (row, out) in chunk.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
-                    for (((o, &x), m), z) in out.iter_mut().zip(row).zip(&max).zip(sum.iter_mut()) {
-                        *o = exp(x - m);
-                        *z += *o;
-                    }
-                }
-                sum
-            })
+            vectorised(
+                #[inline(always)]
+                || shifted_exp(chunk, &max, out),
+            )
         })
         .collect();
     let mut sum = vec![0.0f32; s];
@@ -261,6 +251,36 @@ pub fn cross_entropy(
 
 /// Vocabulary rows per parallel task of the cross-entropy.
 const ROWS_PER_TASK: usize = 1024;
+
+// The two passes of `cross_entropy` over its rows of logits, as functions that
+// `vectorised`'s closures only call: a closure holding the loops itself is not inlined into
+// the wide copy.
+
+/// The largest logit of each position (column) over `chunk`'s rows of `s`.
+#[inline(always)]
+fn column_max(chunk: &[f32], s: usize) -> Vec<f32> {
+    let mut max = vec![f32::NEG_INFINITY; s];
+    for row in chunk.chunks_exact(s) {
+        for (m, &x) in max.iter_mut().zip(row) {
+            *m = m.max(x);
+        }
+    }
+    max
+}
+
+/// out = exp(logit − max of its column) over `chunk`'s rows; returns each column's sum.
+#[inline(always)]
+fn shifted_exp(chunk: &[f32], max: &[f32], out: &mut [f32]) -> Vec<f32> {
+    let s = max.len();
+    let mut sum = vec![0.0f32; s];
+    for (row, out) in chunk.chunks_exact(s).zip(out.chunks_exact_mut(s)) {
+        for (((o, &x), m), z) in out.iter_mut().zip(row).zip(max).zip(sum.iter_mut()) {
+            *o = exp(x - m);
+            *z += *o;
+        }
+    }
+    sum
+}
 
 /// Multiplies column `t` of `m` (rows of `column.len()`) by `column[t]`.
 pub fn scale_columns(m: &mut [f32], column: &[f32]) {

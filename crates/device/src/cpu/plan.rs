@@ -801,8 +801,45 @@ impl<'a> Lowering<'a> {
             ));
         }
         let out = self.output(op);
-        self.copy_step(out, pieces);
+        // A piece that fills a contiguous stretch of the output (a concat along the channels
+        // of a `[1, C, 1, S]` tensor: how every kernel packs its outputs and taps into one) is
+        // computed straight into that stretch instead of copied there afterwards: the kernels'
+        // concats moved megabytes per eval. Only values that a step computes into a slot of
+        // their own qualify (inputs and constants are copied), and only if no other piece of
+        // this concat lives in their slot: the copy would then read what it writes.
+        let contiguous = !interleave && out_shape[..axis].iter().all(|&d| d == 1);
+        let mut copies = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let v = piece.0;
+            let movable = contiguous
+                && matches!(self.values[v].storage, Storage::Arena)
+                && self.steps.iter().any(|s| s.writes() == v)
+                && inputs.iter().filter(|&&u| u == v).count() == 1
+                && !inputs
+                    .iter()
+                    .any(|&u| u != v && root(&self.values, u).0 == v);
+            if movable {
+                self.rehome(v, out, piece.3);
+            } else {
+                copies.push(piece);
+            }
+        }
+        if !copies.is_empty() {
+            self.copy_step(out, copies);
+        }
         Ok(())
+    }
+
+    /// Makes `v`, and every view of it, live at `offset` in `root`'s storage.
+    fn rehome(&mut self, v: ValueId, root: ValueId, offset: usize) {
+        for value in &mut self.values {
+            if let Storage::Alias { root: r, offset: o } = &mut value.storage {
+                if *r == v {
+                    (*r, *o) = (root, *o + offset);
+                }
+            }
+        }
+        self.values[v].storage = Storage::Alias { root, offset };
     }
 
     fn lower_conv(&mut self, op: &Op) -> Result<(), DeviceError> {

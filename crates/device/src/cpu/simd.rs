@@ -19,10 +19,13 @@ pub fn wide() -> bool {
     }
 }
 
-/// Runs `f`, compiled for AVX2 and FMA when the CPU has them. The loops in `f` (and in what
-/// it calls, as far as that is inlined into it: mark such helpers `#[inline]`) are then
-/// vectorised eight lanes wide. The results are the same either way: the compiler does not
-/// fuse a multiply and an add into an FMA unless the code asks for `mul_add`.
+/// Runs `f`, compiled for AVX2 and FMA when the CPU has them, so that its loops are
+/// vectorised eight lanes wide. Only code inlined into the wide copy is compiled wide, and
+/// the compiler does not inline a closure with loops in it on its own: pass a closure marked
+/// `#[inline(always)]` that calls an `#[inline(always)]` function holding the loops,
+/// `vectorised(#[inline(always)] || body(args))`. The results are the same either way: the
+/// compiler does not fuse a multiply and an add into an FMA unless the code asks for
+/// `mul_add`.
 #[inline(always)]
 pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -48,12 +51,16 @@ mod tests {
     #[test]
     fn vectorised_loops_give_the_results_of_the_baseline_build() {
         let x: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
-        let sigmoid = |x: &[f32]| -> Vec<f32> {
+        #[inline(always)]
+        fn sigmoid(x: &[f32]) -> Vec<f32> {
             x.iter()
                 .map(|&v| 1.0 / (1.0 + super::super::fastmath::exp(-v)))
                 .collect()
-        };
-        let wide = vectorised(|| sigmoid(&x));
+        }
+        let wide = vectorised(
+            #[inline(always)]
+            || sigmoid(&x),
+        );
         let narrow = sigmoid(&x);
         assert_eq!(
             wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

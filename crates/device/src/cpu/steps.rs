@@ -544,7 +544,10 @@ fn ew_split(
 }
 
 fn ew_nest(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], count: usize) {
-    vectorised(|| ew_nest_rows(e, srcs, out, count));
+    vectorised(
+        #[inline(always)]
+        || ew_nest_rows(e, srcs, out, count),
+    );
 }
 
 #[inline(always)]
@@ -682,17 +685,25 @@ fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, parts: usize) {
         );
         return;
     }
-    vectorised(|| {
-        for (row, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
-            let max = max_f32(row);
-            // Exponentials first, then the sum: a running sum would keep the loop scalar.
-            for (d, v) in out.iter_mut().zip(row) {
-                *d = exp(v - max);
-            }
-            let inv = 1.0 / sum_f32(out);
-            out.iter_mut().for_each(|d| *d *= inv);
+    vectorised(
+        #[inline(always)]
+        || softmax_rows_here(x, y, len),
+    );
+}
+
+/// [`softmax_rows`] on this thread. Inlined into [`vectorised`]'s closure, which only calls
+/// it: a closure holding the loops itself is not inlined into the wide copy.
+#[inline(always)]
+fn softmax_rows_here(x: &[f32], y: &mut [f32], len: usize) {
+    for (row, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+        let max = max_f32(row);
+        // Exponentials first, then the sum: a running sum would keep the loop scalar.
+        for (d, v) in out.iter_mut().zip(row) {
+            *d = exp(v - max);
         }
-    });
+        let inv = 1.0 / sum_f32(out);
+        out.iter_mut().for_each(|d| *d *= inv);
+    }
 }
 
 /// The largest of `values` (NaNs ignored; −∞ for none), in eight interleaved lanes so that
