@@ -308,9 +308,10 @@ fn a_recompile_reads_changed_weight_files_and_reuses_unchanged_ones() {
 
 /// Pieces of a channel concat are computed straight into their stretch of its output (no
 /// copy). Every case around that: a piece read again after the concat, directly and through
-/// a view made before it; a piece that appears twice; an input and a constant as pieces; a
-/// piece that is also a program output; a piece that goes into a second concat; a concat
-/// along the last axis (pieces not contiguous: copied). Checked in plain Rust.
+/// a view made before it; a piece that is a view of a whole value; a piece that appears
+/// twice; an input and a constant as pieces; a piece that is also a program output; a piece
+/// that goes into a second concat; a concat along the last axis (pieces not contiguous:
+/// copied). Checked in plain Rust.
 #[test]
 fn concat_pieces_computed_in_place_keep_every_value() {
     let (c, s) = (3, 5);
@@ -355,6 +356,15 @@ fn concat_pieces_computed_in_place_keep_every_value() {
             ],
         )
     };
+    // A piece that is a view of a whole computed value moves that value.
+    let h = b.op("exp", "h", t(&[c, s]), vec![("x", (&r).into())]);
+    let shape4 = b.constant("shape4", Literal::int32_tensor(&[1, c as i32, 1, s as i32]));
+    let hv = b.op(
+        "reshape",
+        "hv",
+        t(&[1, c, 1, s]),
+        vec![("shape", (&shape4).into()), ("x", (&h).into())],
+    );
     let pieces = [
         a.clone(),
         g.clone(),
@@ -362,8 +372,9 @@ fn concat_pieces_computed_in_place_keep_every_value() {
         g.clone(),
         e.clone(),
         k.clone(),
+        hv.clone(),
     ];
-    let cat = concat(&mut b, "cat", &axis1, t(&[1, 6 * c, 1, s]), &pieces);
+    let cat = concat(&mut b, "cat", &axis1, t(&[1, 7 * c, 1, s]), &pieces);
     let cat2 = concat(
         &mut b,
         "cat2",
@@ -390,13 +401,19 @@ fn concat_pieces_computed_in_place_keep_every_value() {
         t(&[c, s]),
         vec![("x", (&r).into()), ("y", (&r).into())],
     );
-    for v in [&cat, &cat2, &cat3, &d, &rr, &e] {
+    let hh = b.op(
+        "add",
+        "hh",
+        t(&[c, s]),
+        vec![("x", (&h).into()), ("y", (&h).into())],
+    );
+    for v in [&cat, &cat2, &cat3, &d, &rr, &e, &hh] {
         b.output(v);
     }
     let device = CpuDevice::new(NumericMode::Fp32);
     let mut kernel = device.compile(&program(b), &Default::default()).unwrap();
     let xin: Vec<f32> = (0..c * s).map(|i| i as f32 * 0.37 - 2.0).collect();
-    let lens = [6 * c * s, 2 * c * s, 2 * c * s, c * s, c * s, c * s];
+    let lens = [7 * c * s, 2 * c * s, 2 * c * s, c * s, c * s, c * s, c * s];
     let mut outs: Vec<Vec<f32>> = lens.iter().map(|&n| vec![f32::NAN; n]).collect();
     let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
     device.eval(&mut kernel, &[&xin], &mut views).unwrap();
@@ -420,7 +437,12 @@ fn concat_pieces_computed_in_place_keep_every_value() {
             .flat_map(|p| p.iter().copied())
             .collect::<Vec<_>>()
     };
-    close(&outs[0], &joined(&[&av, &gv, &xin, &gv, &ev, &kv]), "cat");
+    let hv: Vec<f32> = av.iter().map(|v| v.exp()).collect();
+    close(
+        &outs[0],
+        &joined(&[&av, &gv, &xin, &gv, &ev, &kv, &hv]),
+        "cat",
+    );
     close(&outs[1], &joined(&[&ev, &av]), "cat2");
     let along_s: Vec<f32> = (0..c)
         .flat_map(|ch| {
@@ -443,4 +465,108 @@ fn concat_pieces_computed_in_place_keep_every_value() {
         "rr",
     );
     close(&outs[5], &ev, "e");
+    let hh: Vec<f32> = hv.iter().map(|h| h + h).collect();
+    close(&outs[6], &hh, "hh");
+}
+
+/// Transposes of the last two dimensions around products: a product reads transposed operands
+/// through their sources (the flags flipped), a transpose of a product nothing else reads is
+/// computed as the swapped product, and neither happens where it must not (a transposed value
+/// read elsewhere too, a product that is also an output, another permutation). Checked in
+/// plain Rust.
+#[test]
+fn transposes_around_products_are_folded_into_them() {
+    let (bt, m, k, n) = (2, 3, 4, 5);
+    let mut b = FunctionBuilder::new("main", "ios18");
+    let x = b.input("x", t(&[bt, m, k]));
+    let y = b.input("y", t(&[bt, n, k]));
+    let yes = b.constant("yes", Literal::bool(true));
+    let no = b.constant("no", Literal::bool(false));
+    let swap = b.constant("swap", Literal::int32_tensor(&[0, 2, 1]));
+    let outer = b.constant("outer", Literal::int32_tensor(&[1, 0, 2]));
+    let transpose = |b: &mut FunctionBuilder, name: &str, v: &anetrain_mil::Var, perm, ty| {
+        b.op("transpose", name, ty, vec![("perm", perm), ("x", v.into())])
+    };
+    let matmul = |b: &mut FunctionBuilder,
+                  name: &str,
+                  x: &anetrain_mil::Var,
+                  tx: &anetrain_mil::Var,
+                  y: &anetrain_mil::Var,
+                  ty: &anetrain_mil::Var,
+                  out: Type| {
+        b.op(
+            "matmul",
+            name,
+            out,
+            vec![
+                ("transpose_x", tx.into()),
+                ("transpose_y", ty.into()),
+                ("x", x.into()),
+                ("y", y.into()),
+            ],
+        )
+    };
+    let xt = transpose(&mut b, "xt", &x, (&swap).into(), t(&[bt, k, m]));
+    let yt = transpose(&mut b, "yt", &y, (&swap).into(), t(&[bt, k, n]));
+    // p = xtᵀ·yt = x·yᵀ, [bt, m, n]; pt = pᵀ.
+    let p = matmul(&mut b, "p", &xt, &yes, &yt, &no, t(&[bt, m, n]));
+    let pt = transpose(&mut b, "pt", &p, (&swap).into(), t(&[bt, n, m]));
+    // yt is read again: its copy stays.
+    let yt2 = b.op(
+        "add",
+        "yt2",
+        t(&[bt, k, n]),
+        vec![("x", (&yt).into()), ("y", (&yt).into())],
+    );
+    // u = x·yᵀ is an output as well as transposed: no swap.
+    let u = matmul(&mut b, "u", &x, &no, &y, &yes, t(&[bt, m, n]));
+    let ut = transpose(&mut b, "ut", &u, (&swap).into(), t(&[bt, n, m]));
+    let xo = transpose(&mut b, "xo", &x, (&outer).into(), t(&[m, bt, k]));
+    for v in [&pt, &yt2, &u, &ut, &xo] {
+        b.output(v);
+    }
+    let device = CpuDevice::new(NumericMode::Fp32);
+    let mut kernel = device.compile(&program(b), &Default::default()).unwrap();
+    let mut rng = Rng::new(7);
+    let xin: Vec<f32> = (0..bt * m * k).map(|_| rng.uniform()).collect();
+    let yin: Vec<f32> = (0..bt * n * k).map(|_| rng.uniform()).collect();
+    let lens = [bt * n * m, bt * k * n, bt * m * n, bt * n * m, m * bt * k];
+    let mut outs: Vec<Vec<f32>> = lens.iter().map(|&l| vec![f32::NAN; l]).collect();
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    device.eval(&mut kernel, &[&xin, &yin], &mut views).unwrap();
+
+    // x·yᵀ per batch, [bt][m][n], in f64.
+    let xy = |bi: usize, i: usize, j: usize| -> f64 {
+        (0..k)
+            .map(|p| xin[(bi * m + i) * k + p] as f64 * yin[(bi * n + j) * k + p] as f64)
+            .sum()
+    };
+    let close = |got: f32, want: f64, what: &str| {
+        assert!(
+            (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{what}: {got} vs {want}"
+        );
+    };
+    for bi in 0..bt {
+        for i in 0..m {
+            for j in 0..n {
+                close(outs[0][(bi * n + j) * m + i], xy(bi, i, j), "pt");
+                close(outs[2][(bi * m + i) * n + j], xy(bi, i, j), "u");
+                close(outs[3][(bi * n + j) * m + i], xy(bi, i, j), "ut");
+            }
+        }
+        for p in 0..k {
+            for j in 0..n {
+                let want = 2.0 * yin[(bi * n + j) * k + p] as f64;
+                close(outs[1][(bi * k + p) * n + j], want, "yt2");
+            }
+            for i in 0..m {
+                close(
+                    outs[4][(i * bt + bi) * k + p],
+                    xin[(bi * m + i) * k + p] as f64,
+                    "xo",
+                );
+            }
+        }
+    }
 }

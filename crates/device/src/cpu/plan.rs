@@ -298,6 +298,10 @@ struct Lowering<'a> {
     outputs: HashSet<String>,
     /// The MIL value the last step computed, if that step is an elementwise chain.
     open_chain: Option<String>,
+    /// Values that are the transpose of the last two dimensions of another value: a product
+    /// reads the other value with its transpose flag flipped instead (and the transpose, if
+    /// nothing else reads it, is dropped at the end).
+    transposed: HashMap<ValueId, ValueId>,
     /// The op being lowered, for error messages.
     current: Option<(String, String)>,
 }
@@ -337,6 +341,7 @@ impl<'a> Lowering<'a> {
             uses,
             outputs: f.outputs.iter().cloned().collect(),
             open_chain: None,
+            transposed: HashMap::new(),
             current: None,
         }
     }
@@ -659,13 +664,81 @@ impl<'a> Lowering<'a> {
             .iter()
             .map(|&p| in_strides[p.rem_euclid(rank.max(1)) as usize])
             .collect();
+        let last_two_swapped = rank >= 2
+            && perm.iter().enumerate().all(|(i, &p)| {
+                let p = p.rem_euclid(rank) as usize;
+                let r = rank as usize;
+                match i {
+                    i if i + 2 < r => p == i,
+                    i if i + 2 == r => p == r - 1,
+                    _ => p == r - 2,
+                }
+            });
+        if last_two_swapped && self.transpose_product(op)? {
+            return Ok(());
+        }
         let out = self.output(op);
         let shape = self.shape(out).to_vec();
         self.copy_step(
             out,
             vec![(x, 0, src_strides, 0, contiguous_strides(&shape), shape)],
         );
+        if last_two_swapped {
+            self.transposed.insert(out, x);
+        }
         Ok(())
+    }
+
+    /// Lowers a transpose of the last two dimensions of the product the previous step
+    /// computes, when nothing else reads that product, by computing the transpose instead:
+    /// (A·B)ᵀ = Bᵀ·Aᵀ, the same product with its operands swapped and read transposed, where a
+    /// copy afterwards would be one more pass over the result (attention's heads back to
+    /// channels). Not when A is a constant: the product would lose its packed weights.
+    fn transpose_product(&mut self, op: &Op) -> Result<bool, DeviceError> {
+        let Some(Arg::Var(name)) = op.arg("x") else {
+            return Ok(false);
+        };
+        let sole_use = self.uses.get(name) == Some(&1) && !self.outputs.contains(name);
+        let x = self.arg_data(op, "x")?;
+        let Some(Step::Gemm(g)) = self.steps.last() else {
+            return Ok(false);
+        };
+        let a_const = matches!(
+            self.values[root(&self.values, g.a).0].storage,
+            Storage::Const(_)
+        );
+        if !sole_use || g.c != x || g.bias.is_some() || a_const {
+            return Ok(false);
+        }
+        let out = self.output(op);
+        let Some(Step::Gemm(g)) = self.steps.last_mut() else {
+            unreachable!("checked above");
+        };
+        *g = GemmStep {
+            a: g.b,
+            la: g.lb.transposed(),
+            b: g.a,
+            lb: g.la.transposed(),
+            c: out,
+            lc: MatLayout::row_major(0, g.m),
+            m: g.n,
+            n: g.m,
+            k: g.k,
+            batches: g.batches.iter().map(|&[a, b, c, _]| [b, a, c, 0]).collect(),
+            scale: g.scale,
+            bias: None,
+            packed: None,
+        };
+        Ok(true)
+    }
+
+    /// `v` as a product operand with transpose flag `t`: a transposed value is read from its
+    /// source with the flag flipped.
+    fn untransposed(&self, v: ValueId, t: bool) -> (ValueId, bool) {
+        match self.transposed.get(&v) {
+            Some(&source) => (source, !t),
+            None => (v, t),
+        }
     }
 
     /// A copy step with its loop nests collapsed.
@@ -804,22 +877,27 @@ impl<'a> Lowering<'a> {
         // A piece that fills a contiguous stretch of the output (a concat along the channels
         // of a `[1, C, 1, S]` tensor: how every kernel packs its outputs and taps into one) is
         // computed straight into that stretch instead of copied there afterwards: the kernels'
-        // concats moved megabytes per eval. Only values that a step computes into a slot of
-        // their own qualify (inputs and constants are copied), and only if no other piece of
-        // this concat lives in their slot: the copy would then read what it writes.
+        // concats moved megabytes per eval. The piece's slot moves there, with every view of
+        // it. Only a slot that a step computes and that the piece fills whole qualifies
+        // (inputs and constants are copied, and so are slices), and only if no other piece of
+        // this concat lives in that slot: the copy would then read what it writes.
         let contiguous = !interleave && out_shape[..axis].iter().all(|&d| d == 1);
         let mut copies = Vec::with_capacity(pieces.len());
         for piece in pieces {
-            let v = piece.0;
+            let (r, offset) = root(&self.values, piece.0);
+            let len = |id: ValueId| self.values[id].shape.iter().product::<usize>();
             let movable = contiguous
-                && matches!(self.values[v].storage, Storage::Arena)
-                && self.steps.iter().any(|s| s.writes() == v)
-                && inputs.iter().filter(|&&u| u == v).count() == 1
-                && !inputs
+                && offset == 0
+                && len(piece.0) == len(r)
+                && matches!(self.values[r].storage, Storage::Arena)
+                && self.steps.iter().any(|s| s.writes() == r)
+                && inputs
                     .iter()
-                    .any(|&u| u != v && root(&self.values, u).0 == v);
+                    .filter(|&&u| root(&self.values, u).0 == r)
+                    .count()
+                    == 1;
             if movable {
-                self.rehome(v, out, piece.3);
+                self.rehome(r, out, piece.3);
             } else {
                 copies.push(piece);
             }
@@ -1003,8 +1081,8 @@ impl<'a> Lowering<'a> {
     fn lower_matmul(&mut self, op: &Op) -> Result<(), DeviceError> {
         let x = self.arg_data(op, "x")?;
         let y = self.arg_data(op, "y")?;
-        let tx = self.param_bool(op, "transpose_x");
-        let ty = self.param_bool(op, "transpose_y");
+        let (x, tx) = self.untransposed(x, self.param_bool(op, "transpose_x"));
+        let (y, ty) = self.untransposed(y, self.param_bool(op, "transpose_y"));
         let out = self.output(op);
         self.batched_gemm(op, x, tx, y, ty, out, 1.0)
     }
@@ -1213,6 +1291,24 @@ impl<'a> Lowering<'a> {
                 e.finish();
             }
         }
+        // Steps whose result nothing reads (a transpose that every product reads through its
+        // source instead) are dropped, from the last step back.
+        let mut needed = vec![false; self.values.len()];
+        for &id in &outputs {
+            needed[root(&self.values, id).0] = true;
+        }
+        let mut keep = vec![true; steps.len()];
+        for (i, step) in steps.iter().enumerate().rev() {
+            if !needed[root(&self.values, step.writes()).0] {
+                keep[i] = false;
+                continue;
+            }
+            for id in step.reads() {
+                needed[root(&self.values, id).0] = true;
+            }
+        }
+        let mut keep = keep.into_iter();
+        steps.retain(|_| keep.next().unwrap_or(true));
         for step in &steps {
             let too_big = match step {
                 Step::Ew(e) => e.shape.len() > MAX_RANK + 1 || e.strides.len() > MAX_OPERANDS,
