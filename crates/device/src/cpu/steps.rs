@@ -779,6 +779,14 @@ fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32], threads: usize) {
 }
 
 fn run_reduce(r: &ReduceStep, x: &[f32], y: &mut [f32]) {
+    vectorised(
+        #[inline(always)]
+        || reduce_here(r, x, y),
+    );
+}
+
+#[inline(always)]
+fn reduce_here(r: &ReduceStep, x: &[f32], y: &mut [f32]) {
     let init = match r.kind {
         ReduceKind::Sum | ReduceKind::Mean => 0.0,
         ReduceKind::Max => f32::NEG_INFINITY,
@@ -792,6 +800,10 @@ fn run_reduce(r: &ReduceStep, x: &[f32], y: &mut [f32]) {
     for_each_row(shape, strides, |offs| {
         let (xo, yo) = (offs[0], offs[1]);
         match (ys, max) {
+            // Along a contiguous row: eight running sums, where one is a chain of dependent
+            // adds (attention's row sums of 256 took an eighth of a backward kernel).
+            (0, false) if xs == 1 => y[yo] += sum_f32(&x[xo..xo + n]),
+            (0, true) if xs == 1 => y[yo] = y[yo].max(max_f32(&x[xo..xo + n])),
             (0, false) => y[yo] += (0..n).map(|i| x[xo + i * xs]).sum::<f32>(),
             (0, true) => y[yo] = (0..n).map(|i| x[xo + i * xs]).fold(y[yo], f32::max),
             (_, false) => (0..n).for_each(|i| y[yo + i * ys] += x[xo + i * xs]),
