@@ -6,7 +6,10 @@ use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, LatencyModel};
 use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_mil::check::check_program;
+use anetrain_mil::{cost, DType};
 use anetrain_model::init::init_params;
+use anetrain_model::kernels::{generate_baked, KernelKind};
 use anetrain_model::step::{compile_kernel_set, BakedPrograms, KernelSet, WeightSnapshot};
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
@@ -16,6 +19,24 @@ use anetrain_train::trainer::{
 use anyhow::anyhow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The FLOPs of each kernel in one step of `accum` windows: its program's count (see
+/// [`cost::flops`]) times the layers and windows.
+fn kernel_flops(config: &ModelConfig, accum: u32) -> anyhow::Result<Vec<(KernelKind, f64)>> {
+    KernelKind::ALL
+        .iter()
+        .map(|&kind| {
+            let kernel = generate_baked(kind, config, DType::Fp32)?;
+            let checked = check_program(&kernel.program)?;
+            let main = kernel
+                .program
+                .main()
+                .ok_or_else(|| anyhow!("the {} kernel has no function", kind.name()))?;
+            let per_window = cost::flops(main, &checked) as f64 * config.n_layers as f64;
+            Ok((kind, per_window * accum as f64))
+        })
+        .collect()
+}
 
 /// Deterministic pseudo-random tokens, for throughput measurements of models whose vocabulary
 /// has no tokenizer here.
@@ -237,6 +258,21 @@ pub fn bench_train(
     let gflops = flops / compute_ms / 1e6;
     println!("  ms/step            {step_ms:.1} (excluding compile {compute_ms:.1})");
     println!("    device eval      {:.1}", mean(|r| r.eval_ms));
+    // By kernel, with the FLOPs each one's program does (counted from the program, all layers
+    // and windows of a step): where the device's share of the step goes.
+    for (kind, flops) in kernel_flops(&config, accum)? {
+        let name = kind.name();
+        let ms = measured
+            .iter()
+            .map(|r| r.eval_ms_by_kernel.get(name).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / steps as f64;
+        println!(
+            "      {name:<14} {ms:>5.1}  ({:.2} GFLOP, {:.1} GFLOPS)",
+            flops / 1e9,
+            flops / ms / 1e6
+        );
+    }
     println!("    host math        {:.1}", mean(|r| r.host_ms));
     println!(
         "    weight gradients {:.1} per step over the whole run, alongside the evals (the waits for them are in host math)",

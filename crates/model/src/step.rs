@@ -203,19 +203,18 @@ impl KernelSet {
             .iter()
             .position(|&k| k == kind)
             .expect("only weighted kernels live in a set");
-        let name = format!("{}.{layer}", kind.name());
         match &mut self.kernels {
             SetKernels::Baked { layers, .. } => {
                 let kernel = layers
                     .get_mut(layer)
                     .and_then(|l| l.get_mut(i))
                     .ok_or_else(|| StepError::Eval {
-                        kernel: name.clone(),
+                        kernel: format!("{}.{layer}", kind.name()),
                         source: DeviceError::EvalFailed(
                             "the kernel set was released before its successor compiled".into(),
                         ),
                     })?;
-                eval(device, kernel, &name, activations, output, timing)
+                eval(device, kernel, (kind, layer), activations, output, timing)
             }
             SetKernels::Packed(packed) => {
                 let t = Instant::now();
@@ -223,7 +222,14 @@ impl KernelSet {
                 let s = self.snapshot.params.layout.config.seq_len;
                 packed.packings[i].write_activations(input, s, activations);
                 timing.host_math += t.elapsed();
-                eval(device, &mut packed.kernels[i], &name, input, output, timing)
+                eval(
+                    device,
+                    &mut packed.kernels[i],
+                    (kind, layer),
+                    input,
+                    output,
+                    timing,
+                )
             }
         }
     }
@@ -424,6 +430,8 @@ impl SharedKernels {
 pub struct StepTiming<'c> {
     pub clock: &'c dyn Clock,
     pub device_eval: Duration,
+    /// `device_eval` split by kernel, indexed like [`KernelKind::ALL`].
+    pub eval_by_kernel: [Duration; KernelKind::ALL.len()],
     pub host_math: Duration,
     /// Weight-gradient products, on a helper thread alongside the step's evals.
     pub weight_grads: Duration,
@@ -436,6 +444,7 @@ impl<'c> StepTiming<'c> {
         StepTiming {
             clock,
             device_eval: Duration::ZERO,
+            eval_by_kernel: [Duration::ZERO; KernelKind::ALL.len()],
             host_math: Duration::ZERO,
             weight_grads: Duration::ZERO,
             weight_grad_wait: Duration::ZERO,
@@ -444,6 +453,9 @@ impl<'c> StepTiming<'c> {
 
     pub fn add(&mut self, other: &StepTiming) {
         self.device_eval += other.device_eval;
+        for (mine, theirs) in self.eval_by_kernel.iter_mut().zip(&other.eval_by_kernel) {
+            *mine += *theirs;
+        }
         self.host_math += other.host_math;
         self.weight_grads += other.weight_grads;
         self.weight_grad_wait += other.weight_grad_wait;
@@ -742,7 +754,7 @@ fn install<R: Send>(pool: Option<&rayon::ThreadPool>, op: impl FnOnce() -> R + S
 fn eval(
     device: &dyn Device,
     kernel: &mut Kernel,
-    name: &str,
+    (kind, layer): (KernelKind, usize),
     input: &[f32],
     output: &mut [f32],
     timing: &mut StepTiming,
@@ -751,10 +763,12 @@ fn eval(
     device
         .eval(kernel, &[input], &mut [output])
         .map_err(|source| StepError::Eval {
-            kernel: name.to_string(),
+            kernel: format!("{}.{layer}", kind.name()),
             source,
         })?;
-    timing.device_eval += timing.clock.now().saturating_sub(t);
+    let took = timing.clock.now().saturating_sub(t);
+    timing.device_eval += took;
+    timing.eval_by_kernel[kind.index()] += took;
     Ok(())
 }
 
@@ -1050,11 +1064,10 @@ pub fn micro_step<'c>(
                     .part_mut(part)
                     .copy_from_slice(tape.attn.part(part));
             }
-            let name = format!("bwd_attn2.{l}");
             eval(
                 device,
                 &mut shared.bwd_attn2,
-                &name,
+                (KernelKind::BwdAttn2, l),
                 &bwd_attn2_in.data,
                 &mut bwd_attn2_out.data,
                 &mut timing,

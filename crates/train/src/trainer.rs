@@ -5,6 +5,7 @@ use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHe
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
+use anetrain_model::kernels::KernelKind;
 use anetrain_model::optim::{
     clip_factor, grad_norm, sum_squares, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
     PARALLEL_CHUNK,
@@ -16,6 +17,7 @@ use anetrain_model::step::{
 use anetrain_model::{ModelConfig, Params};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,6 +190,9 @@ pub struct StepRecord {
     pub optimizer_ms: f64,
     #[serde(default)]
     pub stall_ms: f64,
+    /// `eval_ms` by kernel (`fwd_attn`, …, summed over layers and windows).
+    #[serde(default)]
+    pub eval_ms_by_kernel: BTreeMap<String, f64>,
 }
 
 /// The mutable state of a run (what a checkpoint holds besides the data sampler).
@@ -515,6 +520,10 @@ fn run_steps(
             host_ms: ms(timing.host_math + timing.weight_grad_wait),
             optimizer_ms: ms(optimizer),
             stall_ms: ms(delivery.stats.stall.saturating_sub(stall_before)),
+            eval_ms_by_kernel: KernelKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), ms(timing.eval_by_kernel[k.index()])))
+                .collect(),
         }));
 
         let last = state.step == end;

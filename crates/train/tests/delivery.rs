@@ -131,6 +131,25 @@ fn recompile_stalls_for_every_set_and_never_lags() {
     // Each step's own record: its 6 evals, and the compile of the next set after its update.
     for r in &out.steps {
         assert_eq!((r.eval_ms, r.stall_ms), (6.0, 50.0), "step {}", r.step);
+        // One eval of each kernel (one layer), each 1 ms on the model.
+        let by_kernel: Vec<(&str, f64)> = r
+            .eval_ms_by_kernel
+            .iter()
+            .map(|(k, &ms)| (k.as_str(), ms))
+            .collect();
+        assert_eq!(
+            by_kernel,
+            [
+                ("bwd_attn1", 1.0),
+                ("bwd_attn2", 1.0),
+                ("bwd_ffn", 1.0),
+                ("bwd_qkv", 1.0),
+                ("fwd_attn", 1.0),
+                ("fwd_ffn", 1.0)
+            ],
+            "step {}",
+            r.step
+        );
     }
     // Initial compile (6 kernels, 60 ms), then per step 6 ms of evals and 50 ms of compile.
     assert_eq!(

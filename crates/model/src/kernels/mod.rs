@@ -106,6 +106,11 @@ impl KernelKind {
         KernelKind::BwdQkv,
     ];
 
+    /// The position in [`KernelKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KernelKind::FwdAttn => "fwd_attn",
@@ -684,7 +689,14 @@ impl Gen<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    use super::{transpose, KernelKind};
+
+    #[test]
+    fn a_kernel_kind_indexes_its_place_in_all() {
+        for (i, kind) in KernelKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{}", kind.name());
+        }
+    }
 
     #[test]
     fn transpose_matches_the_definition() {
