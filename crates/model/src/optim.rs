@@ -2,6 +2,7 @@
 //! dynamic loss scaling for fp16.
 
 use crate::params::Params;
+use anetrain_device::cpu::simd::vectorised;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -103,26 +104,14 @@ impl AdamW {
                 .zip(grads.data[r.clone()].par_chunks(PARALLEL_CHUNK))
                 .enumerate();
             chunks.for_each(|(i, (((w, m), v), g))| {
-                let step = |w: f32, m: &mut f32, v: &mut f32, g: f32| {
-                    let (m_new, v_new, dw) = rule.apply(w, *m, *v, g * grad_scale);
-                    (*m, *v) = (m_new, v_new);
-                    w - dw
-                };
-                match from {
-                    None => {
-                        for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
-                            *w = step(*w, m, v, g);
-                        }
-                    }
-                    Some(from) => {
-                        let start = r.start + i * PARALLEL_CHUNK;
-                        let old = &from.data[start..start + w.len()];
-                        for ((((w, &old), m), v), &g) in w.iter_mut().zip(old).zip(m).zip(v).zip(g)
-                        {
-                            *w = step(old, m, v, g);
-                        }
-                    }
-                }
+                let old = from.map(|from| {
+                    let start = r.start + i * PARALLEL_CHUNK;
+                    &from.data[start..start + w.len()]
+                });
+                vectorised(
+                    #[inline(always)]
+                    || rule.update(w, old, m, v, g, grad_scale),
+                );
             });
         }
     }
@@ -215,6 +204,37 @@ impl UpdateRule {
         let denom = v.sqrt() / self.bc2_sqrt + self.eps;
         (m, v, self.step * m / denom + self.lr * self.wd * w)
     }
+
+    /// One chunk of the update: `w` becomes the updated `old` (or itself, with `None`), with
+    /// `grad_scale · g` the gradient. A plain loop, for [`vectorised`] to compile wide.
+    #[inline(always)]
+    fn update(
+        self,
+        w: &mut [f32],
+        old: Option<&[f32]>,
+        m: &mut [f32],
+        v: &mut [f32],
+        g: &[f32],
+        grad_scale: f32,
+    ) {
+        let step = |w: f32, m: &mut f32, v: &mut f32, g: f32| {
+            let (m_new, v_new, dw) = self.apply(w, *m, *v, g * grad_scale);
+            (*m, *v) = (m_new, v_new);
+            w - dw
+        };
+        match old {
+            None => {
+                for (((w, m), v), &g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                    *w = step(*w, m, v, g);
+                }
+            }
+            Some(old) => {
+                for ((((w, &old), m), v), &g) in w.iter_mut().zip(old).zip(m).zip(v).zip(g) {
+                    *w = step(old, m, v, g);
+                }
+            }
+        }
+    }
 }
 
 /// The global L2 norm of a gradient.
@@ -224,7 +244,12 @@ pub fn grad_norm(grads: &Params) -> f32 {
     let partial: Vec<f64> = grads
         .data
         .par_chunks(PARALLEL_CHUNK)
-        .map(sum_squares)
+        .map(|chunk| {
+            vectorised(
+                #[inline(always)]
+                || sum_squares(chunk),
+            )
+        })
         .collect();
     partial.iter().sum::<f64>().sqrt() as f32
 }
@@ -232,6 +257,7 @@ pub fn grad_norm(grads: &Params) -> f32 {
 /// Σ v², in f64. Eight running sums rather than one: a single f64 sum is a chain of
 /// dependent adds that runs at one value per add latency, while the lanes vectorise. The
 /// order of the adds is fixed by the slice alone, so the result is too.
+#[inline(always)]
 pub fn sum_squares(v: &[f32]) -> f64 {
     const LANES: usize = 8;
     let mut lanes = [0.0f64; LANES];

@@ -4,6 +4,7 @@
 use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use anetrain_device::clock::Clock;
+use anetrain_device::cpu::simd::vectorised;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::optim::{
@@ -595,22 +596,39 @@ fn compensate_delay(
     // `grad_norm`).
     let partial: Vec<f64> = chunks
         .map(|(((g, w), ws), v)| {
-            for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
-                *g *= unscale;
-                // The mean square includes the current gradient, so a gradient appearing for
-                // the first time (v still 0) cannot blow the correction up.
-                let rms = v.max(*g * *g).sqrt();
-                // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in
-                // for the curvature, so the correction is trusted only as far as it keeps the
-                // gradient's sign and at most doubles it: unclamped, it overturned steady
-                // gradients at a high learning rate and training diverged.
-                let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
-                *g *= factor.clamp(0.0, 2.0);
-            }
-            sum_squares(g)
+            vectorised(
+                #[inline(always)]
+                || compensate_chunk(g, w, ws, v, unscale, lambda, eps),
+            )
         })
         .collect();
     partial.iter().sum::<f64>().sqrt() as f32
+}
+
+/// One chunk of [`compensate_delay`]; returns the chunk's Σ g² after the correction.
+#[inline(always)]
+fn compensate_chunk(
+    g: &mut [f32],
+    w: &[f32],
+    ws: &[f32],
+    v: &[f32],
+    unscale: f32,
+    lambda: f32,
+    eps: f32,
+) -> f64 {
+    for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
+        *g *= unscale;
+        // The mean square includes the current gradient, so a gradient appearing for the
+        // first time (v still 0) cannot blow the correction up.
+        let rms = v.max(*g * *g).sqrt();
+        // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in for the
+        // curvature, so the correction is trusted only as far as it keeps the gradient's
+        // sign and at most doubles it: unclamped, it overturned steady gradients at a high
+        // learning rate and training diverged.
+        let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
+        *g *= factor.clamp(0.0, 2.0);
+    }
+    sum_squares(g)
 }
 
 /// The run's counters with what delivery has done in this process added.
