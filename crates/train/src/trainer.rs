@@ -422,10 +422,7 @@ fn run_steps(
         let opt_start = Instant::now();
         // The gradients carry the scale they were computed at, whatever the scaler does next.
         let scale = state.scaler.scale;
-        // One pass: the norm is finite exactly when every gradient is (squares of f32 summed
-        // in f64 cannot overflow), so it doubles as the fp16 overflow check.
-        let raw_norm = grad_norm(grads);
-        let apply = state.scaler.observe(raw_norm.is_finite());
+        let unscale = 1.0 / (accum as f32 * scale);
         let lr = schedule.at(state.step);
         let mut norm = f32::NAN;
         // What the update multiplied the gradient by (unscaling and clipping).
@@ -433,22 +430,25 @@ fn run_steps(
         // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
         let double_buffered = env.strategy == Strategy::DoubleBuffer;
         let predict = options.weight_prediction && double_buffered;
+        let compensate = options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
+        // One pass over the gradient measures its norm, which is finite exactly when every
+        // gradient is (squares of f32 summed in f64 cannot overflow): the fp16 overflow check.
+        // Delay compensation rewrites the gradient in that same pass, unscaled and corrected
+        // (a non-finite gradient stays non-finite through it), and measures the corrected
+        // norm. Otherwise unscaling and clipping ride into the update (and the prediction),
+        // which saves two passes over every gradient.
+        let (finite, measured_norm, mut grad_scale) = if compensate {
+            let stale = delivery.active().snapshot().params.clone();
+            let corrected =
+                compensate_delay(grads, unscale, &state.params, &stale, &state.adam, options);
+            (corrected.is_finite(), corrected, 1.0)
+        } else {
+            let raw = grad_norm(grads);
+            (raw.is_finite(), raw * unscale, unscale)
+        };
+        let apply = state.scaler.observe(finite);
         if apply {
-            let unscale = 1.0 / (accum as f32 * scale);
-            let compensate =
-                options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
-            // Delay compensation rewrites the gradient in one pass that also unscales it and
-            // measures its norm. Otherwise unscaling and clipping ride into the update (and
-            // the prediction), which saves two passes over every gradient.
-            let mut grad_scale = unscale;
-            if compensate {
-                let stale = delivery.active().snapshot().params.clone();
-                norm =
-                    compensate_delay(grads, unscale, &state.params, &stale, &state.adam, options);
-                grad_scale = 1.0;
-            } else {
-                norm = raw_norm * unscale;
-            }
+            norm = measured_norm;
             grad_scale *= clip_factor(norm, options.clip);
             applied_scale = grad_scale;
             delivery.release_before_update();

@@ -398,3 +398,76 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
     assert_eq!(out.state.params.data, master.data);
     assert_eq!(out.state.adam, adam);
 }
+
+/// fp16 with a loss scale far too large: updates are skipped (and the scale halved) until the
+/// gradients fit. Under double-buffering with delay compensation the steps run one version
+/// behind, so the overflow must be caught by the compensation's own pass over the gradient,
+/// which also measures the norm: skipped steps there too, then finite updates.
+#[test]
+fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
+    let clock = Arc::new(SimClock::new());
+    let device = LatencyModel::new(
+        CpuDevice::new(NumericMode::Fp16).with_threads(1),
+        profile(),
+        clock.clone(),
+    );
+    let options = TrainOptions {
+        steps: 40,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        loss_scale: 2f32.powi(40),
+        ..TrainOptions::default()
+    };
+    assert!(
+        options.delay_compensation > 0.0,
+        "compensation is on by default"
+    );
+    let c = config();
+    let mut state = TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&c)), 1),
+        &options,
+        NumericMode::Fp16,
+    );
+    let env = RunEnv {
+        device: &device,
+        clock: &*clock,
+        strategy: Strategy::DoubleBuffer,
+        max_staleness: 1,
+        max_failures: 3,
+        count_host_time: false,
+        stop_after: None,
+    };
+    let mut records: Vec<StepRecord> = Vec::new();
+    train(&env, &options, &mut state, &mut Cycle(0), None, &mut |e| {
+        if let Event::Step(r) = e {
+            records.push(r.clone());
+        }
+    })
+    .unwrap();
+
+    let skipped: Vec<&StepRecord> = records.iter().filter(|r| r.skipped).collect();
+    assert!(
+        skipped.iter().any(|r| r.staleness == 1),
+        "an overflow while running one version behind (compensated) was skipped"
+    );
+    for r in &skipped {
+        assert!(
+            r.grad_norm.is_nan(),
+            "step {}: a skipped step reports no norm",
+            r.step
+        );
+    }
+    // Each skip halves the scale; the run ends with updates that applied.
+    let scales: Vec<f32> = skipped.iter().map(|r| r.loss_scale).collect();
+    assert!(scales.windows(2).all(|w| w[1] < w[0]), "{scales:?}");
+    let applied: Vec<&StepRecord> = records.iter().filter(|r| !r.skipped).collect();
+    assert!(
+        applied
+            .iter()
+            .any(|r| r.staleness == 1 && r.grad_norm.is_finite()),
+        "compensated updates applied once the scale fit"
+    );
+    assert_eq!(state.counters.skipped_updates, skipped.len() as u64);
+    assert!(state.params.data.iter().all(|w| w.is_finite()));
+}
