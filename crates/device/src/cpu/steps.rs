@@ -563,12 +563,14 @@ fn ew_nest_rows(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], cou
     for (i, s) in e.strides.iter().enumerate() {
         inner[i] = s[last];
     }
-    let mut buf = [0f32; EW_BLOCK];
     for_each_row(shape, &e.strides, |offs| {
         let mut start = 0;
         while start < n {
             let len = (n - start).min(EW_BLOCK);
-            let block = &mut buf[..len];
+            // The chain runs in place in its stretch of the output (output rows are
+            // contiguous), a block at a time so that the block stays in L1 across the ops.
+            let o = offs[0] + start;
+            let block = &mut out[o..o + len];
             load(block, srcs[1], offs[1] + start * inner[1], inner[1]);
             let mut k = 2;
             for op in &e.ops {
@@ -582,8 +584,6 @@ fn ew_nest_rows(e: &EwChain, srcs: &[&[f32]; MAX_OPERANDS], out: &mut [f32], cou
                     fp16::round_slice(block);
                 }
             }
-            let o = offs[0] + start;
-            out[o..o + len].copy_from_slice(block);
             start += len;
         }
     });
