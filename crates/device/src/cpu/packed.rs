@@ -52,16 +52,9 @@ impl std::fmt::Debug for PackedA {
     }
 }
 
-/// Whether this CPU runs the packed microkernel.
+/// Whether this CPU runs the packed microkernel (it needs AVX2 and FMA).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::wide()
 }
 
 impl PackedA {
@@ -343,34 +336,24 @@ mod x86 {
         assert!(c_at + (rows - 1) * ldc + cols <= c.len());
         let cp = c.as_mut_ptr().add(c_at);
         let add = job.accumulate || p0 > 0;
-        // SAFETY: bounds as asserted and sliced above.
-        if rows == MR && cols == NR {
-            kernel::<true>(
-                kc,
-                a.as_ptr(),
-                b.as_ptr(),
-                prefetch,
-                cp,
-                ldc,
-                MR,
-                NR,
-                job.scale,
-                add,
-            );
+        let kernel = if rows == MR && cols == NR {
+            kernel::<true>
         } else {
-            kernel::<false>(
-                kc,
-                a.as_ptr(),
-                b.as_ptr(),
-                prefetch,
-                cp,
-                ldc,
-                rows,
-                cols,
-                job.scale,
-                add,
-            );
-        }
+            kernel::<false>
+        };
+        // SAFETY: bounds as asserted and sliced above.
+        kernel(
+            kc,
+            a.as_ptr(),
+            b.as_ptr(),
+            prefetch,
+            cp,
+            ldc,
+            rows,
+            cols,
+            job.scale,
+            add,
+        );
     }
 
     /// c[rows × cols] (+)= scale · a[rows × kc] · b[kc × cols] for one MR×NR tile, touching
