@@ -76,10 +76,11 @@ fn run_with(
 ) -> Outcome {
     let options = options.clone();
     let c = config();
+    // The device's numeric mode decides the loss scaling, as in a real run.
     let mut state = TrainState::new(
         init_params(Arc::new(ParamLayout::new(&c)), 1),
         &options,
-        NumericMode::Fp32,
+        device.info().numeric,
     );
     let env = RunEnv {
         device,
@@ -423,28 +424,9 @@ fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
         options.delay_compensation > 0.0,
         "compensation is on by default"
     );
-    let c = config();
-    let mut state = TrainState::new(
-        init_params(Arc::new(ParamLayout::new(&c)), 1),
-        &options,
-        NumericMode::Fp16,
-    );
-    let env = RunEnv {
-        device: &device,
-        clock: &*clock,
-        strategy: Strategy::DoubleBuffer,
-        max_staleness: 1,
-        max_failures: 3,
-        count_host_time: false,
-        stop_after: None,
-    };
-    let mut records: Vec<StepRecord> = Vec::new();
-    train(&env, &options, &mut state, &mut Cycle(0), None, &mut |e| {
-        if let Event::Step(r) = e {
-            records.push(r.clone());
-        }
-    })
-    .unwrap();
+    let out = run_with(&device, &*clock, Strategy::DoubleBuffer, 1, &options);
+    out.result.unwrap();
+    let (records, state) = (out.steps, out.state);
 
     let skipped: Vec<&StepRecord> = records.iter().filter(|r| r.skipped).collect();
     assert!(
