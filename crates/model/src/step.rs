@@ -654,9 +654,13 @@ struct WgradJob<'a> {
 /// The weight-gradient products of a step run on a helper thread in the order the backward
 /// pass produces them, while the step goes on evaluating kernels (the original overlaps them
 /// and waits late: on the ANE the two run on different hardware; on the CPU they share the
-/// cores and fill each other's idle gaps). The step waits for them at its end.
+/// cores and fill each other's idle gaps). At its end the step takes products off the queue
+/// itself until none is left, rather than leave its core idle while the helper works through
+/// the rest alone.
 struct WeightGradWorker<'scope, 'env> {
     jobs: Option<mpsc::Sender<WgradJob<'env>>>,
+    /// The queue, shared by the helper and (at the end) the step.
+    queue: Arc<Mutex<mpsc::Receiver<WgradJob<'env>>>>,
     done: std::thread::ScopedJoinHandle<'scope, Duration>,
     spare: &'env Mutex<Vec<Vec<f32>>>,
 }
@@ -669,34 +673,25 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
         threads: usize,
     ) -> Self {
         let (jobs, queue) = mpsc::channel::<WgradJob<'env>>();
+        let queue = Arc::new(Mutex::new(queue));
+        let helper_queue = queue.clone();
         let done = scope.spawn(move || {
             install(pool, || {
                 let mut busy = Duration::ZERO;
-                for job in queue {
-                    let t = Instant::now();
-                    let [out, inp, s] = job.dims;
-                    host::weight_grad(
-                        job.dw,
-                        job.dy.values(),
-                        job.x.values(),
-                        out,
-                        inp,
-                        s,
-                        threads,
-                    );
-                    busy += t.elapsed();
-                    let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
-                    for input in [job.dy, job.x] {
-                        if let WgradInput::Copied(v) = input {
-                            spare.push(v);
-                        }
-                    }
+                loop {
+                    // The lock is held while waiting for a job (not while running one), which
+                    // is fine: the step only takes jobs after closing the queue, when the wait
+                    // ends at once.
+                    let job = lock(&helper_queue).recv();
+                    let Ok(job) = job else { break };
+                    busy += run_wgrad_job(job, threads, spare);
                 }
                 busy
             })
         });
         WeightGradWorker {
             jobs: Some(jobs),
+            queue,
             done,
             spare,
         }
@@ -704,7 +699,7 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
 
     /// A copy of `values` in a spare buffer.
     fn copy(&self, values: &[f32]) -> WgradInput<'env> {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = lock(self.spare);
         let mut v = spare.pop().unwrap_or_default();
         drop(spare);
         v.clear();
@@ -733,13 +728,53 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
         self.submit(dw, dy, Kept(x), dims);
     }
 
-    /// Waits for every product; returns the time the worker spent on them.
+    /// Runs the products still queued alongside the helper (one thread each: the helper
+    /// holds the other core) and waits for the helper; returns the time both spent on them.
     fn finish(mut self) -> Duration {
         self.jobs = None;
-        self.done
+        let mut busy = Duration::ZERO;
+        loop {
+            let job = lock(&self.queue).try_recv();
+            match job {
+                Ok(job) => busy += run_wgrad_job(job, 1, self.spare),
+                Err(_) => break,
+            }
+        }
+        busy + self
+            .done
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
+}
+
+/// One weight-gradient product; its copied inputs go back to the spare buffers. Returns the
+/// time it took.
+fn run_wgrad_job(job: WgradJob, threads: usize, spare: &Mutex<Vec<Vec<f32>>>) -> Duration {
+    let t = Instant::now();
+    let [out, inp, s] = job.dims;
+    host::weight_grad(
+        job.dw,
+        job.dy.values(),
+        job.x.values(),
+        out,
+        inp,
+        s,
+        threads,
+    );
+    let took = t.elapsed();
+    let mut spare = lock(spare);
+    for input in [job.dy, job.x] {
+        if let WgradInput::Copied(v) = input {
+            spare.push(v);
+        }
+    }
+    took
+}
+
+/// A lock that a panic elsewhere does not poison for good: the data (a queue, spare buffers)
+/// stays usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `op` in `pool`, or where it is called when there is none.
@@ -1120,4 +1155,46 @@ pub fn micro_step<'c>(
     host::embed_backward(grads.get_mut(layout.embed()), d, tokens, &buf.dy);
     timing.host_math += t.elapsed();
     Ok((loss, timing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small integers, so that every sum below is exact in f32.
+    fn pattern(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7 + seed * 3) % 11) as f32 - 5.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_queued_weight_gradient_is_added_once_whichever_thread_runs_it() {
+        let (out, inp, s, jobs) = (24, 16, 40, 40);
+        let dys: Vec<Vec<f32>> = (0..jobs).map(|j| pattern(out * s, j)).collect();
+        let xs: Vec<Vec<f32>> = (0..jobs).map(|j| pattern(inp * s, j + 100)).collect();
+        let mut dws = vec![vec![1.0f32; out * inp]; jobs];
+        let spare = Mutex::default();
+        std::thread::scope(|scope| {
+            let mut worker = WeightGradWorker::start(scope, &spare, None, 1);
+            for ((dw, dy), x) in dws.iter_mut().zip(&dys).zip(&xs) {
+                worker.submit(dw, Kept(dy), WgradInput::Copied(x.clone()), [out, inp, s]);
+            }
+            // The step takes what the helper has not started yet.
+            worker.finish();
+        });
+        for (j, dw) in dws.iter().enumerate() {
+            for o in 0..out {
+                for i in 0..inp {
+                    let dot: f32 = (0..s).map(|t| dys[j][o * s + t] * xs[j][i * s + t]).sum();
+                    assert_eq!(dw[o * inp + i], 1.0 + dot, "job {j}, dw[{o}][{i}]");
+                }
+            }
+        }
+        assert_eq!(
+            lock(&spare).len(),
+            jobs,
+            "every copied input goes back to the spare buffers once"
+        );
+    }
 }
