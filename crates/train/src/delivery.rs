@@ -12,6 +12,7 @@
 //!   each update the new snapshot is staged into every layer's persistent inputs, so every step
 //!   runs on the newest weights with no compile at all. Staging is host work, counted apart.
 
+use crate::priority::BackgroundThread;
 use anetrain_device::clock::Clock;
 use anetrain_device::Device;
 use anetrain_model::step::{
@@ -105,6 +106,8 @@ enum JobState<'scope> {
 struct Job<'scope> {
     snapshot: WeightSnapshot,
     state: JobState<'scope>,
+    /// The compile runs at idle priority until the trainer waits for it.
+    priority: BackgroundThread,
 }
 
 /// Delivers weights to the device with one of the strategies.
@@ -244,9 +247,12 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let (device, clock, programs) = (self.device, self.clock, self.programs.clone());
         let submitted = clock.now();
         let snap = snapshot.clone();
+        let priority = BackgroundThread::default();
+        let thread = priority.clone();
         // The compile's virtual timeline starts when it was submitted; it reports when it
         // ended on that timeline, so the training thread can meet it there.
         let handle = self.scope.spawn(move || {
+            thread.enter();
             clock.advance_to(submitted);
             let start = clock.now();
             let result = compile_baked(programs.as_ref(), device, snap);
@@ -256,6 +262,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         self.job = Some(Job {
             snapshot,
             state: JobState::Running(handle),
+            priority,
         });
     }
 
@@ -271,6 +278,9 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             // timelines below.
             if !wait && !self.clock.is_simulated() && !handle.is_finished() {
                 return Ok(());
+            }
+            if wait {
+                job.priority.raise();
             }
             let JobState::Running(handle) =
                 std::mem::replace(&mut job.state, JobState::Finished(placeholder()))
@@ -371,9 +381,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     pub fn drain(&mut self) {
         if let Some(Job {
             state: JobState::Running(handle),
+            priority,
             ..
         }) = self.job.take()
         {
+            priority.raise();
             let _ = handle.join();
         }
     }

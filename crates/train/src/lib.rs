@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod delivery;
+pub mod priority;
 pub mod tokenizer;
 pub mod trainer;
 

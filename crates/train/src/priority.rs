@@ -1,0 +1,148 @@
+//! Background work at idle priority, raised back when someone waits for it.
+//!
+//! On a CPU device the double buffer's background compile shares the cores with the evals it
+//! overlaps. At normal priority the scheduler gives it its fair share of a core in the middle of
+//! an eval, whose other thread then waits at the next join. At idle priority it only runs when
+//! a core has nothing else to do, which a training step leaves often enough (a `tiny` step
+//! keeps about 1.5 of 2 cores busy). Once the trainer has to wait for the compile (the lag
+//! would exceed `--max-staleness`), the compile is what holds the run up, so it gets its normal
+//! priority back.
+//!
+//! Linux only (`SCHED_IDLE`). Elsewhere both calls do nothing: on the ANE the compile runs in
+//! Apple's compiler service, not on this thread.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+/// No thread has entered yet.
+const NOT_ENTERED: i32 = 0;
+/// Raised before the thread entered: it must stay at normal priority.
+const RAISED: i32 = -1;
+
+/// One background thread's priority, shared between it and the threads that may wait for it.
+#[derive(Clone, Debug, Default)]
+pub struct BackgroundThread(Arc<AtomicI32>);
+
+impl BackgroundThread {
+    /// Called on the background thread: lowers it to idle priority, unless a waiter already
+    /// raised it. Returns whether the thread now runs at idle priority.
+    pub fn enter(&self) -> bool {
+        let Some(tid) = sys::current_thread() else {
+            return false;
+        };
+        if self
+            .0
+            .compare_exchange(NOT_ENTERED, tid, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        sys::set_idle(tid, true)
+    }
+
+    /// Called by a thread about to wait for the background one: gives it its normal priority
+    /// back (now, or at once when it enters). Returns false only when the system refused
+    /// (an unprivileged Linux thread may not leave idle priority under `RLIMIT_NICE` 0; it then
+    /// still runs on the core the waiter leaves free).
+    pub fn raise(&self) -> bool {
+        match self.0.swap(RAISED, Ordering::AcqRel) {
+            tid if tid > 0 => sys::set_idle(tid, false),
+            _ => true,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    pub fn current_thread() -> Option<i32> {
+        // SAFETY: gettid has no preconditions.
+        Some(unsafe { libc::gettid() })
+    }
+
+    /// Switches thread `tid` of this process to `SCHED_IDLE`, or back to `SCHED_OTHER`.
+    pub fn set_idle(tid: i32, idle: bool) -> bool {
+        let policy = if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the duration of the call; an unknown or
+        // exited tid makes the call fail with ESRCH, which is reported as false.
+        unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    pub fn current_thread() -> Option<i32> {
+        None
+    }
+
+    pub fn set_idle(_tid: i32, _idle: bool) -> bool {
+        false
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn policy_of_this_thread() -> i32 {
+        // SAFETY: querying the calling thread's policy has no preconditions.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    fn may_leave_idle_priority() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_background_thread_runs_idle_until_a_waiter_raises_it() {
+        let background = BackgroundThread::default();
+        let (raised_tx, raised_rx) = mpsc::channel();
+        let thread = {
+            let background = background.clone();
+            std::thread::spawn(move || {
+                let entered = background.enter();
+                let while_idle = policy_of_this_thread();
+                raised_rx.recv().expect("the test raises the thread");
+                (entered, while_idle, policy_of_this_thread())
+            })
+        };
+        // Wait until the thread entered (the shared word holds its tid).
+        while background.0.load(Ordering::Acquire) == NOT_ENTERED {
+            std::thread::yield_now();
+        }
+        let raised = background.raise();
+        raised_tx.send(()).expect("the thread waits for this");
+        let (entered, while_idle, after) = thread.join().expect("the thread ran");
+        assert!(
+            entered,
+            "lowering a thread's own priority is always allowed"
+        );
+        assert_eq!(while_idle, libc::SCHED_IDLE);
+        if may_leave_idle_priority() {
+            assert!(raised);
+        }
+        if raised {
+            assert_eq!(after, libc::SCHED_OTHER);
+        }
+    }
+
+    #[test]
+    fn a_thread_raised_before_it_enters_keeps_its_normal_priority() {
+        let background = BackgroundThread::default();
+        assert!(background.raise());
+        let (entered, policy) = {
+            let background = background.clone();
+            std::thread::spawn(move || (background.enter(), policy_of_this_thread()))
+                .join()
+                .expect("the thread ran")
+        };
+        assert!(!entered);
+        assert_eq!(policy, libc::SCHED_OTHER);
+    }
+}
