@@ -1,53 +1,12 @@
 //! `anetrain tokenizer train` and `anetrain data prepare|info` end to end: the binary on real
 //! files, good and bad; a failed command exits non-zero and leaves no file behind.
 
+mod common;
+
 use anetrain_train::data::{read_token_file, TokenFormat};
 use anetrain_train::tokenizer::llama2c::{byte_piece, Llama2cTokenizer};
 use anetrain_train::tokenizer::Tokenizer;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn anetrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-struct Dir(tempfile::TempDir);
-
-impl Dir {
-    fn new() -> Dir {
-        Dir(tempfile::tempdir().expect("temp dir"))
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> String {
-        std::fs::write(self.path(name), contents).unwrap();
-        self.s(name)
-    }
-    /// Every file in the directory, temporary ones included, sorted.
-    fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.0.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
+use common::*;
 
 /// A few hundred lines of varied text, non-ASCII included.
 fn corpus() -> String {

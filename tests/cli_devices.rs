@@ -1,30 +1,8 @@
 //! `anetrain devices` and `--device` end to end, with the built binary.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn anetrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/mil/tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
+use common::*;
 
 #[test]
 fn devices_lists_the_cpu_and_says_whether_there_is_an_ane() {

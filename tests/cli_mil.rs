@@ -1,43 +1,11 @@
 //! `anetrain mil` end to end: the binary on real files, good and bad.
 
+mod common;
+
 use anetrain::npy;
 use anetrain_mil::blob::BlobFile;
 use anetrain_mil::DType;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn anetrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("crates/mil/tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-struct Dir(tempfile::TempDir);
-
-impl Dir {
-    fn new() -> Dir {
-        Dir(tempfile::tempdir().expect("temp dir"))
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-}
+use common::*;
 
 /// Example C on files: x[c, t] = (t + 64)/256 in every channel and w = 1 give
 /// out[c, t] = x / sqrt(x² + 1e-5), within fp16 rounding.

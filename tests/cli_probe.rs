@@ -1,24 +1,11 @@
 //! `anetrain probe` and `anetrain peak` end to end: the binary on the CPU device at small
 //! sizes, on the simulated M4, and failing cleanly.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn anetrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::path::Path;
 
 /// Probe sizes that finish in a moment on any machine.
 const SMALL_PROBE: [&str; 14] = [
@@ -37,23 +24,6 @@ const SMALL_PROBE: [&str; 14] = [
     "--max-loaded",
     "6",
 ];
-
-struct Dir(tempfile::TempDir);
-
-impl Dir {
-    fn new() -> Dir {
-        Dir(tempfile::tempdir().expect("temp dir"))
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-    fn is_empty(&self) -> bool {
-        std::fs::read_dir(self.0.path()).unwrap().next().is_none()
-    }
-}
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("the JSON file exists")).expect("valid JSON")

@@ -1,27 +1,13 @@
 //! `anetrain train` end to end: resuming continues exactly, and a spent compile budget makes
 //! the process re-execute itself and still end with the weights of an uninterrupted run.
 
+mod common;
+
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use anetrain_train::data::token_file::write_token_file;
 use anetrain_train::tokenizer::train_bpe;
+use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn anetrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anetrain"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// A one-layer model, a 300-token BPE and a token file from a slice of the corpus, so each
 /// process starts in well under a second.
