@@ -6,7 +6,7 @@ use anetrain_device::cpu::simd::vectorised;
 use anetrain_device::cpu::{gemm, MatLayout};
 use rayon::prelude::*;
 
-/// x[d][t] = embed[token_t][d].
+/// `x[d][t]` = `embed[token_t][d]`.
 pub fn embed_forward(embed: &[f32], dim: usize, tokens: &[u32], x: &mut [f32]) {
     let s = tokens.len();
     for (t, &tok) in tokens.iter().enumerate() {
@@ -17,7 +17,7 @@ pub fn embed_forward(embed: &[f32], dim: usize, tokens: &[u32], x: &mut [f32]) {
     }
 }
 
-/// dembed[token_t][d] += dx[d][t].
+/// `dembed[token_t][d]` += `dx[d][t]`.
 pub fn embed_backward(dembed: &mut [f32], dim: usize, tokens: &[u32], dx: &[f32]) {
     let s = tokens.len();
     for (t, &tok) in tokens.iter().enumerate() {
@@ -115,7 +115,7 @@ pub fn rrms(x: &[f32], d: usize, s: usize, eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// y[m][s] = a[m][k] · x[k][s] (`a` row-major, `x` channel-first).
+/// `y[m][s]` = `a[m][k]` · `x[k][s]` (`a` row-major, `x` channel-first).
 pub fn matmul(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], threads: usize) {
     gemm(
         m,
@@ -133,7 +133,7 @@ pub fn matmul(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32],
     );
 }
 
-/// y[k][s] = aᵀ · x, with `a` [m][k] row-major and `x` [m][s].
+/// `y[k][s]` = aᵀ · x, with `a` `[m][k]` row-major and `x` `[m][s]`.
 pub fn matmul_t(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], threads: usize) {
     gemm(
         k,
@@ -151,7 +151,7 @@ pub fn matmul_t(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32
     );
 }
 
-/// A weight gradient: dw[out][in] += dy[out][S] · x[in][S]ᵀ.
+/// A weight gradient: `dw[out][in]` += `dy[out][S]` · `x[in][S]`ᵀ.
 pub fn weight_grad(
     dw: &mut [f32],
     dy: &[f32],
@@ -188,7 +188,7 @@ pub struct CrossEntropy {
     pub column: Vec<f32>,
 }
 
-/// Cross-entropy over positions of `logits` [V][S] at `targets` (each below V: the caller's
+/// Cross-entropy over positions of `logits` `[V][S]` at `targets` (each below V: the caller's
 /// data validation checks), with `dlogits` as [`CrossEntropy`] describes: softmax numerators
 /// exp(logit − max) with the target's share taken off.
 ///

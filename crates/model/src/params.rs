@@ -9,23 +9,23 @@ use std::sync::Arc;
 /// The tensors of one layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LayerTensor {
-    /// RMSNorm weight before attention, [D].
+    /// RMSNorm weight before attention, `[D]`.
     RmsAtt,
-    /// [Q_DIM][D]
+    /// `[Q_DIM][D]`
     Wq,
-    /// [KV_DIM][D]
+    /// `[KV_DIM][D]`
     Wk,
-    /// [KV_DIM][D]
+    /// `[KV_DIM][D]`
     Wv,
-    /// [D][Q_DIM]
+    /// `[D][Q_DIM]`
     Wo,
-    /// RMSNorm weight before the FFN, [D].
+    /// RMSNorm weight before the FFN, `[D]`.
     RmsFfn,
-    /// Gate projection, [H][D].
+    /// Gate projection, `[H][D]`.
     W1,
-    /// Down projection, [D][H].
+    /// Down projection, `[D][H]`.
     W2,
-    /// Up projection, [H][D].
+    /// Up projection, `[H][D]`.
     W3,
 }
 
@@ -157,7 +157,7 @@ impl ParamLayout {
         self.index("rms_final").range.clone()
     }
 
-    /// The classifier matrix [V][D]: the embedding when tied.
+    /// The classifier matrix `[V][D]`: the embedding when tied.
     pub fn classifier(&self) -> Range<usize> {
         match self.find("classifier") {
             Some(t) => t.range.clone(),

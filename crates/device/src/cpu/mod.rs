@@ -24,7 +24,7 @@ pub use peak::{best_fma_peak, measure_fma_peak};
 /// fuses elementwise chains and plans one arena; eval runs the plan without allocating.
 ///
 /// A program compiled again with other weights reuses its checked, lowered template (see
-/// [`TemplateCache`]), the way a training run recompiles the same kernels after every update.
+/// `TemplateCache`), the way a training run recompiles the same kernels after every update.
 #[derive(Clone, Debug)]
 pub struct CpuDevice {
     mode: NumericMode,

@@ -4,12 +4,12 @@
 //! Layout, all little-endian:
 //! - header, 7 × i32: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a
 //!   negative vocab_size means a separate classifier matrix follows at the end;
-//! - f32 arrays, each layer-major and contiguous across layers: token_embedding [V][D],
-//!   rms_att [L][D], wq [L][D][D], wk [L][KV][D], wv [L][KV][D], wo [L][D][D], rms_ffn [L][D],
-//!   w1 [L][H][D], w2 [L][D][H], w3 [L][H][D], rms_final [D];
-//! - two legacy RoPE tables, freq_cis_real and freq_cis_imag, [seq_len][head_dim/2] each, which
+//! - f32 arrays, each layer-major and contiguous across layers: token_embedding `[V][D]`,
+//!   rms_att `[L][D]`, wq `[L][D][D]`, wk `[L][KV][D]`, wv `[L][KV][D]`, wo `[L][D][D]`, rms_ffn `[L][D]`,
+//!   w1 `[L][H][D]`, w2 `[L][D][H]`, w3 `[L][H][D]`, rms_final `[D]`;
+//! - two legacy RoPE tables, freq_cis_real and freq_cis_imag, `[seq_len][head_dim/2]` each, which
 //!   `run.c` skips (it computes RoPE itself);
-//! - wcls [V][D] when the classifier is not shared.
+//! - wcls `[V][D]` when the classifier is not shared.
 //!
 //! The format has no head_dim, RoPE base or norm epsilon: `run.c` hard-codes dim/n_heads, 10000
 //! and 1e-5, so a configuration that differs cannot be exported (an error, not a file that

@@ -7,8 +7,8 @@
 //! `model.norm.weight`, and `lm_head.weight` when the classifier is not tied. Matrices are
 //! `[out, in]` in both worlds; norm weights are 1-D.
 //!
-//! RoPE: Hugging Face rotates the two halves of each head (x[i] with x[i + head_dim/2]); we rotate
-//! interleaved pairs (x[2i] with x[2i+1]), like llama2.c. The two are the same model once the rows
+//! RoPE: Hugging Face rotates the two halves of each head (`x[i]` with `x[i + head_dim/2]`); we rotate
+//! interleaved pairs (`x[2i]` with `x[2i+1]`), like llama2.c. The two are the same model once the rows
 //! of Wq and Wk are permuted head by head (see [`half_split_source_rows`]), which export and
 //! import do.
 //!
@@ -162,14 +162,14 @@ fn hf_tensors(c: &ModelConfig) -> impl Iterator<Item = HfTensor> + '_ {
 /// This is the permutation of Meta's `convert_llama_weights_to_hf.py` (`w.view(n_heads,
 /// head_dim/2, 2, dim).transpose(1, 2)`), which llama2.c's export.py applies on export
 /// (`permute_original`) and inverts on import (`permute_reverse`, `view(n_heads, 2, head_dim/2,
-/// dim).transpose(1, 2)`). Why it works: HF rotates (x[i], x[i + head_dim/2]) by θ_i, and those two
+/// dim).transpose(1, 2)`). Why it works: HF rotates (`x[i]`, `x[i + head_dim/2]`) by θ_i, and those two
 /// HF rows are our rows 2i and 2i+1, the pair we rotate by the same θ_i.
 pub fn half_split_source_rows(head_dim: usize) -> Vec<usize> {
     let half = head_dim / 2;
     (0..head_dim).map(|j| 2 * (j % half) + j / half).collect()
 }
 
-/// Our (interleaved-pair) rows of a [n_heads·head_dim][cols] matrix in Hugging Face's order.
+/// Our (interleaved-pair) rows of a `[n_heads·head_dim][cols]` matrix in Hugging Face's order.
 pub fn interleaved_to_half_split(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
     let head_dim = w.len() / (n_heads * cols);
     let src = half_split_source_rows(head_dim);
