@@ -197,3 +197,54 @@ fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
         .fold(0.0, f64::max);
     assert!(longest >= 24_800.0, "{longest} µs");
 }
+
+/// A model whose vocabulary is larger than its tokenizer's trains; the sample at the end of the
+/// run and `generate` only draw ids the tokenizer can turn into text (most of this model's ids
+/// are past it, so an unrestricted sampler fails to decode).
+#[test]
+fn a_model_vocabulary_larger_than_the_tokenizers_still_samples_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, tok, data) = fixtures(tmp.path());
+    let model = tmp.path().join("wide.toml");
+    std::fs::write(
+        &model,
+        "name = \"wide\"\ndim = 32\nhidden = 64\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nhead_dim = 16\nvocab = 3000\nseq_len = 64\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("run").display().to_string();
+    let model = model.display().to_string();
+    let args = [
+        "train",
+        "--model",
+        &model,
+        "--tokenizer",
+        &tok,
+        "--data",
+        &data,
+        "--steps",
+        "2",
+        "--quiet",
+        "--out",
+        &out,
+    ];
+    let o = anetrain(&args);
+    ok(&o);
+    assert!(stdout(&o).contains("sample: "), "{}", stdout(&o));
+    let (_, ckpt) = list_checkpoints(Path::new(&out))
+        .pop()
+        .expect("a checkpoint");
+    let ckpt = ckpt.display().to_string();
+    let o = anetrain(&[
+        "generate",
+        "--checkpoint",
+        &ckpt,
+        "--prompt",
+        "Mr",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "1.5",
+    ]);
+    ok(&o);
+    assert!(stdout(&o).starts_with("Mr"), "{}", stdout(&o));
+}

@@ -87,7 +87,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             prompt.len()
         );
     }
-    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+    let mut sampler =
+        Sampler::new(args.temperature, args.top_p, args.seed).within(tok.vocab_size());
     let out = generate(&params, &prompt, args.max_tokens, &mut sampler);
     let mut all = prompt;
     all.extend(out);

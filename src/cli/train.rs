@@ -392,7 +392,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let prompt = data
         .tokenizer
         .encode("It is a truth universally acknowledged")?;
-    let mut sampler = Sampler::new(0.8, 0.9, options.seed);
+    let mut sampler = Sampler::new(0.8, 0.9, options.seed).within(data.tokenizer.vocab_size());
     let sample = generate(&state.params, &prompt, 60, &mut sampler);
     let mut text = prompt.clone();
     text.extend(sample);

@@ -129,6 +129,8 @@ impl<'a> Decoder<'a> {
 pub struct Sampler {
     pub temperature: f32,
     pub top_p: f32,
+    /// Only ids below this are sampled (see [`Sampler::within`]).
+    limit: Option<usize>,
     state: u64,
 }
 
@@ -137,8 +139,17 @@ impl Sampler {
         Sampler {
             temperature,
             top_p,
+            limit: None,
             state: seed ^ 0x2545_F491_4F6C_DD1D,
         }
+    }
+
+    /// Samples only ids below `limit`: a model's vocabulary may be larger than its tokenizer's
+    /// (stories110m's 32 000 ids trained with the 1024-token tokenizer of the embedded corpus),
+    /// and an id past the tokenizer's cannot be turned into text.
+    pub fn within(mut self, limit: usize) -> Sampler {
+        self.limit = Some(limit);
+        self
     }
 
     /// A uniform number in [0, 1) (xorshift64*).
@@ -150,6 +161,10 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let logits = &logits[..self.limit.map_or(logits.len(), |l| l.min(logits.len()))];
+        if logits.is_empty() {
+            return 0;
+        }
         if self.temperature <= 0.0 {
             return argmax(logits);
         }
@@ -218,4 +233,76 @@ pub fn generate(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draws(sampler: &mut Sampler, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[sampler.sample(logits) as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy() {
+        let mut s = Sampler::new(0.0, 0.9, 1);
+        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 1.9]), 1);
+    }
+
+    #[test]
+    fn sampling_at_temperature_one_follows_the_softmax() {
+        let logits = [0.0f32, 1.0, 2.0, -1.0];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let n = 40_000;
+        let counts = draws(&mut Sampler::new(1.0, 1.0, 7), &logits, n);
+        for (i, &l) in logits.iter().enumerate() {
+            let expected = (l as f64).exp() / z;
+            let seen = counts[i] as f64 / n as f64;
+            // Four standard deviations of a binomial share over n draws.
+            let tolerance = 4.0 * (expected * (1.0 - expected) / n as f64).sqrt();
+            assert!(
+                (seen - expected).abs() < tolerance,
+                "id {i}: drawn {seen:.4} of the time, softmax {expected:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_the_mass() {
+        // Probabilities ≈ 0.64, 0.24, 0.09, 0.03: top-p 0.5 keeps the first alone, 0.8 the first
+        // two.
+        let logits = [3.0f32, 2.0, 1.0, 0.0];
+        let only_first = draws(&mut Sampler::new(1.0, 0.5, 3), &logits, 2000);
+        assert_eq!(only_first, vec![2000, 0, 0, 0]);
+        let two = draws(&mut Sampler::new(1.0, 0.8, 3), &logits, 2000);
+        assert!(two[0] > 0 && two[1] > 0, "{two:?}");
+        assert_eq!(two[2] + two[3], 0, "{two:?}");
+    }
+
+    #[test]
+    fn within_never_samples_an_id_past_the_limit() {
+        // The ids past the limit hold most of the mass, and the largest logit.
+        let logits = [0.0f32, 0.5, 5.0, 6.0];
+        let counts = draws(&mut Sampler::new(1.0, 1.0, 5).within(2), &logits, 5000);
+        assert_eq!(counts[2] + counts[3], 0, "{counts:?}");
+        assert!(counts[0] > 0 && counts[1] > counts[0], "{counts:?}");
+        assert_eq!(Sampler::new(0.0, 1.0, 5).within(2).sample(&logits), 1);
+        // A limit past the logits changes nothing.
+        assert_eq!(Sampler::new(0.0, 1.0, 5).within(10).sample(&logits), 3);
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(0.9, 0.95, seed);
+            (0..100).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(11), run(11));
+        assert_ne!(run(11), run(12));
+    }
 }
