@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match anetrain::cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", anetrain::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

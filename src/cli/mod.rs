@@ -73,3 +73,48 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices => devices::run(),
     }
 }
+
+/// What the binary prints for a failed command: the error and its causes, each cause left out
+/// where the text before it already says it (many of the layers' errors put their cause into
+/// their own message, which anyhow's `{:#}` would then print twice).
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // The data layer's error says its cause in its message and also chains it.
+        let embedded: anyhow::Error = anetrain_train::data::DataError::Read {
+            path: "t.bin".into(),
+            source: io,
+        }
+        .into();
+        assert_eq!(
+            error_text(&embedded),
+            "cannot read token file t.bin: no such file"
+        );
+        // A context adds its own words in front; a cause not yet said is still appended.
+        let layered = Err::<(), _>(std::io::Error::other("disk full"))
+            .context("writing metrics.jsonl")
+            .context("run folder runs/a")
+            .unwrap_err();
+        assert_eq!(
+            error_text(&layered),
+            "run folder runs/a: writing metrics.jsonl: disk full"
+        );
+    }
+}
