@@ -1,5 +1,7 @@
-//! `anetrain train` end to end: resuming continues exactly, and a spent compile budget makes
-//! the process re-execute itself and still end with the weights of an uninterrupted run.
+//! `anetrain train` end to end: resuming continues exactly; a spent compile budget makes the
+//! process re-execute itself and still end with the weights of an uninterrupted run, and one
+//! too small to start is refused; a simulated run says so; a model with more ids than its
+//! tokenizer still samples text.
 
 mod common;
 
@@ -247,4 +249,44 @@ fn a_model_vocabulary_larger_than_the_tokenizers_still_samples_text() {
     ]);
     ok(&o);
     assert!(stdout(&o).starts_with("Mr"), "{}", stdout(&o));
+}
+
+/// A compile budget smaller than the kernels a run starts on is refused at once, saying what it
+/// would take, instead of failing in the middle of the first compile (and again after every
+/// restart).
+#[test]
+fn a_compile_budget_too_small_for_one_kernel_set_is_refused_with_what_it_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tok, data) = fixtures(tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    let run = |budget: &str| {
+        anetrain(&[
+            "train",
+            "--model",
+            &model,
+            "--tokenizer",
+            &tok,
+            "--data",
+            &data,
+            "--steps",
+            "2",
+            "--weights",
+            "recompile",
+            "--compile-budget",
+            budget,
+            "--quiet",
+            "--out",
+            &out,
+        ])
+    };
+    // One layer: the shared kernel and five weight-bearing ones.
+    let o = run("5");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("5 of 5 compiles left") && err.contains("(6 with --weights recompile)"),
+        "{err}"
+    );
+    assert!(list_checkpoints(Path::new(&out)).is_empty());
+    ok(&run("6"));
 }

@@ -417,6 +417,9 @@ pub struct SharedKernels {
 }
 
 impl SharedKernels {
+    /// Kernels [`SharedKernels::compile`] compiles.
+    pub const COUNT: usize = 1;
+
     pub fn compile(device: &dyn Device, params: &Params) -> Result<SharedKernels, StepError> {
         Ok(SharedKernels {
             bwd_attn2: compile_kernel(device, KernelKind::BwdAttn2, params, 0)?,

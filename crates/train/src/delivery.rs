@@ -15,6 +15,8 @@
 use crate::priority::BackgroundThread;
 use anetrain_device::clock::Clock;
 use anetrain_device::Device;
+use anetrain_model::config::ModelConfig;
+use anetrain_model::kernels::KernelKind;
 use anetrain_model::step::{
     compile_kernel_set, compile_packed_kernel_set, BakedPrograms, KernelSet, StepError,
     WeightSnapshot,
@@ -58,6 +60,17 @@ impl Strategy {
             Strategy::DoubleBuffer => "double-buffer",
             Strategy::Dynamic => "dynamic",
             Strategy::Frozen => "frozen",
+        }
+    }
+
+    /// Kernels one set of this strategy compiles for `config`: every layer's weight-bearing
+    /// kernels with their weights baked in, or (dynamic) each of them once.
+    pub fn kernels_per_set(self, config: &ModelConfig) -> u64 {
+        match self {
+            Strategy::Recompile | Strategy::DoubleBuffer | Strategy::Frozen => {
+                KernelSet::kernel_count(config) as u64
+            }
+            Strategy::Dynamic => KernelKind::WEIGHTED.len() as u64,
         }
     }
 

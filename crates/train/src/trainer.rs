@@ -309,15 +309,31 @@ pub fn train(
     let mut grads = Params::zeros(state.params.layout.clone());
     let mut window = vec![0u32; s + 1];
 
+    // A process must at least afford the kernels it starts on (the shared kernel and one set);
+    // otherwise every restart would fail the same way.
+    let needed = SharedKernels::COUNT as u64 + env.strategy.kernels_per_set(&config);
+    if let Some(budget) = device.compile_budget() {
+        if budget.remaining() < needed {
+            return Err(TrainError::Other(format!(
+                "the compile budget ({} of {} compiles left in this process) cannot pay for the \
+                 kernels a run of `{}` starts on ({needed} with --weights {}): raise \
+                 --compile-budget",
+                budget.remaining(),
+                budget.budget,
+                config.name,
+                env.strategy.name()
+            )));
+        }
+    }
     let t = clock.now();
     let mut shared = SharedKernels::compile(device, &state.params)?;
     let initial = env.strategy.compile_initial(device, snapshot(state))?;
     let set_size = initial.compiled_kernels() as u64;
     let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
-    state.counters.compiles += 1 + set_size;
+    state.counters.compiles += SharedKernels::COUNT as u64 + set_size;
     on_event(&Event::Compiled {
-        kernels: 1 + set_size as usize,
+        kernels: SharedKernels::COUNT + set_size as usize,
         took,
     });
 
