@@ -30,14 +30,21 @@ impl BackgroundThread {
         let Some(tid) = sys::current_thread() else {
             return false;
         };
+        // Lowered before the thread is published: a waiter that sees the tid may raise it at
+        // once, and that must not be undone by a lowering still to come.
+        if !sys::set_idle(tid, true) {
+            return false;
+        }
         if self
             .0
             .compare_exchange(NOT_ENTERED, tid, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
+            // A waiter raised it first: back to normal priority.
+            sys::set_idle(tid, false);
             return false;
         }
-        sys::set_idle(tid, true)
+        true
     }
 
     /// Called by a thread about to wait for the background one: gives it its normal priority
@@ -102,33 +109,56 @@ mod tests {
     #[test]
     fn a_background_thread_runs_idle_until_a_waiter_raises_it() {
         let background = BackgroundThread::default();
+        let (entered_tx, entered_rx) = mpsc::channel();
         let (raised_tx, raised_rx) = mpsc::channel();
         let thread = {
             let background = background.clone();
             std::thread::spawn(move || {
                 let entered = background.enter();
-                let while_idle = policy_of_this_thread();
+                entered_tx
+                    .send((entered, policy_of_this_thread()))
+                    .expect("the test waits for this");
                 raised_rx.recv().expect("the test raises the thread");
-                (entered, while_idle, policy_of_this_thread())
+                policy_of_this_thread()
             })
         };
-        // Wait until the thread entered (the shared word holds its tid).
-        while background.0.load(Ordering::Acquire) == NOT_ENTERED {
-            std::thread::yield_now();
-        }
-        let raised = background.raise();
-        raised_tx.send(()).expect("the thread waits for this");
-        let (entered, while_idle, after) = thread.join().expect("the thread ran");
+        let (entered, while_idle) = entered_rx.recv().expect("the thread entered");
         assert!(
             entered,
             "lowering a thread's own priority is always allowed"
         );
         assert_eq!(while_idle, libc::SCHED_IDLE);
+        let raised = background.raise();
+        raised_tx.send(()).expect("the thread waits for this");
+        let after = thread.join().expect("the thread ran");
         if may_leave_idle_priority() {
             assert!(raised);
         }
         if raised {
             assert_eq!(after, libc::SCHED_OTHER);
+        }
+    }
+
+    #[test]
+    fn a_waiter_racing_the_thread_as_it_enters_always_leaves_it_at_normal_priority() {
+        if !may_leave_idle_priority() {
+            return;
+        }
+        // Whichever comes first, the raise wins: the thread ends at normal priority.
+        for _ in 0..200 {
+            let background = BackgroundThread::default();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let thread = {
+                let background = background.clone();
+                std::thread::spawn(move || {
+                    background.enter();
+                    go_rx.recv().expect("the test lets the thread finish");
+                    policy_of_this_thread()
+                })
+            };
+            assert!(background.raise());
+            go_tx.send(()).expect("the thread waits for this");
+            assert_eq!(thread.join().expect("the thread ran"), libc::SCHED_OTHER);
         }
     }
 
