@@ -290,3 +290,30 @@ fn a_compile_budget_too_small_for_one_kernel_set_is_refused_with_what_it_needs()
     assert!(list_checkpoints(Path::new(&out)).is_empty());
     ok(&run("6"));
 }
+
+/// Options no run can use fail before anything is prepared, naming the option; a TOML run
+/// configuration is checked the same way.
+#[test]
+fn unusable_options_are_refused_before_the_run_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_arg = out.display().to_string();
+    let o = anetrain(&["train", "--lr", "-1", "--quiet", "--out", &out_arg]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("training options: lr must be a positive number, not -1"),
+        "{}",
+        stderr(&o)
+    );
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "[train]\nlr = 0.001\nmin_lr = 0.01\n").unwrap();
+    let config = config.display().to_string();
+    let o = anetrain(&["train", "--config", &config, "--quiet", "--out", &out_arg]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("min_lr (0.01) must not exceed lr (0.001)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists(), "nothing is written for a refused run");
+}

@@ -355,7 +355,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     let config = ModelConfig::named(config)?;
     let mode = NumericMode::Fp32;
     let defaults = TrainOptions::default();
-    let (lr, min_lr) = lr.map_or((defaults.lr, defaults.min_lr), |l| (l, l / 10.0));
+    let lr = lr.unwrap_or(defaults.lr);
     let base = CpuDevice::new(mode).with_threads(threads);
     let corpus = if config.name == "tiny" {
         Some(load_data(None, None, None, &config, false)?)
@@ -365,7 +365,6 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     let options = TrainOptions {
         steps,
         lr,
-        min_lr,
         accum: accum.max(1),
         eval_every: steps,
         eval_windows: 32,

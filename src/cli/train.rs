@@ -34,17 +34,24 @@ pub struct TrainArgs {
     /// Model: a preset (tiny, stories15m, stories42m, stories110m, qwen3-0.6b) or a TOML file.
     #[arg(long)]
     model: Option<String>,
+    /// The device the kernels run on: cpu, or ane (Apple Silicon Macs).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The CPU device's numbers: fp32, or fp16 as the ANE computes them (with dynamic loss
+    /// scaling). Default: fp32 on the CPU; the ANE computes in fp16.
     #[arg(long, value_parser = ["fp32", "fp16"])]
     precision: Option<String>,
+    /// Optimizer updates (default 4000).
     #[arg(long)]
     steps: Option<u64>,
-    #[arg(long)]
+    /// Peak learning rate, reached after the warm-up and decayed by a cosine to a tenth of it
+    /// (default 0.003).
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Gradient accumulation: windows per update.
     #[arg(long)]
     accum: Option<u32>,
+    /// Seed of the initial weights and the data order (default 42).
     #[arg(long)]
     seed: Option<u64>,
     /// A token file (llama2.c uint16, or anetrain's uint32 format); default: the embedded corpus.
@@ -63,6 +70,7 @@ pub struct TrainArgs {
     /// The run folder: checkpoints, metrics.jsonl, loss.svg, report.txt.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Threads for the CPU device and the host math (default: every core).
     #[arg(long)]
     threads: Option<usize>,
     /// No progress bar; only the report.
@@ -78,7 +86,7 @@ pub struct TrainArgs {
     max_staleness: u64,
     /// Delay compensation for steps run on stale weights (DC-ASGD-a with λ = c/lr; default 3,
     /// 0 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     delay_compensation: Option<f32>,
     /// Weight prediction for double-buffer: compile the weights the master is predicted to
     /// reach when the set runs, not the master weights (true/false).
@@ -134,16 +142,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.lr {
         options.lr = v;
-        options.min_lr = v / 10.0;
     }
     if let Some(v) = args.accum {
-        options.accum = v.max(1);
+        options.accum = v;
     }
     if let Some(v) = args.seed {
         options.seed = v;
     }
     if let Some(v) = args.threads {
-        options.threads = v.max(1);
+        options.threads = v;
     }
     if let Some(v) = args.delay_compensation {
         options.delay_compensation = v;
@@ -151,6 +158,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.weight_prediction {
         options.weight_prediction = v;
     }
+    // Before the data and the tokenizer are prepared (seconds), so a typo fails at once.
+    options
+        .check()
+        .map_err(|e| anyhow!("training options: {e}"))?;
     let precision = args
         .precision
         .or(file.precision)

@@ -32,8 +32,10 @@ pub struct TrainOptions {
     pub steps: u64,
     /// Micro-steps (windows) per update.
     pub accum: u32,
+    /// Peak learning rate.
     pub lr: f32,
-    pub min_lr: f32,
+    /// Where the cosine decay ends (default: a tenth of `lr`); see [`TrainOptions::min_lr`].
+    pub min_lr: Option<f32>,
     pub warmup: u64,
     pub clip: f32,
     pub adam: AdamW,
@@ -76,7 +78,7 @@ impl Default for TrainOptions {
             steps: 4000,
             accum: 1,
             lr: 3e-3,
-            min_lr: 3e-4,
+            min_lr: None,
             warmup: 100,
             clip: 1.0,
             adam: AdamW::default(),
@@ -90,6 +92,68 @@ impl Default for TrainOptions {
             weight_prediction: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
+    }
+}
+
+impl TrainOptions {
+    /// The learning rate at the end of the cosine decay: as set, or a tenth of the peak (so
+    /// that a run configured with only `lr` decays in proportion).
+    pub fn min_lr(&self) -> f32 {
+        self.min_lr.unwrap_or(self.lr / 10.0)
+    }
+
+    /// Refuses options no run can use, naming the option (as its TOML key) and the value. A
+    /// negative learning rate or β past 1 would otherwise train to NaN without a word.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("lr", self.lr),
+            ("clip", self.clip),
+            ("loss_scale", self.loss_scale),
+            ("adam.eps", self.adam.eps),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number, not {v}"));
+            }
+        }
+        let non_negative = [
+            ("min_lr", self.min_lr()),
+            ("adam.weight_decay", self.adam.weight_decay),
+            ("delay_compensation", self.delay_compensation),
+        ];
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be zero or more, not {v}"));
+            }
+        }
+        for (name, v) in [
+            ("adam.beta1", self.adam.beta1),
+            ("adam.beta2", self.adam.beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("{name} must be in [0, 1), not {v}"));
+            }
+        }
+        if self.min_lr() > self.lr {
+            return Err(format!(
+                "min_lr ({}) must not exceed lr ({})",
+                self.min_lr(),
+                self.lr
+            ));
+        }
+        for (name, v) in [
+            ("accum", self.accum as u64),
+            ("threads", self.threads as u64),
+            ("keep_checkpoints", self.keep_checkpoints as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.eval_every > 0 && self.eval_windows == 0 {
+            return Err("eval_windows must be at least 1 when eval_every is set".into());
+        }
+        Ok(())
     }
 }
 
@@ -112,6 +176,8 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
     Other(String),
+    #[error("training options: {0}")]
+    Options(String),
     /// The device's compile budget is spent; the run was checkpointed and must continue in a
     /// new process (`--resume`).
     #[error("compile budget exhausted after step {step}: checkpoint {} written, restart to continue", checkpoint.display())]
@@ -294,12 +360,13 @@ pub fn train(
     sink: Option<&CheckpointSink>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(), TrainError> {
+    options.check().map_err(TrainError::Options)?;
     let (device, clock) = (env.device, env.clock);
     let config = state.config.clone();
     let s = config.seq_len;
     let schedule = LrSchedule {
         max_lr: options.lr,
-        min_lr: options.min_lr,
+        min_lr: options.min_lr(),
         warmup: options.warmup,
         total: options.steps,
     };
@@ -730,6 +797,59 @@ mod tests {
     use super::*;
     use anetrain_model::optim::scale_all;
     use anetrain_model::ParamLayout;
+
+    #[test]
+    fn options_no_run_can_use_are_refused_by_name() {
+        assert_eq!(TrainOptions::default().check(), Ok(()));
+        let bad = |change: fn(&mut TrainOptions)| {
+            let mut o = TrainOptions::default();
+            change(&mut o);
+            o.check().expect_err("refused")
+        };
+        assert_eq!(bad(|o| o.lr = -1.0), "lr must be a positive number, not -1");
+        assert!(bad(|o| o.lr = f32::NAN).starts_with("lr must be a positive number"));
+        assert!(bad(|o| o.clip = 0.0).starts_with("clip "));
+        assert!(bad(|o| o.loss_scale = 0.0).starts_with("loss_scale "));
+        assert!(bad(|o| o.adam.eps = 0.0).starts_with("adam.eps "));
+        assert!(bad(|o| o.min_lr = Some(-1e-3)).starts_with("min_lr must be zero or more"));
+        assert!(bad(|o| o.adam.weight_decay = -0.1).starts_with("adam.weight_decay "));
+        assert!(bad(|o| o.delay_compensation = f32::INFINITY).starts_with("delay_compensation "));
+        assert_eq!(
+            bad(|o| o.adam.beta2 = 1.0),
+            "adam.beta2 must be in [0, 1), not 1"
+        );
+        assert!(bad(|o| o.adam.beta1 = -0.1).starts_with("adam.beta1 "));
+        assert!(bad(|o| o.min_lr = Some(1.0)).starts_with("min_lr (1) must not exceed lr"));
+        assert_eq!(bad(|o| o.accum = 0), "accum must be at least 1");
+        assert_eq!(bad(|o| o.threads = 0), "threads must be at least 1");
+        assert_eq!(
+            bad(|o| o.keep_checkpoints = 0),
+            "keep_checkpoints must be at least 1"
+        );
+        assert!(bad(|o| o.eval_windows = 0).starts_with("eval_windows "));
+        // Without validation there is nothing to count.
+        let quiet = TrainOptions {
+            eval_every: 0,
+            eval_windows: 0,
+            ..TrainOptions::default()
+        };
+        assert_eq!(quiet.check(), Ok(()));
+    }
+
+    #[test]
+    fn the_decay_ends_at_a_tenth_of_the_peak_unless_set() {
+        let o = TrainOptions {
+            lr: 1e-4,
+            ..TrainOptions::default()
+        };
+        assert_eq!(o.min_lr(), 1e-5);
+        assert_eq!(o.check(), Ok(()));
+        let set = TrainOptions {
+            min_lr: Some(0.0),
+            ..o
+        };
+        assert_eq!(set.min_lr(), 0.0);
+    }
 
     #[test]
     fn delay_compensation_follows_dc_asgd_a() {

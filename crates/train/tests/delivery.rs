@@ -253,7 +253,7 @@ fn delay_corrections_keep_delayed_training_closer_to_synchronous_training() {
     let options = |compensation: f32, prediction: bool| TrainOptions {
         steps: 40,
         lr: 1e-2,
-        min_lr: 1e-2,
+        min_lr: Some(1e-2),
         warmup: 0,
         eval_every: 0,
         checkpoint_every: 0,
@@ -359,7 +359,7 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
     let mut adam = AdamState::new(&master);
     let schedule = LrSchedule {
         max_lr: options.lr,
-        min_lr: options.min_lr,
+        min_lr: options.min_lr(),
         warmup: options.warmup,
         total: options.steps,
     };
