@@ -1,7 +1,7 @@
 //! `anetrain bench train` and `anetrain bench weights`: training throughput, and the weight
 //! delivery strategies side by side.
 
-use super::run_data::{load_data, RandomWindows};
+use super::run_data::load_data;
 use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, LatencyModel};
@@ -12,9 +12,11 @@ use anetrain_model::init::init_params;
 use anetrain_model::kernels::{generate_baked, KernelKind};
 use anetrain_model::step::{compile_kernel_set, BakedPrograms, KernelSet, WeightSnapshot};
 use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, Counters, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
+    train, Counters, Event, RunEnv, StepRecord, TrainOptions, TrainState, ValidationSource,
+    WindowSource,
 };
 use anyhow::anyhow;
 use std::sync::Arc;
@@ -61,16 +63,19 @@ impl WindowSource for SyntheticWindows {
             *t = self.next() as u32;
         }
     }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "rng": self.state.to_string() })
+    }
+}
+
+impl ValidationSource for SyntheticWindows {
     fn validation_window(&self, i: usize, out: &mut [u32]) {
         for (j, t) in out.iter_mut().enumerate() {
             *t = ((i * 7919 + j * 104729) as u64 % self.vocab) as u32;
         }
     }
-    fn validation_windows(&self) -> usize {
+    fn validation_window_count(&self) -> usize {
         4
-    }
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "rng": self.state.to_string() })
     }
 }
 
@@ -430,12 +435,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
                 ..options.clone()
             };
             let mut data: Box<dyn WindowSource> = match &corpus {
-                Some(d) => Box::new(RandomWindows::new(
-                    d.tokens.clone(),
-                    config.seq_len,
-                    0.05,
-                    options.seed,
-                )?),
+                Some(d) => Box::new(DatasetWindows::new(d.dataset.clone(), options.seed)?),
                 None => Box::new(SyntheticWindows {
                     vocab: config.vocab as u64,
                     state: options.seed,

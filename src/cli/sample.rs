@@ -1,14 +1,14 @@
 //! `anetrain generate` and `anetrain eval`: use a trained checkpoint.
 
-use super::run_data::RandomWindows;
 use anetrain_device::clock::RealClock;
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
+use anetrain_train::data::{TokenData, TokenDataset};
 use anetrain_train::tokenizer::{Tokenizer, TokenizerKind};
-use anetrain_train::trainer::{validation_loss, TrainOptions, WindowSource};
+use anetrain_train::trainer::{validation_loss, TrainOptions};
 use anyhow::{anyhow, bail};
 use clap::Args;
 use std::path::PathBuf;
@@ -22,23 +22,29 @@ pub struct GenerateArgs {
     /// Or a published model file (llama2.c .bin or .safetensors) with --tokenizer.
     #[arg(long, requires = "tokenizer")]
     model: Option<PathBuf>,
+    /// The model's tokenizer (tokenizer.json or llama2.c tokenizer.bin), with --model.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// The text to continue (after the tokenizer's BOS, if it has one).
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Tokens to generate (fewer if the model's context ends first).
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 samples greedily.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
+    /// Nucleus sampling: draw from the most likely tokens that hold this share of the mass.
     #[arg(long, default_value_t = 0.9)]
     top_p: f32,
+    /// Seed of the sampler: the same seed and settings give the same text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// An anetrain checkpoint (weights and tokenizer).
     #[arg(long)]
     checkpoint: PathBuf,
     /// A token file; default: the validation split of the embedded corpus.
@@ -99,16 +105,25 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let (ckpt, tok) = load(&args.checkpoint)?;
     let config = ckpt.header.config.clone();
-    let (tokens, fraction) = match &args.data {
-        Some(p) => (read_token_file(p, config.vocab)?.to_vec(), 1.0),
-        None => (tok.encode(anetrain_train::embedded_corpus())?, 0.05),
-    };
-    // The validation windows of a run are the last `fraction` of its tokens; a given file is
-    // evaluated whole.
-    let windows = if fraction < 1.0 {
-        RandomWindows::new(Arc::new(tokens), config.seq_len, fraction, 0)?
-    } else {
-        RandomWindows::validation_only(Arc::new(tokens), config.seq_len)?
+    // A given file is evaluated whole; the embedded corpus on the validation split of a run.
+    let windows = match &args.data {
+        Some(p) => TokenDataset::validation_only(
+            read_token_file(p, config.vocab)?,
+            &p.display().to_string(),
+            config.vocab,
+            config.seq_len,
+        )?,
+        None => {
+            let source = "the embedded corpus";
+            let ids = tok.encode(anetrain_train::embedded_corpus())?;
+            TokenDataset::new(
+                TokenData::from_ids(&ids, config.vocab, source)?,
+                source,
+                config.vocab,
+                config.seq_len,
+                TokenDataset::DEFAULT_VAL_FRACTION,
+            )?
+        }
     };
     let device = CpuDevice::new(NumericMode::Fp32);
     let clock = RealClock::new();
@@ -124,7 +139,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         eval_windows: args.batches.max(1),
         ..TrainOptions::default()
     };
-    let n = options.eval_windows.min(windows.validation_windows());
+    let n = options.eval_windows.min(windows.validation_window_count());
     let loss = validation_loss(
         &device,
         &clock,

@@ -1,7 +1,7 @@
 //! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
 
 use super::plot::loss_svg;
-use super::run_data::{load_data, RandomWindows};
+use super::run_data::load_data;
 use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
@@ -13,6 +13,7 @@ use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use anetrain_train::data::atomic::write_atomic;
+use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
@@ -252,10 +253,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.vocab
         );
     }
-    let mut windows = RandomWindows::new(data.tokens.clone(), config.seq_len, 0.05, options.seed)?;
+    let dataset = data.dataset.clone();
+    let mut windows = match &checkpoint {
+        Some(c) => DatasetWindows::restore(dataset, &c.header.sampler)?,
+        None => DatasetWindows::new(dataset, options.seed)?,
+    };
     let mut state = match checkpoint {
         Some(c) => {
-            windows.restore(&c.header.sampler)?;
             let saved: TrainOptions =
                 serde_json::from_value(c.header.options.clone()).unwrap_or_default();
             // A resumed run keeps its schedule unless the flags say otherwise.
@@ -286,8 +290,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             params_count as f64 / 1e6,
             device.info().name,
             mode,
-            data.tokens.len(),
-            windows.validation_tokens(),
+            data.dataset.tokens().len(),
+            data.dataset.val_len(),
             options.steps,
             options.accum,
             config.seq_len

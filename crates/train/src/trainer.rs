@@ -157,16 +157,7 @@ impl TrainOptions {
     }
 }
 
-/// Where the training windows come from. A window is `seq_len + 1` tokens: inputs are the
-/// first `seq_len`, targets the last `seq_len`.
-pub trait WindowSource {
-    fn next_train_window(&mut self, out: &mut [u32]);
-    /// The `i`-th validation window (deterministic; `count` of them are used).
-    fn validation_window(&self, i: usize, out: &mut [u32]);
-    fn validation_windows(&self) -> usize;
-    /// The sampler's state, for checkpoints.
-    fn state(&self) -> serde_json::Value;
-}
+pub use crate::data::{ValidationSource, WindowSource};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -770,11 +761,14 @@ pub fn validation_loss(
     clock: &dyn Clock,
     set: &mut KernelSet,
     buf: &mut StepBuffers,
-    data: &dyn WindowSource,
+    data: &(impl ValidationSource + ?Sized),
     options: &TrainOptions,
     s: usize,
 ) -> Result<f32, StepError> {
-    let n = options.eval_windows.min(data.validation_windows()).max(1);
+    let n = options
+        .eval_windows
+        .min(data.validation_window_count())
+        .max(1);
     let mut window = vec![0u32; s + 1];
     let mut sum = 0.0f64;
     for i in 0..n {

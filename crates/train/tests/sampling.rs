@@ -1,8 +1,9 @@
 //! The train/validation split and the windows drawn from it: deterministic, resumable, and never
-//! crossing the split.
+//! crossing the split; the window source a run trains from.
 
 use anetrain_train::data::{
-    write_token_file, DataError, SamplerState, SplitMix64, TokenData, TokenDataset, WindowSampler,
+    write_token_file, DataError, DatasetWindows, SamplerState, SplitMix64, TokenData, TokenDataset,
+    ValidationSource, WindowSampler, WindowSource,
 };
 use std::collections::HashSet;
 
@@ -64,7 +65,7 @@ fn training_windows_never_cross_into_validation() {
     let d = dataset(1_000, 32, 0.1);
     let split = d.split_index();
     assert_eq!(split, 900);
-    let mut sampler = d.sampler(7);
+    let mut sampler = d.sampler(7).unwrap();
     let mut starts = HashSet::new();
     for _ in 0..20_000 {
         let (start, window) = d.next_train_window(&mut sampler).unwrap();
@@ -106,7 +107,7 @@ fn validation_windows_are_consecutive_and_inside_the_validation_split() {
 fn the_same_seed_draws_the_same_windows_and_another_seed_does_not() {
     let d = dataset(50_000, 64, 0.05);
     let draw = |seed| {
-        let mut s = d.sampler(seed);
+        let mut s = d.sampler(seed).unwrap();
         (0..200).map(|_| s.next_start()).collect::<Vec<_>>()
     };
     assert_eq!(draw(1), draw(1));
@@ -116,12 +117,12 @@ fn the_same_seed_draws_the_same_windows_and_another_seed_does_not() {
 #[test]
 fn a_restored_sampler_continues_exactly_like_an_uninterrupted_one() {
     let d = dataset(50_000, 64, 0.05);
-    let mut uninterrupted = d.sampler(99);
+    let mut uninterrupted = d.sampler(99).unwrap();
     let all: Vec<usize> = (0..300).map(|_| uninterrupted.next_start()).collect();
 
     // The first run draws 137 windows and saves its state through JSON, as a checkpoint does.
     let (head, saved) = {
-        let mut first = d.sampler(99);
+        let mut first = d.sampler(99).unwrap();
         let head: Vec<usize> = (0..137).map(|_| first.next_start()).collect();
         (head, serde_json::to_string(&first.state()).unwrap())
     };
@@ -136,7 +137,7 @@ fn a_restored_sampler_continues_exactly_like_an_uninterrupted_one() {
 #[test]
 fn a_sampler_state_from_other_data_is_refused() {
     let d = dataset(50_000, 64, 0.05);
-    let state = d.sampler(1).state();
+    let state = d.sampler(1).unwrap().state();
     let other = dataset(50_000, 32, 0.05);
     let err = other.restore_sampler(&state).unwrap_err().to_string();
     assert_eq!(
@@ -151,7 +152,7 @@ fn a_sampler_state_from_other_data_is_refused() {
         .unwrap_err()
         .to_string()
         .contains("uses `xorshift`"));
-    let mut foreign = other.sampler(1);
+    let mut foreign = other.sampler(1).unwrap();
     let err = d.next_train_window(&mut foreign).unwrap_err();
     assert!(matches!(err, DataError::SamplerMismatch(_)), "{err}");
     assert!(WindowSampler::new(1, 0).is_err());
@@ -206,4 +207,73 @@ fn opening_a_file_checks_the_vocabulary() {
             path.display()
         )
     );
+}
+
+/// The window source of a run draws the data set's windows in its sampler's order, and a
+/// checkpoint's state (as JSON) continues it exactly.
+#[test]
+fn dataset_windows_draw_the_samplers_windows_and_resume_from_their_state() {
+    let d = dataset(50_000, 64, 0.05);
+    let mut windows = DatasetWindows::new(d.clone(), 5).unwrap();
+    let mut sampler = d.sampler(5).unwrap();
+    let mut out = vec![0u32; 65];
+    for _ in 0..20 {
+        windows.next_train_window(&mut out);
+        let (_, expected) = d.next_train_window(&mut sampler).unwrap();
+        assert_eq!(out, expected);
+    }
+    let saved = windows.state();
+    let json = serde_json::to_string(&saved).unwrap();
+    let mut resumed =
+        DatasetWindows::restore(d.clone(), &serde_json::from_str(&json).unwrap()).unwrap();
+    let mut again = vec![0u32; 65];
+    for _ in 0..20 {
+        windows.next_train_window(&mut out);
+        resumed.next_train_window(&mut again);
+        assert_eq!(out, again);
+    }
+    // Another data set's state, or a state this build does not write, is refused by name.
+    let other = dataset(50_000, 32, 0.05);
+    let err = DatasetWindows::restore(other, &saved).unwrap_err();
+    assert!(matches!(err, DataError::SamplerMismatch(_)), "{err}");
+    let old = serde_json::json!({ "rng": "12345" });
+    let err = DatasetWindows::restore(d, &old).unwrap_err();
+    assert!(
+        err.to_string().contains("not one this build writes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validation_windows_by_index_are_the_splits_windows_in_order_and_wrap() {
+    let d = dataset(1_000, 9, 0.1);
+    let all: Vec<Vec<u32>> = d.validation_windows().collect();
+    assert_eq!(ValidationSource::validation_window_count(&d), all.len());
+    let mut out = vec![0u32; 10];
+    for (i, expected) in all.iter().enumerate() {
+        d.validation_window(i, &mut out);
+        assert_eq!(&out, expected, "window {i}");
+    }
+    d.validation_window(all.len(), &mut out);
+    assert_eq!(out, all[0], "index past the count wraps round");
+}
+
+#[test]
+fn a_whole_file_validates_and_has_no_training_windows() {
+    let d = TokenDataset::validation_only(counting(95, 1024), "eval.bin", 1024, 9).unwrap();
+    assert_eq!(ValidationSource::validation_window_count(&d), 9);
+    let mut out = vec![0u32; 10];
+    d.validation_window(0, &mut out);
+    assert_eq!(out, (0..10).collect::<Vec<u32>>());
+    d.validation_window(8, &mut out);
+    assert_eq!(out, (80..90).collect::<Vec<u32>>());
+    assert_eq!(d.train_positions(), 0);
+    assert!(DatasetWindows::new(d, 1).is_err());
+    let short = TokenDataset::validation_only(counting(9, 1024), "eval.bin", 1024, 9).unwrap_err();
+    assert!(
+        short.to_string().contains("too short for one window"),
+        "{short}"
+    );
+    let bad = TokenDataset::validation_only(counting(95, 1024), "eval.bin", 50, 9).unwrap_err();
+    assert!(matches!(bad, DataError::TokenOutOfRange { .. }), "{bad}");
 }

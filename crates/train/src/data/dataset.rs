@@ -2,7 +2,7 @@
 
 use super::sampler::{SamplerState, WindowSampler};
 use super::token_file::{read_token_file, TokenData};
-use super::DataError;
+use super::{DataError, ValidationSource, WindowSource};
 use std::path::Path;
 
 /// Tokens split at one index: the first part trains, the last `val_fraction` validates. A
@@ -102,6 +102,43 @@ impl TokenDataset {
         })
     }
 
+    /// All of `tokens` as validation windows, with no training split: for evaluating a model
+    /// on a whole file. Needs one window and every id below `vocab`.
+    pub fn validation_only(
+        tokens: TokenData,
+        source: &str,
+        vocab: usize,
+        seq_len: usize,
+    ) -> Result<TokenDataset, DataError> {
+        if seq_len == 0 {
+            return Err(DataError::Invalid(
+                "the sequence length must be at least 1".into(),
+            ));
+        }
+        if let Some((index, value)) = tokens.first_out_of_range(vocab) {
+            return Err(DataError::TokenOutOfRange {
+                path: source.to_string(),
+                index,
+                value,
+                vocab,
+            });
+        }
+        if tokens.len() < seq_len + 1 {
+            return Err(DataError::TooShort {
+                path: source.to_string(),
+                part: "the file".into(),
+                tokens: tokens.len() as u64,
+                window: seq_len as u64 + 1,
+            });
+        }
+        Ok(TokenDataset {
+            source: source.to_string(),
+            tokens,
+            seq_len,
+            split: 0,
+        })
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -137,13 +174,12 @@ impl TokenDataset {
     /// Number of distinct training window starts: a window starting at the last of them ends
     /// exactly at the split.
     pub fn train_positions(&self) -> u64 {
-        (self.split - self.window_len() + 1) as u64
+        (self.split + 1).saturating_sub(self.window_len()) as u64
     }
 
-    /// A fresh sampler of training windows.
-    pub fn sampler(&self, seed: u64) -> WindowSampler {
-        // Construction guaranteed at least one training window.
-        WindowSampler::over(seed, self.train_positions())
+    /// A fresh sampler of training windows (none without a training split).
+    pub fn sampler(&self, seed: u64) -> Result<WindowSampler, DataError> {
+        WindowSampler::new(seed, self.train_positions())
     }
 
     /// A sampler continuing from a checkpoint's state.
@@ -196,6 +232,84 @@ impl TokenDataset {
     /// Number of windows `validation_windows` yields.
     pub fn validation_window_count(&self) -> usize {
         self.val_len() / self.window_len()
+    }
+}
+
+impl ValidationSource for TokenDataset {
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        let count = (self.val_len() / self.window_len()).max(1);
+        let start = self.split + (i % count) * self.window_len();
+        // Construction guaranteed one whole window at the split whenever there is a
+        // validation part; without one the last window of the data stands in.
+        let start = start.min(self.tokens.len() - self.window_len());
+        self.tokens
+            .copy_to(start, &mut out[..self.window_len()])
+            .expect("a window inside the data");
+    }
+
+    fn validation_window_count(&self) -> usize {
+        self.val_len() / self.window_len()
+    }
+}
+
+/// A data set with the sampler that draws its training windows: the window source of a run,
+/// deterministic from a seed and continued exactly from a checkpoint's state.
+#[derive(Clone, Debug)]
+pub struct DatasetWindows {
+    dataset: TokenDataset,
+    sampler: WindowSampler,
+}
+
+impl DatasetWindows {
+    /// Draws from `dataset`'s training split with a sampler seeded by `seed`.
+    pub fn new(dataset: TokenDataset, seed: u64) -> Result<DatasetWindows, DataError> {
+        let sampler = dataset.sampler(seed)?;
+        Ok(DatasetWindows { dataset, sampler })
+    }
+
+    /// Continues from a checkpoint's sampler state ([`WindowSource::state`]); refuses a state
+    /// of another sampler or another data set.
+    pub fn restore(
+        dataset: TokenDataset,
+        state: &serde_json::Value,
+    ) -> Result<DatasetWindows, DataError> {
+        let saved: SamplerState = serde_json::from_value(state.clone()).map_err(|e| {
+            DataError::SamplerMismatch(format!(
+                "the checkpoint's sampler state is not one this build writes ({e})"
+            ))
+        })?;
+        let sampler = dataset.restore_sampler(&saved)?;
+        Ok(DatasetWindows { dataset, sampler })
+    }
+
+    pub fn dataset(&self) -> &TokenDataset {
+        &self.dataset
+    }
+}
+
+impl ValidationSource for DatasetWindows {
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        self.dataset.validation_window(i, out)
+    }
+
+    fn validation_window_count(&self) -> usize {
+        ValidationSource::validation_window_count(&self.dataset)
+    }
+}
+
+impl WindowSource for DatasetWindows {
+    fn next_train_window(&mut self, out: &mut [u32]) {
+        let start = self.sampler.next_start();
+        // The sampler was made from this data set, so every start it draws begins a window
+        // that ends at or before the split.
+        self.dataset
+            .tokens
+            .copy_to(start, &mut out[..self.dataset.window_len()])
+            .expect("the sampler draws starts of this data set's training windows");
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.sampler.state()).expect("a sampler state serialises")
     }
 }
 

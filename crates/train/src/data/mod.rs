@@ -6,13 +6,28 @@ pub mod dataset;
 pub mod sampler;
 pub mod token_file;
 
-pub use dataset::{TokenDataset, ValidationWindows};
+pub use dataset::{DatasetWindows, TokenDataset, ValidationWindows};
 pub use sampler::{SamplerState, SplitMix64, WindowSampler};
 pub use token_file::{
     decode_token_file, encode_token_file, read_token_file, write_token_file, TokenData, TokenFormat,
 };
 
 use thiserror::Error;
+
+/// Where validation windows come from. A window is `seq_len + 1` tokens: inputs are the first
+/// `seq_len`, targets the last `seq_len`.
+pub trait ValidationSource {
+    /// The `i`-th validation window (deterministic; `i` wraps around the count).
+    fn validation_window(&self, i: usize, out: &mut [u32]);
+    fn validation_window_count(&self) -> usize;
+}
+
+/// Where a run's windows come from: random training windows, and validation windows.
+pub trait WindowSource: ValidationSource {
+    fn next_train_window(&mut self, out: &mut [u32]);
+    /// The sampler's state, for checkpoints.
+    fn state(&self) -> serde_json::Value;
+}
 
 /// The embedded default corpus: Jane Austen's six novels (public domain; see `data/README.md`
 /// at the repository root), compiled into the binary so a fresh machine trains offline.

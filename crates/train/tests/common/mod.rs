@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use anetrain_device::decorate::ChipProfile;
-use anetrain_train::trainer::WindowSource;
+use anetrain_train::trainer::{ValidationSource, WindowSource};
 use std::time::Duration;
 
 /// Every kernel compiles in exactly 10 ms and evaluates in exactly 1 ms of virtual time.
@@ -28,15 +28,18 @@ impl WindowSource for Cycle {
         }
         self.0 += 1;
     }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!(self.0)
+    }
+}
+
+impl ValidationSource for Cycle {
     fn validation_window(&self, i: usize, out: &mut [u32]) {
         for (j, t) in out.iter_mut().enumerate() {
             *t = (i as u32 + j as u32 * 5) % 23;
         }
     }
-    fn validation_windows(&self) -> usize {
+    fn validation_window_count(&self) -> usize {
         1
-    }
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!(self.0)
     }
 }
