@@ -5,7 +5,7 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `ANETCKPT` |
-//! | 4 | format version (1) |
+//! | 4 | format version (2; version 1 files, which never hold device weights, are read too) |
 //! | 8 | length H of the header |
 //! | H | header: JSON ([`CheckpointHeader`]: config, options, step, sampler and RNG state, loss scale, counters) |
 //! | 8 | length T of the tokenizer bytes |
@@ -13,9 +13,12 @@
 //! | 4·N | master weights, f32 |
 //! | 4·N | AdamW first moments, f32 |
 //! | 4·N | AdamW second moments, f32 |
+//! | 4·N | only if the header has `device_version`: the weights the device ran on, f32 |
 //! | 4 | CRC-32 of every byte before it |
 //!
-//! N is the parameter count of the header's config. Files are written to a temporary file,
+//! N is the parameter count of the header's config. A double-buffered run's device runs one
+//! version behind the master weights; the checkpoint keeps that version too, so that the
+//! resumed run's next step runs on the same weights as the uninterrupted run's would. Files are written to a temporary file,
 //! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
 
 use crate::data::atomic::write_atomic;
@@ -27,7 +30,9 @@ use std::sync::Arc;
 use thiserror::Error;
 
 const MAGIC: &[u8; 8] = b"ANETCKPT";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest format version this build reads.
+const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
@@ -55,6 +60,10 @@ pub struct CheckpointHeader {
     pub counters: serde_json::Value,
     /// `hf` or `llama2c`.
     pub tokenizer_kind: String,
+    /// The version of the weights the device ran on, when they lagged the master weights
+    /// (their values follow the optimizer state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_version: Option<u64>,
 }
 
 /// A whole checkpoint in memory.
@@ -64,6 +73,9 @@ pub struct Checkpoint {
     pub tokenizer: Vec<u8>,
     pub params: Params,
     pub adam: AdamState,
+    /// The weights the device ran on, when they lagged the master weights (version in the
+    /// header's `device_version`).
+    pub device_weights: Option<Params>,
 }
 
 fn f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
@@ -75,6 +87,11 @@ fn f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
 
 impl Checkpoint {
     pub fn to_bytes(&self) -> Vec<u8> {
+        assert_eq!(
+            self.header.device_version.is_some(),
+            self.device_weights.is_some(),
+            "device weights go with their version"
+        );
         let header = serde_json::to_vec(&self.header).expect("the header serialises");
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
@@ -86,6 +103,9 @@ impl Checkpoint {
         f32_bytes(&mut out, &self.params.data);
         f32_bytes(&mut out, &self.adam.m.data);
         f32_bytes(&mut out, &self.adam.v.data);
+        if let Some(device) = &self.device_weights {
+            f32_bytes(&mut out, &device.data);
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -110,9 +130,9 @@ impl Checkpoint {
         }
         let mut r = Reader { bytes: body, at: 8 };
         let version = u32::from_le_bytes(r.take(4).map_err(&corrupt)?.try_into().expect("4"));
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(corrupt(format!(
-                "format version {version}, this build reads {VERSION}"
+                "format version {version}, this build reads {OLDEST_VERSION} to {VERSION}"
             )));
         }
         let header_len = r.u64().map_err(&corrupt)? as usize;
@@ -142,6 +162,10 @@ impl Checkpoint {
         let params = read_params("weights")?;
         let m = read_params("first moments")?;
         let v = read_params("second moments")?;
+        let device_weights = match header.device_version {
+            Some(_) => Some(read_params("device weights")?),
+            None => None,
+        };
         if r.at != body.len() {
             return Err(corrupt(format!(
                 "{} unexpected bytes after the optimizer state",
@@ -154,6 +178,7 @@ impl Checkpoint {
             tokenizer,
             params,
             adam: AdamState { m, v, t },
+            device_weights,
         })
     }
 
@@ -266,11 +291,44 @@ mod tests {
                 loss_scale: serde_json::json!(1.0),
                 counters: serde_json::json!({}),
                 tokenizer_kind: "hf".into(),
+                device_version: None,
             },
             tokenizer: b"{}".to_vec(),
             params,
             adam,
+            device_weights: None,
         }
+    }
+
+    #[test]
+    fn device_weights_round_trip_and_version_1_files_still_read() {
+        let mut c = sample();
+        let mut device = c.params.clone();
+        device.data[0] = 123.0;
+        c.header.device_version = Some(6);
+        c.device_weights = Some(device);
+        let bytes = c.to_bytes();
+        assert_eq!(Checkpoint::from_bytes(&bytes, "mem").unwrap(), c);
+        // Cut off the device weights (and fix the checksum): the header still promises them.
+        let n = c.params.data.len() * 4;
+        let mut short = bytes[..bytes.len() - 4 - n].to_vec();
+        short.extend_from_slice(&crc32fast::hash(&short).to_le_bytes());
+        let e = Checkpoint::from_bytes(&short, "f").unwrap_err();
+        assert!(e.to_string().contains("device weights"), "{e}");
+
+        // A version 1 file: the same layout without device weights.
+        let plain = sample();
+        let mut v1 = plain.to_bytes();
+        v1.truncate(v1.len() - 4);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&crc32fast::hash(&v1).to_le_bytes());
+        assert_eq!(Checkpoint::from_bytes(&v1, "old").unwrap(), plain);
+        let mut v3 = v1.clone();
+        v3.truncate(v3.len() - 4);
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        v3.extend_from_slice(&crc32fast::hash(&v3).to_le_bytes());
+        let e = Checkpoint::from_bytes(&v3, "new").unwrap_err();
+        assert!(e.to_string().contains("format version 3"), "{e}");
     }
 
     #[test]

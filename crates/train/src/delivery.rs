@@ -373,6 +373,19 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         Ok(&mut self.active)
     }
 
+    /// The weights the next step runs on at master version `master`, as far as the schedule
+    /// decides it: the compile it will have to wait for when the active set would lag too far,
+    /// else the active set's. (A compile that lands sooner is a matter of timing, which a
+    /// checkpoint cannot keep.)
+    pub fn next_weights(&self, master: u64) -> &WeightSnapshot {
+        match &self.job {
+            Some(job) if master.saturating_sub(self.active.version()) > self.max_staleness => {
+                &job.snapshot
+            }
+            _ => self.active.snapshot(),
+        }
+    }
+
     /// Kernels one compile of the weights builds.
     pub fn set_size(&self) -> u64 {
         self.set_size

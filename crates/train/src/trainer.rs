@@ -263,6 +263,10 @@ pub struct TrainState {
     pub step: u64,
     pub scaler: LossScaler,
     pub counters: Counters,
+    /// The weights the device runs its next step on when they lag the master weights (a
+    /// double-buffered run), kept in checkpoints: a resumed run starts its device on them and
+    /// compiles the master weights in the background, as the uninterrupted run would.
+    pub device_weights: Option<WeightSnapshot>,
 }
 
 impl TrainState {
@@ -278,6 +282,7 @@ impl TrainState {
             step: 0,
             scaler,
             counters: Counters::default(),
+            device_weights: None,
         }
     }
 
@@ -292,6 +297,13 @@ impl TrainState {
                 .map_err(|e| TrainError::Other(format!("checkpoint loss scale: {e}")))?,
             counters: serde_json::from_value(h.counters)
                 .map_err(|e| TrainError::Other(format!("checkpoint counters: {e}")))?,
+            device_weights: h
+                .device_version
+                .zip(c.device_weights)
+                .map(|(version, params)| WeightSnapshot {
+                    version,
+                    params: Arc::new(params),
+                }),
         })
     }
 
@@ -311,10 +323,12 @@ impl TrainState {
                 loss_scale: serde_json::to_value(&self.scaler).expect("scaler serialises"),
                 counters: serde_json::to_value(&self.counters).expect("counters serialise"),
                 tokenizer_kind: tokenizer_kind.to_string(),
+                device_version: self.device_weights.as_ref().map(|w| w.version),
             },
             tokenizer,
             params: (*self.params).clone(),
             adam: self.adam.clone(),
+            device_weights: self.device_weights.as_ref().map(|w| (*w.params).clone()),
         }
     }
 }
@@ -385,7 +399,17 @@ pub fn train(
     }
     let t = clock.now();
     let mut shared = SharedKernels::compile(device, &state.params)?;
-    let initial = env.strategy.compile_initial(device, snapshot(state))?;
+    // A double-buffered run resumed from a checkpoint starts its device on the version the
+    // checkpointed run was running, and compiles the master weights in the background below.
+    let resumed_behind = match env.strategy {
+        Strategy::DoubleBuffer | Strategy::Frozen => state.device_weights.take(),
+        Strategy::Recompile | Strategy::Dynamic => None,
+    }
+    .filter(|w| w.version < state.step);
+    let initial = env.strategy.compile_initial(
+        device,
+        resumed_behind.clone().unwrap_or_else(|| snapshot(state)),
+    )?;
     let set_size = initial.compiled_kernels() as u64;
     let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
@@ -406,6 +430,12 @@ pub fn train(
             env.max_failures,
         )
         .counting_host_time(env.count_host_time);
+        if resumed_behind.is_some() && env.strategy == Strategy::DoubleBuffer {
+            // What the checkpointed run was compiling when it stopped: the master weights.
+            // (With weight prediction it was compiling a prediction, which the checkpoint
+            // does not keep: that run resumes close to, not exactly like, the original.)
+            delivery.publish(snapshot(state))?;
+        }
         let result = run_steps(
             env,
             options,
@@ -620,6 +650,8 @@ fn run_steps(
         }
         if let Some(sink) = sink {
             if due || last || restart {
+                let next = delivery.next_weights(state.step);
+                state.device_weights = (next.version < state.step).then(|| next.clone());
                 let mut ckpt = state.checkpoint(
                     options,
                     data.state(),

@@ -1,20 +1,21 @@
 //! Compile budget and restart: a run whose device allows only 25 compiles per process
 //! checkpoints and continues in a "new process" (a fresh device) several times, and ends with
-//! exactly the losses and weights of an uninterrupted run under the same schedule.
+//! exactly the losses and weights of an uninterrupted run under the same schedule. A
+//! double-buffered run stopped and resumed does too.
 
 mod common;
 
-use anetrain_device::clock::RealClock;
-use anetrain_device::decorate::CompileBudget;
+use anetrain_device::clock::{RealClock, SimClock};
+use anetrain_device::decorate::{CompileBudget, LatencyModel};
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
-use anetrain_train::checkpoint::Checkpoint;
+use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
-use common::Cycle;
+use common::{profile, Cycle};
 use std::sync::Arc;
 
 fn config() -> ModelConfig {
@@ -128,4 +129,84 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     // Three processes, each compiling its initial 6 and 3 sets after updates; the 4th update
     // of each finds the budget short (the last one because the run ends).
     assert_eq!(state.counters.compiles, 3 * (6 + 3 * 5));
+}
+
+/// A double-buffered run's device runs one version behind its master weights. Stopped after 5
+/// updates and resumed from its checkpoint in a "new process", it must run every step on the
+/// same version as the uninterrupted run, with and without the delay compensation (which reads
+/// the version the device ran on), and end with the same losses and weights.
+#[test]
+fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_one() {
+    let c = config();
+    for compensation in [0.0, 3.0] {
+        let opts = TrainOptions {
+            delay_compensation: compensation,
+            ..options()
+        };
+        let fresh = || {
+            TrainState::new(
+                init_params(Arc::new(ParamLayout::new(&c)), 5),
+                &opts,
+                NumericMode::Fp32,
+            )
+        };
+        // Each "process" has its own device and virtual clock.
+        let run = |state: &mut TrainState,
+                   data: &mut Cycle,
+                   stop_after: Option<u64>,
+                   sink: Option<&CheckpointSink>,
+                   steps: &mut Vec<(f32, u64, u64)>| {
+            let clock = Arc::new(SimClock::new());
+            let device = LatencyModel::new(
+                CpuDevice::new(NumericMode::Fp32).with_threads(1),
+                profile(),
+                clock.clone(),
+            );
+            let env = RunEnv {
+                device: &device,
+                clock: &*clock,
+                strategy: Strategy::DoubleBuffer,
+                max_staleness: 1,
+                max_failures: 3,
+                count_host_time: false,
+                stop_after,
+            };
+            train(&env, &opts, state, data, sink, &mut |e| {
+                if let Event::Step(r) = e {
+                    steps.push((r.loss, r.weights_version, r.staleness))
+                }
+            })
+            .unwrap();
+        };
+
+        let mut reference = fresh();
+        let mut ref_steps = Vec::new();
+        run(&mut reference, &mut Cycle(0), None, None, &mut ref_steps);
+
+        let dir = tempfile::tempdir().unwrap();
+        let sink = CheckpointSink {
+            dir: dir.path().to_path_buf(),
+            tokenizer_kind: "hf".into(),
+            tokenizer: b"{}".to_vec(),
+        };
+        let mut steps = Vec::new();
+        let mut first = fresh();
+        run(&mut first, &mut Cycle(0), Some(5), Some(&sink), &mut steps);
+        let (step, path) = list_checkpoints(dir.path()).pop().expect("a checkpoint");
+        assert_eq!(step, 5);
+        let ckpt = Checkpoint::load(&path).unwrap();
+        assert_eq!(
+            ckpt.header.device_version,
+            Some(4),
+            "the device ran one version behind"
+        );
+        let mut data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
+        let mut resumed = TrainState::from_checkpoint(ckpt).unwrap();
+        run(&mut resumed, &mut data, None, Some(&sink), &mut steps);
+
+        assert!(ref_steps[1..].iter().all(|s| s.2 == 1), "{ref_steps:?}");
+        assert_eq!(steps, ref_steps, "compensation {compensation}");
+        assert_eq!(resumed.params.data, reference.params.data);
+        assert_eq!(resumed.adam, reference.adam);
+    }
 }
