@@ -1,7 +1,6 @@
 //! The data of a run: its tokenizer, and its tokens split into training and validation.
 
 use anetrain_model::ModelConfig;
-use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::{TokenData, TokenDataset};
 use anetrain_train::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anyhow::anyhow;
@@ -36,31 +35,37 @@ pub fn load_data(
     };
     let kind = tokenizer.kind().name().to_string();
     let bytes = tokenizer.to_bytes()?;
-    let (tokens, source) = match data {
-        Some(path) => (
-            read_token_file(path, config.vocab)?,
-            path.display().to_string(),
-        ),
+    let dataset = match data {
+        Some(path) => TokenDataset::open(
+            path,
+            config.vocab,
+            config.seq_len,
+            TokenDataset::DEFAULT_VAL_FRACTION,
+        )?,
         None => {
             if verbose {
                 println!("tokenizing the embedded corpus (Jane Austen's six novels)...");
             }
-            let source = "the embedded corpus".to_string();
-            let ids = tokenizer.encode(anetrain_train::embedded_corpus())?;
-            (TokenData::from_ids(&ids, config.vocab, &source)?, source)
+            corpus_dataset(&tokenizer, config)?
         }
     };
-    let dataset = TokenDataset::new(
-        tokens,
-        &source,
-        config.vocab,
-        config.seq_len,
-        TokenDataset::DEFAULT_VAL_FRACTION,
-    )?;
     Ok(RunData {
         tokenizer,
         tokenizer_kind: kind,
         tokenizer_bytes: bytes,
         dataset,
     })
+}
+
+/// The embedded corpus in `tokenizer`'s ids, split as a run splits it.
+pub fn corpus_dataset(tokenizer: &Tokenizer, config: &ModelConfig) -> anyhow::Result<TokenDataset> {
+    let source = "the embedded corpus";
+    let ids = tokenizer.encode(anetrain_train::embedded_corpus())?;
+    Ok(TokenDataset::new(
+        TokenData::from_ids(&ids, config.vocab, source)?,
+        source,
+        config.vocab,
+        config.seq_len,
+        TokenDataset::DEFAULT_VAL_FRACTION,
+    )?)
 }

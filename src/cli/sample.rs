@@ -1,12 +1,13 @@
 //! `anetrain generate` and `anetrain eval`: use a trained checkpoint.
 
+use super::run_data::corpus_dataset;
 use anetrain_device::clock::RealClock;
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
-use anetrain_train::data::{TokenData, TokenDataset};
+use anetrain_train::data::TokenDataset;
 use anetrain_train::tokenizer::{Tokenizer, TokenizerKind};
 use anetrain_train::trainer::{validation_loss, TrainOptions};
 use anyhow::{anyhow, bail};
@@ -113,17 +114,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             config.vocab,
             config.seq_len,
         )?,
-        None => {
-            let source = "the embedded corpus";
-            let ids = tok.encode(anetrain_train::embedded_corpus())?;
-            TokenDataset::new(
-                TokenData::from_ids(&ids, config.vocab, source)?,
-                source,
-                config.vocab,
-                config.seq_len,
-                TokenDataset::DEFAULT_VAL_FRACTION,
-            )?
-        }
+        None => corpus_dataset(&tok, &config)?,
     };
     let device = CpuDevice::new(NumericMode::Fp32);
     let clock = RealClock::new();

@@ -159,9 +159,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         options.weight_prediction = v;
     }
     // Before the data and the tokenizer are prepared (seconds), so a typo fails at once.
-    options
-        .check()
-        .map_err(|e| anyhow!("training options: {e}"))?;
+    options.check().map_err(TrainError::Options)?;
     let precision = args
         .precision
         .or(file.precision)
@@ -250,10 +248,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.vocab
         );
     }
-    let dataset = data.dataset.clone();
     let mut windows = match &checkpoint {
-        Some(c) => DatasetWindows::restore(dataset, &c.header.sampler)?,
-        None => DatasetWindows::new(dataset, options.seed)?,
+        Some(c) => DatasetWindows::restore(data.dataset, &c.header.sampler)?,
+        None => DatasetWindows::new(data.dataset, options.seed)?,
     };
     let mut state = match checkpoint {
         Some(c) => {
@@ -287,8 +284,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             params_count as f64 / 1e6,
             device.info().name,
             mode,
-            data.dataset.tokens().len(),
-            data.dataset.val_len(),
+            windows.dataset().tokens().len(),
+            windows.dataset().val_len(),
             options.steps,
             options.accum,
             config.seq_len

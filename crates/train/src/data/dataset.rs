@@ -47,35 +47,21 @@ impl TokenDataset {
         seq_len: usize,
         val_fraction: f64,
     ) -> Result<TokenDataset, DataError> {
-        if seq_len == 0 {
-            return Err(DataError::Invalid(
-                "the sequence length must be at least 1".into(),
-            ));
-        }
         if !(0.0..1.0).contains(&val_fraction) {
             return Err(DataError::Invalid(format!(
                 "the validation fraction must be in [0, 1), not {val_fraction}"
             )));
         }
-        if let Some((index, value)) = tokens.first_out_of_range(vocab) {
-            return Err(DataError::TokenOutOfRange {
-                path: source.to_string(),
-                index,
-                value,
-                vocab,
-            });
-        }
-        let n = tokens.len();
-        let window = seq_len + 1;
+        // The checks of the whole file (sequence length, ids, one window), then the split.
+        let whole = TokenDataset::validation_only(tokens, source, vocab, seq_len)?;
+        let n = whole.tokens.len();
+        let window = whole.window_len();
         let too_short = |part: String, tokens: usize| DataError::TooShort {
             path: source.to_string(),
             part,
             tokens: tokens as u64,
             window: window as u64,
         };
-        if n < window {
-            return Err(too_short("the file".into(), n));
-        }
         let val = (n as f64 * val_fraction) as usize;
         let split = n - val;
         if split < window {
@@ -94,12 +80,7 @@ impl TokenDataset {
                 val,
             ));
         }
-        Ok(TokenDataset {
-            source: source.to_string(),
-            tokens,
-            seq_len,
-            split,
-        })
+        Ok(TokenDataset { split, ..whole })
     }
 
     /// All of `tokens` as validation windows, with no training split: for evaluating a model
@@ -115,14 +96,7 @@ impl TokenDataset {
                 "the sequence length must be at least 1".into(),
             ));
         }
-        if let Some((index, value)) = tokens.first_out_of_range(vocab) {
-            return Err(DataError::TokenOutOfRange {
-                path: source.to_string(),
-                index,
-                value,
-                vocab,
-            });
-        }
+        tokens.check_vocab(vocab, source)?;
         if tokens.len() < seq_len + 1 {
             return Err(DataError::TooShort {
                 path: source.to_string(),
@@ -189,12 +163,19 @@ impl TokenDataset {
 
     /// The training window starting at `start`, or None if it would cross the split.
     pub fn train_window(&self, start: usize) -> Option<Vec<u32>> {
+        let mut out = vec![0; self.window_len()];
+        self.copy_train_window(start, &mut out)?;
+        Some(out)
+    }
+
+    /// Copies the training window starting at `start` into the first `window_len()` values of
+    /// `out`; None if it would cross the split.
+    fn copy_train_window(&self, start: usize, out: &mut [u32]) -> Option<()> {
         if start.checked_add(self.window_len())? > self.split {
             return None;
         }
-        let mut out = vec![0; self.window_len()];
-        self.tokens.copy_to(start, &mut out)?;
-        Some(out)
+        self.tokens
+            .copy_to(start, out.get_mut(..self.window_len())?)
     }
 
     /// The next random training window and its start. The sampler must be this data set's
@@ -237,7 +218,7 @@ impl TokenDataset {
 
 impl ValidationSource for TokenDataset {
     fn validation_window(&self, i: usize, out: &mut [u32]) {
-        let count = (self.val_len() / self.window_len()).max(1);
+        let count = self.validation_window_count().max(1);
         let start = self.split + (i % count) * self.window_len();
         // Construction guaranteed one whole window at the split whenever there is a
         // validation part; without one the last window of the data stands in.
@@ -248,7 +229,7 @@ impl ValidationSource for TokenDataset {
     }
 
     fn validation_window_count(&self) -> usize {
-        self.val_len() / self.window_len()
+        TokenDataset::validation_window_count(self)
     }
 }
 
@@ -293,7 +274,7 @@ impl ValidationSource for DatasetWindows {
     }
 
     fn validation_window_count(&self) -> usize {
-        ValidationSource::validation_window_count(&self.dataset)
+        self.dataset.validation_window_count()
     }
 }
 
@@ -303,8 +284,7 @@ impl WindowSource for DatasetWindows {
         // The sampler was made from this data set, so every start it draws begins a window
         // that ends at or before the split.
         self.dataset
-            .tokens
-            .copy_to(start, &mut out[..self.dataset.window_len()])
+            .copy_train_window(start, out)
             .expect("the sampler draws starts of this data set's training windows");
     }
 

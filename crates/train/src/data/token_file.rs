@@ -142,12 +142,9 @@ impl TokenData {
         self.iter().collect()
     }
 
-    /// The first id that is not below `vocab`, as (index, id).
-    pub fn first_out_of_range(&self, vocab: usize) -> Option<(u64, u32)> {
-        self.iter()
-            .enumerate()
-            .find(|&(_, id)| id as usize >= vocab)
-            .map(|(i, id)| (i as u64, id))
+    /// Checks that every id is below `vocab`, naming `source` and the first id that is not.
+    pub fn check_vocab(&self, vocab: usize, source: &str) -> Result<(), DataError> {
+        check_ids(self.iter(), vocab, source)
     }
 }
 
@@ -215,14 +212,7 @@ pub fn decode_token_file(bytes: &[u8], vocab: usize, source: &str) -> Result<Tok
     } else {
         decode_u16(bytes, source)?
     };
-    if let Some((index, value)) = tokens.first_out_of_range(vocab) {
-        return Err(DataError::TokenOutOfRange {
-            path: source.to_string(),
-            index,
-            value,
-            vocab,
-        });
-    }
+    tokens.check_vocab(vocab, source)?;
     Ok(tokens)
 }
 
