@@ -11,9 +11,35 @@ use anetrain_train::tokenizer::train_bpe;
 use common::*;
 use std::path::Path;
 
+/// A model, its tokenizer and a token file, as arguments.
+struct Fixtures {
+    model: String,
+    tok: String,
+    data: String,
+}
+
+impl Fixtures {
+    /// `anetrain train` on the fixtures into `out`, with `extra` arguments.
+    fn train(&self, out: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "train",
+            "--model",
+            &self.model,
+            "--tokenizer",
+            &self.tok,
+            "--data",
+            &self.data,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        anetrain(&args)
+    }
+}
+
 /// A one-layer model, a 300-token BPE and a token file from a slice of the corpus, so each
 /// process starts in well under a second.
-fn fixtures(dir: &Path) -> (String, String, String) {
+fn fixtures(dir: &Path) -> Fixtures {
     let text: String = anetrain_train::embedded_corpus()
         .chars()
         .take(60_000)
@@ -31,7 +57,11 @@ fn fixtures(dir: &Path) -> (String, String, String) {
     )
     .unwrap();
     let s = |p: &Path| p.display().to_string();
-    (s(&model), s(&tok_path), s(&data))
+    Fixtures {
+        model: s(&model),
+        tok: s(&tok_path),
+        data: s(&data),
+    }
 }
 
 fn final_weights(dir: &Path) -> (u64, Vec<f32>, Vec<f32>) {
@@ -43,29 +73,20 @@ fn final_weights(dir: &Path) -> (u64, Vec<f32>, Vec<f32>) {
 #[test]
 fn stop_and_resume_continues_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, data) = fixtures(tmp.path());
+    let f = fixtures(tmp.path());
     let run = |out: &str, extra: &[&str]| {
         let out = tmp.path().join(out).display().to_string();
         let mut args = vec![
-            "train",
-            "--model",
-            &model,
-            "--tokenizer",
-            &tok,
-            "--data",
-            &data,
             "--steps",
             "8",
             "--weights",
             "recompile",
             "--quiet",
-            "--out",
-            &out,
             "--threads",
             "1",
         ];
         args.extend_from_slice(extra);
-        anetrain(&args)
+        f.train(&out, &args)
     };
     ok(&run("whole", &[]));
     ok(&run("halves", &["--stop-after", "4"]));
@@ -102,28 +123,12 @@ fn stop_and_resume_continues_exactly() {
 #[test]
 fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, data) = fixtures(tmp.path());
+    let f = fixtures(tmp.path());
     let run = |out: &str, extra: &[&str]| {
         let out = tmp.path().join(out).display().to_string();
-        let mut args = vec![
-            "train",
-            "--model",
-            &model,
-            "--tokenizer",
-            &tok,
-            "--data",
-            &data,
-            "--steps",
-            "10",
-            "--weights",
-            "recompile",
-            "--out",
-            &out,
-            "--threads",
-            "1",
-        ];
+        let mut args = vec!["--steps", "10", "--weights", "recompile", "--threads", "1"];
         args.extend_from_slice(extra);
-        anetrain(&args)
+        f.train(&out, &args)
     };
     ok(&run("whole", &["--quiet"]));
     // 6 compiles at start, 5 per update: 25 pays for 3 sets, so each process runs 4 updates
@@ -143,32 +148,26 @@ fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_ru
 #[test]
 fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, data) = fixtures(tmp.path());
+    let f = fixtures(tmp.path());
     let out = tmp.path().join("sim").display().to_string();
     let trace = tmp.path().join("trace.json");
-    let o = anetrain(&[
-        "train",
-        "--model",
-        &model,
-        "--tokenizer",
-        &tok,
-        "--data",
-        &data,
-        "--steps",
-        "4",
-        "--weights",
-        "double-buffer",
-        "--max-staleness",
-        "2",
-        "--simulate",
-        "m4",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--out",
+    let o = f.train(
         &out,
-        "--threads",
-        "1",
-    ]);
+        &[
+            "--steps",
+            "4",
+            "--weights",
+            "double-buffer",
+            "--max-staleness",
+            "2",
+            "--simulate",
+            "m4",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--threads",
+            "1",
+        ],
+    );
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -206,7 +205,7 @@ fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
 #[test]
 fn a_model_vocabulary_larger_than_the_tokenizers_still_samples_text() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, tok, data) = fixtures(tmp.path());
+    let f = fixtures(tmp.path());
     let model = tmp.path().join("wide.toml");
     std::fs::write(
         &model,
@@ -214,22 +213,11 @@ fn a_model_vocabulary_larger_than_the_tokenizers_still_samples_text() {
     )
     .unwrap();
     let out = tmp.path().join("run").display().to_string();
-    let model = model.display().to_string();
-    let args = [
-        "train",
-        "--model",
-        &model,
-        "--tokenizer",
-        &tok,
-        "--data",
-        &data,
-        "--steps",
-        "2",
-        "--quiet",
-        "--out",
-        &out,
-    ];
-    let o = anetrain(&args);
+    let wide = Fixtures {
+        model: model.display().to_string(),
+        ..f
+    };
+    let o = wide.train(&out, &["--steps", "2", "--quiet"]);
     ok(&o);
     assert!(stdout(&o).contains("sample: "), "{}", stdout(&o));
     let (_, ckpt) = list_checkpoints(Path::new(&out))
@@ -257,27 +245,21 @@ fn a_model_vocabulary_larger_than_the_tokenizers_still_samples_text() {
 #[test]
 fn a_compile_budget_too_small_for_one_kernel_set_is_refused_with_what_it_needs() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, data) = fixtures(tmp.path());
+    let f = fixtures(tmp.path());
     let out = tmp.path().join("run").display().to_string();
     let run = |budget: &str| {
-        anetrain(&[
-            "train",
-            "--model",
-            &model,
-            "--tokenizer",
-            &tok,
-            "--data",
-            &data,
-            "--steps",
-            "2",
-            "--weights",
-            "recompile",
-            "--compile-budget",
-            budget,
-            "--quiet",
-            "--out",
+        f.train(
             &out,
-        ])
+            &[
+                "--steps",
+                "2",
+                "--weights",
+                "recompile",
+                "--compile-budget",
+                budget,
+                "--quiet",
+            ],
+        )
     };
     // One layer: the shared kernel and five weight-bearing ones.
     let o = run("5");

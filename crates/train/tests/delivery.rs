@@ -22,7 +22,7 @@ use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
 };
-use common::{profile, Cycle};
+use common::{simulated, Cycle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,11 +115,7 @@ fn run_with(
 }
 
 fn model(clock: &Arc<SimClock>) -> LatencyModel<CpuDevice> {
-    LatencyModel::new(
-        CpuDevice::new(NumericMode::Fp32).with_threads(1),
-        profile(),
-        clock.clone(),
-    )
+    simulated(clock, NumericMode::Fp32)
 }
 
 #[test]
@@ -407,11 +403,7 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
 #[test]
 fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
     let clock = Arc::new(SimClock::new());
-    let device = LatencyModel::new(
-        CpuDevice::new(NumericMode::Fp16).with_threads(1),
-        profile(),
-        clock.clone(),
-    );
+    let device = simulated(&clock, NumericMode::Fp16);
     let options = TrainOptions {
         steps: 40,
         eval_every: 0,

@@ -14,7 +14,7 @@ use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{train, Event, RunEnv, StepRecord, TrainOptions, TrainState};
-use common::{profile, Cycle};
+use common::{simulated, Cycle};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,11 +95,7 @@ fn run(
 }
 
 fn model(clock: &Arc<SimClock>) -> FaultInjection<LatencyModel<CpuDevice>> {
-    FaultInjection::new(LatencyModel::new(
-        CpuDevice::new(NumericMode::Fp32).with_threads(1),
-        profile(),
-        clock.clone(),
-    ))
+    FaultInjection::new(simulated(clock, NumericMode::Fp32))
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use anetrain_device::clock::{RealClock, SimClock};
-use anetrain_device::decorate::{CompileBudget, LatencyModel};
+use anetrain_device::decorate::CompileBudget;
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
@@ -15,7 +15,7 @@ use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
-use common::{profile, Cycle};
+use common::{simulated, Cycle};
 use std::sync::Arc;
 
 fn config() -> ModelConfig {
@@ -157,11 +157,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
                    sink: Option<&CheckpointSink>,
                    steps: &mut Vec<(f32, u64, u64)>| {
             let clock = Arc::new(SimClock::new());
-            let device = LatencyModel::new(
-                CpuDevice::new(NumericMode::Fp32).with_threads(1),
-                profile(),
-                clock.clone(),
-            );
+            let device = simulated(&clock, NumericMode::Fp32);
             let env = RunEnv {
                 device: &device,
                 clock: &*clock,

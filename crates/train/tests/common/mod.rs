@@ -1,9 +1,13 @@
-//! What the delivery and restart tests share: a latency profile with round numbers and a data
+//! What the delivery and restart tests share: a latency profile with round numbers (and a CPU
+//! device behind it) and a data
 //! source whose windows are a fixed function of a counter. Each test crate uses part of it.
 #![allow(dead_code)]
 
-use anetrain_device::decorate::ChipProfile;
+use anetrain_device::clock::SimClock;
+use anetrain_device::decorate::{ChipProfile, LatencyModel};
+use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_train::trainer::{ValidationSource, WindowSource};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Every kernel compiles in exactly 10 ms and evaluates in exactly 1 ms of virtual time.
@@ -15,6 +19,15 @@ pub fn profile() -> ChipProfile {
         eval_base: Duration::from_millis(1),
         eval_flops: f64::INFINITY,
     }
+}
+
+/// A one-thread CPU device in `mode` behind [`profile`], on `clock`.
+pub fn simulated(clock: &Arc<SimClock>, mode: NumericMode) -> LatencyModel<CpuDevice> {
+    LatencyModel::new(
+        CpuDevice::new(mode).with_threads(1),
+        profile(),
+        clock.clone(),
+    )
 }
 
 /// Training window n is token (n + 7i) mod 23 at position i; the one validation window is
