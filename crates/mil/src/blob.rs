@@ -803,9 +803,130 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 ///
 /// The bytes sit behind an `Arc` so that cloning the set (to hand it to a device thread, or to
 /// keep it for a recompile) does not copy tens of megabytes of weights.
+///
+/// A file may also be an fp32 matrix that lives elsewhere (a [`MatrixFile`]: a model's
+/// parameters, possibly read transposed). It is the one-chunk fp32 file of that matrix in every
+/// respect, but its bytes are only written if somebody asks for them ([`WeightFiles::get`]): a
+/// device that reads it as numbers ([`WeightFiles::tensor_f32`], [`WeightFiles::matrix_f32`])
+/// takes them from where they are. Training recompiles every weight after every update, and
+/// serialising them was most of a CPU compile.
 #[derive(Clone, Default)]
 pub struct WeightFiles {
-    files: BTreeMap<String, Arc<Vec<u8>>>,
+    files: BTreeMap<String, FileData>,
+}
+
+#[derive(Clone)]
+enum FileData {
+    Bytes(Arc<Vec<u8>>),
+    Matrix(Arc<MatrixFile>),
+}
+
+/// Values that a [`MatrixFile`] views: anything that can lend a slice of f32s and be shared
+/// across threads (a model's parameters, a plain vector).
+pub type F32Source = Arc<dyn AsRef<[f32]> + Send + Sync>;
+
+/// An fp32 weight file that holds `source[range]`, a `[rows][cols]` row-major matrix, either
+/// as it is or transposed (then the file holds the `[cols][rows]` matrix).
+pub struct MatrixFile {
+    source: F32Source,
+    range: std::ops::Range<usize>,
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+    bytes: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl MatrixFile {
+    /// The file of `source[range]` read as a `[rows][cols]` matrix, transposed if asked;
+    /// `None` when the range is not `rows × cols` values inside the source.
+    pub fn new(
+        source: F32Source,
+        range: std::ops::Range<usize>,
+        [rows, cols]: [usize; 2],
+        transposed: bool,
+    ) -> Option<MatrixFile> {
+        let fits = range.start <= range.end
+            && range.end <= (*source).as_ref().len()
+            && rows.checked_mul(cols) == Some(range.len());
+        fits.then(|| MatrixFile {
+            source,
+            range,
+            rows,
+            cols,
+            transposed,
+            bytes: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The matrix as stored in the source, `[rows][cols]` row-major.
+    fn stored(&self) -> &[f32] {
+        &(*self.source).as_ref()[self.range.clone()]
+    }
+
+    /// The file's bytes, written on first use.
+    fn bytes(&self) -> &[u8] {
+        self.bytes.get_or_init(|| {
+            if self.transposed {
+                fp32_file_bytes_transposed(self.stored(), self.rows, self.cols)
+            } else {
+                fp32_file_bytes(self.stored())
+            }
+        })
+    }
+
+    /// The file's elements in file order (the transpose written out if the file is one).
+    fn values(&self) -> Cow<'_, [f32]> {
+        if self.transposed {
+            let mut t = Vec::with_capacity(self.range.len());
+            transpose_bands(self.stored(), self.rows, self.cols, |band| {
+                t.extend_from_slice(band)
+            });
+            Cow::Owned(t)
+        } else {
+            Cow::Borrowed(self.stored())
+        }
+    }
+
+    /// Whether a `BLOBFILE(offset)` of MIL dtype `dtype` and `shape` reads exactly this
+    /// file's one chunk as it is; anything else is checked on the bytes, with their errors.
+    fn serves(&self, offset: u64, dtype: DType, shape: &[usize]) -> bool {
+        offset == BLOCK
+            && dtype == DType::Fp32
+            && shape.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)) == Some(self.range.len())
+    }
+}
+
+/// A weight tensor read as numbers: in file order, or as the transpose of a matrix held
+/// elsewhere, which a consumer that can read a matrix either way uses without writing the
+/// transpose out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MatrixValues<'a> {
+    /// The elements in file order.
+    Dense(Cow<'a, [f32]>),
+    /// The file holds the transpose of `stored`, a `[rows][cols]` row-major matrix: file
+    /// element `[c][r]` is `stored[r * cols + c]`.
+    TransposeOf {
+        stored: &'a [f32],
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl FileData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            FileData::Bytes(b) => b.as_slice(),
+            FileData::Matrix(m) => m.bytes(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            FileData::Bytes(b) => b.len(),
+            // Known without writing the bytes: one chunk of fp32 data after header and metadata.
+            FileData::Matrix(m) => 2 * BLOCK as usize + 4 * m.range.len(),
+        }
+    }
 }
 
 impl fmt::Debug for WeightFiles {
@@ -813,8 +934,9 @@ impl fmt::Debug for WeightFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
-                self.iter()
-                    .map(|(path, bytes)| (path, format!("{} bytes", bytes.len()))),
+                self.files
+                    .iter()
+                    .map(|(path, data)| (path, format!("{} bytes", data.len()))),
             )
             .finish()
     }
@@ -827,7 +949,14 @@ impl WeightFiles {
 
     /// Adds (or replaces) the file at `path`.
     pub fn insert(&mut self, path: impl Into<String>, bytes: Vec<u8>) {
-        self.files.insert(path.into(), Arc::new(bytes));
+        self.files
+            .insert(path.into(), FileData::Bytes(Arc::new(bytes)));
+    }
+
+    /// Adds (or replaces) the file at `path` with a matrix held elsewhere (see [`MatrixFile`]).
+    pub fn insert_matrix(&mut self, path: impl Into<String>, matrix: MatrixFile) {
+        self.files
+            .insert(path.into(), FileData::Matrix(Arc::new(matrix)));
     }
 
     /// Adds (or replaces) the file at `path` with the bytes of `blob`.
@@ -837,17 +966,28 @@ impl WeightFiles {
 
     /// The file at `path` as the shared buffer it is held in: two `WeightFiles` that share a
     /// file (one cloned from the other) hand out the same `Arc`.
+    ///
+    /// A matrix file has no such buffer (its numbers change with the matrix it views): `None`.
     pub fn shared(&self, path: &str) -> Option<&Arc<Vec<u8>>> {
-        self.files.get(path)
+        match self.files.get(path)? {
+            FileData::Bytes(b) => Some(b),
+            FileData::Matrix(_) => None,
+        }
     }
 
+    /// Whether there is a file at `path` (a matrix file's bytes are not written to tell).
+    pub fn contains(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    /// The whole file's bytes (a matrix file's are written on first use).
     pub fn get(&self, path: &str) -> Option<&[u8]> {
-        self.files.get(path).map(|b| b.as_slice())
+        self.files.get(path).map(FileData::bytes)
     }
 
     /// The files in path order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))
+        self.files.iter().map(|(p, d)| (p.as_str(), d.bytes()))
     }
 
     pub fn len(&self) -> usize {
@@ -869,6 +1009,11 @@ impl WeightFiles {
         dtype: DType,
         shape: &[usize],
     ) -> Result<Cow<'_, [f32]>, BlobError> {
+        if let Some(FileData::Matrix(m)) = self.files.get(path) {
+            if m.serves(offset, dtype, shape) {
+                return Ok(m.values());
+            }
+        }
         let in_file = |error| BlobError::InFile {
             path: path.to_string(),
             error: Box::new(error),
@@ -907,6 +1052,28 @@ impl WeightFiles {
             });
         }
         chunk.values().map_err(in_file)
+    }
+
+    /// [`WeightFiles::tensor_f32`] for a consumer that can also read a matrix transposed: a
+    /// transposed [`MatrixFile`] comes back as the matrix it views, not written out.
+    pub fn matrix_f32(
+        &self,
+        path: &str,
+        offset: u64,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<MatrixValues<'_>, BlobError> {
+        if let Some(FileData::Matrix(m)) = self.files.get(path) {
+            if m.transposed && m.serves(offset, dtype, shape) {
+                return Ok(MatrixValues::TransposeOf {
+                    stored: m.stored(),
+                    rows: m.rows,
+                    cols: m.cols,
+                });
+            }
+        }
+        self.tensor_f32(path, offset, dtype, shape)
+            .map(MatrixValues::Dense)
     }
 
     /// The BLOBFILE paths `program` refers to that are missing here, in order of first use:

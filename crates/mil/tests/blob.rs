@@ -939,3 +939,96 @@ fn fp32_tensors_are_read_in_place_and_others_decoded() {
     assert!(matches!(half, std::borrow::Cow::Owned(_)), "fp16 decoded");
     assert_eq!(half, values);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Matrix files: fp32 weights viewed where they are held
+
+/// A `[3][5]` matrix inside a longer buffer, with the buffer.
+fn held_matrix() -> (anetrain_mil::blob::F32Source, Vec<f32>) {
+    let buffer: Vec<f32> = (0..20).map(|i| i as f32 * 0.25 - 2.0).collect();
+    (std::sync::Arc::new(buffer.clone()), buffer)
+}
+
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| m[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+#[test]
+fn a_matrix_file_is_the_file_of_its_matrix_in_every_respect() {
+    use anetrain_mil::blob::{MatrixFile, MatrixValues};
+    let (source, buffer) = held_matrix();
+    let stored = &buffer[2..17];
+    let path = "@model_path/weights/m.bin";
+    for transposed in [false, true] {
+        let file = MatrixFile::new(source.clone(), 2..17, [3, 5], transposed).unwrap();
+        let mut w = WeightFiles::new();
+        w.insert_matrix(path, file);
+        let values = if transposed {
+            transpose(stored, 3, 5)
+        } else {
+            stored.to_vec()
+        };
+        let shape = if transposed { [5, 3] } else { [3, 5] };
+        // Its bytes, when asked for, are those of the fp32 file of the matrix.
+        assert!(w.contains(path));
+        assert_eq!(
+            w.get(path),
+            Some(BlobFile::fp32(&values).to_bytes().as_slice())
+        );
+        assert_eq!(format!("{w:?}"), format!("{{\"{path}\": \"188 bytes\"}}"));
+        assert!(w.shared(path).is_none(), "no shared buffer to cache by");
+        // Read as numbers, it is the matrix (as stored, or transposed).
+        assert_eq!(
+            w.tensor_f32(path, 64, DType::Fp32, &[1, shape[0], shape[1], 1])
+                .unwrap(),
+            values
+        );
+        let read = w.matrix_f32(path, 64, DType::Fp32, &shape).unwrap();
+        match (transposed, read) {
+            (false, MatrixValues::Dense(v)) => {
+                assert!(matches!(v, std::borrow::Cow::Borrowed(_)), "viewed");
+                assert_eq!(v, values);
+            }
+            (
+                true,
+                MatrixValues::TransposeOf {
+                    stored: s,
+                    rows,
+                    cols,
+                },
+            ) => {
+                assert_eq!((s, rows, cols), (stored, 3, 5));
+            }
+            (t, other) => panic!("transposed {t}: read as {other:?}"),
+        }
+        // Read as anything else, it fails as its bytes would.
+        let bytes = {
+            let mut b = WeightFiles::new();
+            b.insert(path, BlobFile::fp32(&values).to_bytes());
+            b
+        };
+        for (offset, dtype, shape) in [
+            (64, DType::Fp16, vec![15]),
+            (64, DType::Fp32, vec![16]),
+            (128, DType::Fp32, vec![15]),
+        ] {
+            let want = bytes.tensor_f32(path, offset, dtype, &shape).unwrap_err();
+            let got = w.tensor_f32(path, offset, dtype, &shape).unwrap_err();
+            assert_eq!(got.to_string(), want.to_string());
+            let got = w.matrix_f32(path, offset, dtype, &shape).unwrap_err();
+            assert_eq!(got.to_string(), want.to_string());
+        }
+    }
+}
+
+#[test]
+fn a_matrix_file_must_lie_inside_its_source() {
+    use anetrain_mil::blob::MatrixFile;
+    let (source, _) = held_matrix();
+    assert!(MatrixFile::new(source.clone(), 10..25, [3, 5], false).is_none());
+    assert!(MatrixFile::new(source.clone(), 0..15, [4, 5], true).is_none());
+    assert!(MatrixFile::new(source.clone(), 5..20, [5, 3], true).is_some());
+    assert!(MatrixFile::new(source, 0..0, [0, 7], false).is_some());
+}

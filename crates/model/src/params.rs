@@ -173,6 +173,13 @@ pub struct Params {
     pub data: Vec<f32>,
 }
 
+/// The flat parameter vector, so that weight files can view it (`MatrixFile`).
+impl AsRef<[f32]> for Params {
+    fn as_ref(&self) -> &[f32] {
+        &self.data
+    }
+}
+
 impl Params {
     pub fn zeros(layout: Arc<ParamLayout>) -> Params {
         let data = vec![0.0; layout.len];

@@ -247,7 +247,7 @@ fn kernel_dtype(device: &dyn Device) -> DType {
 pub fn compile_kernel(
     device: &dyn Device,
     kind: KernelKind,
-    params: &Params,
+    params: &Arc<Params>,
     layer: usize,
 ) -> Result<Kernel, StepError> {
     let config = &params.layout.config;
@@ -264,7 +264,7 @@ pub fn compile_kernel(
 fn compile_layer(
     device: &dyn Device,
     program: &KernelProgram,
-    params: &Params,
+    params: &Arc<Params>,
     layer: usize,
 ) -> Result<Kernel, StepError> {
     let kernel = format!("{}.{layer}", program.name);
@@ -421,9 +421,21 @@ impl SharedKernels {
     pub const COUNT: usize = 1;
 
     pub fn compile(device: &dyn Device, params: &Params) -> Result<SharedKernels, StepError> {
-        Ok(SharedKernels {
-            bwd_attn2: compile_kernel(device, KernelKind::BwdAttn2, params, 0)?,
-        })
+        let kind = KernelKind::BwdAttn2;
+        let program = generate_baked(kind, &params.layout.config, kernel_dtype(device)).map_err(
+            |source| StepError::Generate {
+                kernel: kind.name().into(),
+                source,
+            },
+        )?;
+        // It reads no trainable weights: the program's own tables are all its files.
+        let bwd_attn2 = device
+            .compile(&program.program, &program.weights)
+            .map_err(|source| StepError::Compile {
+                kernel: kind.name().into(),
+                source,
+            })?;
+        Ok(SharedKernels { bwd_attn2 })
     }
 }
 

@@ -86,7 +86,7 @@ fn relative_error(got: &[f32], want: &[f32]) -> f32 {
 fn baked_and_packed(
     mode: NumericMode,
     kind: KernelKind,
-    p: &Params,
+    p: &Arc<Params>,
     layer: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let c = &p.layout.config;
@@ -120,7 +120,7 @@ fn baked_and_packed(
 
 #[test]
 fn each_packed_kernel_matches_its_baked_kernel_in_fp32() {
-    let p = params(&config(), 5);
+    let p = Arc::new(params(&config(), 5));
     for kind in KernelKind::ALL {
         let (got, want) = baked_and_packed(NumericMode::Fp32, kind, &p, 1);
         let err = relative_error(&got, &want);
@@ -134,11 +134,38 @@ fn each_packed_kernel_matches_its_baked_kernel_in_fp32() {
     }
 }
 
+/// Baked fp32 kernels view the parameters (matrix files, some read transposed) instead of
+/// serialised copies: each runs bit for bit as it does from the same files written out.
+#[test]
+fn baked_kernels_viewing_the_parameters_run_as_from_their_bytes() {
+    let p = Arc::new(params(&config(), 7));
+    let c = &p.layout.config;
+    let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    for kind in KernelKind::WEIGHTED {
+        let baked = generate(kind, c, &p, 1, DType::Fp32).unwrap();
+        let mut bytes = anetrain_mil::WeightFiles::new();
+        for (path, b) in baked.weights.iter() {
+            bytes.insert(path, b.to_vec());
+        }
+        let (input, output) = kind.layout(c);
+        let x = uniform(input.channels() * c.seq_len, 3);
+        let run = |weights| {
+            let mut k = device.compile(&baked.program, weights).unwrap();
+            let mut out = vec![0.0; output.channels() * c.seq_len];
+            device.eval(&mut k, &[&x], &mut [&mut out]).unwrap();
+            out
+        };
+        let (viewed, written) = (run(&baked.weights), run(&bytes));
+        assert_eq!(viewed, written, "{}", kind.name());
+        assert!(viewed.iter().any(|v| v.abs() > 1e-3), "{}", kind.name());
+    }
+}
+
 #[test]
 fn each_packed_kernel_matches_its_baked_kernel_in_fp16() {
     // Both kernels round the weights to fp16 (the blob, or the fp16 input); what may differ is
     // only how the ops round along the way.
-    let p = params(&config(), 6);
+    let p = Arc::new(params(&config(), 6));
     for kind in KernelKind::ALL {
         let (got, want) = baked_and_packed(NumericMode::Fp16, kind, &p, 0);
         let err = relative_error(&got, &want);

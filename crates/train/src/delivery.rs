@@ -264,17 +264,34 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let thread = priority.clone();
         // The compile's virtual timeline starts when it was submitted; it reports when it
         // ended on that timeline, so the training thread can meet it there.
-        let handle = self.scope.spawn(move || {
-            thread.enter();
-            clock.advance_to(submitted);
-            let start = clock.now();
-            let result = compile_baked(programs.as_ref(), device, snap);
-            let end = clock.now();
-            (result, end.saturating_sub(start), end)
-        });
+        // Named, so that profilers and debuggers show compiles apart from training.
+        let spawned = std::thread::Builder::new()
+            .name("kernel-compile".into())
+            .spawn_scoped(self.scope, move || {
+                thread.enter();
+                clock.advance_to(submitted);
+                let start = clock.now();
+                let result = compile_baked(programs.as_ref(), device, snap);
+                let end = clock.now();
+                (result, end.saturating_sub(start), end)
+            });
+        let state = match spawned {
+            Ok(handle) => JobState::Running(handle),
+            // No thread, no compile: handled like a failed one (kept set, retried, counted).
+            Err(e) => JobState::Finished((
+                Err(StepError::Compile {
+                    kernel: "background compile".into(),
+                    source: anetrain_device::DeviceError::CompileFailed(format!(
+                        "could not start the compile thread: {e}"
+                    )),
+                }),
+                Duration::ZERO,
+                submitted,
+            )),
+        };
         self.job = Some(Job {
             snapshot,
-            state: JobState::Running(handle),
+            state,
             priority,
         });
     }

@@ -457,6 +457,113 @@ mod tests {
         ));
     }
 
+    /// An fp32 program of 1×1 convs through `channels[0] → channels[1] → …`, weight `i` in
+    /// `@model_path/weights/w{i}.bin`.
+    fn fp32_convs(channels: &[usize], s: usize) -> Program {
+        use anetrain_mil::ir::{Dialect, Style, Type};
+        use anetrain_mil::{DType, FunctionBuilder, Literal};
+        let act = |c: usize| Type::tensor(DType::Fp32, vec![1, c, 1, s]);
+        let mut b = FunctionBuilder::new("main", "ios18");
+        let mut x = b.input("x", act(channels[0]));
+        let pt = b.constant("pt", Literal::string("valid"));
+        let st = b.constant("st", Literal::int32_tensor(&[1, 1]));
+        let pd = b.constant("pd", Literal::int32_tensor(&[0, 0, 0, 0]));
+        let dl = b.constant("dl", Literal::int32_tensor(&[1, 1]));
+        let gr = b.constant("gr", Literal::int32(1));
+        for (i, pair) in channels.windows(2).enumerate() {
+            let w = b.constant(
+                &format!("W{i}"),
+                Literal::Blob {
+                    dtype: DType::Fp32,
+                    shape: vec![pair[1], pair[0], 1, 1],
+                    path: format!("@model_path/weights/w{i}.bin"),
+                    offset: 64,
+                },
+            );
+            x = b.op(
+                "conv",
+                &format!("c{i}"),
+                act(pair[1]),
+                vec![
+                    ("dilations", (&dl).into()),
+                    ("groups", (&gr).into()),
+                    ("pad", (&pd).into()),
+                    ("pad_type", (&pt).into()),
+                    ("strides", (&st).into()),
+                    ("weight", (&w).into()),
+                    ("x", (&x).into()),
+                ],
+            );
+        }
+        b.output(&x);
+        Program::single(Dialect::Ios18, Style::Compact, b.finish())
+    }
+
+    /// Weight files that view matrices held elsewhere (as training hands over its parameters)
+    /// compile to the kernel that the same matrices written out as bytes give, whether a file
+    /// reads its matrix as stored or transposed; and they are checked like bytes.
+    #[test]
+    fn matrix_files_compile_like_the_bytes_they_stand_for() {
+        use anetrain_mil::blob::{fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile};
+        // Channel counts that leave partial micro-panels; spatial wide enough to pack.
+        let (channels, s) = ([20, 13, 20, 20], 24);
+        let program = fp32_convs(&channels, s);
+        // Stored like parameters: conv 0's weight as it is, `[13][20]`; conv 1's as the
+        // `[13][20]` matrix whose transpose it is; conv 2's as a square transposed one.
+        let sizes = [13 * 20, 13 * 20, 20 * 20];
+        let total: usize = sizes.iter().sum();
+        let stored: Vec<f32> = (0..total)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 200.0)
+            .collect();
+        let source: anetrain_mil::blob::F32Source = Arc::new(stored.clone());
+        let [r0, r1, r2] = [
+            0..sizes[0],
+            sizes[0]..sizes[0] + sizes[1],
+            sizes[0] + sizes[1]..total,
+        ];
+        let path = |i: usize| format!("@model_path/weights/w{i}.bin");
+        let mut views = WeightFiles::new();
+        let mut bytes = WeightFiles::new();
+        let shapes = [
+            ([13, 20], false, r0),
+            ([13, 20], true, r1),
+            ([20, 20], true, r2),
+        ];
+        for (i, (shape, transposed, range)) in shapes.into_iter().enumerate() {
+            let m = &stored[range.clone()];
+            bytes.insert(
+                path(i),
+                if transposed {
+                    fp32_file_bytes_transposed(m, shape[0], shape[1])
+                } else {
+                    fp32_file_bytes(m)
+                },
+            );
+            let file = MatrixFile::new(source.clone(), range, shape, transposed).unwrap();
+            views.insert_matrix(path(i), file);
+        }
+        let x: Vec<f32> = (0..20 * s)
+            .map(|i| ((i * 11 % 29) as f32 - 14.0) / 16.0)
+            .collect();
+        for threads in [1, 2] {
+            let device = CpuDevice::new(NumericMode::Fp32).with_threads(threads);
+            let want = run(&device, &mut device.compile(&program, &bytes).unwrap(), &x);
+            let got = run(&device, &mut device.compile(&program, &views).unwrap(), &x);
+            assert_eq!(got, want, "{threads} thread(s)");
+            // Not a product of zeros: the weights really were read.
+            assert!(want.iter().any(|&v| v.abs() > 1e-3));
+        }
+        // A view whose matrix does not have the program's shape is refused like such bytes.
+        let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+        let mut wrong = views.clone();
+        let small = MatrixFile::new(source, 0..12 * 20, [12, 20], true).unwrap();
+        wrong.insert_matrix(path(1), small);
+        match device.compile(&program, &wrong) {
+            Err(DeviceError::Weights { path: p, .. }) => assert_eq!(p, path(1)),
+            other => panic!("expected a weights error, got {:?}", other.err()),
+        }
+    }
+
     #[test]
     fn the_pool_hands_out_its_largest_arena_and_grows_it_only_when_short() {
         let pool = ArenaPool::default();

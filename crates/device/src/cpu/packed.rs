@@ -87,6 +87,17 @@ impl PackedA {
                 }
                 continue;
             }
+            if la.rs == 1 && (i + 1) * MR <= m {
+                // A whole panel of a matrix stored transposed (a backward kernel's weights
+                // read from the forward's): each group is MR neighbours of one stored row.
+                for (p, group) in panel.chunks_exact_mut(MR).enumerate() {
+                    let src = &a[la.offset + i * MR + p * la.cs..][..MR];
+                    for (slot, &v) in group.iter_mut().zip(src) {
+                        slot.write(v);
+                    }
+                }
+                continue;
+            }
             for r in 0..MR {
                 let slots = panel.chunks_exact_mut(MR).map(|group| &mut group[r]);
                 if i * MR + r >= m {

@@ -15,7 +15,7 @@ use super::steps::{
     ReduceKind, ReduceStep, SoftmaxStep, Step, ValueId,
 };
 use crate::{fp16, DeviceError, NumericMode};
-use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::blob::{MatrixValues, WeightFiles};
 use anetrain_mil::check::CheckedFunction;
 use anetrain_mil::{Arg, DType, Function, Literal, Op, Scalar, Type};
 use std::borrow::Cow;
@@ -143,6 +143,25 @@ impl ConstSource {
         })
     }
 
+    /// [`ConstSource::values`] for a constant that only packed products read, which can pack
+    /// a matrix from its transpose: a weight file that views a transposed matrix is not
+    /// written out.
+    fn matrix_values<'a>(
+        &'a self,
+        weights: &'a WeightFiles,
+    ) -> Result<MatrixValues<'a>, DeviceError> {
+        match self {
+            ConstSource::Blob {
+                path,
+                offset,
+                dtype,
+                shape,
+                round: false,
+            } => blob_matrix(weights, path, *offset, *dtype, shape, true),
+            _ => self.values(weights).map(MatrixValues::Dense),
+        }
+    }
+
     /// The weight file a constant is read from alone, if any.
     fn file<'a>(&self, weights: &'a WeightFiles) -> Option<&'a Arc<Vec<u8>>> {
         match self {
@@ -245,9 +264,11 @@ impl PlanTemplate {
             .sources
             .iter()
             .zip(&known)
-            .map(|(source, known)| match known {
-                Some(values) => Ok(Cow::Borrowed(values.as_slice())),
-                None => source.values(weights),
+            .enumerate()
+            .map(|(c, (source, known))| match known {
+                Some(values) => Ok(MatrixValues::Dense(Cow::Borrowed(values.as_slice()))),
+                None if self.packed_only.binary_search(&c).is_ok() => source.matrix_values(weights),
+                None => source.values(weights).map(MatrixValues::Dense),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut plan = self.plan.clone();
@@ -269,6 +290,9 @@ impl PlanTemplate {
                 (Ok(_), _) => Arc::default(),
                 (Err(_), Some(known)) => known.clone(),
                 (Err(_), None) => {
+                    let MatrixValues::Dense(v) = v else {
+                        unreachable!("constants read outside packed products are dense")
+                    };
                     let held = source.hold(v);
                     if let Some(file) = source.file(weights) {
                         read_before[c] = Some(ReadConst {
@@ -1499,12 +1523,20 @@ fn packs_constant(g: &GemmStep, values: &[Value]) -> bool {
 
 /// Packs a product's constant left operand (see [`packs_constant`]): one packed matrix per
 /// distinct left-operand offset of the batch.
-fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Cow<'_, [f32]>]) -> Option<PackedGemm> {
+fn pack_constant(
+    g: &GemmStep,
+    values: &[Value],
+    consts: &[MatrixValues<'_>],
+) -> Option<PackedGemm> {
     let (r, base) = root(values, g.a);
     let Storage::Const(c) = values[r].storage else {
         return None;
     };
-    let data = &consts[c];
+    let transposed;
+    let (data, stored_as) = match &consts[c] {
+        MatrixValues::Dense(values) => (&values[..], None),
+        MatrixValues::TransposeOf { stored, rows, cols } => (*stored, Some([*rows, *cols])),
+    };
     let mut offsets: Vec<usize> = Vec::new();
     let mut pack_of = Vec::with_capacity(g.batches.len());
     for &[oa, ..] in &g.batches {
@@ -1514,12 +1546,33 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Cow<'_, [f32]>]) -> O
         });
         pack_of.push(i);
     }
+    // A constant held as the transpose of a stored matrix is read through the stored one
+    // where the product's view of it maps onto it, else written out.
+    let (data, stored_as) = match stored_as {
+        Some([rows, cols])
+            if offsets
+                .iter()
+                .all(|&oa| view_of_transpose(g, base + oa, rows, cols).is_some()) =>
+        {
+            (data, Some([rows, cols]))
+        }
+        Some([rows, cols]) => {
+            let mut t = Vec::with_capacity(data.len());
+            anetrain_mil::blob::transpose_bands(data, rows, cols, |band| t.extend_from_slice(band));
+            transposed = t;
+            (&transposed[..], None)
+        }
+        None => (data, None),
+    };
     let packs = offsets
         .iter()
         .map(|&oa| {
-            let la = MatLayout {
-                offset: g.la.offset + base + oa,
-                ..g.la
+            let la = match stored_as {
+                Some([rows, cols]) => view_of_transpose(g, base + oa, rows, cols)?,
+                None => MatLayout {
+                    offset: g.la.offset + base + oa,
+                    ..g.la
+                },
             };
             (la.extent(g.m, g.k) <= data.len())
                 .then(|| PackedA::new(g.m, g.k, data, la))
@@ -1527,6 +1580,24 @@ fn pack_constant(g: &GemmStep, values: &[Value], consts: &[Cow<'_, [f32]>]) -> O
         })
         .collect::<Option<Vec<_>>>()?;
     Some(PackedGemm { packs, pack_of })
+}
+
+/// The layout, over a stored `[rows][cols]` row-major matrix, of a product's row-major view
+/// (at `offset` into the constant) of that matrix's transpose, a `[cols][rows]` matrix:
+/// element `[i][j]` of the transpose is `stored[j * cols + i]`. Only views that start at a row
+/// of the transpose and step along its rows map this way.
+fn view_of_transpose(g: &GemmStep, offset: usize, rows: usize, cols: usize) -> Option<MatLayout> {
+    let offset = g.la.offset + offset;
+    let fits = g.la.cs == 1
+        && g.la.rs == rows
+        && offset % rows == 0
+        && offset / rows + g.m <= cols
+        && g.k <= rows;
+    fits.then(|| MatLayout {
+        offset: offset / rows,
+        rs: 1,
+        cs: cols,
+    })
 }
 
 /// The values of a literal, reading BLOBFILE data from `weights`.
@@ -1553,15 +1624,36 @@ fn blob_f32<'a>(
     dtype: DType,
     shape: &[usize],
 ) -> Result<Cow<'a, [f32]>, DeviceError> {
-    if weights.get(path).is_none() {
+    blob_matrix(weights, path, offset, dtype, shape, false).map(|v| match v {
+        MatrixValues::Dense(values) => values,
+        MatrixValues::TransposeOf { .. } => unreachable!("only asked for dense values"),
+    })
+}
+
+/// A BLOBFILE tensor's values; with `transposed_ok`, a file that views the transpose of a
+/// matrix held elsewhere comes back as that matrix (see [`WeightFiles::matrix_f32`]).
+fn blob_matrix<'a>(
+    weights: &'a WeightFiles,
+    path: &str,
+    offset: u64,
+    dtype: DType,
+    shape: &[usize],
+    transposed_ok: bool,
+) -> Result<MatrixValues<'a>, DeviceError> {
+    if !weights.contains(path) {
         return Err(DeviceError::MissingWeights(path.to_string()));
     }
-    weights
-        .tensor_f32(path, offset, dtype, shape)
-        .map_err(|source| DeviceError::Weights {
-            path: path.to_string(),
-            source: Box::new(source),
-        })
+    let values = if transposed_ok {
+        weights.matrix_f32(path, offset, dtype, shape)
+    } else {
+        weights
+            .tensor_f32(path, offset, dtype, shape)
+            .map(MatrixValues::Dense)
+    };
+    values.map_err(|source| DeviceError::Weights {
+        path: path.to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// `(q − zero) · scale`, with `scale` and `zero` either scalars or one value per index of

@@ -30,9 +30,7 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::{
-    fp32_file_bytes, fp32_file_bytes_transposed, transpose_bands, BlobFile, WeightFiles,
-};
+use anetrain_mil::blob::{transpose_bands, BlobFile, F32Source, MatrixFile, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
@@ -199,7 +197,7 @@ fn rope_tables(channels: usize, hd: usize, s: usize, theta: f32, sign: f64) -> R
 pub fn generate(
     kind: KernelKind,
     c: &ModelConfig,
-    params: &Params,
+    params: &Arc<Params>,
     layer: usize,
     dtype: DType,
 ) -> Result<KernelProgram, GenerateError> {
@@ -233,7 +231,11 @@ pub enum GenerateError {
 impl KernelProgram {
     /// The program's weight files for layer `layer` of `params`: the constant tables and each
     /// trainable tensor in the program's dtype, transposed where the program reads it so.
-    pub fn layer_weights(&self, params: &Params, layer: usize) -> Result<WeightFiles, StageError> {
+    pub fn layer_weights(
+        &self,
+        params: &Arc<Params>,
+        layer: usize,
+    ) -> Result<WeightFiles, StageError> {
         let c = &params.layout.config;
         if layer >= c.n_layers {
             return Err(StageError::Layer {
@@ -259,17 +261,21 @@ impl KernelProgram {
                     model: expected,
                 });
             }
-            let stored = params.layer(layer, t);
             let path = baked.path.clone();
-            match (baked.dtype, baked.transposed) {
-                (DType::Fp32, false) => files.insert(path, fp32_file_bytes(stored)),
-                (DType::Fp32, true) => {
-                    files.insert(path, fp32_file_bytes_transposed(stored, rows, cols))
-                }
-                (_, false) => files.insert_blob(path, &BlobFile::fp16(stored)),
-                (_, true) => {
-                    files.insert_blob(path, &BlobFile::fp16(&transpose(stored, rows, cols)))
-                }
+            if baked.dtype == DType::Fp32 {
+                // fp32 weights are the parameters themselves: the file views them instead of
+                // copying them (see `MatrixFile`).
+                let source: F32Source = params.clone();
+                let range = params.layout.layer(layer, t);
+                let file = MatrixFile::new(source, range, [rows, cols], baked.transposed)
+                    .expect("a layer tensor is rows × cols values inside the parameters");
+                files.insert_matrix(path, file);
+                continue;
+            }
+            let stored = params.layer(layer, t);
+            match baked.transposed {
+                false => files.insert_blob(path, &BlobFile::fp16(stored)),
+                true => files.insert_blob(path, &BlobFile::fp16(&transpose(stored, rows, cols))),
             }
         }
         Ok(files)
