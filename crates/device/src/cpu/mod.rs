@@ -506,30 +506,26 @@ mod tests {
     fn matrix_files_compile_like_the_bytes_they_stand_for() {
         use anetrain_mil::blob::{fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile};
         // Channel counts that leave partial micro-panels; spatial wide enough to pack.
-        let (channels, s) = ([20, 13, 20, 20], 24);
+        let (channels, s) = ([20, 13, 20, 20, 13], 24);
         let program = fp32_convs(&channels, s);
         // Stored like parameters: conv 0's weight as it is, `[13][20]`; conv 1's as the
-        // `[13][20]` matrix whose transpose it is; conv 2's as a square transposed one.
-        let sizes = [13 * 20, 13 * 20, 20 * 20];
-        let total: usize = sizes.iter().sum();
+        // `[13][20]` matrix whose transpose it is; conv 2's as a square transposed one; conv
+        // 3's `[13][20]` as the transpose of a `[10][26]` matrix, the same values in file order
+        // but no view of the stored matrix (so it is written out).
+        let shapes = [[13, 20], [13, 20], [20, 20], [10, 26]];
+        let transposed = [false, true, true, true];
+        let total: usize = shapes.iter().map(|[r, c]| r * c).sum();
         let stored: Vec<f32> = (0..total)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 200.0)
             .collect();
         let source: anetrain_mil::blob::F32Source = Arc::new(stored.clone());
-        let [r0, r1, r2] = [
-            0..sizes[0],
-            sizes[0]..sizes[0] + sizes[1],
-            sizes[0] + sizes[1]..total,
-        ];
         let path = |i: usize| format!("@model_path/weights/w{i}.bin");
         let mut views = WeightFiles::new();
         let mut bytes = WeightFiles::new();
-        let shapes = [
-            ([13, 20], false, r0),
-            ([13, 20], true, r1),
-            ([20, 20], true, r2),
-        ];
-        for (i, (shape, transposed, range)) in shapes.into_iter().enumerate() {
+        let mut at = 0;
+        for (i, (shape, transposed)) in shapes.into_iter().zip(transposed).enumerate() {
+            let range = at..at + shape[0] * shape[1];
+            at = range.end;
             let m = &stored[range.clone()];
             bytes.insert(
                 path(i),

@@ -157,7 +157,7 @@ impl ConstSource {
                 dtype,
                 shape,
                 round: false,
-            } => blob_matrix(weights, path, *offset, *dtype, shape, true),
+            } => blob_matrix(weights, path, *offset, *dtype, shape),
             _ => self.values(weights).map(MatrixValues::Dense),
         }
     }
@@ -1532,11 +1532,6 @@ fn pack_constant(
     let Storage::Const(c) = values[r].storage else {
         return None;
     };
-    let transposed;
-    let (data, stored_as) = match &consts[c] {
-        MatrixValues::Dense(values) => (&values[..], None),
-        MatrixValues::TransposeOf { stored, rows, cols } => (*stored, Some([*rows, *cols])),
-    };
     let mut offsets: Vec<usize> = Vec::new();
     let mut pack_of = Vec::with_capacity(g.batches.len());
     for &[oa, ..] in &g.batches {
@@ -1547,22 +1542,24 @@ fn pack_constant(
         pack_of.push(i);
     }
     // A constant held as the transpose of a stored matrix is read through the stored one
-    // where the product's view of it maps onto it, else written out.
-    let (data, stored_as) = match stored_as {
-        Some([rows, cols])
-            if offsets
-                .iter()
-                .all(|&oa| view_of_transpose(g, base + oa, rows, cols).is_some()) =>
-        {
-            (data, Some([rows, cols]))
+    // where the product's views of it map onto it, else written out.
+    let maps = |rows, cols| {
+        offsets
+            .iter()
+            .all(|&oa| view_of_transpose(g, base + oa, rows, cols).is_some())
+    };
+    let (data, stored_as): (Cow<'_, [f32]>, _) = match &consts[c] {
+        MatrixValues::Dense(values) => (Cow::Borrowed(&values[..]), None),
+        &MatrixValues::TransposeOf { stored, rows, cols } if maps(rows, cols) => {
+            (Cow::Borrowed(stored), Some([rows, cols]))
         }
-        Some([rows, cols]) => {
-            let mut t = Vec::with_capacity(data.len());
-            anetrain_mil::blob::transpose_bands(data, rows, cols, |band| t.extend_from_slice(band));
-            transposed = t;
-            (&transposed[..], None)
+        &MatrixValues::TransposeOf { stored, rows, cols } => {
+            let mut t = Vec::with_capacity(stored.len());
+            anetrain_mil::blob::transpose_bands(stored, rows, cols, |band| {
+                t.extend_from_slice(band)
+            });
+            (Cow::Owned(t), None)
         }
-        None => (data, None),
     };
     let packs = offsets
         .iter()
@@ -1575,7 +1572,7 @@ fn pack_constant(
                 },
             };
             (la.extent(g.m, g.k) <= data.len())
-                .then(|| PackedA::new(g.m, g.k, data, la))
+                .then(|| PackedA::new(g.m, g.k, &data, la))
                 .flatten()
         })
         .collect::<Option<Vec<_>>>()?;
@@ -1624,36 +1621,40 @@ fn blob_f32<'a>(
     dtype: DType,
     shape: &[usize],
 ) -> Result<Cow<'a, [f32]>, DeviceError> {
-    blob_matrix(weights, path, offset, dtype, shape, false).map(|v| match v {
-        MatrixValues::Dense(values) => values,
-        MatrixValues::TransposeOf { .. } => unreachable!("only asked for dense values"),
-    })
+    present(weights, path)?;
+    weights
+        .tensor_f32(path, offset, dtype, shape)
+        .map_err(|source| weights_error(path, source))
 }
 
-/// A BLOBFILE tensor's values; with `transposed_ok`, a file that views the transpose of a
-/// matrix held elsewhere comes back as that matrix (see [`WeightFiles::matrix_f32`]).
+/// [`blob_f32`] for a reader that can also take a matrix as the transpose of one held
+/// elsewhere (see [`WeightFiles::matrix_f32`]).
 fn blob_matrix<'a>(
     weights: &'a WeightFiles,
     path: &str,
     offset: u64,
     dtype: DType,
     shape: &[usize],
-    transposed_ok: bool,
 ) -> Result<MatrixValues<'a>, DeviceError> {
-    if !weights.contains(path) {
-        return Err(DeviceError::MissingWeights(path.to_string()));
-    }
-    let values = if transposed_ok {
-        weights.matrix_f32(path, offset, dtype, shape)
+    present(weights, path)?;
+    weights
+        .matrix_f32(path, offset, dtype, shape)
+        .map_err(|source| weights_error(path, source))
+}
+
+fn present(weights: &WeightFiles, path: &str) -> Result<(), DeviceError> {
+    if weights.contains(path) {
+        Ok(())
     } else {
-        weights
-            .tensor_f32(path, offset, dtype, shape)
-            .map(MatrixValues::Dense)
-    };
-    values.map_err(|source| DeviceError::Weights {
+        Err(DeviceError::MissingWeights(path.to_string()))
+    }
+}
+
+fn weights_error(path: &str, source: anetrain_mil::BlobError) -> DeviceError {
+    DeviceError::Weights {
         path: path.to_string(),
         source: Box::new(source),
-    })
+    }
 }
 
 /// `(q − zero) · scale`, with `scale` and `zero` either scalars or one value per index of
