@@ -12,7 +12,7 @@
 //!   each update the new snapshot is staged into every layer's persistent inputs, so every step
 //!   runs on the newest weights with no compile at all. Staging is host work, counted apart.
 
-use crate::priority::BackgroundThread;
+use crate::priority::{thread_cpu_time, BackgroundThread};
 use anetrain_device::clock::Clock;
 use anetrain_device::Device;
 use anetrain_model::config::ModelConfig;
@@ -96,8 +96,12 @@ impl Strategy {
 pub struct DeliveryStats {
     /// Time the training thread waited for compiles.
     pub stall: Duration,
-    /// Time spent compiling on the background thread (double-buffer).
+    /// Time spent compiling on the background thread (double-buffer), start to end.
     pub background_compile: Duration,
+    /// CPU time the background compiles used (Linux; zero where it cannot be measured): on a
+    /// CPU device what they took from the cores, as opposed to how long they took at idle
+    /// priority.
+    pub background_compile_cpu: Duration,
     /// Host time spent staging new weights into the kernels' inputs (dynamic).
     pub staging: Duration,
     pub kernel_sets_compiled: u64,
@@ -107,7 +111,26 @@ pub struct DeliveryStats {
     pub staleness: BTreeMap<u64, u64>,
 }
 
-type CompileResult = (Result<KernelSet, StepError>, Duration, Duration);
+/// A finished compile: the set (or why there is none), how long it took and when it ended on
+/// the clock, and the CPU time its thread used where that can be measured.
+struct CompileResult {
+    set: Result<KernelSet, StepError>,
+    took: Duration,
+    ended: Duration,
+    cpu: Option<Duration>,
+}
+
+impl CompileResult {
+    /// A compile that produced no set, at `ended` on the clock.
+    fn failed(error: StepError, ended: Duration) -> CompileResult {
+        CompileResult {
+            set: Err(error),
+            took: Duration::ZERO,
+            ended,
+            cpu: None,
+        }
+    }
+}
 
 /// A compile on the background thread: running, or finished with its result and the time it
 /// ended on the clock (under a latency model that end may still lie in the trainer's future).
@@ -269,23 +292,30 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             .name("kernel-compile".into())
             .spawn_scoped(self.scope, move || {
                 thread.enter();
+                let cpu_start = thread_cpu_time();
                 clock.advance_to(submitted);
                 let start = clock.now();
-                let result = compile_baked(programs.as_ref(), device, snap);
-                let end = clock.now();
-                (result, end.saturating_sub(start), end)
+                let set = compile_baked(programs.as_ref(), device, snap);
+                let ended = clock.now();
+                CompileResult {
+                    set,
+                    took: ended.saturating_sub(start),
+                    ended,
+                    cpu: thread_cpu_time()
+                        .zip(cpu_start)
+                        .map(|(end, start)| end.saturating_sub(start)),
+                }
             });
         let state = match spawned {
             Ok(handle) => JobState::Running(handle),
             // No thread, no compile: handled like a failed one (kept set, retried, counted).
-            Err(e) => JobState::Finished((
-                Err(StepError::Compile {
+            Err(e) => JobState::Finished(CompileResult::failed(
+                StepError::Compile {
                     kernel: "background compile".into(),
                     source: anetrain_device::DeviceError::CompileFailed(format!(
                         "could not start the compile thread: {e}"
                     )),
-                }),
-                Duration::ZERO,
+                },
                 submitted,
             )),
         };
@@ -318,31 +348,37 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 unreachable!("matched Running above");
             };
             job.state = JobState::Finished(handle.join().unwrap_or_else(|_| {
-                (
-                    Err(StepError::Compile {
+                CompileResult::failed(
+                    StepError::Compile {
                         kernel: "background compile".into(),
                         source: anetrain_device::DeviceError::CompileFailed(
                             "the compile thread panicked".into(),
                         ),
-                    }),
-                    Duration::ZERO,
+                    },
                     Duration::ZERO,
                 )
             }));
         }
-        let JobState::Finished((_, _, ended)) = &job.state else {
+        let JobState::Finished(CompileResult { ended, .. }) = &job.state else {
             unreachable!("the job was just finished");
         };
         if !wait && *ended > self.clock.now() {
             return Ok(());
         }
         let job = self.job.take().expect("checked above");
-        let JobState::Finished((result, took, ended)) = job.state else {
+        let JobState::Finished(CompileResult {
+            set,
+            took,
+            ended,
+            cpu,
+        }) = job.state
+        else {
             unreachable!("the job was just finished");
         };
         self.clock.advance_to(ended);
         self.stats.background_compile += took;
-        match result {
+        self.stats.background_compile_cpu += cpu.unwrap_or_default();
+        match set {
             Ok(set) => {
                 // A set becomes active only whole: every kernel of it compiled.
                 self.active = set;
@@ -452,12 +488,11 @@ fn compile_baked(
 
 /// A stand-in result while a job moves from running to finished.
 fn placeholder() -> CompileResult {
-    (
-        Err(StepError::Compile {
+    CompileResult::failed(
+        StepError::Compile {
             kernel: String::new(),
             source: anetrain_device::DeviceError::CompileFailed(String::new()),
-        }),
-        Duration::ZERO,
+        },
         Duration::ZERO,
     )
 }

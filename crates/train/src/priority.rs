@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// No thread has entered yet.
 const NOT_ENTERED: i32 = 0;
@@ -59,8 +60,32 @@ impl BackgroundThread {
     }
 }
 
+/// The CPU time the calling thread has used so far (Linux; `None` elsewhere). A background
+/// compile's start-to-end time includes the time it sat preempted at idle priority; this is
+/// what it took from the cores.
+pub fn thread_cpu_time() -> Option<Duration> {
+    sys::thread_cpu_time()
+}
+
 #[cfg(target_os = "linux")]
 mod sys {
+    use std::time::Duration;
+
+    pub fn thread_cpu_time() -> Option<Duration> {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to write.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+            return None;
+        }
+        Some(Duration::new(
+            u64::try_from(t.tv_sec).ok()?,
+            u32::try_from(t.tv_nsec).ok()?,
+        ))
+    }
+
     pub fn current_thread() -> Option<i32> {
         // SAFETY: gettid has no preconditions.
         Some(unsafe { libc::gettid() })
@@ -82,6 +107,10 @@ mod sys {
 
 #[cfg(not(target_os = "linux"))]
 mod sys {
+    pub fn thread_cpu_time() -> Option<std::time::Duration> {
+        None
+    }
+
     pub fn current_thread() -> Option<i32> {
         None
     }
@@ -160,6 +189,37 @@ mod tests {
             go_tx.send(()).expect("the thread waits for this");
             assert_eq!(thread.join().expect("the thread ran"), libc::SCHED_OTHER);
         }
+    }
+
+    /// A thread's CPU time grows while it computes and stands still while it sleeps, and
+    /// another thread's work does not count.
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_only() {
+        let start = thread_cpu_time().expect("Linux measures thread CPU time");
+        // Busy until 20 ms of CPU time have passed (bounded, in case the clock stood still).
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        while thread_cpu_time().unwrap() < start + Duration::from_millis(20) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            assert!(
+                wall.elapsed() < Duration::from_secs(60),
+                "CPU time never grew"
+            );
+        }
+        std::hint::black_box(x);
+        let (sleeper, busy_other) = std::thread::scope(|s| {
+            let sleeper = s.spawn(|| {
+                let before = thread_cpu_time().unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                thread_cpu_time().unwrap() - before
+            });
+            let before = thread_cpu_time().unwrap();
+            (sleeper.join().unwrap(), thread_cpu_time().unwrap() - before)
+        });
+        // 200 ms asleep costs a few microseconds of CPU, not the 200 ms of wall time.
+        assert!(sleeper < Duration::from_millis(50), "{sleeper:?}");
+        // This thread only waited for the sleeper.
+        assert!(busy_other < Duration::from_millis(50), "{busy_other:?}");
     }
 
     #[test]

@@ -193,6 +193,8 @@ pub struct Counters {
     pub tokens: u64,
     pub skipped_updates: u64,
     pub background_compile: Duration,
+    /// CPU time of the background compiles (see `DeliveryStats::background_compile_cpu`).
+    pub background_compile_cpu: Duration,
     /// Host work: staging new weights into the kernels' inputs (dynamic delivery).
     pub staging: Duration,
     pub swaps: u64,
@@ -742,6 +744,7 @@ fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters
     let mut c = c.clone();
     c.compile_stall += stats.stall;
     c.background_compile += stats.background_compile;
+    c.background_compile_cpu += stats.background_compile_cpu;
     c.staging += stats.staging;
     c.compiles += (stats.kernel_sets_compiled + stats.failed_compiles) * set_size;
     c.swaps += stats.swaps;

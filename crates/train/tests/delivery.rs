@@ -154,6 +154,8 @@ fn recompile_stalls_for_every_set_and_never_lags() {
         Duration::from_millis(60 + 5 * 50)
     );
     assert_eq!(out.state.counters.wall, Duration::from_millis(60 + 5 * 56));
+    // Nothing compiled in the background.
+    assert_eq!(out.state.counters.background_compile_cpu, Duration::ZERO);
 }
 
 #[test]
@@ -176,6 +178,13 @@ fn double_buffer_with_staleness_one_waits_for_each_compile() {
         Duration::from_millis(60 + 4 * 44)
     );
     assert_eq!(out.state.counters.swaps, 4);
+    // The four compiles really ran on this host's CPU, whatever the model says they took
+    // (thread CPU time is measured on Linux only).
+    let cpu = out.state.counters.background_compile_cpu;
+    if cfg!(target_os = "linux") {
+        assert!(cpu > Duration::ZERO);
+    }
+    assert!(cpu < out.state.counters.background_compile, "{cpu:?}");
 }
 
 #[test]
