@@ -463,13 +463,14 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<30} {:>9} {:>13} {:>10} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "{:<30} {:>9} {:>13} {:>10} {:>8} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
         "strategy",
         "ms/step",
         "(min-max)",
         "vs frozen",
         "stall %",
         "stall* %",
+        "bg cpu",
         "lag mean/max",
         "compiles",
         "train loss",
@@ -498,13 +499,14 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
             .saturating_sub(r.initial_compile)
             .as_secs_f64();
         println!(
-            "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
+            "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
             c.name,
             times[times.len() / 2],
             format!("({:.1}-{:.1})", times[0], times[times.len() - 1]),
             100.0 * ratios[ratios.len() / 2],
             100.0 * r.counters.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
             100.0 * later_stall / after_start,
+            1e3 * r.counters.background_compile_cpu.as_secs_f64() / steps as f64,
             r.mean_lag,
             r.max_lag,
             r.counters.compiles,
@@ -517,7 +519,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
          rounds of the throughput as a share of the frozen-kernel run of the same round; the other \
          columns are from the run of median time. train loss: mean of the last 20 steps; val loss: \
          at the end; stall: foreground compile waits including the initial compile; stall*: after \
-         the initial compile)",
+         the initial compile; bg cpu: CPU ms per step of the background compiles, Linux only)",
         rounds.max(1)
     );
     Ok(())
