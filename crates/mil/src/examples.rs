@@ -237,27 +237,34 @@ pub fn final_rmsnorm(d: usize, s: usize) -> Program {
 /// file per conv (`@model_path/weights/w{i}.bin`, the layout every chip accepts): the shape of
 /// the peak-throughput benchmark. Returns the program; [`conv_chain_weights`] makes its files.
 pub fn conv_chain(n: usize, c: usize, s: usize) -> Program {
+    conv_stack(DType::Fp16, &vec![c; n + 1], s)
+}
+
+/// 1×1 convs through `channels[0] → channels[1] → …` at spatial size `s`, every tensor in
+/// `dtype`; conv `i` reads its `[channels[i + 1], channels[i], 1, 1]` weight from
+/// `@model_path/weights/w{i}.bin`.
+pub fn conv_stack(dtype: DType, channels: &[usize], s: usize) -> Program {
     let mut b = FunctionBuilder::new("main", "ios18");
-    let act = t(DType::Fp16, &[1, c, 1, s]);
-    let mut x = b.input("x", act.clone());
+    let act = |c: usize| t(dtype, &[1, c, 1, s]);
+    let mut x = b.input("x", act(channels.first().copied().unwrap_or(0)));
     let pt = b.constant("pt", Literal::string("valid"));
     let st = b.constant("st", Literal::int32_tensor(&[1, 1]));
     let pd = b.constant("pd", Literal::int32_tensor(&[0, 0, 0, 0]));
     let dl = b.constant("dl", Literal::int32_tensor(&[1, 1]));
     let gr = b.constant("gr", Literal::int32(1));
-    for i in 0..n {
+    for (i, pair) in channels.windows(2).enumerate() {
         let w = b.constant(
             &format!("W{i}"),
             blob(
-                DType::Fp16,
-                &[c, c, 1, 1],
+                dtype,
+                &[pair[1], pair[0], 1, 1],
                 &format!("@model_path/weights/w{i}.bin"),
             ),
         );
         x = b.op(
             "conv",
             &format!("c{i}"),
-            act.clone(),
+            act(pair[1]),
             vec![
                 ("dilations", (&dl).into()),
                 ("groups", (&gr).into()),

@@ -457,48 +457,6 @@ mod tests {
         ));
     }
 
-    /// An fp32 program of 1×1 convs through `channels[0] → channels[1] → …`, weight `i` in
-    /// `@model_path/weights/w{i}.bin`.
-    fn fp32_convs(channels: &[usize], s: usize) -> Program {
-        use anetrain_mil::ir::{Dialect, Style, Type};
-        use anetrain_mil::{DType, FunctionBuilder, Literal};
-        let act = |c: usize| Type::tensor(DType::Fp32, vec![1, c, 1, s]);
-        let mut b = FunctionBuilder::new("main", "ios18");
-        let mut x = b.input("x", act(channels[0]));
-        let pt = b.constant("pt", Literal::string("valid"));
-        let st = b.constant("st", Literal::int32_tensor(&[1, 1]));
-        let pd = b.constant("pd", Literal::int32_tensor(&[0, 0, 0, 0]));
-        let dl = b.constant("dl", Literal::int32_tensor(&[1, 1]));
-        let gr = b.constant("gr", Literal::int32(1));
-        for (i, pair) in channels.windows(2).enumerate() {
-            let w = b.constant(
-                &format!("W{i}"),
-                Literal::Blob {
-                    dtype: DType::Fp32,
-                    shape: vec![pair[1], pair[0], 1, 1],
-                    path: format!("@model_path/weights/w{i}.bin"),
-                    offset: 64,
-                },
-            );
-            x = b.op(
-                "conv",
-                &format!("c{i}"),
-                act(pair[1]),
-                vec![
-                    ("dilations", (&dl).into()),
-                    ("groups", (&gr).into()),
-                    ("pad", (&pd).into()),
-                    ("pad_type", (&pt).into()),
-                    ("strides", (&st).into()),
-                    ("weight", (&w).into()),
-                    ("x", (&x).into()),
-                ],
-            );
-        }
-        b.output(&x);
-        Program::single(Dialect::Ios18, Style::Compact, b.finish())
-    }
-
     /// Weight files that view matrices held elsewhere (as training hands over its parameters)
     /// compile to the kernel that the same matrices written out as bytes give, whether a file
     /// reads its matrix as stored or transposed; and they are checked like bytes.
@@ -507,7 +465,7 @@ mod tests {
         use anetrain_mil::blob::{fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile};
         // Channel counts that leave partial micro-panels; spatial wide enough to pack.
         let (channels, s) = ([20, 13, 20, 20, 13], 24);
-        let program = fp32_convs(&channels, s);
+        let program = examples::conv_stack(anetrain_mil::DType::Fp32, &channels, s);
         // Stored like parameters: conv 0's weight as it is, `[13][20]`; conv 1's as the
         // `[13][20]` matrix whose transpose it is; conv 2's as a square transposed one; conv
         // 3's `[13][20]` as the transpose of a `[10][26]` matrix, the same values in file order
