@@ -587,6 +587,13 @@ pub fn fp32_file_bytes_transposed(values: &[f32], rows: usize, cols: usize) -> V
     out
 }
 
+/// The transpose of `values`, a `[rows][cols]` matrix: `[cols][rows]`.
+pub fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = Vec::with_capacity(values.len());
+    transpose_bands(values, rows, cols, |band| t.extend_from_slice(band));
+    t
+}
+
 /// Hands the rows of the transpose of `values` (a `[rows][cols]` matrix) to `emit` in order, a
 /// band of up to 16 at a time. A band is gathered from one sequential pass over the matrix
 /// that reads a whole cache line of every row, in 4×4 blocks: a block is four loads, a few
@@ -877,11 +884,7 @@ impl MatrixFile {
     /// The file's elements in file order (the transpose written out if the file is one).
     fn values(&self) -> Cow<'_, [f32]> {
         if self.transposed {
-            let mut t = Vec::with_capacity(self.range.len());
-            transpose_bands(self.stored(), self.rows, self.cols, |band| {
-                t.extend_from_slice(band)
-            });
-            Cow::Owned(t)
+            Cow::Owned(transposed(self.stored(), self.rows, self.cols))
         } else {
             Cow::Borrowed(self.stored())
         }

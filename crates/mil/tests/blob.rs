@@ -1032,3 +1032,21 @@ fn a_matrix_file_must_lie_inside_its_source() {
     assert!(MatrixFile::new(source.clone(), 5..20, [5, 3], true).is_some());
     assert!(MatrixFile::new(source, 0..0, [0, 7], false).is_some());
 }
+
+#[test]
+fn transposed_matches_the_definition() {
+    for (rows, cols) in [(1, 1), (3, 5), (8, 8), (13, 7), (17, 32), (64, 9)] {
+        let w: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let t = anetrain_mil::blob::transposed(&w, rows, cols);
+        assert_eq!(t.len(), w.len());
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    t[c * rows + r],
+                    w[r * cols + c],
+                    "{rows}×{cols} at ({r}, {c})"
+                );
+            }
+        }
+    }
+}

@@ -243,23 +243,6 @@ fn kernel_dtype(device: &dyn Device) -> DType {
     }
 }
 
-/// Compiles one kernel of one layer.
-pub fn compile_kernel(
-    device: &dyn Device,
-    kind: KernelKind,
-    params: &Arc<Params>,
-    layer: usize,
-) -> Result<Kernel, StepError> {
-    let config = &params.layout.config;
-    let program = generate_baked(kind, config, kernel_dtype(device)).map_err(|source| {
-        StepError::Generate {
-            kernel: kind.name().into(),
-            source,
-        }
-    })?;
-    compile_layer(device, &program, params, layer)
-}
-
 /// Compiles `program` with the weights of layer `layer` of `params`.
 fn compile_layer(
     device: &dyn Device,

@@ -1553,13 +1553,10 @@ fn pack_constant(
         &MatrixValues::TransposeOf { stored, rows, cols } if maps(rows, cols) => {
             (Cow::Borrowed(stored), Some([rows, cols]))
         }
-        &MatrixValues::TransposeOf { stored, rows, cols } => {
-            let mut t = Vec::with_capacity(stored.len());
-            anetrain_mil::blob::transpose_bands(stored, rows, cols, |band| {
-                t.extend_from_slice(band)
-            });
-            (Cow::Owned(t), None)
-        }
+        &MatrixValues::TransposeOf { stored, rows, cols } => (
+            Cow::Owned(anetrain_mil::blob::transposed(stored, rows, cols)),
+            None,
+        ),
     };
     let packs = offsets
         .iter()

@@ -30,7 +30,7 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::{transpose_bands, BlobFile, F32Source, MatrixFile, WeightFiles};
+use anetrain_mil::blob::{transposed, BlobFile, F32Source, MatrixFile, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
@@ -275,18 +275,11 @@ impl KernelProgram {
             let stored = params.layer(layer, t);
             match baked.transposed {
                 false => files.insert_blob(path, &BlobFile::fp16(stored)),
-                true => files.insert_blob(path, &BlobFile::fp16(&transpose(stored, rows, cols))),
+                true => files.insert_blob(path, &BlobFile::fp16(&transposed(stored, rows, cols))),
             }
         }
         Ok(files)
     }
-}
-
-/// `[rows][cols]` → `[cols][rows]`.
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = Vec::with_capacity(rows * cols);
-    transpose_bands(w, rows, cols, |band| t.extend_from_slice(band));
-    t
 }
 
 /// Where a kernel's trainable tensors lie in its packed input, found by a first pass of the
@@ -695,29 +688,12 @@ impl Gen<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{transpose, KernelKind};
+    use super::KernelKind;
 
     #[test]
     fn a_kernel_kind_indexes_its_place_in_all() {
         for (i, kind) in KernelKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i, "{}", kind.name());
-        }
-    }
-
-    #[test]
-    fn transpose_matches_the_definition() {
-        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (13, 7), (17, 32), (64, 9)] {
-            let w: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
-            let t = transpose(&w, rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        t[c * rows + r],
-                        w[r * cols + c],
-                        "{rows}×{cols} at ({r}, {c})"
-                    );
-                }
-            }
         }
     }
 }
