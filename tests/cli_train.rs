@@ -177,6 +177,26 @@ fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
     assert!(stdout.contains("latency model: m4"), "{stdout}");
     let report = std::fs::read_to_string(tmp.path().join("sim").join("report.txt")).unwrap();
     assert!(report.contains("[simulated]"));
+    // The stall splits into the start-up compile (the shared kernel and a 5-kernel set: at
+    // least 6 × 24.8 ms on the m4 model) and what came after it.
+    let seconds = |label: &str| -> f64 {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in {report}"));
+        line.trim_start()[label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no seconds in {line:?}"))
+    };
+    let (stall, startup, after) = (
+        seconds("compile stall"),
+        seconds("at start-up"),
+        seconds("after start-up"),
+    );
+    assert!(startup >= 6.0 * 0.0248, "{report}");
+    assert!((stall - startup - after).abs() <= 0.011, "{report}");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let events = json["traceEvents"].as_array().unwrap();
     let spans = |tid: u64| {

@@ -57,21 +57,30 @@ fn op_flops(op: &Op, checked: &CheckedFunction) -> u64 {
 
 /// Total bytes of the weight blobs a program bakes in (each BLOBFILE tensor counted once).
 pub fn weight_bytes(f: &Function) -> u64 {
+    blob_tensors(f)
+        .map(|(dtype, n)| (n * dtype.size_bytes().unwrap_or(0)) as u64)
+        .sum()
+}
+
+/// Total number of weight values a program bakes in (each BLOBFILE tensor counted once),
+/// whatever their dtype.
+pub fn weight_values(f: &Function) -> u64 {
+    blob_tensors(f).map(|(_, n)| n as u64).sum()
+}
+
+/// The dtype and element count of every distinct BLOBFILE tensor of `f`.
+fn blob_tensors(f: &Function) -> impl Iterator<Item = (crate::ir::DType, usize)> + '_ {
     let mut seen = std::collections::HashSet::new();
     f.ops
         .iter()
         .flat_map(|op| op.attrs.iter().map(|(_, l)| l))
-        .filter_map(|l| match l {
+        .filter_map(move |l| match l {
             Literal::Blob {
                 dtype,
                 shape,
                 path,
                 offset,
-            } if seen.insert((path.clone(), *offset)) => {
-                let n: usize = shape.iter().product();
-                Some((n * dtype.size_bytes().unwrap_or(0)) as u64)
-            }
+            } if seen.insert((path.clone(), *offset)) => Some((*dtype, shape.iter().product())),
             _ => None,
         })
-        .sum()
 }

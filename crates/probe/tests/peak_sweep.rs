@@ -70,8 +70,8 @@ fn simulated_rows_take_exactly_the_profiles_times() {
             (row.eval.min, row.eval.median, row.eval.max),
             (eval, eval, eval)
         );
-        let bytes = 2 * row.shape.channels.pow(2) * row.shape.depth;
-        assert_eq!(row.compile, profile.compile_time(bytes as u64));
+        let weights = row.shape.channels.pow(2) * row.shape.depth;
+        assert_eq!(row.compile, profile.compile_time(weights as u64));
         let flops_per_second = flops as f64 / eval.as_secs_f64();
         assert_eq!(row.flops_per_second, flops_per_second);
         assert_eq!(row.percent_of_peak, Some(100.0 * flops_per_second / 2e12));

@@ -153,6 +153,10 @@ fn recompile_stalls_for_every_set_and_never_lags() {
         out.state.counters.compile_stall,
         Duration::from_millis(60 + 5 * 50)
     );
+    assert_eq!(
+        out.state.counters.startup_compile,
+        Duration::from_millis(60)
+    );
     assert_eq!(out.state.counters.wall, Duration::from_millis(60 + 5 * 56));
     // Nothing compiled in the background.
     assert_eq!(out.state.counters.background_compile_cpu, Duration::ZERO);
@@ -195,6 +199,10 @@ fn double_buffer_with_room_to_lag_never_stalls() {
     out.result.unwrap();
     // Only the initial compile stalls.
     assert_eq!(out.state.counters.compile_stall, Duration::from_millis(60));
+    assert_eq!(
+        out.state.counters.startup_compile,
+        Duration::from_millis(60)
+    );
     // Compiles of versions 1, 10 and 19 finish at the boundaries before steps 11, 20 and 29
     // (each takes 50 ms, just over 8 steps of 6 ms; the newest weights are taken each time).
     let versions: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();

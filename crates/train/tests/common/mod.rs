@@ -16,6 +16,7 @@ pub fn profile() -> ChipProfile {
         name: "test",
         compile_base: Duration::from_millis(10),
         compile_per_mb: Duration::ZERO,
+        bytes_per_weight: 2,
         eval_base: Duration::from_millis(1),
         eval_flops: f64::INFINITY,
     }
