@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod decorate;
 mod error;
 pub mod fp16;
+pub mod memory;
 pub mod trace;
 
 pub use ane::{AneConfig, AneDevice, AneInfo};

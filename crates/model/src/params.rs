@@ -182,7 +182,7 @@ impl AsRef<[f32]> for Params {
 
 impl Params {
     pub fn zeros(layout: Arc<ParamLayout>) -> Params {
-        let data = vec![0.0; layout.len];
+        let data = anetrain_device::memory::zeroed_f32(layout.len);
         Params { layout, data }
     }
 

@@ -16,6 +16,7 @@ use crate::kernels::{
 };
 use crate::params::{LayerTensor, ParamLayout, Params};
 use anetrain_device::clock::Clock;
+use anetrain_device::memory::zeroed_f32;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::DType;
@@ -559,8 +560,8 @@ impl StepBuffers {
                 .collect(),
             x: vec![0.0; d * s],
             x_final: vec![0.0; d * s],
-            logits: vec![0.0; v * s],
-            dlogits: vec![0.0; v * s],
+            logits: zeroed_f32(v * s),
+            dlogits: zeroed_f32(v * s),
             dy: vec![0.0; d * s],
             dx: vec![0.0; d * s],
             bwd_ffn_in: packed(KernelKind::BwdFfn, true),

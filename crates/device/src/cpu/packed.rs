@@ -70,6 +70,7 @@ impl PackedA {
         // Every slot is written once, never zero-filled first: every compile packs every
         // weight, and a fill would be one more pass over it.
         let mut data: Vec<f32> = Vec::with_capacity(len);
+        crate::memory::advise_huge_pages(&data.spare_capacity_mut()[..len]);
         for (i, panel) in data.spare_capacity_mut()[..len]
             .chunks_exact_mut(k * MR)
             .enumerate()
