@@ -4,7 +4,7 @@
 ///
 /// On Linux a large one asks for transparent huge pages (honoured where the system's policy is
 /// `madvise` or `always`, the usual defaults): its first touch then faults 2 MB at a time
-/// instead of 4 KB. A 110M-parameter model holds seven such buffers of 440 MB; on this
+/// instead of 4 KB. A 110M-parameter model holds five or more such buffers of 440 MB; on this
 /// project's VMs faulting them in page by page cost seconds of kernel time in the first steps.
 pub fn zeroed_f32(len: usize) -> Vec<f32> {
     let v = vec![0.0f32; len];
@@ -12,15 +12,14 @@ pub fn zeroed_f32(len: usize) -> Vec<f32> {
     v
 }
 
-/// The size of a transparent huge page on the targets that have them.
+/// The size of a transparent huge page on x86_64 (and aarch64 with 4 KB pages).
 pub const HUGE_PAGE: usize = 2 << 20;
 
 /// Asks for transparent huge pages behind the whole huge pages inside `buf` (Linux; elsewhere,
 /// and for buffers under two huge pages, nothing). Worth it only before the buffer is first
 /// written.
 #[cfg(target_os = "linux")]
-pub fn advise_huge_pages<T>(buf: &[T]) {
-    let v = buf;
+pub fn advise_huge_pages<T>(v: &[T]) {
     let bytes = std::mem::size_of_val(v);
     if bytes < 2 * HUGE_PAGE {
         return;
