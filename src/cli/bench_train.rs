@@ -87,8 +87,6 @@ struct Summary {
     val_loss: f32,
     mean_lag: f64,
     max_lag: u64,
-    /// The compile every run starts with (not a cost of the strategy).
-    initial_compile: Duration,
     steps: Vec<StepRecord>,
 }
 
@@ -118,9 +116,7 @@ fn measured_run(
     };
     let mut steps = Vec::new();
     let mut val = f32::NAN;
-    let mut initial_compile = Duration::ZERO;
     train(&env, options, &mut state, data, None, &mut |e| match e {
-        Event::Compiled { took, .. } => initial_compile = *took,
         Event::Step(r) => steps.push(r.clone()),
         Event::Validation { loss, .. } => val = *loss,
         _ => {}
@@ -133,7 +129,6 @@ fn measured_run(
         val_loss: val,
         mean_lag: lags().sum::<u64>() as f64 / steps.len().max(1) as f64,
         max_lag: lags().max().unwrap_or(0),
-        initial_compile,
         counters: state.counters,
         steps,
     })
@@ -490,13 +485,13 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         ratios.sort_by(f64::total_cmp);
         let after_start = r
             .wall
-            .saturating_sub(r.initial_compile)
+            .saturating_sub(r.counters.startup_compile)
             .as_secs_f64()
             .max(1e-9);
         let later_stall = r
             .counters
             .compile_stall
-            .saturating_sub(r.initial_compile)
+            .saturating_sub(r.counters.startup_compile)
             .as_secs_f64();
         println!(
             "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
