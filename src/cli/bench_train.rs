@@ -483,16 +483,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         let r = &runs[median_index(&times)];
         times.sort_by(f64::total_cmp);
         ratios.sort_by(f64::total_cmp);
-        let after_start = r
-            .wall
-            .saturating_sub(r.counters.startup_compile)
-            .as_secs_f64()
-            .max(1e-9);
-        let later_stall = r
-            .counters
-            .compile_stall
-            .saturating_sub(r.counters.startup_compile)
-            .as_secs_f64();
+        let (_, later_stall_share) = r.counters.stall_after_startup();
         println!(
             "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
             c.name,
@@ -500,7 +491,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
             format!("({:.1}-{:.1})", times[0], times[times.len() - 1]),
             100.0 * ratios[ratios.len() / 2],
             100.0 * r.counters.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
-            100.0 * later_stall / after_start,
+            later_stall_share,
             1e3 * r.counters.background_compile_cpu.as_secs_f64() / steps as f64,
             r.mean_lag,
             r.max_lag,

@@ -525,9 +525,7 @@ fn efficiency_report(
         c.compile_stall.as_secs_f64(),
         pct(c.compile_stall)
     ));
-    // The start-up compile is the same for every strategy, and a short run cannot amortise
-    // it: what a strategy changes is the stall after it.
-    let later = c.compile_stall.saturating_sub(c.startup_compile);
+    let (later, later_share) = c.stall_after_startup();
     line(format!(
         "  at start-up       {:.2} s (the first sets of each process; nothing to evaluate yet)",
         c.startup_compile.as_secs_f64()
@@ -535,11 +533,7 @@ fn efficiency_report(
     line(format!(
         "  after start-up    {:.2} s ({:.2} % of the wall time after start-up)",
         later.as_secs_f64(),
-        100.0 * later.as_secs_f64()
-            / c.wall
-                .saturating_sub(c.startup_compile)
-                .as_secs_f64()
-                .max(1e-9)
+        later_share
     ));
     // The CPU time is this host's whichever the clock: a latency model only adds time.
     let compile_cpu = if c.background_compile_cpu > Duration::ZERO {

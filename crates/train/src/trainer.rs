@@ -207,6 +207,20 @@ pub struct Counters {
     pub staleness: std::collections::BTreeMap<u64, u64>,
 }
 
+impl Counters {
+    /// The compile stall after the start-up compiles, and its share in percent of the wall time
+    /// after them: the part of the stall the weight-delivery strategy decides (the start-up
+    /// compile is the same for every strategy, and a short run cannot amortise it).
+    pub fn stall_after_startup(&self) -> (Duration, f64) {
+        let stall = self.compile_stall.saturating_sub(self.startup_compile);
+        let wall = self.wall.saturating_sub(self.startup_compile);
+        (
+            stall,
+            100.0 * stall.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        )
+    }
+}
+
 /// What the loop reports as it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -855,6 +869,24 @@ mod tests {
     use super::*;
     use anetrain_model::optim::scale_all;
     use anetrain_model::ParamLayout;
+
+    #[test]
+    fn the_stall_after_start_up_is_a_share_of_the_wall_after_it() {
+        let c = Counters {
+            wall: Duration::from_secs(10),
+            compile_stall: Duration::from_secs(3),
+            startup_compile: Duration::from_secs(1),
+            ..Counters::default()
+        };
+        // 2 s of the 9 s after start-up.
+        let (stall, share) = c.stall_after_startup();
+        assert_eq!(stall, Duration::from_secs(2));
+        assert!((share - 200.0 / 9.0).abs() < 1e-9, "{share}");
+        assert_eq!(
+            Counters::default().stall_after_startup(),
+            (Duration::ZERO, 0.0)
+        );
+    }
 
     /// A retired version's buffer comes back only once nothing else holds it, the same buffer
     /// (not a copy), and no more than one free buffer is kept.
