@@ -98,3 +98,39 @@ fn an_unknown_device_is_refused_with_the_choices() {
         "{err}"
     );
 }
+
+/// `train --device ane` opens the ANE like every other command: off a Mac it fails with the
+/// reason before the run folder gets anything.
+#[cfg(not(target_vendor = "apple"))]
+#[test]
+fn train_on_the_ane_off_a_mac_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = anetrain(&[
+        "train",
+        "--device",
+        "ane",
+        "--steps",
+        "2",
+        "--quiet",
+        "--out",
+        &run.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("device unavailable: the ANE needs an Apple Silicon Mac"),
+        "{err}"
+    );
+    assert!(!run.join("metrics.jsonl").exists());
+}
+
+/// The ANE computes in fp16: asking it for fp32 is refused by name, on any machine, before
+/// the device is opened.
+#[test]
+fn train_on_the_ane_refuses_fp32() {
+    let out = anetrain(&["train", "--device", "ane", "--precision", "fp32"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the ANE computes in fp16 only"), "{err}");
+}

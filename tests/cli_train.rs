@@ -120,6 +120,105 @@ fn stop_and_resume_continues_exactly() {
     assert_eq!(losses("whole"), losses("halves"));
 }
 
+/// The rows of a run's metrics.jsonl of one type.
+fn metric_rows(dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == kind)
+        .collect()
+}
+
+/// `--resume` alone continues a run as it was started: its precision (fp16, with the loss
+/// scale it had reached), learning rate, accumulation, weight delivery, validation schedule
+/// and data file come from the checkpoint, not from the defaults. Every step and validation
+/// row carries the fields the metrics promise.
+#[test]
+fn resume_alone_continues_the_run_as_it_was_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let started = [
+        "--steps",
+        "6",
+        "--precision",
+        "fp16",
+        "--lr",
+        "0.002",
+        "--accum",
+        "2",
+        "--weights",
+        "recompile",
+        "--delay-compensation",
+        "0",
+        "--quiet",
+        "--threads",
+        "1",
+    ];
+    let whole = tmp.path().join("whole");
+    let halves = tmp.path().join("halves");
+    ok(&f.train(&whole.display().to_string(), &started));
+    let mut first = started.to_vec();
+    first.extend(["--stop-after", "3"]);
+    ok(&f.train(&halves.display().to_string(), &first));
+    // From another directory, with none of the run's flags (threads are the machine's).
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_anetrain"))
+        .args(["train", "--resume", "--quiet", "--threads", "1", "--out"])
+        .arg(&halves)
+        .current_dir(tmp.path().join(".."))
+        .output()
+        .unwrap();
+    ok(&resumed);
+    assert!(
+        stdout(&resumed).contains("fp16"),
+        "the report names the resumed precision:\n{}",
+        stdout(&resumed)
+    );
+    let (a, b) = (final_weights(&whole), final_weights(&halves));
+    assert_eq!((a.0, b.0), (6, 6));
+    assert!(a.1 == b.1, "weights differ after resume");
+    assert!(a.2 == b.2, "optimizer moments differ after resume");
+
+    // Timings differ between runs; nothing else may.
+    let timeless = |rows: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        rows.into_iter()
+            .map(|mut r| {
+                let fields = r.as_object_mut().unwrap();
+                fields.retain(|k, _| !k.ends_with("ms") && k != "tokens_per_s" && k != "start_s");
+                fields.remove("eval_ms_by_kernel");
+                r
+            })
+            .collect()
+    };
+    let steps_a = metric_rows(&whole, "step");
+    assert_eq!(steps_a.len(), 6);
+    assert_eq!(
+        timeless(steps_a.clone()),
+        timeless(metric_rows(&halves, "step"))
+    );
+    for (i, row) in steps_a.iter().enumerate() {
+        assert_eq!(row["step"], i as u64 + 1);
+        assert!(row["loss"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["lr"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["lr"].as_f64().unwrap() <= 0.002 + 1e-9, "{row}");
+        assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["ms"].as_f64().unwrap() > 0.0, "{row}");
+        // fp16: the loss scale is reported per step.
+        assert!(row["loss_scale"].as_f64().unwrap() >= 1.0, "{row}");
+    }
+    let val = metric_rows(&whole, "val");
+    assert_eq!(val.last().unwrap()["step"], 6);
+    assert!(
+        val.iter().all(|v| v["val_loss"].as_f64().unwrap() > 0.0),
+        "{val:?}"
+    );
+    // The stopped half validated at its stop too; both end on the same validation loss.
+    assert_eq!(val.last(), metric_rows(&halves, "val").last());
+    for file in ["loss.svg", "report.txt"] {
+        assert!(whole.join(file).exists(), "{file}");
+    }
+}
+
 #[test]
 fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -318,4 +417,98 @@ fn unusable_options_are_refused_before_the_run_starts() {
         stderr(&o)
     );
     assert!(!out.exists(), "nothing is written for a refused run");
+}
+
+/// `eval`, `generate` and `export` on a trained checkpoint: eval's default is the validation
+/// split of the run's own data, on which it reproduces the run's last validation loss; the
+/// sampler's seed and top-p mean what they say; and an exported model samples exactly what
+/// its checkpoint does.
+#[test]
+fn eval_generate_and_export_agree_with_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let run = tmp.path().join("run");
+    ok(&f.train(
+        &run.display().to_string(),
+        &["--steps", "4", "--weights", "recompile", "--quiet"],
+    ));
+    let (_, ckpt) = list_checkpoints(&run).pop().expect("a checkpoint");
+    let ckpt = ckpt.display().to_string();
+    let val_loss = metric_rows(&run, "val").last().unwrap()["val_loss"]
+        .as_f64()
+        .unwrap();
+
+    // The run validated on 16 windows of its data's validation split.
+    let o = anetrain(&["eval", "--checkpoint", &ckpt, "--batches", "16"]);
+    ok(&o);
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!("mean loss {val_loss:.4} over 16 windows")),
+        "{text}\nval {val_loss}"
+    );
+    assert!(
+        text.contains("validation split of") && text.contains("tokens.bin"),
+        "{text}"
+    );
+    // A file given is evaluated whole, and its loss is another.
+    let o = anetrain(&[
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        &f.data,
+        "--batches",
+        "4",
+    ]);
+    ok(&o);
+    assert!(stdout(&o).contains("over 4 windows"), "{}", stdout(&o));
+
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["generate", "--prompt", "It is", "--max-tokens", "24"];
+        args.extend_from_slice(extra);
+        let o = anetrain(&args);
+        ok(&o);
+        stdout(&o)
+    };
+    let from_ckpt = |extra: &[&str]| {
+        let mut args = vec!["--checkpoint", ckpt.as_str()];
+        args.extend_from_slice(extra);
+        sample(&args)
+    };
+    let hot = ["--temperature", "1.0", "--top-p", "1.0"];
+    let seeded = |seed: &str| from_ckpt(&[&hot[..], &["--seed", seed]].concat());
+    assert_eq!(
+        seeded("7"),
+        seeded("7"),
+        "the same seed gives the same text"
+    );
+    assert_ne!(seeded("7"), seeded("8"), "another seed, another text");
+    // A nucleus this small holds only the most likely token: greedy decoding.
+    let greedy = from_ckpt(&["--temperature", "0"]);
+    assert_eq!(from_ckpt(&["--top-p", "0.000001", "--seed", "3"]), greedy);
+
+    for (format, file) in [
+        ("llama2c", "model.bin"),
+        ("safetensors", "model.safetensors"),
+    ] {
+        let path = tmp.path().join(file).display().to_string();
+        ok(&anetrain(&[
+            "export",
+            "--checkpoint",
+            &ckpt,
+            "--format",
+            format,
+            "--output",
+            &path,
+        ]));
+        let exported = sample(&[
+            "--model",
+            &path,
+            "--tokenizer",
+            &f.tok,
+            "--temperature",
+            "0",
+        ]);
+        assert_eq!(exported, greedy, "{format}");
+    }
 }

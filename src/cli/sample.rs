@@ -10,7 +10,7 @@ use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::TokenDataset;
 use anetrain_train::tokenizer::{Tokenizer, TokenizerKind};
 use anetrain_train::trainer::{validation_loss, TrainOptions};
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,15 +106,32 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let (ckpt, tok) = load(&args.checkpoint)?;
     let config = ckpt.header.config.clone();
-    // A given file is evaluated whole; the embedded corpus on the validation split of a run.
-    let windows = match &args.data {
-        Some(p) => TokenDataset::validation_only(
-            read_token_file(p, config.vocab)?,
-            &p.display().to_string(),
-            config.vocab,
-            config.seq_len,
-        )?,
-        None => corpus_dataset(&tok, &config)?,
+    // A given file is evaluated whole; by default, the validation split of the data the run
+    // trained on (its file, as its checkpoints name it, or the embedded corpus).
+    let (windows, source) = match (&args.data, super::train::trained_on(&ckpt.header)) {
+        (Some(p), _) => (
+            TokenDataset::validation_only(
+                read_token_file(p, config.vocab)?,
+                &p.display().to_string(),
+                config.vocab,
+                config.seq_len,
+            )?,
+            p.display().to_string(),
+        ),
+        (None, Some(p)) => (
+            TokenDataset::open(
+                &p,
+                config.vocab,
+                config.seq_len,
+                TokenDataset::DEFAULT_VAL_FRACTION,
+            )
+            .context("the checkpoint's training data (give another file with --data)")?,
+            format!("the validation split of {}", p.display()),
+        ),
+        (None, None) => (
+            corpus_dataset(&tok, &config)?,
+            "the validation split of the embedded corpus".into(),
+        ),
     };
     let device = CpuDevice::new(NumericMode::Fp32);
     let clock = RealClock::new();
@@ -142,7 +159,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!(e))?;
     println!(
-        "mean loss {loss:.4} over {n} windows of {} tokens; perplexity {:.2}",
+        "mean loss {loss:.4} over {n} windows of {} tokens of {source}; perplexity {:.2}",
         config.seq_len,
         (loss as f64).exp()
     );

@@ -11,7 +11,7 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
-use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
+use anetrain_train::checkpoint::{list_checkpoints, Checkpoint, CheckpointHeader};
 use anetrain_train::data::atomic::write_atomic;
 use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
@@ -21,7 +21,7 @@ use anetrain_train::trainer::{
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,9 +35,9 @@ pub struct TrainArgs {
     /// Model: a preset (tiny, stories15m, stories42m, stories110m, qwen3-0.6b) or a TOML file.
     #[arg(long)]
     model: Option<String>,
-    /// The device the kernels run on: cpu, or ane (Apple Silicon Macs).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// The device the kernels run on: cpu, or ane (Apple Silicon Macs). Default: cpu.
+    #[arg(long)]
+    device: Option<String>,
     /// The CPU device's numbers: fp32, or fp16 as the ANE computes them (with dynamic loss
     /// scaling). Default: fp32 on the CPU; the ANE computes in fp16.
     #[arg(long, value_parser = ["fp32", "fp16"])]
@@ -81,9 +81,9 @@ pub struct TrainArgs {
     /// dynamic (weights as kernel inputs, compiled once). Default: double-buffer.
     #[arg(long = "weights", value_name = "STRATEGY")]
     strategy: Option<String>,
-    /// Updates the device weights may lag the master weights (double-buffer).
-    #[arg(long, default_value_t = 1)]
-    max_staleness: u64,
+    /// Updates the device weights may lag the master weights (double-buffer). Default: 1.
+    #[arg(long)]
+    max_staleness: Option<u64>,
     /// Delay compensation for steps run on stale weights (DC-ASGD-a with λ = c/lr; default 3,
     /// 0 = off).
     #[arg(long, allow_negative_numbers = true)]
@@ -107,9 +107,9 @@ pub struct TrainArgs {
     /// `--resume` continues exactly where it stopped.
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Consecutive failed background compiles before the run stops.
-    #[arg(long, default_value_t = 3)]
-    max_compile_failures: u32,
+    /// Consecutive failed background compiles before the run checkpoints and stops. Default: 3.
+    #[arg(long)]
+    max_compile_failures: Option<u32>,
 }
 
 /// The TOML run configuration.
@@ -123,20 +123,71 @@ struct RunConfig {
     tokenizer: Option<PathBuf>,
     out: Option<PathBuf>,
     weights: Option<String>,
+    /// `TrainOptions` keys; read over a resumed run's own.
     #[serde(default)]
-    train: Option<TrainOptions>,
+    train: Option<toml::Table>,
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let file: RunConfig = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+/// How a run was started besides its model, its tokenizer and its `TrainOptions`: kept in its
+/// checkpoints so that `--resume` continues the run as it was. A flag or config-file setting
+/// given again overrides it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct RunSettings {
+    device: Option<String>,
+    precision: Option<String>,
+    /// Saved as an absolute path, so that a run resumes from any directory.
+    data: Option<PathBuf>,
+    weights: Option<String>,
+    max_staleness: Option<u64>,
+    max_compile_failures: Option<u32>,
+}
+
+impl RunSettings {
+    /// These settings, each missing one taken from `saved`.
+    fn or(self, saved: RunSettings) -> RunSettings {
+        RunSettings {
+            device: self.device.or(saved.device),
+            precision: self.precision.or(saved.precision),
+            data: self.data.or(saved.data),
+            weights: self.weights.or(saved.weights),
+            max_staleness: self.max_staleness.or(saved.max_staleness),
+            max_compile_failures: self.max_compile_failures.or(saved.max_compile_failures),
         }
-        None => RunConfig::default(),
+    }
+}
+
+/// The token file a checkpoint's run trained on, when it was not the embedded corpus.
+pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
+    serde_json::from_value::<RunSettings>(header.run.clone())
+        .ok()
+        .and_then(|r| r.data)
+}
+
+/// The run's options: a resumed run's own (the schedule, optimizer, evaluation and
+/// correction it was started with; not its thread count, which is the machine's), then the
+/// config file's `[train]` keys over them, then the flags.
+fn run_options(
+    saved: Option<&serde_json::Value>,
+    file: Option<toml::Table>,
+    file_path: Option<&std::path::Path>,
+    args: &TrainArgs,
+) -> anyhow::Result<TrainOptions> {
+    let mut value = saved
+        .cloned()
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    if let Some(saved) = value.as_object_mut() {
+        saved.remove("threads");
+    }
+    let source = match file_path {
+        Some(p) => format!("[train] in {}", p.display()),
+        None => "the checkpoint's options".into(),
     };
-    let mut options = file.train.unwrap_or_default();
+    if let Some(table) = file {
+        merge_json(&mut value, serde_json::to_value(table)?);
+    }
+    let mut options: TrainOptions =
+        serde_json::from_value(value).map_err(|e| anyhow!("{source}: {e}"))?;
     if let Some(v) = args.steps {
         options.steps = v;
     }
@@ -158,27 +209,88 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.weight_prediction {
         options.weight_prediction = v;
     }
+    Ok(options)
+}
+
+/// `over` written onto `base`: objects key by key, anything else replaced.
+fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
+            for (key, value) in over {
+                merge_json(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let file: RunConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?
+        }
+        None => RunConfig::default(),
+    };
+    let model_name = args
+        .model
+        .clone()
+        .or(file.model)
+        .unwrap_or_else(|| "tiny".into());
+    let out = args
+        .out
+        .clone()
+        .or(file.out)
+        .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml")));
+    // Resume: the checkpoint carries config, weights, optimizer, sampler and tokenizer, and
+    // how the run was started.
+    let resume_from = match args.resume.as_deref() {
+        None => None,
+        Some("auto") => Some(
+            list_checkpoints(&out)
+                .pop()
+                .map(|(_, p)| p)
+                .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?,
+        ),
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let checkpoint = match &resume_from {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    let saved_run: RunSettings = match &checkpoint {
+        Some(c) => serde_json::from_value(c.header.run.clone()).unwrap_or_default(),
+        None => RunSettings::default(),
+    };
+    let settings = RunSettings {
+        device: args.device.clone().or(file.device),
+        precision: args.precision.clone().or(file.precision),
+        data: args.data.clone().or(file.data),
+        weights: args.strategy.clone().or(file.weights),
+        max_staleness: args.max_staleness,
+        max_compile_failures: args.max_compile_failures,
+    }
+    .or(saved_run);
+    let options = run_options(
+        checkpoint.as_ref().map(|c| &c.header.options),
+        file.train,
+        args.config.as_deref(),
+        &args,
+    )?;
     // Before the data and the tokenizer are prepared (seconds), so a typo fails at once.
     options.check().map_err(TrainError::Options)?;
-    let precision = args
-        .precision
-        .or(file.precision)
-        .unwrap_or_else(|| "fp32".into());
-    let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
-    let device_name = if args.device != "cpu" {
-        args.device.clone()
-    } else {
-        file.device.unwrap_or(args.device.clone())
-    };
+    let device_name = settings.device.clone().unwrap_or_else(|| "cpu".into());
+    let mode = numeric_mode(&device_name, settings.precision.as_deref())?;
     // The double buffer everywhere. On the ANE compiles are costly and overlap evals. On the
     // CPU a compile shares the cores with the evals, but at idle priority it still costs less
     // than weights as inputs: 1000 default steps at 16.9–17.7 ms against 20.0–20.3 ms (runs
     // alternated), and after 4000 the validation loss is within 0.4 % of recompile's with the
     // delay compensation (`bench weights` measures every strategy side by side).
     let default_strategy = "double-buffer";
-    let strategy: Strategy = args
-        .strategy
-        .or(file.weights)
+    let strategy: Strategy = settings
+        .weights
+        .clone()
         .unwrap_or_else(|| default_strategy.into())
         .parse()
         .map_err(|e: String| anyhow!(e))?;
@@ -197,28 +309,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         tracer.as_ref(),
     )?;
 
-    let model_name = args.model.or(file.model).unwrap_or_else(|| "tiny".into());
-    let out = args
-        .out
-        .or(file.out)
-        .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml")));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
 
-    // Resume: the checkpoint carries config, weights, optimizer, sampler and tokenizer.
-    let resume_from = match args.resume.as_deref() {
-        None => None,
-        Some("auto") => Some(
-            list_checkpoints(&out)
-                .pop()
-                .map(|(_, p)| p)
-                .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?,
-        ),
-        Some(p) => Some(PathBuf::from(p)),
-    };
-    let checkpoint = match &resume_from {
-        Some(p) => Some(Checkpoint::load(p)?),
-        None => None,
-    };
     let initial = match (&checkpoint, &args.init) {
         (None, Some(path)) => {
             let preset = ModelConfig::named(&model_name).ok();
@@ -232,7 +324,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (None, None) => ModelConfig::named(&model_name)?,
     };
     let data = load_data(
-        args.data.as_deref().or(file.data.as_deref()),
+        settings.data.as_deref(),
         args.tokenizer.as_deref().or(file.tokenizer.as_deref()),
         checkpoint
             .as_ref()
@@ -253,15 +345,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => DatasetWindows::new(data.dataset, options.seed)?,
     };
     let mut state = match checkpoint {
-        Some(c) => {
-            let saved: TrainOptions =
-                serde_json::from_value(c.header.options.clone()).unwrap_or_default();
-            // A resumed run keeps its schedule unless the flags say otherwise.
-            if args.steps.is_none() {
-                options.steps = saved.steps;
-            }
-            TrainState::from_checkpoint(c)?
-        }
+        Some(c) => TrainState::from_checkpoint(c)?,
         None => {
             let params = match initial {
                 Some(p) => p,
@@ -270,10 +354,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             TrainState::new(params, &options, mode)
         }
     };
+    let max_staleness = settings.max_staleness.unwrap_or(1);
+    let max_failures = settings.max_compile_failures.unwrap_or(3);
     let sink = CheckpointSink {
         dir: out.clone(),
         tokenizer_kind: data.tokenizer_kind.clone(),
         tokenizer: data.tokenizer_bytes.clone(),
+        run: serde_json::to_value(RunSettings {
+            device: Some(device_name.clone()),
+            precision: Some(mode.to_string()),
+            data: match &settings.data {
+                Some(p) => Some(
+                    std::fs::canonicalize(p)
+                        .with_context(|| format!("cannot find {}", p.display()))?,
+                ),
+                None => None,
+            },
+            weights: Some(strategy.name().to_string()),
+            max_staleness: Some(max_staleness),
+            max_compile_failures: Some(max_failures),
+        })?,
     };
 
     let params_count = state.params.data.len();
@@ -326,14 +426,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 v["type"] = "step".into();
                 v
             }
-            Event::Validation { step, loss } => {
+            Event::Validation {
+                step,
+                loss,
+                weights_version,
+            } => {
                 val_points.push((*step, *loss));
                 say(
                     &bar,
                     args.quiet,
                     format!("step {step}: validation loss {loss:.4}"),
                 );
-                serde_json::json!({"type": "val", "step": step, "val_loss": loss})
+                serde_json::json!({"type": "val", "step": step, "val_loss": loss, "weights_version": weights_version})
             }
             Event::Compiled { kernels, took } => {
                 serde_json::json!({"type": "compile", "kernels": kernels, "ms": took.as_secs_f64() * 1e3})
@@ -356,8 +460,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         device: &*device,
         clock: &*clock,
         strategy,
-        max_staleness: args.max_staleness,
-        max_failures: args.max_compile_failures,
+        max_staleness,
+        max_failures,
         count_host_time: true,
         stop_after: args.stop_after,
     };
@@ -425,6 +529,21 @@ fn say(bar: &ProgressBar, quiet: bool, line: String) {
     }
 }
 
+/// The numbers the run computes in: the CPU device's as asked (fp32 by default); the ANE's
+/// are fp16, which the loss scaling must know, and it cannot be asked for fp32.
+fn numeric_mode(device: &str, precision: Option<&str>) -> anyhow::Result<NumericMode> {
+    match (device, precision) {
+        ("ane", None | Some("fp16")) => Ok(NumericMode::Fp16),
+        ("ane", Some(other)) => {
+            bail!("--precision {other}: the ANE computes in fp16 only")
+        }
+        (_, precision) => precision
+            .unwrap_or("fp32")
+            .parse()
+            .map_err(|e: String| anyhow!(e)),
+    }
+}
+
 /// Opens the named device with the decorators the flags ask for.
 fn open_device(
     name: &str,
@@ -437,7 +556,7 @@ fn open_device(
 ) -> anyhow::Result<Arc<dyn Device>> {
     let mut device: Arc<dyn Device> = match name {
         "cpu" => Arc::new(CpuDevice::new(mode).with_threads(threads)),
-        other => bail!("device `{other}` is not available on this machine (available: cpu)"),
+        other => super::devices::open(other, mode)?,
     };
     if let Some(chip) = simulate {
         let profile = ChipProfile::by_name(chip)

@@ -64,6 +64,10 @@ pub struct CheckpointHeader {
     /// (their values follow the optimizer state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_version: Option<u64>,
+    /// What the program driving the trainer needs to resume the run as it was started (the
+    /// CLI: device, precision, data file, delivery settings); the trainer only carries it.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub run: serde_json::Value,
 }
 
 /// A whole checkpoint in memory.
@@ -292,6 +296,7 @@ mod tests {
                 counters: serde_json::json!({}),
                 tokenizer_kind: "hf".into(),
                 device_version: None,
+                run: serde_json::json!({"precision": "fp16"}),
             },
             tokenizer: b"{}".to_vec(),
             params,

@@ -426,6 +426,25 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         Ok(&mut self.active)
     }
 
+    /// The kernel set of master version `master`, for the validation that ends a run: a
+    /// double buffer waits for the compile of the master weights (running, or started now),
+    /// so that the run is judged on the weights it ends with, not on those one update behind.
+    /// The wait is not a training stall and is not counted as one. When the budget cannot pay
+    /// for the compile, the active set is all there is.
+    pub fn catch_up(&mut self, master: u64) -> Result<&mut KernelSet, StepError> {
+        if self.strategy == Strategy::DoubleBuffer {
+            self.collect(false)?;
+            while self.active.version() < master {
+                self.start_if_idle();
+                if self.job.is_none() {
+                    break;
+                }
+                self.collect(true)?;
+            }
+        }
+        Ok(&mut self.active)
+    }
+
     /// The weights the next step runs on at master version `master`, as far as the schedule
     /// decides it: the compile it will have to wait for when the active set would lag too far,
     /// else the active set's. (A compile that lands sooner is a matter of timing, which a

@@ -173,6 +173,14 @@ pub enum TrainError {
     /// new process (`--resume`).
     #[error("compile budget exhausted after step {step}: checkpoint {} written, restart to continue", checkpoint.display())]
     Restart { step: u64, checkpoint: PathBuf },
+    /// Background compiles failed `--max-compile-failures` times in a row; the run was
+    /// checkpointed first when it has a run folder.
+    #[error("{source} (the run stopped before step {}{})", step + 1, checkpoint.as_ref().map_or(String::new(), |p| format!("; checkpoint {} written: continue with --resume", p.display())))]
+    CompileFailures {
+        step: u64,
+        source: Box<StepError>,
+        checkpoint: Option<PathBuf>,
+    },
 }
 
 /// Counters that survive restarts (carried in checkpoints).
@@ -232,6 +240,8 @@ pub enum Event {
     Validation {
         step: u64,
         loss: f32,
+        /// The weights version evaluated (the master's at the end of the schedule).
+        weights_version: u64,
     },
     Checkpoint {
         step: u64,
@@ -344,6 +354,7 @@ impl TrainState {
                 counters: serde_json::to_value(&self.counters).expect("counters serialise"),
                 tokenizer_kind: tokenizer_kind.to_string(),
                 device_version: self.device_weights.as_ref().map(|w| w.version),
+                run: serde_json::Value::Null,
             },
             tokenizer,
             params: (*self.params).clone(),
@@ -358,6 +369,8 @@ pub struct CheckpointSink {
     pub dir: PathBuf,
     pub tokenizer_kind: String,
     pub tokenizer: Vec<u8>,
+    /// Kept in every checkpoint's header as `run` (see [`CheckpointHeader::run`]).
+    pub run: serde_json::Value,
 }
 
 /// How the run delivers weights to the device, and on what clock it is timed.
@@ -512,7 +525,30 @@ fn run_steps(
         for failure in std::mem::take(&mut delivery.failures) {
             on_event(&Event::CompileFailed(failure));
         }
-        acquired?;
+        if let Err(source) = acquired {
+            // Compiles failed too often in a row: keep what was trained before stopping.
+            let checkpoint = match sink {
+                Some(sink) => Some(save_checkpoint(
+                    state, options, data, sink, delivery, on_event,
+                )?),
+                None => None,
+            };
+            return Err(TrainError::CompileFailures {
+                step: state.step,
+                source: Box::new(source),
+                checkpoint,
+            });
+        }
+        if delivery.restart_needed() {
+            // The budget cannot pay for the compile of the master weights this step would
+            // overlap. Restart before the step: the device's version and the master's are
+            // then all a new process needs to run it exactly as this one would have (its
+            // first compile in the background is that same one). One step later, the master
+            // would have moved on and the blocked version would be lost.
+            return Err(restart_checkpoint(
+                state, options, data, sink, delivery, on_event,
+            )?);
+        }
         let set = delivery.active();
         let ran_on = set.version();
         let train_start = clock.now();
@@ -651,48 +687,89 @@ fn run_steps(
 
         let last = state.step == end;
         if options.eval_every > 0 && (state.step % options.eval_every == 0 || last) {
-            let set = delivery.active();
+            // The schedule's last validation is of the weights the run ends with. Earlier
+            // ones evaluate the set the device runs (a double buffer's lags the master), and
+            // say which version that is: waiting for the master's compile mid-run would
+            // change the delivery timeline the run is measured on.
+            let set = if state.step == options.steps {
+                delivery.catch_up(state.step)?
+            } else {
+                delivery.active()
+            };
+            let weights_version = set.version();
             let loss = validation_loss(device, clock, set, buf, data, options, s)?;
             on_event(&Event::Validation {
                 step: state.step,
                 loss,
+                weights_version,
             });
         }
         state.counters.wall = wall_before + clock.now().saturating_sub(started);
-        let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
-        if restart && sink.is_none() {
-            return Err(TrainError::Other(format!(
-                "the compile budget is spent after step {} and there is no run folder to checkpoint to",
-                state.step
-            )));
+        if restart {
+            return Err(restart_checkpoint(
+                state, options, data, sink, delivery, on_event,
+            )?);
         }
+        let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
         if let Some(sink) = sink {
-            if due || last || restart {
-                let next = delivery.next_weights(state.step);
-                state.device_weights = (next.version < state.step).then(|| next.clone());
-                let mut ckpt = state.checkpoint(
-                    options,
-                    data.state(),
-                    &sink.tokenizer_kind,
-                    sink.tokenizer.clone(),
-                );
-                let counters = with_delivery(&state.counters, &delivery.stats, delivery.set_size());
-                ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
-                let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
-                on_event(&Event::Checkpoint {
-                    step: state.step,
-                    path: path.clone(),
-                });
-                if restart {
-                    return Err(TrainError::Restart {
-                        step: state.step,
-                        checkpoint: path,
-                    });
-                }
+            if due || last {
+                save_checkpoint(state, options, data, sink, delivery, on_event)?;
             }
         }
     }
     Ok(())
+}
+
+/// Checkpoints the run for a restart in a new process (the compile budget is spent) and
+/// returns the error that tells the caller to restart.
+fn restart_checkpoint(
+    state: &mut TrainState,
+    options: &TrainOptions,
+    data: &mut dyn WindowSource,
+    sink: Option<&CheckpointSink>,
+    delivery: &Delivery<'_, '_>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<TrainError, TrainError> {
+    let Some(sink) = sink else {
+        return Err(TrainError::Other(format!(
+            "the compile budget is spent after step {} and there is no run folder to checkpoint to",
+            state.step
+        )));
+    };
+    let checkpoint = save_checkpoint(state, options, data, sink, delivery, on_event)?;
+    Ok(TrainError::Restart {
+        step: state.step,
+        checkpoint,
+    })
+}
+
+/// Writes a checkpoint of the run as it stands, with the weights the device runs the next
+/// step on when they lag the master's, and reports it.
+fn save_checkpoint(
+    state: &mut TrainState,
+    options: &TrainOptions,
+    data: &mut dyn WindowSource,
+    sink: &CheckpointSink,
+    delivery: &Delivery<'_, '_>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PathBuf, TrainError> {
+    let next = delivery.next_weights(state.step);
+    state.device_weights = (next.version < state.step).then(|| next.clone());
+    let mut ckpt = state.checkpoint(
+        options,
+        data.state(),
+        &sink.tokenizer_kind,
+        sink.tokenizer.clone(),
+    );
+    let counters = with_delivery(&state.counters, &delivery.stats, delivery.set_size());
+    ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
+    ckpt.header.run = sink.run.clone();
+    let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
+    on_event(&Event::Checkpoint {
+        step: state.step,
+        path: path.clone(),
+    });
+    Ok(path)
 }
 
 /// DC-ASGD-a: moves a gradient computed at stale weights towards the gradient at the master

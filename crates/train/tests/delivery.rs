@@ -18,9 +18,11 @@ use anetrain_model::step::{
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 
+use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, Event, RunEnv, StepRecord, TrainOptions, TrainState, WindowSource,
+    train, validation_loss, CheckpointSink, Event, RunEnv, StepRecord, TrainError, TrainOptions,
+    TrainState, WindowSource,
 };
 use common::{simulated, Cycle};
 use std::sync::Arc;
@@ -259,6 +261,79 @@ fn repeated_compile_failures_stop_the_run_with_an_error() {
     assert!(out.steps.len() < 20);
 }
 
+/// The run that stops on failed compiles keeps what it trained: a checkpoint of the updates
+/// done, named in the error, from which `--resume` continues.
+#[test]
+fn repeated_compile_failures_checkpoint_the_run_before_it_stops() {
+    let clock = Arc::new(SimClock::new());
+    let mut device = FaultInjection::new(model(&clock));
+    for k in 17..200 {
+        device = device.fail_compile(k);
+    }
+    let options = TrainOptions {
+        steps: 20,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    };
+    let mut state = TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&config())), 1),
+        &options,
+        NumericMode::Fp32,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CheckpointSink {
+        dir: dir.path().to_path_buf(),
+        tokenizer_kind: "hf".into(),
+        tokenizer: b"{}".to_vec(),
+        run: serde_json::Value::Null,
+    };
+    let env = RunEnv {
+        device: &device,
+        clock: &*clock,
+        strategy: Strategy::DoubleBuffer,
+        max_staleness: 1,
+        max_failures: 3,
+        count_host_time: false,
+        stop_after: None,
+    };
+    let mut saved = Vec::new();
+    let err = train(
+        &env,
+        &options,
+        &mut state,
+        &mut Cycle(0),
+        Some(&sink),
+        &mut |e| {
+            if let Event::Checkpoint { step, path } = e {
+                saved.push((*step, path.clone()))
+            }
+        },
+    )
+    .unwrap_err();
+    let TrainError::CompileFailures {
+        step, checkpoint, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(*step > 0 && *step < 20, "stopped at {step}");
+    assert_eq!(*step, state.step);
+    let path = checkpoint.as_ref().expect("a checkpoint");
+    assert_eq!(saved, vec![(*step, path.clone())]);
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    let ckpt = Checkpoint::load(path).unwrap();
+    assert_eq!(ckpt.header.step, *step);
+    assert_eq!(ckpt.params.data, state.params.data);
+    // The device was still running an older set: the checkpoint keeps its weights too.
+    assert!(ckpt.header.device_version.is_some_and(|v| v < *step));
+}
+
 #[test]
 fn delay_corrections_keep_delayed_training_closer_to_synchronous_training() {
     // Every double-buffered step runs one update behind (the compile fits in a step), so the
@@ -461,4 +536,220 @@ fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
     );
     assert_eq!(state.counters.skipped_updates, skipped.len() as u64);
     assert!(state.params.data.iter().all(|w| w.is_finite()));
+}
+
+/// The same overflow under synchronous recompilation, where the overflow check is the norm's
+/// own pass (no compensation): updates are skipped with the scale halved each time until the
+/// gradients fit, and a skipped update leaves the weights exactly as they were.
+#[test]
+fn overflowing_fp16_gradients_skip_updates_under_recompile() {
+    let clock = Arc::new(SimClock::new());
+    let device = simulated(&clock, NumericMode::Fp16);
+    let options = TrainOptions {
+        steps: 40,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        loss_scale: 2f32.powi(40),
+        ..TrainOptions::default()
+    };
+    let out = run_with(&device, &*clock, Strategy::Recompile, 1, &options);
+    out.result.unwrap();
+    let records = out.steps;
+    let skipped: Vec<&StepRecord> = records.iter().filter(|r| r.skipped).collect();
+    assert!(skipped.len() >= 2, "{} skipped", skipped.len());
+    // Each skip halves the scale: the scales reported by consecutive skips halve.
+    for w in skipped.windows(2) {
+        if w[1].step == w[0].step + 1 {
+            assert_eq!(w[1].loss_scale, w[0].loss_scale / 2.0);
+        }
+    }
+    assert!(skipped.iter().all(|r| r.grad_norm.is_nan()));
+    // Nothing was applied while skipping: the first applied update comes after every skip of
+    // the initial overflow, and the weights version only moves with applied updates.
+    let applied = records.iter().filter(|r| !r.skipped).count() as u64;
+    assert!(
+        applied > 0
+            && records
+                .iter()
+                .filter(|r| !r.skipped)
+                .all(|r| r.grad_norm.is_finite())
+    );
+    assert_eq!(out.state.counters.skipped_updates, skipped.len() as u64);
+    assert_eq!(out.state.counters.skipped_updates + applied, options.steps);
+    assert!(out.state.params.data.iter().all(|w| w.is_finite()));
+    // A skipped step runs on the same kernel set as the one after it: no new weights.
+    for (a, b) in records.iter().zip(&records[1..]) {
+        if a.skipped {
+            assert_eq!(b.weights_version, a.weights_version, "step {}", a.step);
+        }
+    }
+}
+
+/// Gradient accumulation: an update with `accum` windows applies the mean of the windows'
+/// gradients, each computed from zero here and averaged in f64 (so neither an overwrite nor a
+/// missing division would pass), and reports that mean's norm.
+#[test]
+fn accumulated_updates_apply_the_mean_gradient_of_their_windows() {
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let accum = 3;
+    let options = TrainOptions {
+        steps: 3,
+        accum,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    };
+    let out = run_with(&device, &*clock, Strategy::Recompile, 1, &options);
+    out.result.unwrap();
+
+    let c = config();
+    let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let mut master = init_params(Arc::new(ParamLayout::new(&c)), 1);
+    let mut adam = AdamState::new(&master);
+    let schedule = LrSchedule {
+        max_lr: options.lr,
+        min_lr: options.min_lr(),
+        warmup: options.warmup,
+        total: options.steps,
+    };
+    let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
+    let mut buf = StepBuffers::new(&c);
+    let mut data = Cycle(0);
+    let mut window = vec![0u32; c.seq_len + 1];
+    for (t, record) in out.steps.iter().enumerate() {
+        let snapshot = WeightSnapshot {
+            version: t as u64,
+            params: Arc::new(master.clone()),
+        };
+        let mut set = compile_kernel_set(&cpu, snapshot).unwrap();
+        let mut sum = vec![0f64; master.data.len()];
+        for _ in 0..accum {
+            let mut grads = Params::zeros(master.layout.clone());
+            data.next_train_window(&mut window);
+            micro_step(
+                &cpu,
+                &RealClock::new(),
+                &mut set,
+                &mut shared,
+                &mut buf,
+                &window[..c.seq_len],
+                &window[1..],
+                1.0,
+                &mut grads,
+                1,
+            )
+            .unwrap();
+            for (s, g) in sum.iter_mut().zip(&grads.data) {
+                *s += *g as f64;
+            }
+        }
+        let mut mean = Params::zeros(master.layout.clone());
+        for (m, s) in mean.data.iter_mut().zip(&sum) {
+            *m = (s / accum as f64) as f32;
+        }
+        let norm = grad_norm(&mean);
+        assert!(
+            (record.grad_norm - norm).abs() <= 1e-5 * norm,
+            "step {}: norm {} reported, {norm} by hand",
+            t + 1,
+            record.grad_norm
+        );
+        let lr = schedule.at(t as u64);
+        options.adam.update_scaled(
+            &mut master,
+            &mean,
+            clip_factor(norm, options.clip),
+            &mut adam,
+            lr,
+        );
+    }
+    let worst = out
+        .state
+        .params
+        .data
+        .iter()
+        .zip(&master.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "weights differ by up to {worst}");
+}
+
+/// A double-buffered run's device runs one update behind. Its mid-run validations evaluate
+/// that set and say so; the last one evaluates the weights the run ends with, exactly as a
+/// kernel set compiled from them afterwards does.
+#[test]
+fn the_last_validation_of_a_double_buffered_run_is_of_its_final_weights() {
+    let clock = Arc::new(SimClock::new());
+    let device = model(&clock);
+    let options = TrainOptions {
+        steps: 6,
+        eval_every: 3,
+        eval_windows: 1,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    };
+    let mut state = TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&config())), 1),
+        &options,
+        NumericMode::Fp32,
+    );
+    let env = RunEnv {
+        device: &device,
+        clock: &*clock,
+        strategy: Strategy::DoubleBuffer,
+        max_staleness: 1,
+        max_failures: 3,
+        count_host_time: false,
+        stop_after: None,
+    };
+    let mut validations = Vec::new();
+    let mut data = Cycle(0);
+    train(&env, &options, &mut state, &mut data, None, &mut |e| {
+        if let Event::Validation {
+            step,
+            loss,
+            weights_version,
+        } = e
+        {
+            validations.push((*step, *loss, *weights_version))
+        }
+    })
+    .unwrap();
+    assert_eq!(validations.len(), 2);
+    // Step 3 ran on version 1 (steps run on 0, 0, 1, 2, ...), and that set is still active.
+    assert_eq!(
+        (validations[0].0, validations[0].2),
+        (3, 1),
+        "mid-run: the running set"
+    );
+    assert_eq!(
+        (validations[1].0, validations[1].2),
+        (6, 6),
+        "the end: the master"
+    );
+
+    let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let mut set = compile_kernel_set(
+        &cpu,
+        WeightSnapshot {
+            version: 6,
+            params: state.params.clone(),
+        },
+    )
+    .unwrap();
+    let expected = validation_loss(
+        &cpu,
+        &RealClock::new(),
+        &mut set,
+        &mut StepBuffers::new(&config()),
+        &data,
+        &options,
+        config().seq_len,
+    )
+    .unwrap();
+    assert_eq!(validations[1].1, expected);
 }

@@ -56,6 +56,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
         dir: sink_dir.path().to_path_buf(),
         tokenizer_kind: "hf".into(),
         tokenizer: b"{}".to_vec(),
+        run: serde_json::Value::Null,
     };
     let fresh = || {
         TrainState::new(
@@ -184,6 +185,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
             dir: dir.path().to_path_buf(),
             tokenizer_kind: "hf".into(),
             tokenizer: b"{}".to_vec(),
+            run: serde_json::Value::Null,
         };
         let mut steps = Vec::new();
         let mut first = fresh();
@@ -205,4 +207,76 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
         assert_eq!(resumed.params.data, reference.params.data);
         assert_eq!(resumed.adam, reference.adam);
     }
+}
+
+/// The double buffer under a compile budget: each "process" (a fresh device and virtual
+/// clock) compiles its start-up kernels and then sets in the background until the next set
+/// cannot be paid for, checkpoints and continues in a new one. Every step runs on the same
+/// weights version as in an uninterrupted run, with the same loss, and the run ends with the
+/// same weights.
+#[test]
+fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrupted_one() {
+    let c = config();
+    let opts = options();
+    let fresh = || {
+        TrainState::new(
+            init_params(Arc::new(ParamLayout::new(&c)), 5),
+            &opts,
+            NumericMode::Fp32,
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CheckpointSink {
+        dir: dir.path().to_path_buf(),
+        tokenizer_kind: "hf".into(),
+        tokenizer: b"{}".to_vec(),
+        run: serde_json::Value::Null,
+    };
+    let run = |state: &mut TrainState,
+               data: &mut Cycle,
+               budget: u64,
+               steps: &mut Vec<(f32, u64, u64)>| {
+        let clock = Arc::new(SimClock::new());
+        let device = CompileBudget::new(simulated(&clock, NumericMode::Fp32), budget);
+        let env = RunEnv {
+            device: &device,
+            clock: &*clock,
+            strategy: Strategy::DoubleBuffer,
+            max_staleness: 1,
+            max_failures: 3,
+            count_host_time: false,
+            stop_after: None,
+        };
+        let result = train(&env, &opts, state, data, Some(&sink), &mut |e| {
+            if let Event::Step(r) = e {
+                steps.push((r.loss, r.weights_version, r.staleness))
+            }
+        });
+        assert!(device.used() <= budget);
+        result
+    };
+
+    let mut reference = fresh();
+    let mut ref_steps = Vec::new();
+    run(&mut reference, &mut Cycle(0), 10_000, &mut ref_steps).unwrap();
+
+    let mut steps = Vec::new();
+    let mut state = fresh();
+    let mut data = Cycle(0);
+    let mut restarts = 0;
+    while let Err(e) = run(&mut state, &mut data, 25, &mut steps) {
+        let TrainError::Restart { checkpoint, .. } = e else {
+            panic!("{e}")
+        };
+        restarts += 1;
+        assert!(restarts < 10, "the run does not progress");
+        let ckpt = Checkpoint::load(&checkpoint).unwrap();
+        data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
+        state = TrainState::from_checkpoint(ckpt).unwrap();
+    }
+    assert!(restarts >= 2, "{restarts} restarts");
+    assert!(ref_steps[1..].iter().all(|s| s.2 == 1), "{ref_steps:?}");
+    assert_eq!(steps, ref_steps);
+    assert_eq!(state.params.data, reference.params.data);
+    assert_eq!(state.adam, reference.adam);
 }
