@@ -304,18 +304,39 @@ fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
             .filter(|e| e["ph"] == "X" && e["tid"] == tid)
             .count()
     };
-    // Device evals (6 per step per layer), compiles (6 at start, 5 per background set).
+    // Device evals (6 per step per layer); the compiles the run waited for at start-up (the
+    // shared kernel and a set of 5) and the background sets of 5.
     assert!(spans(1) >= 4 * 6, "{} eval spans", spans(1));
-    assert!(spans(2) >= 6, "{} compile spans", spans(2));
+    assert_eq!(spans(2), 6, "start-up compiles");
+    assert!(
+        spans(4) >= 5 && spans(4) % 5 == 0,
+        "{} background compile spans",
+        spans(4)
+    );
     // One host span per step.
     assert_eq!(spans(3), 4);
+    let intervals = |tid: u64| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter(|e| e["tid"] == tid && e["ph"] == "X")
+            .map(|e| {
+                let ts = e["ts"].as_f64().unwrap();
+                (ts, ts + e["dur"].as_f64().unwrap())
+            })
+            .collect()
+    };
     // A compile span lasts what the m4 model says a 1-layer kernel takes: at least 24.8 ms.
-    let longest = events
+    let longest = intervals(2)
         .iter()
-        .filter(|e| e["tid"] == 2 && e["ph"] == "X")
-        .map(|e| e["dur"].as_f64().unwrap())
+        .chain(&intervals(4))
+        .map(|(a, b)| b - a)
         .fold(0.0, f64::max);
     assert!(longest >= 24_800.0, "{longest} µs");
+    // What the trace is for: evals run while a background compile does.
+    let overlapped = intervals(1)
+        .iter()
+        .any(|&(e0, e1)| intervals(4).iter().any(|&(c0, c1)| c0 <= e0 && e1 <= c1));
+    assert!(overlapped, "no eval inside a background compile");
 }
 
 /// A model whose vocabulary is larger than its tokenizer's trains; the sample at the end of the

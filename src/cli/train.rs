@@ -745,3 +745,83 @@ fn efficiency_report(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every figure the issue asks the report for, from counters with round numbers: 100
+    /// steps of 2 windows in 10 s, of which 2 s waiting for compiles (0.5 s at start-up).
+    #[test]
+    fn the_report_carries_every_figure_from_the_counters() {
+        let config = ModelConfig::tiny();
+        let options = TrainOptions {
+            accum: 2,
+            ..TrainOptions::default()
+        };
+        let mut state = TrainState::new(
+            init_params(Arc::new(ParamLayout::new(&config)), 1),
+            &options,
+            NumericMode::Fp32,
+        );
+        state.step = 100;
+        let s = Duration::from_secs_f64;
+        let c = &mut state.counters;
+        c.wall = s(10.0);
+        c.compile_stall = s(2.0);
+        c.startup_compile = s(0.5);
+        c.background_compile = s(3.25);
+        c.train = s(7.5);
+        c.device_eval = s(4.0);
+        c.host_math = s(2.0);
+        c.optimizer = s(0.25);
+        c.compiles = 42;
+        c.swaps = 37;
+        c.failed_compiles = 2;
+        c.tokens = 100 * 2 * config.seq_len as u64;
+        c.staleness = [(0, 60), (1, 40)].into_iter().collect();
+        let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
+        let device = CompileBudget::new(
+            LatencyModel::new(
+                CpuDevice::new(NumericMode::Fp32),
+                ChipProfile::by_name("m4").unwrap(),
+                clock,
+            ),
+            100,
+        );
+        let report = efficiency_report(
+            &state,
+            &options,
+            &device,
+            NumericMode::Fp32,
+            Strategy::DoubleBuffer,
+        );
+        let windows = 200.0;
+        let device_tflops = config.device_flops_per_window() * windows / 4.0 / 1e12;
+        let total_tflops = config.train_flops_per_window() * windows / 7.5 / 1e12;
+        for expected in [
+            "=== Efficiency report [simulated] ===".to_string(),
+            "weight delivery     double-buffer".into(),
+            "wall time           10.00 s".into(),
+            "compile stall       2.00 s (20.0 % of wall)".into(),
+            "  at start-up       0.50 s".into(),
+            // 1.5 s of the 9.5 s after start-up.
+            "  after start-up    1.50 s (15.79 % of the wall time after start-up)".into(),
+            "background compile  3.25 s".into(),
+            "train time          7.50 s (75.0 % of wall)".into(),
+            "ms/step             100.0 (train only 75.0)".into(),
+            format!("tokens/s            {}", 100 * 2 * config.seq_len / 10),
+            format!("device eval         {device_tflops:.3} TFLOPS"),
+            format!("total               {total_tflops:.3} TFLOPS"),
+            "compiles            42 in the run; budget: 0 of 100 in this process".into(),
+            "swaps               37   failed compiles 2".into(),
+            "staleness (lag:steps) 0:60  1:40".into(),
+        ] {
+            assert!(report.contains(&expected), "no `{expected}` in\n{report}");
+        }
+        assert!(
+            report.contains("[simulated]\n"),
+            "the device line is labelled"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! A Chrome trace-event timeline (opens in Perfetto or chrome://tracing): one track for device
-//! evals, one for compiles, one for host work, so the overlap of background compiles and
+//! evals, one for background compiles, one for the compiles the training thread waits for, and
+//! one for the training steps on the host, so the overlap of background compiles and
 //! foreground evals can be seen.
 
 use crate::clock::Clock;
@@ -13,16 +14,43 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Track {
     DeviceEval = 1,
+    /// Compiles on the training thread (start-up, recompile): training waits for them.
     Compile = 2,
     Host = 3,
+    /// Compiles on a thread marked with [`mark_background_thread`].
+    BackgroundCompile = 4,
+}
+
+impl Track {
+    const ALL: [Track; 4] = [
+        Track::DeviceEval,
+        Track::BackgroundCompile,
+        Track::Compile,
+        Track::Host,
+    ];
+}
+
+thread_local! {
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that compiles in the background (the double buffer's):
+/// its compiles go on the background-compile track.
+pub fn mark_background_thread() {
+    BACKGROUND.with(|b| b.set(true));
+}
+
+fn on_background_thread() -> bool {
+    BACKGROUND.with(|b| b.get())
 }
 
 impl Track {
     fn name(self) -> &'static str {
         match self {
             Track::DeviceEval => "device evals",
-            Track::Compile => "compiles",
+            Track::Compile => "compiles training waits for",
             Track::Host => "training steps (host thread)",
+            Track::BackgroundCompile => "background compiles",
         }
     }
 }
@@ -64,7 +92,7 @@ impl Tracer {
 
     /// The trace as Chrome trace-event JSON.
     pub fn to_json(&self) -> String {
-        let mut events: Vec<String> = [Track::DeviceEval, Track::Compile, Track::Host]
+        let mut events: Vec<String> = Track::ALL
             .iter()
             .map(|t| {
                 format!(
@@ -130,8 +158,13 @@ impl<D: Device> Device for Traced<D> {
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
         let start = self.clock.now();
         let result = self.inner.compile(program, weights);
+        let track = if on_background_thread() {
+            Track::BackgroundCompile
+        } else {
+            Track::Compile
+        };
         self.tracer
-            .record(Track::Compile, "compile", start, self.clock.now());
+            .record(track, "compile", start, self.clock.now());
         result
     }
 
@@ -164,7 +197,7 @@ mod tests {
         );
         let json = t.to_json();
         assert!(json.contains(
-            r#""name":"thread_name","ph":"M","pid":1,"tid":2,"args":{"name":"compiles"}"#
+            r#""name":"thread_name","ph":"M","pid":1,"tid":2,"args":{"name":"compiles training waits for"}"#
         ));
         assert!(
             json.contains(
@@ -172,5 +205,33 @@ mod tests {
             ),
             "{json}"
         );
+    }
+
+    /// Compiles on a thread marked as background go on their own track; the others on the
+    /// track of the compiles training waits for.
+    #[test]
+    fn compiles_go_on_the_track_of_their_thread() {
+        use crate::clock::RealClock;
+        use crate::{CpuDevice, NumericMode};
+        let tracer = Tracer::new();
+        let device = Traced::new(
+            CpuDevice::new(NumericMode::Fp32),
+            tracer.clone(),
+            Arc::new(RealClock::new()),
+        );
+        let program = anetrain_mil::examples::dynamic_matmul(4, 4, 8);
+        let weights = WeightFiles::default();
+        device.compile(&program, &weights).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                mark_background_thread();
+                device.compile(&program, &weights).unwrap();
+            });
+        });
+        let tracks: Vec<Track> = tracer.spans().iter().map(|s| s.track).collect();
+        assert_eq!(tracks, [Track::Compile, Track::BackgroundCompile]);
+        assert!(tracer
+            .to_json()
+            .contains(r#""tid":4,"args":{"name":"background compiles"}"#));
     }
 }

@@ -292,6 +292,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             .name("kernel-compile".into())
             .spawn_scoped(self.scope, move || {
                 thread.enter();
+                anetrain_device::trace::mark_background_thread();
                 let cpu_start = thread_cpu_time();
                 clock.advance_to(submitted);
                 let start = clock.now();

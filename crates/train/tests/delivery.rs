@@ -246,6 +246,51 @@ fn a_failed_background_compile_keeps_the_active_set_and_is_retried() {
     assert!(out.steps.iter().all(|r| r.staleness <= 1));
 }
 
+/// An eval that fails mid-step stops the run with the kernel named, and the update of that
+/// step is never applied: the weights are those after the steps before it.
+#[test]
+fn a_failed_eval_stops_the_run_before_its_update() {
+    let clock = Arc::new(SimClock::new());
+    // 6 evals per step with one layer: eval 15 is step 3's third, the backward FFN, after
+    // the forward and before the weight gradients are complete.
+    let device = FaultInjection::new(model(&clock)).fail_eval(15);
+    let out = run(&device, &*clock, Strategy::Recompile, 1, 6);
+    let err = out.result.unwrap_err();
+    assert!(err.contains("injected fault"), "{err}");
+    assert!(err.contains("bwd_ffn.0"), "the kernel is named: {err}");
+    assert_eq!(out.steps.len(), 2);
+    assert_eq!(out.state.step, 2);
+
+    let clean_clock = Arc::new(SimClock::new());
+    let clean = run(
+        &model(&clean_clock),
+        &*clean_clock,
+        Strategy::Recompile,
+        1,
+        2,
+    );
+    clean.result.unwrap();
+    assert_eq!(out.state.params.data, clean.state.params.data);
+}
+
+/// A set whose third kernel fails is not half swapped in: the two kernels that compiled are
+/// thrown away with it, the device keeps running the whole old set, and the next version's
+/// set replaces it whole. Under the 10 ms/1 ms model version 1's set fails 20 ms in (its
+/// third kernel fails at once) while step 2 runs on version 0; step 3 would lag by 2, so it
+/// waits for the retry, which compiles version 2, and runs on it: 0, 0, 2, 2, 3, 4.
+#[test]
+fn a_set_that_fails_in_the_middle_is_never_used_in_part() {
+    let clock = Arc::new(SimClock::new());
+    let device = FaultInjection::new(model(&clock)).fail_compile(9);
+    let out = run(&device, &*clock, Strategy::DoubleBuffer, 1, 6);
+    out.result.unwrap();
+    assert_eq!(out.state.counters.failed_compiles, 1);
+    let ran_on: Vec<u64> = out.steps.iter().map(|r| r.weights_version).collect();
+    assert_eq!(ran_on, vec![0, 0, 2, 2, 3, 4]);
+    // Swaps: to versions 2, 3 and 4, each set whole.
+    assert_eq!(out.state.counters.swaps, 3);
+}
+
 #[test]
 fn repeated_compile_failures_stop_the_run_with_an_error() {
     let clock = Arc::new(SimClock::new());
