@@ -532,4 +532,14 @@ fn eval_generate_and_export_agree_with_the_run() {
         ]);
         assert_eq!(exported, greedy, "{format}");
     }
+    // A safetensors file's shape can also be given (a Hugging Face export has no anetrain
+    // metadata); a shape that does not fit is refused.
+    let st = tmp.path().join("model.safetensors").display().to_string();
+    let given = ["--model", &st, "--tokenizer", &f.tok, "--temperature", "0"];
+    assert_eq!(
+        sample(&[&given[..], &["--config", &f.model]].concat()),
+        greedy
+    );
+    let o = anetrain(&[&["generate"][..], &given[..], &["--config", "stories15m"]].concat());
+    assert!(!o.status.success());
 }

@@ -26,6 +26,10 @@ pub struct GenerateArgs {
     /// The model's tokenizer (tokenizer.json or llama2.c tokenizer.bin), with --model.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// The shape of a --model safetensors file without anetrain's metadata (a Hugging Face
+    /// Llama export): a preset or a TOML file, as `train --model` takes.
+    #[arg(long, requires = "model")]
+    config: Option<String>,
     /// The text to continue (after the tokenizer's BOS, if it has one).
     #[arg(long, default_value = "")]
     prompt: String,
@@ -48,7 +52,8 @@ pub struct EvalArgs {
     /// An anetrain checkpoint (weights and tokenizer).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// A token file; default: the validation split of the embedded corpus.
+    /// A token file, evaluated whole; default: the validation split of the data the
+    /// checkpoint's run trained on.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Windows to average over.
@@ -76,10 +81,17 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             let (ckpt, tok) = load(c)?;
             (ckpt.params, tok)
         }
-        (None, Some(m), Some(t)) => (
-            super::model_io::load_model_file(m, None)?,
-            Tokenizer::load(t)?,
-        ),
+        (None, Some(m), Some(t)) => {
+            let config = args
+                .config
+                .as_deref()
+                .map(anetrain_model::ModelConfig::named)
+                .transpose()?;
+            (
+                super::model_io::load_model_file(m, config.as_ref())?,
+                Tokenizer::load(t)?,
+            )
+        }
         _ => bail!("give --checkpoint, or --model with --tokenizer"),
     };
     let mut prompt = tok.bos_id().into_iter().collect::<Vec<_>>();
