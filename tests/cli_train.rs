@@ -232,10 +232,29 @@ fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_ru
     ok(&run("whole", &["--quiet"]));
     // 6 compiles at start, 5 per update: 25 pays for 3 sets, so each process runs 4 updates
     // (the 4th finds the budget short): 10 updates take two restarts.
-    let o = run("budget", &["--compile-budget", "25"]);
+    let trace = tmp.path().join("trace.json");
+    let o = run(
+        "budget",
+        &["--compile-budget", "25", "--trace", trace.to_str().unwrap()],
+    );
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.matches("restarting from").count(), 2, "{stdout}");
+    // The trace holds all three processes, one after another: 6 + 3 × 5 compiles in each of
+    // the first two, and 6 + 2 × 5 in the last (updates 9 and 10).
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let compiles: Vec<(f64, f64)> = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["tid"] == 2)
+        .map(|e| (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(compiles.len(), 21 + 21 + 16);
+    assert!(
+        compiles.windows(2).all(|w| w[1].0 >= w[0].0 + w[0].1),
+        "the processes' compiles follow each other"
+    );
     let (a, b) = (
         final_weights(&tmp.path().join("whole")),
         final_weights(&tmp.path().join("budget")),

@@ -475,7 +475,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     bar.finish_and_clear();
     if let (Some(path), Some(t)) = (&args.trace, &tracer) {
-        write_atomic(path, t.to_json().as_bytes())
+        // A resumed run (a budget restart among them) continues the timeline it finds.
+        let earlier = match &resume_from {
+            Some(_) => std::fs::read(path).ok(),
+            None => None,
+        };
+        let json = continue_trace(earlier.as_deref(), &t.to_json())
+            .with_context(|| format!("cannot continue the trace in {}", path.display()))?;
+        write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     match outcome {
@@ -570,6 +577,38 @@ fn open_device(
         device = Arc::new(Traced::new(device, t.clone(), clock.clone()));
     }
     Ok(device)
+}
+
+/// A trace-event JSON: `new`'s spans after `earlier`'s (shifted to start where the earlier
+/// ones end, each process's clock starting at zero), or `new` alone.
+fn continue_trace(earlier: Option<&[u8]>, new: &str) -> anyhow::Result<String> {
+    let Some(earlier) = earlier else {
+        return Ok(new.to_string());
+    };
+    let Ok(mut earlier) = serde_json::from_slice::<serde_json::Value>(earlier) else {
+        // Not a trace (or not one of ours): start a new one rather than fail the run.
+        return Ok(new.to_string());
+    };
+    let mut new: serde_json::Value = serde_json::from_str(new)?;
+    let Some(events) = earlier["traceEvents"].as_array_mut() else {
+        return Ok(new.to_string());
+    };
+    let end = events
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .filter_map(|e| Some(e["ts"].as_f64()? + e["dur"].as_f64()?))
+        .fold(0.0, f64::max);
+    let spans = new["traceEvents"].as_array_mut().map(std::mem::take);
+    for mut e in spans.into_iter().flatten() {
+        if e["ph"] != "X" {
+            continue;
+        }
+        if let Some(ts) = e["ts"].as_f64() {
+            e["ts"] = (ts + end).into();
+        }
+        events.push(e);
+    }
+    Ok(serde_json::to_string(&earlier)?)
 }
 
 /// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
