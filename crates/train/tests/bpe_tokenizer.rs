@@ -168,3 +168,39 @@ fn bad_requests_and_files_are_errors() {
         .to_string();
     assert!(err.starts_with("cannot read tokenizer"), "{err}");
 }
+
+/// A `tokenizer.json` written by someone else (here by hand, in the Hugging Face format: a
+/// byte-pair model with its vocabulary and merges, no normalizer, no special tokens) loads,
+/// and encodes by its merges.
+#[test]
+fn a_third_party_tokenizer_json_loads_and_encodes_by_its_merges() {
+    let json = r#"{
+      "version": "1.0",
+      "truncation": null,
+      "padding": null,
+      "added_tokens": [],
+      "normalizer": null,
+      "pre_tokenizer": null,
+      "post_processor": null,
+      "decoder": null,
+      "model": {
+        "type": "BPE",
+        "dropout": null,
+        "unk_token": "<unk>",
+        "continuing_subword_prefix": null,
+        "end_of_word_suffix": null,
+        "fuse_unk": false,
+        "byte_fallback": false,
+        "vocab": {"<unk>": 0, "a": 1, "b": 2, "c": 3, "ab": 4, "abc": 5},
+        "merges": ["a b", "ab c"]
+      }
+    }"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    let t = Tokenizer::load(&path).unwrap();
+    assert_eq!(t.vocab_size(), 6);
+    assert_eq!(t.bos_id(), None);
+    assert_eq!(t.encode("abcab").unwrap(), [5, 4]);
+    assert_eq!(t.encode("cba").unwrap(), [3, 2, 1]);
+}
