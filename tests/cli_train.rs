@@ -332,8 +332,34 @@ fn simulated_run_labels_its_report_and_writes_a_trace_with_every_track() {
         "{} background compile spans",
         spans(4)
     );
-    // One host span per step.
-    assert_eq!(spans(3), 4);
+    // On the host track: each step, each step's optimizer update inside it, and the
+    // validation at the end.
+    let host: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["tid"] == 3)
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(host.iter().filter(|n| n.starts_with("step ")).count(), 4);
+    assert_eq!(host.iter().filter(|n| **n == "optimizer").count(), 4);
+    assert_eq!(host.iter().filter(|n| **n == "validation").count(), 1);
+    let named = |prefix: &str| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["tid"] == 3)
+            .filter(|e| e["name"].as_str().unwrap().starts_with(prefix))
+            .map(|e| {
+                let ts = e["ts"].as_f64().unwrap();
+                (ts, ts + e["dur"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let steps = named("step ");
+    for (o0, o1) in named("optimizer") {
+        assert!(
+            steps.iter().any(|&(s0, s1)| s0 <= o0 && o1 <= s1 + 1.0),
+            "an optimizer span outside every step: {o0}..{o1} vs {steps:?}"
+        );
+    }
     let intervals = |tid: u64| -> Vec<(f64, f64)> {
         events
             .iter()

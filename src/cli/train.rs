@@ -451,6 +451,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Event::Checkpoint { step, path } => {
                 serde_json::json!({"type": "checkpoint", "step": step, "path": path.display().to_string()})
             }
+            Event::HostWork { name, start, end } => {
+                // For the timeline only: the step rows carry the times.
+                if let Some(t) = &tracer {
+                    t.record(Track::Host, name, *start, *end);
+                }
+                return;
+            }
         };
         if let Err(err) = writeln!(metrics, "{line}") {
             write_error.get_or_insert(err);

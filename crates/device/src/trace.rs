@@ -49,7 +49,7 @@ impl Track {
         match self {
             Track::DeviceEval => "device evals",
             Track::Compile => "compiles training waits for",
-            Track::Host => "training steps (host thread)",
+            Track::Host => "host: training steps, optimizer, validation",
             Track::BackgroundCompile => "background compiles",
         }
     }

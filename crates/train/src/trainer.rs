@@ -249,6 +249,13 @@ pub enum Event {
     },
     /// A background compile failed; the active kernels stay in place and it is retried.
     CompileFailed(String),
+    /// A stretch of the training thread's own work between steps or inside one (the
+    /// optimizer update, a validation), on the run's clock: for timelines.
+    HostWork {
+        name: &'static str,
+        start: Duration,
+        end: Duration,
+    },
 }
 
 /// One update's metrics (a line of metrics.jsonl).
@@ -579,6 +586,7 @@ fn run_steps(
         }
         let train_time = clock.now().saturating_sub(train_start);
         let opt_start = Instant::now();
+        let opt_span_start = clock.now();
         // The gradients carry the scale they were computed at, whatever the scaler does next.
         let scale = state.scaler.scale;
         let unscale = 1.0 / (accum as f32 * scale);
@@ -640,6 +648,11 @@ fn run_steps(
         if clock.is_simulated() && env.count_host_time {
             clock.sleep(optimizer);
         }
+        on_event(&Event::HostWork {
+            name: "optimizer",
+            start: opt_span_start,
+            end: clock.now(),
+        });
         if apply {
             let next = if predict {
                 let horizon = (state.step - 1).saturating_sub(ran_on).max(1);
@@ -697,7 +710,13 @@ fn run_steps(
                 delivery.active()
             };
             let weights_version = set.version();
+            let start = clock.now();
             let loss = validation_loss(device, clock, set, buf, data, options, s)?;
+            on_event(&Event::HostWork {
+                name: "validation",
+                start,
+                end: clock.now(),
+            });
             on_event(&Event::Validation {
                 step: state.step,
                 loss,
