@@ -14,17 +14,17 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::optim::{clip_factor, grad_norm, AdamState, LrSchedule};
 use anetrain_model::step::{
-    compile_kernel_set, micro_step, SharedKernels, StepBuffers, WeightSnapshot,
+    compile_kernel_set, micro_step, KernelSet, SharedKernels, StepBuffers, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, validation_loss, CheckpointSink, Event, RunEnv, StepRecord, TrainError, TrainOptions,
-    TrainState, WindowSource,
+    train, validation_loss, Event, RunEnv, StepRecord, TrainError, TrainOptions, TrainState,
+    WindowSource,
 };
-use common::{simulated, Cycle};
+use common::{simulated, sink, test_env, Cycle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,13 +85,8 @@ fn run_with(
         device.info().numeric,
     );
     let env = RunEnv {
-        device,
-        clock,
-        strategy,
         max_staleness,
-        max_failures: 3,
-        count_host_time: false,
-        stop_after: None,
+        ..test_env(device, clock, strategy)
     };
     let mut records = Vec::new();
     let mut failures = Vec::new();
@@ -322,27 +317,10 @@ fn repeated_compile_failures_checkpoint_the_run_before_it_stops() {
         threads: 1,
         ..TrainOptions::default()
     };
-    let mut state = TrainState::new(
-        init_params(Arc::new(ParamLayout::new(&config())), 1),
-        &options,
-        NumericMode::Fp32,
-    );
+    let mut state = fresh_state(&options);
     let dir = tempfile::tempdir().unwrap();
-    let sink = CheckpointSink {
-        dir: dir.path().to_path_buf(),
-        tokenizer_kind: "hf".into(),
-        tokenizer: b"{}".to_vec(),
-        run: serde_json::Value::Null,
-    };
-    let env = RunEnv {
-        device: &device,
-        clock: &*clock,
-        strategy: Strategy::DoubleBuffer,
-        max_staleness: 1,
-        max_failures: 3,
-        count_host_time: false,
-        stop_after: None,
-    };
+    let sink = sink(dir.path());
+    let env = test_env(&device, &*clock, Strategy::DoubleBuffer);
     let mut saved = Vec::new();
     let err = train(
         &env,
@@ -490,38 +468,17 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
     let mut versions = vec![Arc::new(init_params(Arc::new(ParamLayout::new(&c)), 1))];
     let mut master = (*versions[0]).clone();
     let mut adam = AdamState::new(&master);
-    let schedule = LrSchedule {
-        max_lr: options.lr,
-        min_lr: options.min_lr(),
-        warmup: options.warmup,
-        total: options.steps,
-    };
+    let schedule = schedule_of(&options);
     let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
     let mut buf = StepBuffers::new(&c);
     let mut data = Cycle(0);
-    let mut window = vec![0u32; c.seq_len + 1];
     for (t, &v) in ran_on.iter().enumerate() {
         let snapshot = WeightSnapshot {
             version: v,
             params: versions[v as usize].clone(),
         };
         let mut set = compile_kernel_set(&cpu, snapshot).unwrap();
-        let mut grads = Params::zeros(master.layout.clone());
-        data.next_train_window(&mut window);
-        let clock = RealClock::new();
-        micro_step(
-            &cpu,
-            &clock,
-            &mut set,
-            &mut shared,
-            &mut buf,
-            &window[..c.seq_len],
-            &window[1..],
-            1.0,
-            &mut grads,
-            1,
-        )
-        .unwrap();
+        let grads = window_gradient(&cpu, &mut set, &mut shared, &mut buf, &mut data);
         let scale = clip_factor(grad_norm(&grads), options.clip);
         let lr = schedule.at(t as u64);
         options
@@ -533,12 +490,56 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
     assert_eq!(out.state.adam, adam);
 }
 
-/// fp16 with a loss scale far too large: updates are skipped (and the scale halved) until the
-/// gradients fit. Under double-buffering with delay compensation the steps run one version
-/// behind, so the overflow must be caught by the compensation's own pass over the gradient,
-/// which also measures the norm: skipped steps there too, then finite updates.
-#[test]
-fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
+/// The gradient of the next window of `data` alone (from zero, loss scale 1), as the
+/// hand-computed schedules take it.
+fn window_gradient(
+    cpu: &CpuDevice,
+    set: &mut KernelSet,
+    shared: &mut SharedKernels,
+    buf: &mut StepBuffers,
+    data: &mut Cycle,
+) -> Params {
+    let s = config().seq_len;
+    let mut window = vec![0u32; s + 1];
+    data.next_train_window(&mut window);
+    let mut grads = Params::zeros(set.snapshot().params.layout.clone());
+    micro_step(
+        cpu,
+        &RealClock::new(),
+        set,
+        shared,
+        buf,
+        &window[..s],
+        &window[1..],
+        1.0,
+        &mut grads,
+        1,
+    )
+    .unwrap();
+    grads
+}
+
+/// The one-layer model's initial fp32 training state (seed 1).
+fn fresh_state(options: &TrainOptions) -> TrainState {
+    TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&config())), 1),
+        options,
+        NumericMode::Fp32,
+    )
+}
+
+/// The learning-rate schedule a run with `options` follows, for steps computed by hand.
+fn schedule_of(options: &TrainOptions) -> LrSchedule {
+    LrSchedule {
+        max_lr: options.lr,
+        min_lr: options.min_lr(),
+        warmup: options.warmup,
+        total: options.steps,
+    }
+}
+
+/// 40 fp16 steps under `strategy` with a loss scale (2^40) far too large for the gradients.
+fn overflowing_fp16_run(strategy: Strategy) -> Outcome {
     let clock = Arc::new(SimClock::new());
     let device = simulated(&clock, NumericMode::Fp16);
     let options = TrainOptions {
@@ -549,12 +550,22 @@ fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
         loss_scale: 2f32.powi(40),
         ..TrainOptions::default()
     };
+    let out = run_with(&device, &*clock, strategy, 1, &options);
+    assert_eq!(out.result, Ok(()));
+    out
+}
+
+/// fp16 with a loss scale far too large: updates are skipped (and the scale halved) until the
+/// gradients fit. Under double-buffering with delay compensation the steps run one version
+/// behind, so the overflow must be caught by the compensation's own pass over the gradient,
+/// which also measures the norm: skipped steps there too, then finite updates.
+#[test]
+fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
     assert!(
-        options.delay_compensation > 0.0,
+        TrainOptions::default().delay_compensation > 0.0,
         "compensation is on by default"
     );
-    let out = run_with(&device, &*clock, Strategy::DoubleBuffer, 1, &options);
-    out.result.unwrap();
+    let out = overflowing_fp16_run(Strategy::DoubleBuffer);
     let (records, state) = (out.steps, out.state);
 
     let skipped: Vec<&StepRecord> = records.iter().filter(|r| r.skipped).collect();
@@ -588,18 +599,7 @@ fn overflowing_fp16_gradients_skip_updates_under_delay_compensation() {
 /// gradients fit, and a skipped update leaves the weights exactly as they were.
 #[test]
 fn overflowing_fp16_gradients_skip_updates_under_recompile() {
-    let clock = Arc::new(SimClock::new());
-    let device = simulated(&clock, NumericMode::Fp16);
-    let options = TrainOptions {
-        steps: 40,
-        eval_every: 0,
-        checkpoint_every: 0,
-        threads: 1,
-        loss_scale: 2f32.powi(40),
-        ..TrainOptions::default()
-    };
-    let out = run_with(&device, &*clock, Strategy::Recompile, 1, &options);
-    out.result.unwrap();
+    let out = overflowing_fp16_run(Strategy::Recompile);
     let records = out.steps;
     let skipped: Vec<&StepRecord> = records.iter().filter(|r| r.skipped).collect();
     assert!(skipped.len() >= 2, "{} skipped", skipped.len());
@@ -621,7 +621,7 @@ fn overflowing_fp16_gradients_skip_updates_under_recompile() {
                 .all(|r| r.grad_norm.is_finite())
     );
     assert_eq!(out.state.counters.skipped_updates, skipped.len() as u64);
-    assert_eq!(out.state.counters.skipped_updates + applied, options.steps);
+    assert_eq!(out.state.counters.skipped_updates + applied, 40);
     assert!(out.state.params.data.iter().all(|w| w.is_finite()));
     // A skipped step runs on the same kernel set as the one after it: no new weights.
     for (a, b) in records.iter().zip(&records[1..]) {
@@ -654,16 +654,10 @@ fn accumulated_updates_apply_the_mean_gradient_of_their_windows() {
     let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
     let mut master = init_params(Arc::new(ParamLayout::new(&c)), 1);
     let mut adam = AdamState::new(&master);
-    let schedule = LrSchedule {
-        max_lr: options.lr,
-        min_lr: options.min_lr(),
-        warmup: options.warmup,
-        total: options.steps,
-    };
+    let schedule = schedule_of(&options);
     let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
     let mut buf = StepBuffers::new(&c);
     let mut data = Cycle(0);
-    let mut window = vec![0u32; c.seq_len + 1];
     for (t, record) in out.steps.iter().enumerate() {
         let snapshot = WeightSnapshot {
             version: t as u64,
@@ -672,21 +666,7 @@ fn accumulated_updates_apply_the_mean_gradient_of_their_windows() {
         let mut set = compile_kernel_set(&cpu, snapshot).unwrap();
         let mut sum = vec![0f64; master.data.len()];
         for _ in 0..accum {
-            let mut grads = Params::zeros(master.layout.clone());
-            data.next_train_window(&mut window);
-            micro_step(
-                &cpu,
-                &RealClock::new(),
-                &mut set,
-                &mut shared,
-                &mut buf,
-                &window[..c.seq_len],
-                &window[1..],
-                1.0,
-                &mut grads,
-                1,
-            )
-            .unwrap();
+            let grads = window_gradient(&cpu, &mut set, &mut shared, &mut buf, &mut data);
             for (s, g) in sum.iter_mut().zip(&grads.data) {
                 *s += *g as f64;
             }
@@ -737,20 +717,8 @@ fn the_last_validation_of_a_double_buffered_run_is_of_its_final_weights() {
         threads: 1,
         ..TrainOptions::default()
     };
-    let mut state = TrainState::new(
-        init_params(Arc::new(ParamLayout::new(&config())), 1),
-        &options,
-        NumericMode::Fp32,
-    );
-    let env = RunEnv {
-        device: &device,
-        clock: &*clock,
-        strategy: Strategy::DoubleBuffer,
-        max_staleness: 1,
-        max_failures: 3,
-        count_host_time: false,
-        stop_after: None,
-    };
+    let mut state = fresh_state(&options);
+    let env = test_env(&device, &*clock, Strategy::DoubleBuffer);
     let mut validations = Vec::new();
     let mut data = Cycle(0);
     train(&env, &options, &mut state, &mut data, None, &mut |e| {

@@ -13,8 +13,8 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
-use anetrain_train::trainer::{train, Event, RunEnv, StepRecord, TrainOptions, TrainState};
-use common::{simulated, Cycle};
+use anetrain_train::trainer::{train, Event, StepRecord, TrainOptions, TrainState};
+use common::{simulated, test_env, Cycle};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,15 +63,7 @@ fn run(
         &options,
         NumericMode::Fp32,
     );
-    let env = RunEnv {
-        device,
-        clock,
-        strategy,
-        max_staleness: 1,
-        max_failures: 3,
-        count_host_time: false,
-        stop_after: None,
-    };
+    let env = test_env(device, clock, strategy);
     let mut steps = Vec::new();
     let mut validations = Vec::new();
     train(

@@ -15,7 +15,7 @@ use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
-use common::{simulated, Cycle};
+use common::{simulated, sink, test_env, Cycle};
 use std::sync::Arc;
 
 fn config() -> ModelConfig {
@@ -52,12 +52,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let opts = options();
     let clock = RealClock::new();
     let sink_dir = tempfile::tempdir().unwrap();
-    let sink = CheckpointSink {
-        dir: sink_dir.path().to_path_buf(),
-        tokenizer_kind: "hf".into(),
-        tokenizer: b"{}".to_vec(),
-        run: serde_json::Value::Null,
-    };
+    let sink = sink(sink_dir.path());
     let fresh = || {
         TrainState::new(
             init_params(Arc::new(ParamLayout::new(&c)), 5),
@@ -71,15 +66,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let mut ref_losses = Vec::new();
     {
         let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 10_000);
-        let env = RunEnv {
-            device: &device,
-            clock: &clock,
-            strategy: Strategy::Recompile,
-            max_staleness: 1,
-            max_failures: 3,
-            count_host_time: false,
-            stop_after: None,
-        };
+        let env = test_env(&device, &clock, Strategy::Recompile);
         train(&env, &opts, &mut reference, &mut Cycle(0), None, &mut |e| {
             if let Event::Step(r) = e {
                 ref_losses.push(r.loss)
@@ -96,15 +83,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let mut data = Cycle(0);
     loop {
         let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 25);
-        let env = RunEnv {
-            device: &device,
-            clock: &clock,
-            strategy: Strategy::Recompile,
-            max_staleness: 1,
-            max_failures: 3,
-            count_host_time: false,
-            stop_after: None,
-        };
+        let env = test_env(&device, &clock, Strategy::Recompile);
         let result = train(&env, &opts, &mut state, &mut data, Some(&sink), &mut |e| {
             if let Event::Step(r) = e {
                 losses.push(r.loss)
@@ -160,13 +139,8 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
             let clock = Arc::new(SimClock::new());
             let device = simulated(&clock, NumericMode::Fp32);
             let env = RunEnv {
-                device: &device,
-                clock: &*clock,
-                strategy: Strategy::DoubleBuffer,
-                max_staleness: 1,
-                max_failures: 3,
-                count_host_time: false,
                 stop_after,
+                ..test_env(&device, &*clock, Strategy::DoubleBuffer)
             };
             train(&env, &opts, state, data, sink, &mut |e| {
                 if let Event::Step(r) = e {
@@ -181,12 +155,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
         run(&mut reference, &mut Cycle(0), None, None, &mut ref_steps);
 
         let dir = tempfile::tempdir().unwrap();
-        let sink = CheckpointSink {
-            dir: dir.path().to_path_buf(),
-            tokenizer_kind: "hf".into(),
-            tokenizer: b"{}".to_vec(),
-            run: serde_json::Value::Null,
-        };
+        let sink = sink(dir.path());
         let mut steps = Vec::new();
         let mut first = fresh();
         run(&mut first, &mut Cycle(0), Some(5), Some(&sink), &mut steps);
@@ -226,27 +195,14 @@ fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrup
         )
     };
     let dir = tempfile::tempdir().unwrap();
-    let sink = CheckpointSink {
-        dir: dir.path().to_path_buf(),
-        tokenizer_kind: "hf".into(),
-        tokenizer: b"{}".to_vec(),
-        run: serde_json::Value::Null,
-    };
+    let sink = sink(dir.path());
     let run = |state: &mut TrainState,
                data: &mut Cycle,
                budget: u64,
                steps: &mut Vec<(f32, u64, u64)>| {
         let clock = Arc::new(SimClock::new());
         let device = CompileBudget::new(simulated(&clock, NumericMode::Fp32), budget);
-        let env = RunEnv {
-            device: &device,
-            clock: &*clock,
-            strategy: Strategy::DoubleBuffer,
-            max_staleness: 1,
-            max_failures: 3,
-            count_host_time: false,
-            stop_after: None,
-        };
+        let env = test_env(&device, &*clock, Strategy::DoubleBuffer);
         let result = train(&env, &opts, state, data, Some(&sink), &mut |e| {
             if let Event::Step(r) = e {
                 steps.push((r.loss, r.weights_version, r.staleness))

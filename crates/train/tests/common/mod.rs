@@ -57,3 +57,32 @@ impl ValidationSource for Cycle {
         1
     }
 }
+
+/// A checkpoint sink into `dir`, with a stand-in tokenizer.
+pub fn sink(dir: &std::path::Path) -> anetrain_train::trainer::CheckpointSink {
+    anetrain_train::trainer::CheckpointSink {
+        dir: dir.to_path_buf(),
+        tokenizer_kind: "hf".into(),
+        tokenizer: b"{}".to_vec(),
+        run: serde_json::Value::Null,
+    }
+}
+
+/// A run environment for tests: staleness bound 1, 3 failures in a row allowed, no stop
+/// before the schedule ends, and host work free on a virtual clock (so that its timeline is
+/// exact).
+pub fn test_env<'a>(
+    device: &'a dyn anetrain_device::Device,
+    clock: &'a dyn anetrain_device::clock::Clock,
+    strategy: anetrain_train::delivery::Strategy,
+) -> anetrain_train::trainer::RunEnv<'a> {
+    anetrain_train::trainer::RunEnv {
+        device,
+        clock,
+        strategy,
+        max_staleness: 1,
+        max_failures: 3,
+        count_host_time: false,
+        stop_after: None,
+    }
+}
