@@ -144,6 +144,12 @@ struct RunSettings {
 }
 
 impl RunSettings {
+    /// How the run a checkpoint comes from was started (nothing, for a checkpoint written
+    /// before checkpoints kept it).
+    fn saved_in(header: &CheckpointHeader) -> RunSettings {
+        serde_json::from_value(header.run.clone()).unwrap_or_default()
+    }
+
     /// These settings, each missing one taken from `saved`.
     fn or(self, saved: RunSettings) -> RunSettings {
         RunSettings {
@@ -159,9 +165,7 @@ impl RunSettings {
 
 /// The token file a checkpoint's run trained on, when it was not the embedded corpus.
 pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
-    serde_json::from_value::<RunSettings>(header.run.clone())
-        .ok()
-        .and_then(|r| r.data)
+    RunSettings::saved_in(header).data
 }
 
 /// The run's options: a resumed run's own (the schedule, optimizer, evaluation and
@@ -259,10 +263,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
-    let saved_run: RunSettings = match &checkpoint {
-        Some(c) => serde_json::from_value(c.header.run.clone()).unwrap_or_default(),
-        None => RunSettings::default(),
-    };
+    let saved_run = checkpoint
+        .as_ref()
+        .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
     let settings = RunSettings {
         device: args.device.clone().or(file.device),
         precision: args.precision.clone().or(file.precision),

@@ -411,16 +411,10 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     /// when the device weights would lag more than the allowed staleness.
     pub fn acquire(&mut self, master: u64) -> Result<&mut KernelSet, StepError> {
         if self.strategy == Strategy::DoubleBuffer {
-            self.collect(false)?;
-            while master.saturating_sub(self.active.version()) > self.max_staleness {
-                self.start_if_idle();
-                if self.job.is_none() {
-                    break;
-                }
-                let start = self.clock.now();
-                self.collect(true)?;
-                self.stats.stall += self.clock.now().saturating_sub(start);
-            }
+            let mut waited = Duration::ZERO;
+            let caught_up = self.wait_until_lag(master, self.max_staleness, &mut waited);
+            self.stats.stall += waited;
+            caught_up?;
         }
         let lag = master.saturating_sub(self.active.version());
         *self.stats.staleness.entry(lag).or_default() += 1;
@@ -434,16 +428,34 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     /// for the compile, the active set is all there is.
     pub fn catch_up(&mut self, master: u64) -> Result<&mut KernelSet, StepError> {
         if self.strategy == Strategy::DoubleBuffer {
-            self.collect(false)?;
-            while self.active.version() < master {
-                self.start_if_idle();
-                if self.job.is_none() {
-                    break;
-                }
-                self.collect(true)?;
-            }
+            // Not a training stall: the wait is dropped.
+            let mut waited = Duration::ZERO;
+            self.wait_until_lag(master, 0, &mut waited)?;
         }
         Ok(&mut self.active)
+    }
+
+    /// Takes a finished compile, then waits for compiles (starting the newest published
+    /// weights' when none runs) until the active set lags master version `master` by at most
+    /// `bound`, or the budget stops the next compile. Adds the time spent waiting to `waited`
+    /// as it goes, so that a failed compile still leaves it counted.
+    fn wait_until_lag(
+        &mut self,
+        master: u64,
+        bound: u64,
+        waited: &mut Duration,
+    ) -> Result<(), StepError> {
+        self.collect(false)?;
+        while master.saturating_sub(self.active.version()) > bound {
+            self.start_if_idle();
+            if self.job.is_none() {
+                break;
+            }
+            let start = self.clock.now();
+            self.collect(true)?;
+            *waited += self.clock.now().saturating_sub(start);
+        }
+        Ok(())
     }
 
     /// The weights the next step runs on at master version `master`, as far as the schedule

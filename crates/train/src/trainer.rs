@@ -547,11 +547,13 @@ fn run_steps(
             });
         }
         if delivery.restart_needed() {
-            // The budget cannot pay for the compile of the master weights this step would
-            // overlap. Restart before the step: the device's version and the master's are
-            // then all a new process needs to run it exactly as this one would have (its
-            // first compile in the background is that same one). One step later, the master
-            // would have moved on and the blocked version would be lost.
+            // The budget cannot pay for the compile of the master weights (the kernel set a
+            // recompile needs, or the one a double buffer would overlap with this step). The
+            // one place a run restarts is here, before the step: the device's version and the
+            // master's are then all a new process needs to run it exactly as this one would
+            // have (its first compile is that same one). One step later, the master would
+            // have moved on and the blocked version would be lost. (Once the schedule or
+            // `--stop-after` is done the loop does not come back here: nothing to restart.)
             return Err(restart_checkpoint(
                 state, options, data, sink, delivery, on_event,
             )?);
@@ -663,7 +665,6 @@ fn run_steps(
             };
             delivery.publish(next)?;
         }
-        let restart = delivery.restart_needed() && state.step < options.steps;
 
         let c = &mut state.counters;
         c.train += train_time;
@@ -724,11 +725,6 @@ fn run_steps(
             });
         }
         state.counters.wall = wall_before + clock.now().saturating_sub(started);
-        if restart {
-            return Err(restart_checkpoint(
-                state, options, data, sink, delivery, on_event,
-            )?);
-        }
         let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
         if let Some(sink) = sink {
             if due || last {
