@@ -588,3 +588,134 @@ fn eval_generate_and_export_agree_with_the_run() {
     let o = anetrain(&[&["generate"][..], &given[..], &["--config", "stories15m"]].concat());
     assert!(!o.status.success());
 }
+
+/// `bench weights` on a simulated chip: the rows asked for, each with the compiles, lag and
+/// stall its strategy must have, and a row that does not exist refused by name.
+#[test]
+fn bench_weights_compares_the_chosen_strategies_with_frozen_kernels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let steps = 6;
+    let out = anetrain(&[
+        "bench",
+        "weights",
+        "--config",
+        &f.model,
+        "--steps",
+        &steps.to_string(),
+        "--rounds",
+        "2",
+        "--simulate",
+        "m4",
+        "--only",
+        "recompile,double-buffer",
+    ]);
+    ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("[simulated]"), "{text}");
+    assert!(
+        text.contains("noise: the frozen run closing a round"),
+        "{text}"
+    );
+    // name → (vs frozen %, stall %, lag mean, lag max, compiles)
+    let row = |name: &str| -> (f64, f64, f64, u64, u64) {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row `{name}` in\n{text}"));
+        let cols: Vec<&str> = line[30..].split_whitespace().collect();
+        let pct = |s: &str| s.trim_end_matches('%').parse::<f64>().unwrap();
+        let (mean, max) = cols[7].split_once('/').unwrap();
+        (
+            pct(cols[2]),
+            pct(cols[4]),
+            mean.parse().unwrap(),
+            max.parse().unwrap(),
+            cols[8].parse().unwrap(),
+        )
+    };
+    assert!(!text.contains("\ndynamic"), "{text}");
+    assert!(!text.contains("prediction "), "{text}");
+    // One layer: five weight-bearing kernels and one without weights, compiled once.
+    let (set, once) = (5, 1);
+    let frozen = row("frozen kernels");
+    assert_eq!(frozen.4, set + once);
+    assert_eq!(frozen.0, 100.0);
+    let recompile = row("recompile");
+    assert_eq!(recompile.4, set + once + steps * set);
+    assert_eq!((recompile.2, recompile.3), (0.0, 0));
+    let db = row("double-buffer (K=1)");
+    assert_eq!(db.4, set + once + steps * set);
+    assert_eq!(db.3, 1, "the device lags by at most K=1 update");
+    assert!(db.2 > 0.0);
+    // On the m4 model a set compiles in far longer than a step of this model evaluates:
+    // recompiling after every update is nearly all compile stall, and the double buffer
+    // stalls less because its compiles overlap the evals.
+    assert!(recompile.1 > 90.0, "{text}");
+    assert!(db.1 < recompile.1, "{text}");
+    assert!(recompile.0 < 100.0, "{text}");
+
+    let bad = anetrain(&["bench", "weights", "--only", "double-buffer,fastest"]);
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert!(
+        err.contains("no row `fastest`") && err.contains("recompile, double-buffer, dc"),
+        "{err}"
+    );
+}
+
+/// A new run into a folder that holds one is refused and changes nothing there; with
+/// `--overwrite` the earlier run's files go and the folder holds the new run alone.
+#[test]
+fn a_new_run_does_not_mix_with_the_run_its_folder_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let out = tmp.path().join("run");
+    let out_s = out.display().to_string();
+    ok(&f.train(&out_s, &["--steps", "4", "--quiet"]));
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    assert!(before.iter().any(|(n, _)| n == "ckpt-00000004.bin"));
+
+    let refused = f.train(&out_s, &["--steps", "2", "--quiet"]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&out_s) && err.contains("step 4") && err.contains("--resume"),
+        "{err}"
+    );
+    for (name, bytes) in &before {
+        assert_eq!(
+            &std::fs::read(out.join(name)).unwrap(),
+            bytes,
+            "{name} changed"
+        );
+    }
+
+    // A bad flag alongside --overwrite deletes nothing either.
+    let bad = f.train(
+        &out_s,
+        &["--steps", "2", "--quiet", "--overwrite", "--lr", "-1"],
+    );
+    assert!(!bad.status.success());
+    assert!(out.join("ckpt-00000004.bin").exists());
+
+    ok(&f.train(&out_s, &["--steps", "2", "--quiet", "--overwrite"]));
+    let steps: Vec<u64> = metric_rows(&out, "step")
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2]);
+    let checkpoints: Vec<u64> = list_checkpoints(&out).iter().map(|(s, _)| *s).collect();
+    assert_eq!(checkpoints, [2]);
+}

@@ -84,7 +84,8 @@ struct Summary {
     counters: Counters,
     wall: Duration,
     final_train_loss: f32,
-    val_loss: f32,
+    /// At the end of the run (none when the run has no validation).
+    val_loss: Option<f32>,
     mean_lag: f64,
     max_lag: u64,
     steps: Vec<StepRecord>,
@@ -115,10 +116,10 @@ fn measured_run(
         stop_after: None,
     };
     let mut steps = Vec::new();
-    let mut val = f32::NAN;
+    let mut val = None;
     train(&env, options, &mut state, data, None, &mut |e| match e {
         Event::Step(r) => steps.push(r.clone()),
-        Event::Validation { loss, .. } => val = *loss,
+        Event::Validation { loss, .. } => val = Some(*loss),
         _ => {}
     })?;
     let tail = &steps[steps.len().saturating_sub(20)..];
@@ -166,8 +167,12 @@ fn compile_times(config: &ModelConfig, device: &CpuDevice) -> anyhow::Result<(f6
     Ok((cold, cached))
 }
 
+/// The rows of `bench weights` besides the frozen baseline, by their `--only` names.
+const CONTENDER_KEYS: [&str; 5] = ["recompile", "double-buffer", "dc", "prediction", "dynamic"];
+
 /// One row of `bench weights`.
 struct Contender {
+    key: &'static str,
     name: String,
     strategy: Strategy,
     compensation: f32,
@@ -175,8 +180,9 @@ struct Contender {
 }
 
 impl Contender {
-    fn new(name: &str, strategy: Strategy) -> Contender {
+    fn new(key: &'static str, name: &str, strategy: Strategy) -> Contender {
         Contender {
+            key,
             name: name.to_string(),
             strategy,
             compensation: 0.0,
@@ -320,8 +326,9 @@ pub struct WeightsBench {
     /// forward and backward passes (the original ANE trainer accumulates 10).
     #[arg(long, default_value_t = 1)]
     accum: u32,
-    /// Runs of every strategy, interleaved (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds, each running every strategy once between two frozen-kernel runs (medians are
+    /// reported).
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Model a chip's compile/eval latencies on a virtual clock (e.g. m4).
     #[arg(long)]
@@ -337,6 +344,10 @@ pub struct WeightsBench {
     lr: Option<f32>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Only these rows besides the frozen baseline, comma-separated: recompile,
+    /// double-buffer, dc (double-buffer with delay compensation), prediction, dynamic.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
@@ -350,6 +361,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         max_staleness,
         lr,
         threads,
+        ref only,
     } = *bench;
     let simulate = simulate.as_deref();
     let config = ModelConfig::named(config)?;
@@ -372,6 +384,81 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         threads,
         ..TrainOptions::default()
     };
+    let contenders: Vec<Contender> = [
+        Contender::new("recompile", "recompile", Strategy::Recompile),
+        Contender::new(
+            "double-buffer",
+            &format!("double-buffer (K={max_staleness})"),
+            Strategy::DoubleBuffer,
+        ),
+        Contender {
+            compensation,
+            ..Contender::new(
+                "dc",
+                &format!("double-buffer + DC c={compensation}"),
+                Strategy::DoubleBuffer,
+            )
+        },
+        Contender {
+            prediction: true,
+            ..Contender::new(
+                "prediction",
+                "double-buffer + prediction",
+                Strategy::DoubleBuffer,
+            )
+        },
+        Contender::new("dynamic", "dynamic", Strategy::Dynamic),
+    ]
+    .into_iter()
+    .filter(|c| only.is_empty() || only.iter().any(|o| o == c.key))
+    .collect();
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !contenders.iter().any(|c| c.key == o.as_str()))
+    {
+        return Err(anyhow!(
+            "--only: no row `{unknown}` (the rows are {})",
+            CONTENDER_KEYS.join(", ")
+        ));
+    }
+    let frozen = Contender::new("frozen", "frozen kernels (baseline)", Strategy::Frozen);
+    let run_here = |c: &Contender, steps: u64| -> anyhow::Result<Summary> {
+        let clock: Arc<dyn Clock> = match simulate {
+            Some(_) => Arc::new(SimClock::new()),
+            None => Arc::new(RealClock::new()),
+        };
+        let device: Box<dyn Device> = match simulate {
+            Some(chip) => {
+                let profile = ChipProfile::by_name(chip)
+                    .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
+                Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
+            }
+            None => Box::new(base.clone()),
+        };
+        let options = TrainOptions {
+            steps,
+            eval_every: steps,
+            delay_compensation: c.compensation,
+            weight_prediction: c.prediction,
+            ..options.clone()
+        };
+        let mut data: Box<dyn WindowSource> = match &corpus {
+            Some(d) => Box::new(DatasetWindows::new(d.dataset.clone(), options.seed)?),
+            None => Box::new(SyntheticWindows {
+                vocab: config.vocab as u64,
+                state: options.seed,
+            }),
+        };
+        measured_run(
+            &config,
+            &options,
+            c.strategy,
+            max_staleness,
+            &*device,
+            &*clock,
+            &mut *data,
+        )
+    };
     println!(
         "bench weights: {} for {steps} steps of {} window(s) (seed {}, peak lr {}), data: {}, device: CPU {mode}{}",
         config.name,
@@ -387,67 +474,25 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
             " behind the {c} latency model [simulated]"
         ))
     );
-    let contenders = [
-        Contender::new("frozen kernels (baseline)", Strategy::Frozen),
-        Contender::new("recompile", Strategy::Recompile),
-        Contender::new(
-            &format!("double-buffer (K={max_staleness})"),
-            Strategy::DoubleBuffer,
-        ),
-        Contender {
-            compensation,
-            ..Contender::new(
-                &format!("double-buffer + DC c={compensation}"),
-                Strategy::DoubleBuffer,
-            )
-        },
-        Contender {
-            prediction: true,
-            ..Contender::new("double-buffer + prediction", Strategy::DoubleBuffer)
-        },
-        Contender::new("dynamic", Strategy::Dynamic),
-    ];
-    // Round-robin, so that a noisy stretch of the machine hits every strategy alike; each
-    // ratio to frozen is taken within one round.
+    let run = |c: &Contender| run_here(c, steps);
+    // The process's first run pays for what later runs find ready (the device's arenas and
+    // program cache, the allocator's heap): not counted, or it would slow the first baseline
+    // and flatter every strategy measured against it.
+    if simulate.is_none() {
+        run_here(&frozen, steps.min(20))?;
+    }
+    // Every round opens and closes with frozen kernels, and each ratio is taken against the
+    // mean of the two, so that a machine whose other tenants come or go during the round
+    // favours no strategy; how far the two disagree is the noise the ratios carry.
+    let mut brackets: Vec<(Summary, Summary)> = Vec::new();
     let mut runs: Vec<Vec<Summary>> = contenders.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds.max(1) {
+        let before = run(&frozen)?;
         for (c, runs) in contenders.iter().zip(&mut runs) {
-            let clock: Arc<dyn Clock> = match simulate {
-                Some(_) => Arc::new(SimClock::new()),
-                None => Arc::new(RealClock::new()),
-            };
-            let device: Box<dyn Device> = match simulate {
-                Some(chip) => {
-                    let profile = ChipProfile::by_name(chip)
-                        .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
-                    Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
-                }
-                None => Box::new(base.clone()),
-            };
-            let options = TrainOptions {
-                delay_compensation: c.compensation,
-                weight_prediction: c.prediction,
-                ..options.clone()
-            };
-            let mut data: Box<dyn WindowSource> = match &corpus {
-                Some(d) => Box::new(DatasetWindows::new(d.dataset.clone(), options.seed)?),
-                None => Box::new(SyntheticWindows {
-                    vocab: config.vocab as u64,
-                    state: options.seed,
-                }),
-            };
-            runs.push(measured_run(
-                &config,
-                &options,
-                c.strategy,
-                max_staleness,
-                &*device,
-                &*clock,
-                &mut *data,
-            )?);
+            runs.push(run(c)?);
         }
+        brackets.push((before, run(&frozen)?));
     }
-    let ms = |r: &Summary| 1e3 * r.wall.as_secs_f64() / steps as f64;
     if simulate.is_none() {
         let (cold, cached) = compile_times(&config, &base)?;
         println!(
@@ -458,11 +503,12 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<30} {:>9} {:>13} {:>10} {:>8} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "{:<30} {:>9} {:>13} {:>10} {:>9} {:>8} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}",
         "strategy",
         "ms/step",
         "(min-max)",
         "vs frozen",
+        "by median",
         "stall %",
         "stall* %",
         "bg cpu",
@@ -471,25 +517,51 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         "train loss",
         "val loss"
     );
-    let frozen = &runs[0];
-    for (c, runs) in contenders.iter().zip(&runs) {
-        let mut times: Vec<f64> = runs.iter().map(ms).collect();
-        let mut ratios: Vec<f64> = runs
+    let ms = |r: &Summary| 1e3 * r.wall.as_secs_f64() / steps as f64;
+    // A step's time is the median of the run's: other tenants of a shared machine slow some
+    // steps for a while, which moves a run's mean but not its median. A strategy's own costs
+    // are in every step (each overlaps a compile) or are counted apart (stalls).
+    let step_ms = |r: &Summary| {
+        let times: Vec<f64> = r.steps.iter().map(|s| s.ms).collect();
+        times.get(median_index(&times)).copied().unwrap_or(f64::NAN)
+    };
+    let baselines: Vec<(f64, f64)> = brackets
+        .iter()
+        .map(|(before, after)| {
+            (
+                0.5 * (ms(before) + ms(after)),
+                0.5 * (step_ms(before) + step_ms(after)),
+            )
+        })
+        .collect();
+    let frozen_runs: Vec<&Summary> = brackets.iter().flat_map(|(b, a)| [b, a]).collect();
+    let rows = std::iter::once((&frozen, frozen_runs)).chain(
+        contenders
             .iter()
-            .zip(frozen)
-            .map(|(r, f)| ms(f) / ms(r))
-            .collect();
+            .zip(&runs)
+            .map(|(c, runs)| (c, runs.iter().collect())),
+    );
+    for (c, runs) in rows {
+        let mut times: Vec<f64> = runs.iter().map(|r| ms(r)).collect();
+        let (ratios, step_ratios): (Vec<f64>, Vec<f64>) = if c.strategy == Strategy::Frozen {
+            (vec![1.0], vec![1.0])
+        } else {
+            runs.iter()
+                .zip(&baselines)
+                .map(|(r, (wall, step))| (wall / ms(r), step / step_ms(r)))
+                .unzip()
+        };
         // The other columns come from the run of median time.
-        let r = &runs[median_index(&times)];
+        let r = runs[median_index(&times)];
         times.sort_by(f64::total_cmp);
-        ratios.sort_by(f64::total_cmp);
         let (_, later_stall_share) = r.counters.stall_after_startup();
         println!(
-            "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1} {:>8.2} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9.4}",
+            "{:<30} {:>9.1} {:>13} {:>9.1}% {:>8.1}% {:>8.1} {:>8.2} {:>8.2} {:>7.2}/{:<4} {:>10} {:>10.4} {:>9}",
             c.name,
             times[times.len() / 2],
             format!("({:.1}-{:.1})", times[0], times[times.len() - 1]),
-            100.0 * ratios[ratios.len() / 2],
+            100.0 * ratios[median_index(&ratios)],
+            100.0 * step_ratios[median_index(&step_ratios)],
             100.0 * r.counters.compile_stall.as_secs_f64() / r.wall.as_secs_f64(),
             later_stall_share,
             1e3 * r.counters.background_compile_cpu.as_secs_f64() / steps as f64,
@@ -497,15 +569,40 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
             r.max_lag,
             r.counters.compiles,
             r.final_train_loss,
-            r.val_loss
+            r.val_loss.map_or("-".into(), |v| format!("{v:.4}"))
         );
     }
+    let drift: Vec<f64> = brackets
+        .iter()
+        .map(|(before, after)| ms(before) / ms(after))
+        .collect();
+    let mut sorted = drift.clone();
+    sorted.sort_by(f64::total_cmp);
+    let step_drift: Vec<f64> = brackets
+        .iter()
+        .map(|(before, after)| step_ms(before) / step_ms(after))
+        .collect();
+    let mut step_sorted = step_drift.clone();
+    step_sorted.sort_by(f64::total_cmp);
     println!(
-        "\n({} round(s), strategies interleaved; ms/step: median (min-max); vs frozen: median over \
-         rounds of the throughput as a share of the frozen-kernel run of the same round; the other \
-         columns are from the run of median time. train loss: mean of the last 20 steps; val loss: \
-         at the end; stall: foreground compile waits including the initial compile; stall*: after \
-         the initial compile; bg cpu: CPU ms per step of the background compiles, Linux only)",
+        "\nnoise: the frozen run closing a round ran at {:.1}% of the one opening it (median; \
+         {:.1}-{:.1}%), by median step {:.1}% ({:.1}-{:.1}%)",
+        100.0 * drift[median_index(&drift)],
+        100.0 * sorted[0],
+        100.0 * sorted[sorted.len() - 1],
+        100.0 * step_drift[median_index(&step_drift)],
+        100.0 * step_sorted[0],
+        100.0 * step_sorted[step_sorted.len() - 1]
+    );
+    println!(
+        "\n({} round(s), each opened and closed by frozen kernels, the other strategies between; \
+         ms/step: median (min-max), the first run of the process not counted; vs frozen: median \
+         over rounds of the throughput as a share of the mean of the round's two frozen runs; \
+         by median: the same share from each run's median step time instead of its wall time \
+         (a step's time includes its stall); the other columns are from the run of median time. train loss: mean of the last 20 \
+         steps; val loss: at the end; stall: foreground compile waits including the initial \
+         compile; stall*: after the initial compile; bg cpu: CPU ms per step of the background \
+         compiles, Linux only)",
         rounds.max(1)
     );
     Ok(())

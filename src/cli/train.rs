@@ -23,7 +23,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// The run folder: checkpoints, metrics.jsonl, loss.svg, report.txt.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start a new run in a --out folder that holds one: that run's checkpoints,
+    /// metrics.jsonl, loss.svg and report.txt are deleted (once everything else checks out).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Threads for the CPU device and the host math (default: every core).
     #[arg(long)]
     threads: Option<usize>,
@@ -263,6 +267,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
+    // A new run must not mix its files with an earlier run's: checkpoint rotation would
+    // keep the earlier run's newer steps and delete this run's, `--resume` would pick the
+    // wrong run, and metrics.jsonl would hold both.
+    let earlier_run = match resume_from {
+        Some(_) => Vec::new(),
+        None => run_files(&out),
+    };
+    if !earlier_run.is_empty() && !args.overwrite {
+        let newest = list_checkpoints(&out)
+            .pop()
+            .map_or(String::new(), |(step, _)| {
+                format!(", its newest checkpoint at step {step}")
+            });
+        bail!(
+            "{} holds a run already ({} file(s){newest}): continue it with --resume, start \
+             over with --overwrite (deletes them), or choose another --out",
+            out.display(),
+            earlier_run.len()
+        );
+    }
     let saved_run = checkpoint
         .as_ref()
         .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
@@ -393,6 +417,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             options.accum,
             config.seq_len
         );
+    }
+    for file in &earlier_run {
+        std::fs::remove_file(file)
+            .with_context(|| format!("--overwrite: cannot delete {}", file.display()))?;
     }
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -559,6 +587,19 @@ fn numeric_mode(device: &str, precision: Option<&str>) -> anyhow::Result<Numeric
             .parse()
             .map_err(|e: String| anyhow!(e)),
     }
+}
+
+/// The files a run left in its folder (checkpoints, metrics.jsonl, loss.svg, report.txt). An
+/// empty metrics.jsonl is what a run refused before its first compile leaves: not a run.
+fn run_files(out: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = list_checkpoints(out).into_iter().map(|(_, p)| p).collect();
+    files.extend(
+        ["metrics.jsonl", "loss.svg", "report.txt"]
+            .iter()
+            .map(|name| out.join(name))
+            .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)),
+    );
+    files
 }
 
 /// Opens the named device with the decorators the flags ask for.
