@@ -719,3 +719,69 @@ fn a_new_run_does_not_mix_with_the_run_its_folder_holds() {
     let checkpoints: Vec<u64> = list_checkpoints(&out).iter().map(|(s, _)| *s).collect();
     assert_eq!(checkpoints, [2]);
 }
+
+/// On a real clock the host track also shows the host math between a step's evals: each
+/// piece inside its step, and none at the same time as an eval (both run on the training
+/// thread, one after the other).
+#[test]
+fn the_trace_shows_each_steps_host_math_between_its_evals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    let trace = tmp.path().join("trace.json");
+    let steps = 3;
+    ok(&f.train(
+        &out,
+        &[
+            "--steps",
+            &steps.to_string(),
+            "--quiet",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let spans = |tid: u64| -> Vec<(String, f64, f64)> {
+        json["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["tid"] == tid)
+            .map(|e| {
+                let ts = e["ts"].as_f64().unwrap();
+                let name = e["name"].as_str().unwrap().to_string();
+                (name, ts, ts + e["dur"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (host, evals) = (spans(3), spans(1));
+    let step_spans: Vec<_> = host.iter().filter(|s| s.0.starts_with("step ")).collect();
+    assert_eq!(step_spans.len(), steps);
+    // One layer: the final norm's backward and the layer's two.
+    let per_step = [
+        ("embedding", 1),
+        ("loss and classifier", 1),
+        ("norm backward", 3),
+        ("waiting for weight gradients", 1),
+        ("embedding backward", 1),
+    ];
+    for (name, count) in per_step {
+        let pieces: Vec<_> = host.iter().filter(|s| s.0 == name).collect();
+        assert_eq!(pieces.len(), count * steps, "{name}");
+        for (_, start, end) in pieces {
+            assert!(
+                step_spans
+                    .iter()
+                    .any(|(_, s0, s1)| s0 <= start && end <= &(s1 + 1.0)),
+                "{name} at {start}..{end} is in no step"
+            );
+            // Trace times are in µs, rounded: allow the rounding at each end.
+            if let Some(e) = evals
+                .iter()
+                .find(|(_, e0, e1)| *start < e1 - 1.0 && *e0 < end - 1.0)
+            {
+                panic!("{name} at {start}..{end} overlaps eval {e:?}");
+            }
+        }
+    }
+}

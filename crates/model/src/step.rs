@@ -218,11 +218,11 @@ impl KernelSet {
                 eval(device, kernel, (kind, layer), activations, output, timing)
             }
             SetKernels::Packed(packed) => {
-                let t = Instant::now();
+                let t = timing.host_start();
                 let input = &mut packed.inputs[layer][i];
                 let s = self.snapshot.params.layout.config.seq_len;
                 packed.packings[i].write_activations(input, s, activations);
-                timing.host_math += t.elapsed();
+                timing.host_end(t, None);
                 eval(
                     device,
                     &mut packed.kernels[i],
@@ -425,7 +425,7 @@ impl SharedKernels {
 
 /// Where a step's time went. Device evals are timed on the clock (virtual under a latency
 /// model); host work is timed in real time, since it really runs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct StepTiming<'c> {
     pub clock: &'c dyn Clock,
     pub device_eval: Duration,
@@ -436,6 +436,24 @@ pub struct StepTiming<'c> {
     pub weight_grads: Duration,
     /// How long the step waited for them at its end.
     pub weight_grad_wait: Duration,
+    /// The larger pieces of host work, on the clock, for the timeline (the residual adds
+    /// between kernels are counted in `host_math` but not kept).
+    pub host_spans: Vec<HostSpan>,
+}
+
+/// A piece of a step's host work on the run's clock. On a virtual clock it has no length:
+/// host time is added there after the step's evals.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSpan {
+    pub name: &'static str,
+    pub start: Duration,
+    pub end: Duration,
+}
+
+/// Host work being timed (from [`StepTiming::host_start`]).
+pub struct HostTimer {
+    wall: Instant,
+    on_clock: Duration,
 }
 
 impl<'c> StepTiming<'c> {
@@ -447,6 +465,7 @@ impl<'c> StepTiming<'c> {
             host_math: Duration::ZERO,
             weight_grads: Duration::ZERO,
             weight_grad_wait: Duration::ZERO,
+            host_spans: Vec::new(),
         }
     }
 
@@ -458,6 +477,30 @@ impl<'c> StepTiming<'c> {
         self.host_math += other.host_math;
         self.weight_grads += other.weight_grads;
         self.weight_grad_wait += other.weight_grad_wait;
+        self.host_spans.extend_from_slice(&other.host_spans);
+    }
+
+    pub fn host_start(&self) -> HostTimer {
+        HostTimer {
+            wall: Instant::now(),
+            on_clock: self.clock.now(),
+        }
+    }
+
+    /// Ends host math begun at `t`: counted in `host_math`, and kept as a span when named.
+    pub fn host_end(&mut self, t: HostTimer, span: Option<&'static str>) {
+        self.host_math += t.wall.elapsed();
+        if let Some(name) = span {
+            self.span(name, t.on_clock);
+        }
+    }
+
+    fn span(&mut self, name: &'static str, start: Duration) {
+        self.host_spans.push(HostSpan {
+            name,
+            start,
+            end: self.clock.now(),
+        });
     }
 }
 
@@ -841,9 +884,9 @@ fn forward(
         });
     }
     let c = buf.config.clone();
-    let t0 = Instant::now();
+    let t0 = timing.host_start();
     host::embed_forward(params.get(params.layout.embed()), c.dim, tokens, &mut buf.x);
-    timing.host_math += t0.elapsed();
+    timing.host_end(t0, Some("embedding"));
     for l in 0..c.n_layers {
         let tape = &mut buf.tapes[l];
         tape.x.copy_from_slice(&buf.x);
@@ -855,11 +898,11 @@ fn forward(
             &mut tape.attn.data,
             timing,
         )?;
-        let t = Instant::now();
+        let t = timing.host_start();
         for ((x2, x), o) in tape.x2.iter_mut().zip(&tape.x).zip(tape.attn.part("o")) {
             *x2 = x + o;
         }
-        timing.host_math += t.elapsed();
+        timing.host_end(t, None);
         set.eval(
             device,
             l,
@@ -868,11 +911,11 @@ fn forward(
             &mut tape.ffn.data,
             timing,
         )?;
-        let t = Instant::now();
+        let t = timing.host_start();
         for ((x, x2), f) in buf.x.iter_mut().zip(&tape.x2).zip(tape.ffn.part("ffn")) {
             *x = x2 + f;
         }
-        timing.host_math += t.elapsed();
+        timing.host_end(t, None);
     }
     Ok(())
 }
@@ -970,7 +1013,7 @@ pub fn micro_step<'c>(
     let (q, kv) = (c.q_dim(), c.kv_dim());
 
     // Head: loss, classifier and final-norm backward.
-    let t = Instant::now();
+    let t = timing.host_start();
     let (ce, rrms_final) = head_loss(&params, buf, targets, loss_scale, threads);
     let loss = ce.loss;
     host::matmul_t(
@@ -983,7 +1026,7 @@ pub fn micro_step<'c>(
         threads,
     );
     host::scale_columns(&mut buf.dx, &ce.column);
-    timing.host_math += t.elapsed();
+    timing.host_end(t, Some("loss and classifier"));
 
     let pool = buf.wgrad_pool(threads);
     let wgrad_pool = pool.as_ref().map(|p| &p.pool);
@@ -1019,7 +1062,7 @@ pub fn micro_step<'c>(
             x_scaled,
             [v, d, s],
         );
-        let t = Instant::now();
+        let t = timing.host_start();
         host::rmsnorm_backward(
             dx,
             x,
@@ -1028,7 +1071,7 @@ pub fn micro_step<'c>(
             dy,
             grad.take(layout.rms_final()),
         );
-        timing.host_math += t.elapsed();
+        timing.host_end(t, Some("norm backward"));
 
         for l in (0..c.n_layers).rev() {
             let tape = &tapes[l];
@@ -1050,7 +1093,7 @@ pub fn micro_step<'c>(
                 &mut bwd_ffn_out.data,
                 &mut timing,
             )?;
-            let t = Instant::now();
+            let t = timing.host_start();
             let x2norm = tape.ffn.part("xnorm");
             let gate = tape.ffn.part("gate");
             wgrad.submit_copied(grad.take(layer(LayerTensor::W2)), dy, gate, [d, h, s]);
@@ -1068,7 +1111,7 @@ pub fn micro_step<'c>(
                 dy,
                 grad.take(layer(LayerTensor::RmsFfn)),
             );
-            timing.host_math += t.elapsed();
+            timing.host_end(t, Some("norm backward"));
             let dx2 = &*dx;
 
             // Attention backward on the device.
@@ -1123,7 +1166,7 @@ pub fn micro_step<'c>(
                 &mut bwd_qkv_out.data,
                 &mut timing,
             )?;
-            let t = Instant::now();
+            let t = timing.host_start();
             let xnorm = tape.attn.part("xnorm");
             let (dq, dk) = (bwd_qkv_out.part("dq"), bwd_qkv_out.part("dk"));
             wgrad.submit_copied(grad.take(layer(LayerTensor::Wq)), dq, xnorm, [q, d, s]);
@@ -1139,20 +1182,21 @@ pub fn micro_step<'c>(
                 dx,
                 grad.take(layer(LayerTensor::RmsAtt)),
             );
-            timing.host_math += t.elapsed();
+            timing.host_end(t, Some("norm backward"));
         }
         // The step waits for its weight gradients only here, at its end. (On an error above,
         // dropping the worker closes its queue and the scope waits for it.)
-        let t = Instant::now();
+        let (t, on_clock) = (Instant::now(), timing.clock.now());
         let busy = wgrad.finish();
         timing.weight_grad_wait += t.elapsed();
+        timing.span("waiting for weight gradients", on_clock);
         Ok::<_, StepError>(busy)
     })?;
     timing.weight_grads += busy;
     // After the wait: a tied classifier's gradient is the embedding's.
-    let t = Instant::now();
+    let t = timing.host_start();
     host::embed_backward(grads.get_mut(layout.embed()), d, tokens, &buf.dy);
-    timing.host_math += t.elapsed();
+    timing.host_end(t, Some("embedding backward"));
     Ok((loss, timing))
 }
 

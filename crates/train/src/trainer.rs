@@ -250,7 +250,8 @@ pub enum Event {
     /// A background compile failed; the active kernels stay in place and it is retried.
     CompileFailed(String),
     /// A stretch of the training thread's own work between steps or inside one (the
-    /// optimizer update, a validation), on the run's clock: for timelines.
+    /// optimizer update, a validation, the host math between a step's evals), on the run's
+    /// clock: for timelines.
     HostWork {
         name: &'static str,
         start: Duration,
@@ -580,6 +581,14 @@ fn run_steps(
             )?;
             loss_sum += loss as f64;
             timing.add(&t);
+        }
+        // On a virtual clock host work has no length where it ran (it is added below).
+        for span in timing.host_spans.iter().filter(|s| s.end > s.start) {
+            on_event(&Event::HostWork {
+                name: span.name,
+                start: span.start,
+                end: span.end,
+            });
         }
         // Host work really ran; on a virtual clock it still takes its time (the weight
         // gradients only as far as the evals did not hide them).
