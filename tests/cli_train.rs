@@ -702,6 +702,29 @@ fn a_new_run_does_not_mix_with_the_run_its_folder_holds() {
         );
     }
 
+    // Nor may a run resumed from another folder's checkpoint land there, and --overwrite
+    // cannot delete the run --resume continues.
+    let other = tmp.path().join("other").display().to_string();
+    ok(&f.train(&other, &["--steps", "2", "--quiet"]));
+    let elsewhere = format!("{other}/ckpt-00000002.bin");
+    let refused = f.train(&out_s, &["--resume", &elsewhere, "--steps", "3", "--quiet"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("holds a run already"),
+        "{}",
+        stderr(&refused)
+    );
+    let contradiction = f.train(&out_s, &["--resume", "--overwrite", "--quiet"]);
+    assert!(!contradiction.status.success());
+    assert!(stderr(&contradiction).contains("--overwrite would delete the run"));
+    for (name, bytes) in &before {
+        assert_eq!(
+            &std::fs::read(out.join(name)).unwrap(),
+            bytes,
+            "{name} changed"
+        );
+    }
+
     // A bad flag alongside --overwrite deletes nothing either.
     let bad = f.train(
         &out_s,
@@ -784,4 +807,66 @@ fn the_trace_shows_each_steps_host_math_between_its_evals() {
             }
         }
     }
+}
+
+/// A run resumed from a checkpoint older than its last steps (a process that stopped between
+/// checkpoints) drops the metrics of the steps it computes again, so metrics.jsonl holds every
+/// step once, and its loss plot covers the whole run, not only the resumed process.
+#[test]
+fn a_resumed_run_keeps_each_step_once_in_its_metrics_and_plots_the_whole_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures(tmp.path());
+    let out = tmp.path().join("run");
+    let out_s = out.display().to_string();
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "[train]\ncheckpoint_every = 2\n").unwrap();
+    let config = config.display().to_string();
+    ok(&f.train(&out_s, &["--steps", "6", "--quiet", "--config", &config]));
+    // The process "stopped" after step 6 with its newest checkpoint at 4: resume from 4.
+    let ckpt4 = out.join("ckpt-00000004.bin").display().to_string();
+    // A line torn by the crash at the end of the file goes too.
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut torn, b"{\"type\":\"step\",\"st").unwrap();
+    drop(torn);
+    ok(&f.train(
+        &out_s,
+        &[
+            "--resume", &ckpt4, "--steps", "8", "--quiet", "--config", &config,
+        ],
+    ));
+    let steps: Vec<u64> = metric_rows(&out, "step")
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+    let vals: Vec<u64> = metric_rows(&out, "val")
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        vals,
+        [8],
+        "the first process's validation at step 6 is gone"
+    );
+    // The plot's training line has a point per step of the run, the validation line one.
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    let points = |stroke: &str| {
+        let line = svg
+            .lines()
+            .find(|l| l.contains("<polyline") && l.contains(stroke))
+            .unwrap();
+        let list = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        list.split_whitespace().count()
+    };
+    assert_eq!(points("#1f77b4"), 8, "{svg}");
+    assert_eq!(points("#d62728"), 1, "{svg}");
 }

@@ -73,7 +73,7 @@ pub struct TrainArgs {
     out: Option<PathBuf>,
     /// Start a new run in a --out folder that holds one: that run's checkpoints,
     /// metrics.jsonl, loss.svg and report.txt are deleted (once everything else checks out).
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long)]
     overwrite: bool,
     /// Threads for the CPU device and the host math (default: every core).
     #[arg(long)]
@@ -267,12 +267,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
-    // A new run must not mix its files with an earlier run's: checkpoint rotation would
-    // keep the earlier run's newer steps and delete this run's, `--resume` would pick the
-    // wrong run, and metrics.jsonl would hold both.
-    let earlier_run = match resume_from {
-        Some(_) => Vec::new(),
-        None => run_files(&out),
+    // A run must not mix its files with another run's: checkpoint rotation would keep the
+    // other run's newer steps and delete this run's, `--resume` would pick the wrong run, and
+    // metrics.jsonl would hold both. Continuing the run the folder holds is the one exception.
+    let continues_folder = resume_from
+        .as_deref()
+        .is_some_and(|p| same_dir(p.parent(), &out));
+    if continues_folder && args.overwrite {
+        bail!("--overwrite would delete the run that --resume continues");
+    }
+    let earlier_run = match continues_folder {
+        true => Vec::new(),
+        false => run_files(&out),
     };
     if !earlier_run.is_empty() && !args.overwrite {
         let newest = list_checkpoints(&out)
@@ -423,6 +429,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--overwrite: cannot delete {}", file.display()))?;
     }
     let metrics_path = out.join("metrics.jsonl");
+    // A resumed run's plot covers the whole run, and its metrics hold each step once.
+    let (mut train_points, mut val_points) = match continues_folder {
+        true => resume_metrics(&metrics_path, state.step)?,
+        false => (Vec::new(), Vec::new()),
+    };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -439,8 +450,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         b.set_position(state.step);
         b
     };
-    let mut train_points = Vec::new();
-    let mut val_points = Vec::new();
     let mut write_error = None;
     let mut on_event = |e: &Event| {
         let line = match e {
@@ -587,6 +596,56 @@ fn numeric_mode(device: &str, precision: Option<&str>) -> anyhow::Result<Numeric
             .parse()
             .map_err(|e: String| anyhow!(e)),
     }
+}
+
+/// Whether `dir` (a checkpoint's folder; none for a bare file name) is the folder `out`.
+fn same_dir(dir: Option<&Path>, out: &Path) -> bool {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (dir.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Loss and validation points of a run's metrics.
+type Points = Vec<(u64, f32)>;
+
+/// The metrics a run resumed at `step` keeps: every row up to the first of a later step.
+/// Those later rows were written by a process that stopped after its last checkpoint, and the
+/// resumed run computes their steps again, so they are cut from metrics.jsonl (atomically;
+/// a line torn by a crash goes with them). Returns the kept losses and validation losses.
+fn resume_metrics(path: &Path, step: u64) -> anyhow::Result<(Points, Points)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let mut kept = 0;
+    for line in text.split_inclusive('\n') {
+        let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+            break;
+        };
+        let row_step = row["step"].as_u64();
+        if row_step.is_some_and(|s| s > step) {
+            break;
+        }
+        let loss = |key: &str| row[key].as_f64().map(|v| v as f32);
+        match (row["type"].as_str(), row_step) {
+            (Some("step"), Some(s)) => train.extend(loss("loss").map(|l| (s, l))),
+            (Some("val"), Some(s)) => val.extend(loss("val_loss").map(|l| (s, l))),
+            _ => {}
+        }
+        kept += line.len();
+    }
+    if kept < text.len() {
+        write_atomic(path, &text.as_bytes()[..kept])
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+    }
+    Ok((train, val))
 }
 
 /// The files a run left in its folder (checkpoints, metrics.jsonl, loss.svg, report.txt). An
