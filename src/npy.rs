@@ -1,10 +1,10 @@
 //! NumPy `.npy` tensors in and out (fp16 or fp32, C order), so results can be checked with numpy.
 
 use anetrain_mil::DType;
+use anetrain_model::io::atomic::atomic_write;
 use anyhow::{anyhow, bail, Context};
 use half::f16;
 use npyz::WriterBuilder;
-use std::io::Write;
 use std::path::Path;
 
 pub struct Tensor {
@@ -47,24 +47,16 @@ pub fn read(path: &Path) -> anyhow::Result<Tensor> {
     Ok(Tensor { shape, data })
 }
 
-/// Writes an array as `dtype` (fp16 or fp32; other dtypes as fp32) to a temporary file beside
-/// `path`, then renames it into place, so a failure never leaves a partial file.
+/// Writes an array as `dtype` (fp16 or fp32; other dtypes as fp32), atomically (see
+/// [`atomic_write`]): a failure never leaves a partial file.
 pub fn write_atomic(
     path: &Path,
     dtype: DType,
     shape: &[usize],
     data: &[f32],
 ) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    {
-        let file = tmp.as_file_mut();
-        let mut out = std::io::BufWriter::new(file);
+    atomic_write(path, |mut out| {
         if dtype == DType::Fp16 {
             let mut w = npyz::WriteOptions::<f16>::new()
                 .default_dtype()
@@ -72,7 +64,7 @@ pub fn write_atomic(
                 .writer(&mut out)
                 .begin_nd()?;
             w.extend(data.iter().map(|&v| f16::from_f32(v)))?;
-            w.finish()?;
+            w.finish()
         } else {
             let mut w = npyz::WriteOptions::<f32>::new()
                 .default_dtype()
@@ -80,12 +72,8 @@ pub fn write_atomic(
                 .writer(&mut out)
                 .begin_nd()?;
             w.extend(data.iter().copied())?;
-            w.finish()?;
+            w.finish()
         }
-        out.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }

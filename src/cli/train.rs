@@ -10,9 +10,9 @@ use anetrain_device::trace::{Tracer, Track};
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
+use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint, CheckpointHeader};
-use anetrain_train::data::atomic::write_atomic;
 use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
@@ -547,14 +547,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(e) = write_error {
         bail!("writing {}: {e}", metrics_path.display());
     }
-    std::fs::write(
-        out.join("loss.svg"),
-        loss_svg(&format!("{} loss", config.name), &train_points, &val_points),
-    )
-    .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
+    let svg = loss_svg(&format!("{} loss", config.name), &train_points, &val_points);
+    write_atomic(&out.join("loss.svg"), svg.as_bytes())
+        .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
 
     let report = efficiency_report(&state, &options, &*device, mode, strategy);
-    std::fs::write(out.join("report.txt"), &report)?;
+    write_atomic(&out.join("report.txt"), report.as_bytes())
+        .with_context(|| format!("cannot write {}", out.join("report.txt").display()))?;
     println!("{report}");
     let prompt = data
         .tokenizer

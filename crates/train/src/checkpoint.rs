@@ -21,7 +21,7 @@
 //! resumed run's next step runs on the same weights as the uninterrupted run's would. Files are written to a temporary file,
 //! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
 
-use crate::data::atomic::write_atomic;
+use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::optim::AdamState;
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,8 @@
 //! and 1e-5, so a configuration that differs cannot be exported (an error, not a file that
 //! `run.c` would silently run differently).
 
-use super::{atomic_write, read_f32s, write_f32s};
+use super::atomic::atomic_write;
+use super::{read_f32s, write_f32s};
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, ParamLayout, Params};
 use std::fmt;

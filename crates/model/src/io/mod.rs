@@ -2,45 +2,11 @@
 //! tensor names. Both map to and from our [`ModelConfig`](crate::ModelConfig) and
 //! [`Params`](crate::Params); both write atomically.
 
+pub mod atomic;
 pub mod llama2c;
 pub mod safetensors;
 
 use std::io::{self, Read, Write};
-use std::path::Path;
-
-/// Writes `path` so that a crash or kill at any moment leaves either the old file or the complete
-/// new one, never a torn one: the bytes go to a temporary file in the same directory (a rename
-/// is only atomic within one file system), which is flushed to disk before it is renamed over
-/// `path`; the directory is synced so that the rename itself survives a power cut.
-pub(crate) fn atomic_write(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // The temporary file deletes itself if anything below fails.
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    {
-        let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        write(&mut out)?;
-        out.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
-}
 
 /// Bytes per chunk when converting between little-endian bytes and f32, so that neither reading
 /// nor writing holds a second copy of a large tensor.

@@ -17,7 +17,7 @@
 //! F16 and BF16 and takes the configuration from the caller (a Hugging Face checkpoint keeps it
 //! in config.json) or, failing that, from that metadata.
 
-use super::atomic_write;
+use super::atomic::atomic_write;
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, ParamLayout, Params};
 use half::{bf16, f16};

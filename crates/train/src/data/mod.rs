@@ -1,7 +1,6 @@
 //! Training data: the embedded corpus, token files, the train/validation split, and the
 //! deterministic window sampler.
 
-pub mod atomic;
 pub mod dataset;
 pub mod sampler;
 pub mod token_file;

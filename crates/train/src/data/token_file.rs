@@ -30,8 +30,8 @@
 //! memory-mapped: a mapped file that another process truncates kills the reader with SIGBUS,
 //! and the files this project trains on fit in memory.
 
-use super::atomic::write_atomic;
 use super::DataError;
+use anetrain_model::io::atomic::write_atomic;
 use std::path::Path;
 
 /// The magic bytes that open a uint32 token file.

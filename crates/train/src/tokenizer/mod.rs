@@ -11,7 +11,7 @@ pub mod llama2c;
 pub use hf::HfTokenizer;
 pub use llama2c::Llama2cTokenizer;
 
-use crate::data::atomic::write_atomic;
+use anetrain_model::io::atomic::write_atomic;
 use std::path::Path;
 use std::sync::OnceLock;
 use thiserror::Error;
