@@ -572,27 +572,18 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
             r.val_loss.map_or("-".into(), |v| format!("{v:.4}"))
         );
     }
-    let drift: Vec<f64> = brackets
-        .iter()
-        .map(|(before, after)| ms(before) / ms(after))
-        .collect();
-    let mut sorted = drift.clone();
-    sorted.sort_by(f64::total_cmp);
-    let step_drift: Vec<f64> = brackets
-        .iter()
-        .map(|(before, after)| step_ms(before) / step_ms(after))
-        .collect();
-    let mut step_sorted = step_drift.clone();
-    step_sorted.sort_by(f64::total_cmp);
+    // How far the frozen runs that bracket each round disagreed: median, least, greatest.
+    let drift = |time: &dyn Fn(&Summary) -> f64| {
+        let mut ratios: Vec<f64> = brackets.iter().map(|(b, a)| time(b) / time(a)).collect();
+        let median = ratios[median_index(&ratios)];
+        ratios.sort_by(f64::total_cmp);
+        [median, ratios[0], ratios[ratios.len() - 1]].map(|r| 100.0 * r)
+    };
+    let (wall, step) = (drift(&ms), drift(&step_ms));
     println!(
         "\nnoise: the frozen run closing a round ran at {:.1}% of the one opening it (median; \
          {:.1}-{:.1}%), by median step {:.1}% ({:.1}-{:.1}%)",
-        100.0 * drift[median_index(&drift)],
-        100.0 * sorted[0],
-        100.0 * sorted[sorted.len() - 1],
-        100.0 * step_drift[median_index(&step_drift)],
-        100.0 * step_sorted[0],
-        100.0 * step_sorted[step_sorted.len() - 1]
+        wall[0], wall[1], wall[2], step[0], step[1], step[2]
     );
     println!(
         "\n({} round(s), each opened and closed by frozen kernels, the other strategies between; \
