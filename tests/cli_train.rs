@@ -829,7 +829,12 @@ fn a_resumed_run_keeps_each_step_once_in_its_metrics_and_plots_the_whole_run() {
         .append(true)
         .open(out.join("metrics.jsonl"))
         .unwrap();
-    std::io::Write::write_all(&mut torn, b"{\"type\":\"step\",\"st").unwrap();
+    // (cut inside a two-byte character)
+    std::io::Write::write_all(
+        &mut torn,
+        b"{\"type\":\"compile_failed\",\"message\":\"\xc3",
+    )
+    .unwrap();
     drop(torn);
     ok(&f.train(
         &out_s,

@@ -276,9 +276,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if continues_folder && args.overwrite {
         bail!("--overwrite would delete the run that --resume continues");
     }
-    let earlier_run = match continues_folder {
-        true => Vec::new(),
-        false => run_files(&out),
+    let earlier_run = if continues_folder {
+        Vec::new()
+    } else {
+        run_files(&out)
     };
     if !earlier_run.is_empty() && !args.overwrite {
         let newest = list_checkpoints(&out)
@@ -430,9 +431,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let metrics_path = out.join("metrics.jsonl");
     // A resumed run's plot covers the whole run, and its metrics hold each step once.
-    let (mut train_points, mut val_points) = match continues_folder {
-        true => resume_metrics(&metrics_path, state.step)?,
-        false => (Vec::new(), Vec::new()),
+    let (mut train_points, mut val_points) = if continues_folder {
+        resume_metrics(&metrics_path, state.step)?
+    } else {
+        (Vec::new(), Vec::new())
     };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -617,15 +619,16 @@ type Points = Vec<(u64, f32)>;
 /// resumed run computes their steps again, so they are cut from metrics.jsonl (atomically;
 /// a line torn by a crash goes with them). Returns the kept losses and validation losses.
 fn resume_metrics(path: &Path, step: u64) -> anyhow::Result<(Points, Points)> {
-    let text = match std::fs::read_to_string(path) {
+    // Bytes, not text: a crash can tear a line inside a character.
+    let text = match std::fs::read(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let mut kept = 0;
-    for line in text.split_inclusive('\n') {
-        let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let Ok(row) = serde_json::from_slice::<serde_json::Value>(line) else {
             break;
         };
         let row_step = row["step"].as_u64();
@@ -641,7 +644,7 @@ fn resume_metrics(path: &Path, step: u64) -> anyhow::Result<(Points, Points)> {
         kept += line.len();
     }
     if kept < text.len() {
-        write_atomic(path, &text.as_bytes()[..kept])
+        write_atomic(path, &text[..kept])
             .with_context(|| format!("cannot rewrite {}", path.display()))?;
     }
     Ok((train, val))
