@@ -230,16 +230,35 @@ fn a_spent_compile_budget_restarts_the_process_and_ends_like_an_uninterrupted_ru
         f.train(&out, &args)
     };
     ok(&run("whole", &["--quiet"]));
+    // The budgeted run starts over a folder holding an earlier run (--overwrite), which its
+    // restarts, continuing their own run, must not repeat.
+    let budget_out = tmp.path().join("budget").display().to_string();
+    ok(&f.train(&budget_out, &["--steps", "12", "--quiet"]));
     // 6 compiles at start, 5 per update: 25 pays for 3 sets, so each process runs 4 updates
     // (the 4th finds the budget short): 10 updates take two restarts.
     let trace = tmp.path().join("trace.json");
     let o = run(
         "budget",
-        &["--compile-budget", "25", "--trace", trace.to_str().unwrap()],
+        &[
+            "--compile-budget",
+            "25",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--overwrite",
+        ],
     );
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.matches("restarting from").count(), 2, "{stdout}");
+    let steps: Vec<u64> = metric_rows(&tmp.path().join("budget"), "step")
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=10).collect::<Vec<_>>(),
+        "each step once, none of the old run's"
+    );
     // The trace holds all three processes, one after another: 6 + 3 × 5 compiles in each of
     // the first two, and 6 + 2 × 5 in the last (updates 9 and 10).
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();

@@ -723,8 +723,8 @@ fn continue_trace(earlier: Option<&[u8]>, new: &str) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&earlier)?)
 }
 
-/// Re-executes this program with the same arguments and `--resume CHECKPOINT`: a fresh
-/// process has a fresh compile budget.
+/// Re-executes this program with the same arguments (less any `--resume` and `--overwrite`)
+/// and `--resume CHECKPOINT`: a fresh process has a fresh compile budget.
 fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
     let exe =
         std::env::current_exe().context("cannot find the running executable to restart it")?;
@@ -742,6 +742,10 @@ fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
             continue;
         }
         if a.to_string_lossy().starts_with("--resume=") {
+            continue;
+        }
+        // The new process continues this run, which an --overwrite has already started over.
+        if a == "--overwrite" {
             continue;
         }
         args.push(a);
