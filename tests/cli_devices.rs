@@ -129,8 +129,19 @@ fn train_on_the_ane_off_a_mac_exits_non_zero_with_the_reason() {
 /// the device is opened.
 #[test]
 fn train_on_the_ane_refuses_fp32() {
-    let out = anetrain(&["train", "--device", "ane", "--precision", "fp32"]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = anetrain(&[
+        "train",
+        "--device",
+        "ane",
+        "--precision",
+        "fp32",
+        "--out",
+        &run.display().to_string(),
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("the ANE computes in fp16 only"), "{err}");
+    assert!(!run.exists());
 }

@@ -267,33 +267,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
-    // A run must not mix its files with another run's: checkpoint rotation would keep the
-    // other run's newer steps and delete this run's, `--resume` would pick the wrong run, and
-    // metrics.jsonl would hold both. Continuing the run the folder holds is the one exception.
-    let continues_folder = resume_from
-        .as_deref()
-        .is_some_and(|p| same_dir(p.parent(), &out));
-    if continues_folder && args.overwrite {
-        bail!("--overwrite would delete the run that --resume continues");
-    }
-    let earlier_run = if continues_folder {
-        Vec::new()
-    } else {
-        run_files(&out)
-    };
-    if !earlier_run.is_empty() && !args.overwrite {
-        let newest = list_checkpoints(&out)
-            .pop()
-            .map_or(String::new(), |(step, _)| {
-                format!(", its newest checkpoint at step {step}")
-            });
-        bail!(
-            "{} holds a run already ({} file(s){newest}): continue it with --resume, start \
-             over with --overwrite (deletes them), or choose another --out",
-            out.display(),
-            earlier_run.len()
-        );
-    }
     let saved_run = checkpoint
         .as_ref()
         .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
@@ -328,6 +301,33 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_strategy.into())
         .parse()
         .map_err(|e: String| anyhow!(e))?;
+    // A run must not mix its files with another run's: checkpoint rotation would keep the
+    // other run's newer steps and delete this run's, `--resume` would pick the wrong run, and
+    // metrics.jsonl would hold both. Continuing the run the folder holds is the one exception.
+    let continues_folder = resume_from
+        .as_deref()
+        .is_some_and(|p| same_dir(p.parent(), &out));
+    if continues_folder && args.overwrite {
+        bail!("--overwrite would delete the run that --resume continues");
+    }
+    let earlier_run = if continues_folder {
+        Vec::new()
+    } else {
+        run_files(&out)
+    };
+    if !earlier_run.is_empty() && !args.overwrite {
+        let newest = list_checkpoints(&out)
+            .pop()
+            .map_or(String::new(), |(step, _)| {
+                format!(", its newest checkpoint at step {step}")
+            });
+        bail!(
+            "{} holds a run already ({} file(s){newest}): continue it with --resume, start \
+             over with --overwrite (deletes them), or choose another --out",
+            out.display(),
+            earlier_run.len()
+        );
+    }
     let clock: Arc<dyn Clock> = match args.simulate {
         Some(_) => Arc::new(SimClock::new()),
         None => Arc::new(RealClock::new()),

@@ -14,7 +14,9 @@
 
 use crate::priority::{thread_cpu_time, BackgroundThread};
 use anetrain_device::clock::Clock;
-use anetrain_device::Device;
+use anetrain_device::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
+use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::step::{
@@ -23,6 +25,7 @@ use anetrain_model::step::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
@@ -105,6 +108,8 @@ pub struct DeliveryStats {
     /// Host time spent staging new weights into the kernels' inputs (dynamic).
     pub staging: Duration,
     pub kernel_sets_compiled: u64,
+    /// Compiles used, a failed set's up to the kernel that failed.
+    pub kernels_compiled: u64,
     pub swaps: u64,
     pub failed_compiles: u64,
     /// Steps by how many updates the device weights lagged the master weights.
@@ -115,6 +120,8 @@ pub struct DeliveryStats {
 /// the clock, and the CPU time its thread used where that can be measured.
 struct CompileResult {
     set: Result<KernelSet, StepError>,
+    /// Compiles it used (a failed set's up to the kernel that failed).
+    kernels: u64,
     took: Duration,
     ended: Duration,
     cpu: Option<Duration>,
@@ -125,6 +132,7 @@ impl CompileResult {
     fn failed(error: StepError, ended: Duration) -> CompileResult {
         CompileResult {
             set: Err(error),
+            kernels: 0,
             took: Duration::ZERO,
             ended,
             cpu: None,
@@ -241,7 +249,9 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 // The old set is not needed once the new one exists: free it first, which
                 // halves the peak memory of a recompile. A failed compile ends the run anyway.
                 self.active.release_baked();
-                let set = compile_baked(self.programs.as_ref(), self.device, snapshot)?;
+                let (set, kernels) = compile_baked(self.programs.as_ref(), self.device, snapshot);
+                self.stats.kernels_compiled += kernels;
+                let set = set?;
                 self.stats.stall += self.clock.now().saturating_sub(start);
                 self.stats.kernel_sets_compiled += 1;
                 self.active = set;
@@ -296,10 +306,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 let cpu_start = thread_cpu_time();
                 clock.advance_to(submitted);
                 let start = clock.now();
-                let set = compile_baked(programs.as_ref(), device, snap);
+                let (set, kernels) = compile_baked(programs.as_ref(), device, snap);
                 let ended = clock.now();
                 CompileResult {
                     set,
+                    kernels,
                     took: ended.saturating_sub(start),
                     ended,
                     cpu: thread_cpu_time()
@@ -369,6 +380,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         let job = self.job.take().expect("checked above");
         let JobState::Finished(CompileResult {
             set,
+            kernels,
             took,
             ended,
             cpu,
@@ -377,6 +389,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             unreachable!("the job was just finished");
         };
         self.clock.advance_to(ended);
+        self.stats.kernels_compiled += kernels;
         self.stats.background_compile += took;
         self.stats.background_compile_cpu += cpu.unwrap_or_default();
         match set {
@@ -488,16 +501,23 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         self.restart_needed
     }
 
-    /// Waits for any background compile (at the end of a run, or before a restart).
+    /// Waits for any background compile (at the end of a run, or before a restart). Its set
+    /// is not used, but the compiles it made are counted.
     pub fn drain(&mut self) {
-        if let Some(Job {
-            state: JobState::Running(handle),
-            priority,
-            ..
-        }) = self.job.take()
-        {
-            priority.raise();
-            let _ = handle.join();
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        let result = match job.state {
+            JobState::Running(handle) => {
+                job.priority.raise();
+                handle.join().ok()
+            }
+            JobState::Finished(result) => Some(result),
+        };
+        if let Some(r) = result {
+            self.stats.kernels_compiled += r.kernels;
+            self.stats.background_compile += r.took;
+            self.stats.background_compile_cpu += r.cpu.unwrap_or_default();
         }
     }
 
@@ -507,14 +527,51 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
 }
 
 /// A baked set of the snapshot's weights, from the run's programs when it has them.
+/// Also returns the compiles it used: a whole set's, or a failed set's up to the kernel that
+/// failed.
 fn compile_baked(
     programs: Option<&Arc<BakedPrograms>>,
     device: &dyn Device,
     snapshot: WeightSnapshot,
-) -> Result<KernelSet, StepError> {
-    match programs {
-        Some(programs) => programs.compile_set(device, snapshot),
-        None => compile_kernel_set(device, snapshot),
+) -> (Result<KernelSet, StepError>, u64) {
+    let counted = CountedCompiles {
+        device,
+        count: AtomicU64::new(0),
+    };
+    let set = match programs {
+        Some(programs) => programs.compile_set(&counted, snapshot),
+        None => compile_kernel_set(&counted, snapshot),
+    };
+    (set, counted.count.load(Ordering::Relaxed))
+}
+
+/// Passes everything to a device, counting the compiles.
+struct CountedCompiles<'d> {
+    device: &'d dyn Device,
+    count: AtomicU64,
+}
+
+impl Device for CountedCompiles<'_> {
+    fn info(&self) -> DeviceInfo {
+        self.device.info()
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.device.compile(program, weights)
+    }
+
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        self.device.compile_budget()
+    }
+
+    fn eval(
+        &self,
+        kernel: &mut Kernel,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), DeviceError> {
+        self.device.eval(kernel, inputs, outputs)
     }
 }
 

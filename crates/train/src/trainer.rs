@@ -495,7 +495,7 @@ pub fn train(
             wall_before,
         );
         delivery.drain();
-        state.counters = with_delivery(&state.counters, &delivery.stats, set_size);
+        state.counters = with_delivery(&state.counters, &delivery.stats);
         result
     })?;
     state.counters.wall = wall_before + clock.now().saturating_sub(started);
@@ -785,7 +785,7 @@ fn save_checkpoint(
         &sink.tokenizer_kind,
         sink.tokenizer.clone(),
     );
-    let counters = with_delivery(&state.counters, &delivery.stats, delivery.set_size());
+    let counters = with_delivery(&state.counters, &delivery.stats);
     ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
     ckpt.header.run = sink.run.clone();
     let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
@@ -857,13 +857,13 @@ fn compensate_chunk(
 }
 
 /// The run's counters with what delivery has done in this process added.
-fn with_delivery(c: &Counters, stats: &DeliveryStats, set_size: u64) -> Counters {
+fn with_delivery(c: &Counters, stats: &DeliveryStats) -> Counters {
     let mut c = c.clone();
     c.compile_stall += stats.stall;
     c.background_compile += stats.background_compile;
     c.background_compile_cpu += stats.background_compile_cpu;
     c.staging += stats.staging;
-    c.compiles += (stats.kernel_sets_compiled + stats.failed_compiles) * set_size;
+    c.compiles += stats.kernels_compiled;
     c.swaps += stats.swaps;
     c.failed_compiles += stats.failed_compiles;
     for (lag, n) in &stats.staleness {
