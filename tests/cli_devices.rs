@@ -99,49 +99,35 @@ fn an_unknown_device_is_refused_with_the_choices() {
     );
 }
 
+/// `train --device ane` with `extra` arguments into a fresh folder: it must fail before the
+/// run folder is created. Returns what it printed on stderr.
+fn refused_ane_train(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run").display().to_string();
+    let mut args = vec!["train", "--device", "ane", "--out", &run];
+    args.extend_from_slice(extra);
+    let out = anetrain(&args);
+    assert!(!out.status.success());
+    assert!(!dir.path().join("run").exists());
+    stderr(&out)
+}
+
 /// `train --device ane` opens the ANE like every other command: off a Mac it fails with the
 /// reason before the run folder gets anything.
 #[cfg(not(target_vendor = "apple"))]
 #[test]
 fn train_on_the_ane_off_a_mac_exits_non_zero_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let out = anetrain(&[
-        "train",
-        "--device",
-        "ane",
-        "--steps",
-        "2",
-        "--quiet",
-        "--out",
-        &run.display().to_string(),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = refused_ane_train(&["--steps", "2", "--quiet"]);
     assert!(
         err.contains("device unavailable: the ANE needs an Apple Silicon Mac"),
         "{err}"
     );
-    assert!(!run.join("metrics.jsonl").exists());
 }
 
 /// The ANE computes in fp16: asking it for fp32 is refused by name, on any machine, before
 /// the device is opened.
 #[test]
 fn train_on_the_ane_refuses_fp32() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let out = anetrain(&[
-        "train",
-        "--device",
-        "ane",
-        "--precision",
-        "fp32",
-        "--out",
-        &run.display().to_string(),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = refused_ane_train(&["--precision", "fp32"]);
     assert!(err.contains("the ANE computes in fp16 only"), "{err}");
-    assert!(!run.exists());
 }

@@ -167,9 +167,6 @@ fn compile_times(config: &ModelConfig, device: &CpuDevice) -> anyhow::Result<(f6
     Ok((cold, cached))
 }
 
-/// The rows of `bench weights` besides the frozen baseline, by their `--only` names.
-const CONTENDER_KEYS: [&str; 5] = ["recompile", "double-buffer", "dc", "prediction", "dynamic"];
-
 /// One row of `bench weights`.
 struct Contender {
     key: &'static str,
@@ -384,7 +381,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         threads,
         ..TrainOptions::default()
     };
-    let contenders: Vec<Contender> = [
+    let mut contenders: Vec<Contender> = [
         Contender::new("recompile", "recompile", Strategy::Recompile),
         Contender::new(
             "double-buffer",
@@ -410,17 +407,18 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         Contender::new("dynamic", "dynamic", Strategy::Dynamic),
     ]
     .into_iter()
-    .filter(|c| only.is_empty() || only.iter().any(|o| o == c.key))
     .collect();
     if let Some(unknown) = only
         .iter()
         .find(|o| !contenders.iter().any(|c| c.key == o.as_str()))
     {
+        let keys: Vec<&str> = contenders.iter().map(|c| c.key).collect();
         return Err(anyhow!(
             "--only: no row `{unknown}` (the rows are {})",
-            CONTENDER_KEYS.join(", ")
+            keys.join(", ")
         ));
     }
+    contenders.retain(|c| only.is_empty() || only.iter().any(|o| o == c.key));
     let frozen = Contender::new("frozen", "frozen kernels (baseline)", Strategy::Frozen);
     let run_here = |c: &Contender, steps: u64| -> anyhow::Result<Summary> {
         let clock: Arc<dyn Clock> = match simulate {

@@ -107,7 +107,6 @@ pub struct DeliveryStats {
     pub background_compile_cpu: Duration,
     /// Host time spent staging new weights into the kernels' inputs (dynamic).
     pub staging: Duration,
-    pub kernel_sets_compiled: u64,
     /// Compiles used, a failed set's up to the kernel that failed.
     pub kernels_compiled: u64,
     pub swaps: u64,
@@ -253,7 +252,6 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 self.stats.kernels_compiled += kernels;
                 let set = set?;
                 self.stats.stall += self.clock.now().saturating_sub(start);
-                self.stats.kernel_sets_compiled += 1;
                 self.active = set;
                 Ok(())
             }
@@ -397,7 +395,6 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 // A set becomes active only whole: every kernel of it compiled.
                 self.active = set;
                 self.stats.swaps += 1;
-                self.stats.kernel_sets_compiled += 1;
                 self.consecutive_failures = 0;
             }
             Err(e) => {
@@ -482,11 +479,6 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             }
             _ => self.active.snapshot(),
         }
-    }
-
-    /// Kernels one compile of the weights builds.
-    pub fn set_size(&self) -> u64 {
-        self.set_size
     }
 
     fn budget_allows_a_set(&self) -> bool {
