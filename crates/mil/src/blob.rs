@@ -841,6 +841,75 @@ pub struct MatrixFile {
     cols: usize,
     transposed: bool,
     bytes: std::sync::OnceLock<Vec<u8>>,
+    share: Option<Arc<MatrixShare>>,
+}
+
+/// Forms that a consumer derives from weight matrices (a device's packed layout), shared by
+/// every [`MatrixFile`] made [`MatrixFile::shared_in`] the same `MatrixShare`.
+///
+/// A kernel set reads each weight matrix in two kernels, `W·x` forward and `Wᵀ·dy` backward,
+/// each with its own weight files. When the files of one set share a `MatrixShare`, a device
+/// that can read its derived form either way derives it once for both. The caller keeps the
+/// share for as long as the set compiles and then drops it, and the entries with it.
+///
+/// An entry is found by the matrix's source (compared by address), its place in the source and
+/// the derived form's type. The entry holds the source, so while the share lives no other
+/// values can come to sit at that address.
+#[derive(Default)]
+pub struct MatrixShare {
+    entries: std::sync::Mutex<Vec<ShareEntry>>,
+}
+
+struct ShareEntry {
+    source: F32Source,
+    start: usize,
+    shape: [usize; 2],
+    derived: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl MatrixShare {
+    pub fn new() -> Arc<MatrixShare> {
+        Arc::new(MatrixShare::default())
+    }
+
+    /// How many forms the share holds.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The form of `matrix`'s stored matrix of type `T`, derived by `derive` on first use.
+    fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        matrix: &MatrixFile,
+        derive: impl FnOnce(&[f32], usize, usize) -> Option<T>,
+    ) -> Option<Arc<T>> {
+        // Held while deriving: a second kernel of the set that wants the same form waits for
+        // it rather than deriving its own.
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let shape = [matrix.rows, matrix.cols];
+        let found = entries.iter().find_map(|e| {
+            let same = Arc::ptr_eq(&e.source, &matrix.source)
+                && e.start == matrix.range.start
+                && e.shape == shape;
+            same.then(|| e.derived.clone().downcast::<T>().ok())
+                .flatten()
+        });
+        if found.is_some() {
+            return found;
+        }
+        let derived = Arc::new(derive(matrix.stored(), matrix.rows, matrix.cols)?);
+        entries.push(ShareEntry {
+            source: matrix.source.clone(),
+            start: matrix.range.start,
+            shape,
+            derived: derived.clone(),
+        });
+        Some(derived)
+    }
 }
 
 impl MatrixFile {
@@ -862,7 +931,16 @@ impl MatrixFile {
             cols,
             transposed,
             bytes: std::sync::OnceLock::new(),
+            share: None,
         })
+    }
+
+    /// The file with derived forms of its matrix shared through `share` (see [`MatrixShare`]).
+    pub fn shared_in(self, share: &Arc<MatrixShare>) -> MatrixFile {
+        MatrixFile {
+            share: Some(share.clone()),
+            ..self
+        }
     }
 
     /// The matrix as stored in the source, `[rows][cols]` row-major.
@@ -1077,6 +1155,30 @@ impl WeightFiles {
         }
         self.tensor_f32(path, offset, dtype, shape)
             .map(MatrixValues::Dense)
+    }
+
+    /// The form of type `T` a consumer derives from the matrix that the file at `path` views,
+    /// shared with the other files of its [`MatrixShare`], and whether the file holds that
+    /// matrix transposed. `derive` gets the matrix as stored (`[rows][cols]` row-major) and is
+    /// called only if no file of the share derived it before. `None` when the file is not a
+    /// shared matrix file read whole by `BLOBFILE(offset)` of `dtype` and `shape`, or `derive`
+    /// gave none.
+    pub fn derived_matrix<T: std::any::Any + Send + Sync>(
+        &self,
+        path: &str,
+        offset: u64,
+        dtype: DType,
+        shape: &[usize],
+        derive: impl FnOnce(&[f32], usize, usize) -> Option<T>,
+    ) -> Option<(Arc<T>, bool)> {
+        let Some(FileData::Matrix(m)) = self.files.get(path) else {
+            return None;
+        };
+        if !m.serves(offset, dtype, shape) {
+            return None;
+        }
+        let derived = m.share.as_ref()?.derived(m, derive)?;
+        Some((derived, m.transposed))
     }
 
     /// The BLOBFILE paths `program` refers to that are missing here, in order of first use:

@@ -1023,6 +1023,95 @@ fn a_matrix_file_is_the_file_of_its_matrix_in_every_respect() {
     }
 }
 
+/// Files in one share that view the same matrix (as stored and transposed) get one derived
+/// form of it, derived once from the matrix as stored; other matrices, other shares and files
+/// in none get their own or nothing.
+#[test]
+fn a_matrix_share_derives_each_matrix_once_for_all_its_files() {
+    use anetrain_mil::blob::{MatrixFile, MatrixShare};
+    use std::sync::Arc;
+    let (source, buffer) = held_matrix();
+    let share = MatrixShare::new();
+    let mut w = WeightFiles::new();
+    let file = |range, shape, transposed| MatrixFile::new(source.clone(), range, shape, transposed);
+    w.insert_matrix(
+        "w.bin",
+        file(2..17, [3, 5], false).unwrap().shared_in(&share),
+    );
+    w.insert_matrix(
+        "wt.bin",
+        file(2..17, [3, 5], true).unwrap().shared_in(&share),
+    );
+    w.insert_matrix(
+        "other.bin",
+        file(0..6, [2, 3], false).unwrap().shared_in(&share),
+    );
+    w.insert_matrix("alone.bin", file(2..17, [3, 5], false).unwrap());
+    w.insert("bytes.bin", BlobFile::fp32(&buffer[2..17]).to_bytes());
+    let calls = std::cell::Cell::new(0);
+    // The derived form here: the stored matrix's values and shape, as the callback saw them.
+    let derive = |stored: &[f32], rows: usize, cols: usize| {
+        calls.set(calls.get() + 1);
+        Some((stored.to_vec(), rows, cols))
+    };
+    let (plain, t0) = w
+        .derived_matrix("w.bin", 64, DType::Fp32, &[3, 5], derive)
+        .unwrap();
+    let (transposed, t1) = w
+        .derived_matrix("wt.bin", 64, DType::Fp32, &[5, 3], derive)
+        .unwrap();
+    assert_eq!((t0, t1), (false, true));
+    assert!(Arc::ptr_eq(&plain, &transposed), "one form for both files");
+    assert_eq!(
+        *plain,
+        (buffer[2..17].to_vec(), 3, 5),
+        "derived from the stored matrix"
+    );
+    assert_eq!(calls.get(), 1);
+    let (other, _) = w
+        .derived_matrix("other.bin", 64, DType::Fp32, &[2, 3], derive)
+        .unwrap();
+    assert_eq!(*other, (buffer[0..6].to_vec(), 2, 3));
+    assert_eq!((calls.get(), share.len()), (2, 2));
+    // No share, no matrix, or a read other than the whole file as fp32: nothing to share.
+    for (path, dtype, shape) in [
+        ("alone.bin", DType::Fp32, vec![3, 5]),
+        ("bytes.bin", DType::Fp32, vec![3, 5]),
+        ("w.bin", DType::Fp16, vec![3, 5]),
+        ("w.bin", DType::Fp32, vec![16]),
+    ] {
+        assert!(
+            w.derived_matrix(path, 64, dtype, &shape, derive).is_none(),
+            "{path}"
+        );
+    }
+    assert!(w
+        .derived_matrix("w.bin", 128, DType::Fp32, &[3, 5], derive)
+        .is_none());
+    // A form of another type is derived beside the first, not mistaken for it.
+    let (count, _) = w
+        .derived_matrix("w.bin", 64, DType::Fp32, &[3, 5], |s, _, _| Some(s.len()))
+        .unwrap();
+    assert_eq!((*count, share.len()), (15, 3));
+    // A second share (the next set's) derives its own.
+    let next = MatrixShare::new();
+    let mut w2 = WeightFiles::new();
+    w2.insert_matrix(
+        "w.bin",
+        file(2..17, [3, 5], false).unwrap().shared_in(&next),
+    );
+    let (again, _) = w2
+        .derived_matrix("w.bin", 64, DType::Fp32, &[3, 5], derive)
+        .unwrap();
+    assert!(!Arc::ptr_eq(&plain, &again));
+    // The share holds the source while it lives (so its address stays its own), and lets
+    // go of it with the share.
+    drop((w, w2, next));
+    assert_eq!(Arc::strong_count(&source), 1 + 3, "the test's and one per form");
+    drop(share);
+    assert_eq!(Arc::strong_count(&source), 1);
+}
+
 #[test]
 fn a_matrix_file_must_lie_inside_its_source() {
     use anetrain_mil::blob::MatrixFile;

@@ -18,6 +18,7 @@ use crate::params::{LayerTensor, ParamLayout, Params};
 use anetrain_device::clock::Clock;
 use anetrain_device::memory::zeroed_f32;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
+use anetrain_mil::blob::MatrixShare;
 use anetrain_mil::check::CheckError;
 use anetrain_mil::DType;
 use std::ops::Range;
@@ -244,16 +245,17 @@ fn kernel_dtype(device: &dyn Device) -> DType {
     }
 }
 
-/// Compiles `program` with the weights of layer `layer` of `params`.
+/// Compiles `program` with the weights of layer `layer` of `params`, its matrices in `share`.
 fn compile_layer(
     device: &dyn Device,
     program: &KernelProgram,
     params: &Arc<Params>,
     layer: usize,
+    share: &Arc<MatrixShare>,
 ) -> Result<Kernel, StepError> {
     let kernel = format!("{}.{layer}", program.name);
     let weights = program
-        .layer_weights(params, layer)
+        .layer_weights_in(params, layer, Some(share))
         .map_err(|source| StepError::Stage {
             kernel: kernel.clone(),
             source,
@@ -324,11 +326,15 @@ impl BakedPrograms {
                 )),
             });
         }
+        // One share for the set: a layer's kernels that read a matrix and those that read its
+        // transpose get one derived form of it (the CPU device packs it once). Dropped with
+        // this call, so nothing of the set's weights outlives it there.
+        let share = MatrixShare::new();
         let layers = (0..self.config.n_layers)
             .map(|l| {
                 self.programs
                     .iter()
-                    .map(|p| compile_layer(device, p, &snapshot.params, l))
+                    .map(|p| compile_layer(device, p, &snapshot.params, l, &share))
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -518,6 +518,62 @@ mod tests {
         }
     }
 
+    /// Weight files in one `MatrixShare`, one viewing a matrix as stored and the next its
+    /// transpose (a forward and a backward product, which then share one packed copy), compile
+    /// to the kernel that the matrices written out as bytes give.
+    #[test]
+    fn a_shared_matrix_read_both_ways_computes_like_its_bytes() {
+        use anetrain_mil::blob::{
+            fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile, MatrixShare,
+        };
+        // Partial micro-panels both ways (13 and 20 are not multiples of 6), and a depth past
+        // one block of the transposed read (300 > 252).
+        for (outer, inner) in [(20, 13), (300, 7)] {
+            let program =
+                examples::conv_stack(anetrain_mil::DType::Fp32, &[outer, inner, outer], 24);
+            let stored: Vec<f32> = (0..inner * outer)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 200.0)
+                .collect();
+            let source: anetrain_mil::blob::F32Source = Arc::new(stored.clone());
+            let share = MatrixShare::new();
+            let mut views = WeightFiles::new();
+            let mut bytes = WeightFiles::new();
+            for (i, transposed) in [false, true].into_iter().enumerate() {
+                let path = format!("@model_path/weights/w{i}.bin");
+                let file =
+                    MatrixFile::new(source.clone(), 0..stored.len(), [inner, outer], transposed);
+                views.insert_matrix(&path, file.unwrap().shared_in(&share));
+                bytes.insert(
+                    path,
+                    if transposed {
+                        fp32_file_bytes_transposed(&stored, inner, outer)
+                    } else {
+                        fp32_file_bytes(&stored)
+                    },
+                );
+            }
+            let x: Vec<f32> = (0..outer * 24)
+                .map(|i| ((i * 11 % 29) as f32 - 14.0) / 16.0)
+                .collect();
+            for threads in [1, 2] {
+                let device = CpuDevice::new(NumericMode::Fp32).with_threads(threads);
+                let want = run(&device, &mut device.compile(&program, &bytes).unwrap(), &x);
+                let got = run(&device, &mut device.compile(&program, &views).unwrap(), &x);
+                assert!(
+                    want.iter().any(|&v| v.abs() > 1e-3),
+                    "the weights were read"
+                );
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{outer}/{inner}, {threads} thread(s), output {i}: {g} against {w}"
+                    );
+                }
+            }
+            assert_eq!(share.len(), usize::from(packed::available()), "packed once");
+        }
+    }
+
     #[test]
     fn the_pool_hands_out_its_largest_arena_and_grows_it_only_when_short() {
         let pool = ArenaPool::default();

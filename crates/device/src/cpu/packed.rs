@@ -13,10 +13,20 @@
 //! along k it loads two vectors of a B row, broadcasts [`MR`] weights and issues 2·[`MR`] FMAs.
 //! It exists only for x86_64 with AVX2 and FMA; [`PackedA::new`] returns `None` elsewhere, so
 //! callers keep the general path.
+//!
+//! A packed matrix also serves the product with its transpose ([`PackedView::transposed`]),
+//! so that a forward kernel's `W·x` and a backward kernel's `Wᵀ·dy` share one packed copy of
+//! `W` instead of each packing its own: a compile then writes half as much, and a kernel set
+//! holds half as many packed bytes. Reading `Wᵀ` from `W`'s panels, a tile of [`MR`] rows of
+//! the product is [`MR`] columns of `W`: per step along k (a row of `W`) the microkernel
+//! broadcasts [`MR`] values [`MR`] apart, where the plain product reads [`MR`] neighbours,
+//! and it moves to the next panel every [`MR`] steps. The loads and FMAs per step are the same.
 
 // Without a microkernel the packing code is still compiled (so that it is type-checked
 // everywhere) but never reached: `PackedA::new` returns `None`.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+use std::sync::Arc;
 
 use super::matmul::{MatLayout, PARALLEL_MIN_MACS};
 
@@ -27,6 +37,9 @@ pub const NR: usize = 16;
 /// Steps along k per pass over a panel: keeps an [`MR`]×`KC` weight block (6 KB) and a
 /// `KC`×[`NR`] activation sliver (16 KB) in L1 together.
 const KC: usize = 256;
+/// [`KC`] for a transposed read, a whole number of panels ([`MR`] steps each) so that every
+/// block starts at the top of a panel.
+const KC_T: usize = KC / MR * MR;
 
 /// f32s per cache line.
 const LINE: usize = 16;
@@ -128,13 +141,77 @@ impl PackedA {
     }
 }
 
+/// A product's packed left operand as a plan holds it: a packed matrix (which the set's other
+/// kernels reading the same weights may share) and whether the product reads its transpose.
+#[derive(Clone, Debug)]
+pub struct PackedOperand {
+    pub pack: Arc<PackedA>,
+    pub transposed: bool,
+}
+
+impl PackedOperand {
+    pub fn view(&self) -> PackedView<'_> {
+        PackedView {
+            pack: &self.pack,
+            transposed: self.transposed,
+        }
+    }
+}
+
+/// How a product reads a packed matrix: as it was packed (`A`, `m × k`) or as its transpose
+/// (`Aᵀ`, `k × m`, from the same panels).
+#[derive(Clone, Copy, Debug)]
+pub struct PackedView<'a> {
+    pack: &'a PackedA,
+    transposed: bool,
+}
+
+impl PackedView<'_> {
+    /// The matrix as packed.
+    #[cfg(test)]
+    pub fn plain(pack: &PackedA) -> PackedView<'_> {
+        PackedView {
+            pack,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of the packed matrix.
+    #[cfg(test)]
+    pub fn transposed(pack: &PackedA) -> PackedView<'_> {
+        PackedView {
+            pack,
+            transposed: true,
+        }
+    }
+
+    /// Rows of the product's left operand (its output rows).
+    pub fn rows(&self) -> usize {
+        if self.transposed {
+            self.pack.k
+        } else {
+            self.pack.m
+        }
+    }
+
+    /// Columns of the left operand (the depth of the product).
+    pub fn depth(&self) -> usize {
+        if self.transposed {
+            self.pack.m
+        } else {
+            self.pack.k
+        }
+    }
+}
+
 /// Scratch (in f32s) that [`packed_gemm`] needs for a right operand of `k × n`: room for it
 /// packed into zero-padded [`NR`]-column slivers, plus slack to start them on a cache line.
 pub fn scratch_len(k: usize, n: usize) -> usize {
     k * n.div_ceil(NR) * NR + NR
 }
 
-/// c[m×n] (+)= scale · A · b[k×n], A the packed constant.
+/// c[m×n] (+)= scale · A · b[k×n], A the packed constant read through `a` (as packed or
+/// transposed: `m × k` is the view's shape).
 ///
 /// `c` must have contiguous rows (`lc.cs == 1`). `b` is copied into `scratch` (at least
 /// [`scratch_len`] long; the planner allocates it once, so evals never allocate) as
@@ -144,7 +221,7 @@ pub fn scratch_len(k: usize, n: usize) -> usize {
 /// multiply-adds.
 #[allow(clippy::too_many_arguments)]
 pub fn packed_gemm(
-    pa: &PackedA,
+    a: PackedView<'_>,
     n: usize,
     b: &[f32],
     lb: MatLayout,
@@ -155,7 +232,7 @@ pub fn packed_gemm(
     threads: usize,
     scratch: &mut [f32],
 ) {
-    let (m, k) = (pa.m, pa.k);
+    let (m, k) = (a.rows(), a.depth());
     assert_eq!(lc.cs, 1, "packed: dst rows must be contiguous");
     assert!(lc.rs >= n, "packed: dst rows overlap");
     if n == 0 {
@@ -175,7 +252,7 @@ pub fn packed_gemm(
     let c = &mut c[lc.offset..lc.extent(m, n)];
     let panels = m.div_ceil(MR);
     let job = Job {
-        pa,
+        a,
         n,
         b: packed_b,
         ldc: lc.rs,
@@ -232,7 +309,7 @@ fn pack_b(
 
 /// What every thread's share of one product needs.
 struct Job<'a> {
-    pa: &'a PackedA,
+    a: PackedView<'a>,
     n: usize,
     /// The right operand packed into slivers.
     b: &'a [f32],
@@ -282,14 +359,17 @@ fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Job, KC, LINE, MR, NR, PF_STEPS};
+    use super::{Job, KC, KC_T, LINE, MR, NR, PF_STEPS};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
-        let (k, n) = (job.pa.k, job.n);
+        if job.a.transposed {
+            return run_panels_transposed(job, first, count, c);
+        }
+        let (k, n) = (job.a.pack.k, job.n);
         for i in first..first + count {
             let mut p0 = 0;
             while p0 < k {
@@ -320,7 +400,7 @@ mod x86 {
         j: usize,
         c: &mut [f32],
     ) {
-        let (m, k, n) = (job.pa.m, job.pa.k, job.n);
+        let (m, k, n) = (job.a.pack.m, job.a.pack.k, job.n);
         let ldc = job.ldc;
         let rows = (m - i * MR).min(MR);
         let cols = (n - j).min(NR);
@@ -336,11 +416,12 @@ mod x86 {
         let stretch = kc / PF_STEPS * LINE;
         let ahead = block.end + (j / NR * stretch) % (kc * MR);
         let prefetch = job
-            .pa
+            .a
+            .pack
             .data
             .as_ptr()
-            .wrapping_add(ahead.min(job.pa.data.len()));
-        let a = &job.pa.data[block];
+            .wrapping_add(ahead.min(job.a.pack.data.len()));
+        let a = &job.a.pack.data[block];
         let b = &job.b[(j / NR * k + p0) * NR..(j / NR * k + p0 + kc) * NR];
         let c_at = (i - first) * MR * ldc + j;
         // With the slices above (kc·MR weights, kc·NR activations), this bounds every access
@@ -414,6 +495,157 @@ mod x86 {
         for _ in 0..kc % PF_STEPS {
             step(&mut a, &mut b);
         }
+        store::<FULL>(&acc, c, ldc, rows, cols, scale, add);
+    }
+
+    /// [`run_panels`] for a transposed view: output panel `i` is columns `i * MR..` of the
+    /// packed matrix, and the depth runs down its rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_panels_transposed(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
+        let (depth, n) = (job.a.pack.m, job.n);
+        for i in first..first + count {
+            let mut p0 = 0;
+            while p0 < depth {
+                let kc = (depth - p0).min(KC_T);
+                let mut j = 0;
+                while j < n {
+                    tile_transposed(job, first, i, p0, kc, j, c);
+                    j += NR;
+                }
+                p0 += kc;
+            }
+        }
+    }
+
+    /// [`tile`] for a transposed view: rows `i * MR..` of the product (columns of the packed
+    /// matrix), steps `p0..p0 + kc` along its depth (rows of the packed matrix; `p0` is a
+    /// multiple of MR), columns from `j`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile_transposed(
+        job: &Job<'_>,
+        first: usize,
+        i: usize,
+        p0: usize,
+        kc: usize,
+        j: usize,
+        c: &mut [f32],
+    ) {
+        let pack = job.a.pack;
+        let (depth, n) = (pack.m, job.n);
+        let ldc = job.ldc;
+        let rows = (pack.k - i * MR).min(MR);
+        let cols = (n - j).min(NR);
+        // Packed element (p, col) is at `(p / MR) * panel + col * MR + p % MR`: the block
+        // starts at the top of panel `p0 / MR`, at the tile's first column.
+        let panel = pack.k * MR;
+        let start = p0 / MR * panel + i * MR * MR;
+        // The last value the block reads: its last panel, the tile's last column, the
+        // panel's last row (the kernel never reads a missing column past `rows`).
+        let last_panel = (p0 + kc - 1) / MR;
+        let end = last_panel * panel + (i * MR + rows) * MR;
+        assert!(
+            end <= pack.data.len(),
+            "packed: transposed block out of bounds"
+        );
+        let b = &job.b[(j / NR * depth + p0) * NR..(j / NR * depth + p0 + kc) * NR];
+        let c_at = (i - first) * MR * ldc + j;
+        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
+        let cp = c.as_mut_ptr().add(c_at);
+        let add = job.accumulate || p0 > 0;
+        let kernel = if rows == MR && cols == NR {
+            kernel_transposed::<true>
+        } else {
+            kernel_transposed::<false>
+        };
+        // SAFETY: bounds as asserted and sliced above.
+        kernel(
+            kc,
+            pack.data.as_ptr().add(start),
+            panel,
+            b.as_ptr(),
+            cp,
+            ldc,
+            rows,
+            cols,
+            job.scale,
+            add,
+        );
+    }
+
+    /// [`kernel`] reading its MR×kc block of weights transposed out of the packed panels:
+    /// step `p` broadcasts column `t` of the tile from `a + (p / MR) * panel + t * MR + p % MR`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; every such address for `p < kc` and `t < rows` is readable; `b` holds
+    /// `kc * NR` values; `c` has `rows` rows of `cols` writable values `ldc` apart. With
+    /// `FULL`, `rows == MR` and `cols == NR`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kernel_transposed<const FULL: bool>(
+        kc: usize,
+        a: *const f32,
+        panel: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        add: bool,
+    ) {
+        // A partial tile's missing columns read its last one instead: in bounds, and their
+        // sums are never stored.
+        let column: [usize; MR] =
+            std::array::from_fn(|t| if FULL { t } else { t.min(rows - 1) } * MR);
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut b = b;
+        let mut step = |a: *const f32, b: &mut *const f32| {
+            let (b0, b1) = (_mm256_loadu_ps(*b), _mm256_loadu_ps(b.add(8)));
+            for (row, &at) in acc.iter_mut().zip(&column) {
+                let w = _mm256_broadcast_ss(&*a.add(at));
+                row[0] = _mm256_fmadd_ps(w, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(w, b1, row[1]);
+            }
+            *b = b.add(NR);
+        };
+        let mut top = a;
+        for _ in 0..kc / MR {
+            for p in 0..MR {
+                step(top.add(p), &mut b);
+            }
+            top = top.wrapping_add(panel);
+        }
+        for p in 0..kc % MR {
+            step(top.add(p), &mut b);
+        }
+        store::<FULL>(&acc, c, ldc, rows, cols, scale, add);
+    }
+
+    /// Writes a tile's sums: c (+)= scale · acc over `rows` × `cols`.
+    ///
+    /// # Safety
+    /// AVX2; `c` has `rows` rows of `cols` writable values `ldc` apart. With `FULL`,
+    /// `rows == MR` and `cols == NR`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store<const FULL: bool>(
+        acc: &[[__m256; 2]; MR],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        add: bool,
+    ) {
         let s = _mm256_set1_ps(scale);
         if FULL {
             for (r, row) in acc.iter().enumerate() {
@@ -431,7 +663,7 @@ mod x86 {
             // A partial tile goes through memory so that nothing past its rows and columns is
             // touched.
             let mut tile = [[0f32; NR]; MR];
-            for (t, row) in tile.iter_mut().zip(&acc) {
+            for (t, row) in tile.iter_mut().zip(acc) {
                 _mm256_storeu_ps(t.as_mut_ptr(), row[0]);
                 _mm256_storeu_ps(t.as_mut_ptr().add(8), row[1]);
             }
@@ -543,8 +775,7 @@ mod tests {
             (values(2 + k * (n + 5), 2.0), MatLayout::row_major(2, n + 5))
         };
         let ldc = n + 3;
-        let lc = MatLayout::row_major(1, ldc);
-        let mut c = values(1 + m * ldc, 3.0);
+        let c = values(1 + m * ldc, 3.0);
         let c0: Vec<f64> = (0..m * n)
             .map(|i| {
                 if accumulate {
@@ -555,13 +786,37 @@ mod tests {
             })
             .collect();
         let want = naive(m, n, k, &at, la, &b, lb, &c0, scale as f64);
+        // The same product twice: from A packed, and from Aᵀ packed read transposed.
         let pa = PackedA::new(m, k, &at, la).expect("avx2 detected");
+        let pat = PackedA::new(k, m, &at, la.transposed()).expect("avx2 detected");
+        for view in [PackedView::plain(&pa), PackedView::transposed(&pat)] {
+            check_view(view, n, &b, lb, &c, ldc, &want, accumulate, scale, threads);
+        }
+    }
+
+    /// One product through `view` against `want`, c as [`check`] lays it out.
+    #[allow(clippy::too_many_arguments)]
+    fn check_view(
+        view: PackedView<'_>,
+        n: usize,
+        b: &[f32],
+        lb: MatLayout,
+        c: &[f32],
+        ldc: usize,
+        want: &[f64],
+        accumulate: bool,
+        scale: f32,
+        threads: usize,
+    ) {
+        let (m, k) = (view.rows(), view.depth());
+        let lc = MatLayout::row_major(1, ldc);
+        let before = c.to_vec();
+        let mut c = c.to_vec();
         let mut scratch = vec![0.0; scratch_len(k, n)];
-        let before = c.clone();
         packed_gemm(
-            &pa,
+            view,
             n,
-            &b,
+            b,
             lb,
             &mut c,
             lc,
@@ -570,6 +825,7 @@ mod tests {
             threads,
             &mut scratch,
         );
+        let transposed = view.transposed;
         assert_eq!(c[0], before[0], "wrote before the view");
         for i in 0..m {
             for j in 0..ldc {
@@ -585,8 +841,8 @@ mod tests {
                 let w = want[i * n + j];
                 assert!(
                     (got as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "({m},{n},{k}) threads {threads} acc {accumulate} scale {scale} \
-                     strided {strided_b}: c[{i},{j}] = {got}, want {w}"
+                    "({m},{n},{k}) transposed {transposed} threads {threads} acc {accumulate} \
+                     scale {scale}: c[{i},{j}] = {got}, want {w}"
                 );
             }
         }
@@ -599,5 +855,8 @@ mod tests {
         }
         check(13, 40, 3 * KC + 5, 2, true, 0.75, false, true);
         check(64, 64, 2 * KC, 2, false, 1.0, false, false);
+        // A transposed read's blocks are KC_T long: one ends mid-panel, one on a boundary.
+        check(17, 33, 2 * KC_T + 4, 2, true, 1.5, false, true);
+        check(6, 16, KC_T * 3, 1, false, 1.0, true, false);
     }
 }

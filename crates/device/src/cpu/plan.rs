@@ -8,7 +8,7 @@
 //! compiled again with new weights (every update of a training run) only needs the second.
 
 use super::matmul::{MatLayout, PARALLEL_MIN_MACS};
-use super::packed::{self, PackedA};
+use super::packed::{self, PackedA, PackedOperand};
 use super::shape::{broadcast_strides, collapse, contiguous_strides, MAX_OPERANDS, MAX_RANK};
 use super::steps::{
     ConvStep, CopyPiece, CopyStep, EwChain, EwKind, EwOp, GeluMode, GemmStep, Operand, PackedGemm,
@@ -276,7 +276,9 @@ impl PlanTemplate {
             let Step::Gemm(g) = &mut plan.steps[i] else {
                 unreachable!("only products are packed");
             };
-            g.packed = Some(pack_constant(g, &self.values, &values).ok_or_else(|| {
+            let packed = shared_pack(g, &self.values, &self.sources, weights)
+                .or_else(|| pack_constant(g, &self.values, &values));
+            g.packed = Some(packed.ok_or_else(|| {
                 DeviceError::CompileFailed(format!(
                     "packing the constant left operand of step {i} failed"
                 ))
@@ -1521,6 +1523,52 @@ fn packs_constant(g: &GemmStep, values: &[Value]) -> bool {
     })
 }
 
+/// A product's packed left operand from the [`MatrixShare`] its weight file belongs to, when
+/// the product reads that whole file as a row-major matrix: the matrix the file views is
+/// packed once for the set's kernels, and those whose file holds its transpose read it
+/// transposed. `None` when the file is in no share or the product reads it otherwise.
+///
+/// [`MatrixShare`]: anetrain_mil::blob::MatrixShare
+fn shared_pack(
+    g: &GemmStep,
+    values: &[Value],
+    sources: &[ConstSource],
+    weights: &WeightFiles,
+) -> Option<PackedGemm> {
+    let (r, base) = root(values, g.a);
+    let Storage::Const(c) = values[r].storage else {
+        return None;
+    };
+    let ConstSource::Blob {
+        path,
+        offset,
+        dtype,
+        shape,
+        round: false,
+    } = &sources[c]
+    else {
+        return None;
+    };
+    let whole = g.la.cs == 1
+        && g.la.rs == g.k
+        && g.batches
+            .iter()
+            .all(|&[oa, ..]| g.la.offset + base + oa == 0);
+    if !whole {
+        return None;
+    }
+    let (pack, transposed) =
+        weights.derived_matrix(path, *offset, *dtype, shape, |stored, rows, cols| {
+            PackedA::new(rows, cols, stored, MatLayout::row_major(0, cols))
+        })?;
+    let operand = PackedOperand { pack, transposed };
+    let view = operand.view();
+    (view.rows() == g.m && view.depth() == g.k).then(|| PackedGemm {
+        packs: vec![operand],
+        pack_of: vec![0; g.batches.len()],
+    })
+}
+
 /// Packs a product's constant left operand (see [`packs_constant`]): one packed matrix per
 /// distinct left-operand offset of the batch.
 fn pack_constant(
@@ -1571,6 +1619,10 @@ fn pack_constant(
             (la.extent(g.m, g.k) <= data.len())
                 .then(|| PackedA::new(g.m, g.k, &data, la))
                 .flatten()
+                .map(|pack| PackedOperand {
+                    pack: Arc::new(pack),
+                    transposed: false,
+                })
         })
         .collect::<Option<Vec<_>>>()?;
     Some(PackedGemm { packs, pack_of })
@@ -1780,6 +1832,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Two convs whose weight files view one matrix, the first as stored and the second
+    /// transposed: in one `MatrixShare` they bind to one packed copy, read as packed and
+    /// transposed; a second share (the next set) packs its own; without a share each conv
+    /// packs its own.
+    #[test]
+    fn a_matrix_and_its_transpose_in_one_share_are_packed_once() {
+        use anetrain_mil::blob::{F32Source, MatrixFile, MatrixShare};
+        if !packed::available() {
+            return;
+        }
+        let program =
+            anetrain_mil::examples::conv_stack(anetrain_mil::DType::Fp32, &[20, 13, 20], 24);
+        let checked = anetrain_mil::check::check_program(&program).expect("valid program");
+        let template = PlanTemplate::lower(program.main().unwrap(), &checked, NumericMode::Fp32)
+            .expect("lowers");
+        let source: F32Source = Arc::new((0..260).map(|i| i as f32 / 64.0).collect::<Vec<_>>());
+        let files = |share: Option<&Arc<MatrixShare>>| {
+            let mut w = WeightFiles::new();
+            for (i, transposed) in [false, true].into_iter().enumerate() {
+                let file = MatrixFile::new(source.clone(), 0..260, [13, 20], transposed).unwrap();
+                let file = match share {
+                    Some(share) => file.shared_in(share),
+                    None => file,
+                };
+                w.insert_matrix(format!("@model_path/weights/w{i}.bin"), file);
+            }
+            w
+        };
+        let operands = |weights: &WeightFiles| -> Vec<PackedOperand> {
+            let plan = template.bind(weights).expect("binds");
+            plan.steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Gemm(g) => Some(g.packed.as_ref().expect("packed").packs[0].clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let share = MatrixShare::new();
+        let shared = operands(&files(Some(&share)));
+        assert_eq!(shared.len(), 2);
+        assert!(
+            Arc::ptr_eq(&shared[0].pack, &shared[1].pack),
+            "one packed copy"
+        );
+        assert_eq!((shared[0].transposed, shared[1].transposed), (false, true));
+        assert_eq!(share.len(), 1);
+        let next = operands(&files(Some(&MatrixShare::new())));
+        assert!(!Arc::ptr_eq(&shared[0].pack, &next[0].pack));
+        let alone = operands(&files(None));
+        assert!(!Arc::ptr_eq(&alone[0].pack, &alone[1].pack));
+        assert!(alone.iter().all(|o| !o.transposed));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::fastmath::exp;
 use super::matmul::{gemm, MatLayout};
-use super::packed::{packed_gemm, PackedA};
+use super::packed::{packed_gemm, PackedOperand};
 use super::shape::{collapse, for_each_row, strided_copy_split, MAX_OPERANDS, MAX_RANK};
 use super::simd::vectorised;
 use crate::fp16;
@@ -182,7 +182,7 @@ pub struct GemmStep {
 pub struct PackedGemm {
     /// One packed matrix per distinct left-operand offset of the batch (one per group of a
     /// grouped conv; a batch over images shares one).
-    pub packs: Vec<PackedA>,
+    pub packs: Vec<PackedOperand>,
     /// For each product of the batch, the index of its packed left operand.
     pub pack_of: Vec<usize>,
 }
@@ -369,7 +369,7 @@ fn run_gemm<'a>(
     if let Some(p) = &g.packed {
         for (&[_, ob, oc, _], &pack) in g.batches.iter().zip(&p.pack_of) {
             packed_gemm(
-                &p.packs[pack],
+                p.packs[pack].view(),
                 g.n,
                 b,
                 shift(g.lb, ob),

@@ -30,7 +30,7 @@ pub mod graph;
 
 use crate::config::ModelConfig;
 use crate::params::{LayerTensor, Params};
-use anetrain_mil::blob::{transposed, BlobFile, F32Source, MatrixFile, WeightFiles};
+use anetrain_mil::blob::{transposed, BlobFile, F32Source, MatrixFile, MatrixShare, WeightFiles};
 use anetrain_mil::check::CheckError;
 use anetrain_mil::{DType, Var};
 use graph::{Graph, WeightMode};
@@ -236,6 +236,18 @@ impl KernelProgram {
         params: &Arc<Params>,
         layer: usize,
     ) -> Result<WeightFiles, StageError> {
+        self.layer_weights_in(params, layer, None)
+    }
+
+    /// [`KernelProgram::layer_weights`] with its matrix files in `share`: the kernels of one
+    /// set compiled with the same share let a device derive each weight matrix's form once
+    /// for the kernels that read it and those that read its transpose (see [`MatrixShare`]).
+    pub fn layer_weights_in(
+        &self,
+        params: &Arc<Params>,
+        layer: usize,
+        share: Option<&Arc<MatrixShare>>,
+    ) -> Result<WeightFiles, StageError> {
         let c = &params.layout.config;
         if layer >= c.n_layers {
             return Err(StageError::Layer {
@@ -269,6 +281,10 @@ impl KernelProgram {
                 let range = params.layout.layer(layer, t);
                 let file = MatrixFile::new(source, range, [rows, cols], baked.transposed)
                     .expect("a layer tensor is rows × cols values inside the parameters");
+                let file = match share {
+                    Some(share) => file.shared_in(share),
+                    None => file,
+                };
                 files.insert_matrix(path, file);
                 continue;
             }
