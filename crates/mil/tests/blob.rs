@@ -1107,7 +1107,11 @@ fn a_matrix_share_derives_each_matrix_once_for_all_its_files() {
     // The share holds the source while it lives (so its address stays its own), and lets
     // go of it with the share.
     drop((w, w2, next));
-    assert_eq!(Arc::strong_count(&source), 1 + 3, "the test's and one per form");
+    assert_eq!(
+        Arc::strong_count(&source),
+        1 + 3,
+        "the test's and one per form"
+    );
     drop(share);
     assert_eq!(Arc::strong_count(&source), 1);
 }

@@ -366,17 +366,23 @@ mod x86 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_panels(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
-        if job.a.transposed {
-            return run_panels_transposed(job, first, count, c);
-        }
-        let (k, n) = (job.a.pack.k, job.n);
+        let transposed = job.a.transposed;
+        let (depth, block) = if transposed {
+            (job.a.pack.m, KC_T)
+        } else {
+            (job.a.pack.k, KC)
+        };
         for i in first..first + count {
             let mut p0 = 0;
-            while p0 < k {
-                let kc = (k - p0).min(KC);
+            while p0 < depth {
+                let kc = (depth - p0).min(block);
                 let mut j = 0;
-                while j < n {
-                    tile(job, first, i, p0, kc, j, c);
+                while j < job.n {
+                    if transposed {
+                        tile_transposed(job, first, i, p0, kc, j, c);
+                    } else {
+                        tile(job, first, i, p0, kc, j, c);
+                    }
                     j += NR;
                 }
                 p0 += kc;
@@ -498,31 +504,9 @@ mod x86 {
         store::<FULL>(&acc, c, ldc, rows, cols, scale, add);
     }
 
-    /// [`run_panels`] for a transposed view: output panel `i` is columns `i * MR..` of the
-    /// packed matrix, and the depth runs down its rows.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_panels_transposed(job: &Job<'_>, first: usize, count: usize, c: &mut [f32]) {
-        let (depth, n) = (job.a.pack.m, job.n);
-        for i in first..first + count {
-            let mut p0 = 0;
-            while p0 < depth {
-                let kc = (depth - p0).min(KC_T);
-                let mut j = 0;
-                while j < n {
-                    tile_transposed(job, first, i, p0, kc, j, c);
-                    j += NR;
-                }
-                p0 += kc;
-            }
-        }
-    }
-
     /// [`tile`] for a transposed view: rows `i * MR..` of the product (columns of the packed
-    /// matrix), steps `p0..p0 + kc` along its depth (rows of the packed matrix; `p0` is a
-    /// multiple of MR), columns from `j`.
+    /// matrix), steps `p0..p0 + kc` along its depth, down the rows of the packed matrix (`p0`
+    /// is a multiple of MR, as the blocks are [`KC_T`] long), columns from `j`.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
