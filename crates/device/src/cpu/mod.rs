@@ -343,6 +343,17 @@ mod tests {
     use anetrain_mil::blob::BlobFile;
     use anetrain_mil::examples;
 
+    /// The fp32 weight file of the `[rows][cols]` matrix `m`, or of its transpose: the bytes
+    /// a `MatrixFile` viewing `m` stands for.
+    fn matrix_file_bytes(m: &[f32], [rows, cols]: [usize; 2], transposed: bool) -> Vec<u8> {
+        use anetrain_mil::blob::{fp32_file_bytes, fp32_file_bytes_transposed};
+        if transposed {
+            fp32_file_bytes_transposed(m, rows, cols)
+        } else {
+            fp32_file_bytes(m)
+        }
+    }
+
     fn run(device: &CpuDevice, kernel: &mut Kernel, input: &[f32]) -> Vec<f32> {
         let mut out = vec![0.0; kernel.output_lens()[0]];
         device.eval(kernel, &[input], &mut [&mut out]).unwrap();
@@ -462,7 +473,7 @@ mod tests {
     /// reads its matrix as stored or transposed; and they are checked like bytes.
     #[test]
     fn matrix_files_compile_like_the_bytes_they_stand_for() {
-        use anetrain_mil::blob::{fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile};
+        use anetrain_mil::blob::MatrixFile;
         // Channel counts that leave partial micro-panels; spatial wide enough to pack.
         let (channels, s) = ([20, 13, 20, 20, 13], 24);
         let program = examples::conv_stack(anetrain_mil::DType::Fp32, &channels, s);
@@ -485,14 +496,7 @@ mod tests {
             let range = at..at + shape[0] * shape[1];
             at = range.end;
             let m = &stored[range.clone()];
-            bytes.insert(
-                path(i),
-                if transposed {
-                    fp32_file_bytes_transposed(m, shape[0], shape[1])
-                } else {
-                    fp32_file_bytes(m)
-                },
-            );
+            bytes.insert(path(i), matrix_file_bytes(m, shape, transposed));
             let file = MatrixFile::new(source.clone(), range, shape, transposed).unwrap();
             views.insert_matrix(path(i), file);
         }
@@ -523,9 +527,7 @@ mod tests {
     /// to the kernel that the matrices written out as bytes give.
     #[test]
     fn a_shared_matrix_read_both_ways_computes_like_its_bytes() {
-        use anetrain_mil::blob::{
-            fp32_file_bytes, fp32_file_bytes_transposed, MatrixFile, MatrixShare,
-        };
+        use anetrain_mil::blob::{MatrixFile, MatrixShare};
         // Partial micro-panels both ways (13 and 20 are not multiples of 6), and a depth past
         // one block of the transposed read (300 > 252).
         for (outer, inner) in [(20, 13), (300, 7)] {
@@ -543,14 +545,7 @@ mod tests {
                 let file =
                     MatrixFile::new(source.clone(), 0..stored.len(), [inner, outer], transposed);
                 views.insert_matrix(&path, file.unwrap().shared_in(&share));
-                bytes.insert(
-                    path,
-                    if transposed {
-                        fp32_file_bytes_transposed(&stored, inner, outer)
-                    } else {
-                        fp32_file_bytes(&stored)
-                    },
-                );
+                bytes.insert(path, matrix_file_bytes(&stored, [inner, outer], transposed));
             }
             let x: Vec<f32> = (0..outer * 24)
                 .map(|i| ((i * 11 % 29) as f32 - 14.0) / 16.0)

@@ -406,10 +406,8 @@ mod x86 {
         j: usize,
         c: &mut [f32],
     ) {
-        let (m, k, n) = (job.a.pack.m, job.a.pack.k, job.n);
-        let ldc = job.ldc;
-        let rows = (m - i * MR).min(MR);
-        let cols = (n - j).min(NR);
+        let out = tile_out(job, first, i, p0, kc, j, c);
+        let k = job.a.pack.k;
         let block = (i * k + p0) * MR..(i * k + p0 + kc) * MR;
         // The weights are packed in the order the tiles use them, so the next block starts
         // where this one ends. A block's first tile streams it from memory at 24 bytes per 12
@@ -428,31 +426,62 @@ mod x86 {
             .as_ptr()
             .wrapping_add(ahead.min(job.a.pack.data.len()));
         let a = &job.a.pack.data[block];
-        let b = &job.b[(j / NR * k + p0) * NR..(j / NR * k + p0 + kc) * NR];
-        let c_at = (i - first) * MR * ldc + j;
-        // With the slices above (kc·MR weights, kc·NR activations), this bounds every access
-        // the kernel makes: `rows` rows of c from column j to j + cols.
-        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
-        let cp = c.as_mut_ptr().add(c_at);
-        let add = job.accumulate || p0 > 0;
-        let kernel = if rows == MR && cols == NR {
+        let kernel = if out.rows == MR && out.cols == NR {
             kernel::<true>
         } else {
             kernel::<false>
         };
-        // SAFETY: bounds as asserted and sliced above.
+        // SAFETY: the kc·MR weights sliced above, and `out`'s bounds.
         kernel(
             kc,
             a.as_ptr(),
-            b.as_ptr(),
+            out.b.as_ptr(),
             prefetch,
-            cp,
-            ldc,
+            out.c,
+            job.ldc,
+            out.rows,
+            out.cols,
+            job.scale,
+            out.add,
+        );
+    }
+
+    /// What one microkernel call writes and multiplies its weights with, whichever way it
+    /// reads them: `rows` × `cols` of the product from `c` on, the activations of its steps,
+    /// and whether it adds to what `c` holds (a later block, or an accumulating product).
+    struct TileOut<'a> {
+        rows: usize,
+        cols: usize,
+        b: &'a [f32],
+        c: *mut f32,
+        add: bool,
+    }
+
+    /// The [`TileOut`] of output panel `i`, steps `p0..p0 + kc`, columns from `j` (a
+    /// multiple of NR). `c` starts at row `first * MR`; its `rows` rows from column `j` to
+    /// `j + cols`, every value of c the kernel touches, are checked to lie inside it.
+    #[inline]
+    fn tile_out<'a>(
+        job: &Job<'a>,
+        first: usize,
+        i: usize,
+        p0: usize,
+        kc: usize,
+        j: usize,
+        c: &mut [f32],
+    ) -> TileOut<'a> {
+        let (m, depth, ldc) = (job.a.rows(), job.a.depth(), job.ldc);
+        let rows = (m - i * MR).min(MR);
+        let cols = (job.n - j).min(NR);
+        let c_at = (i - first) * MR * ldc + j;
+        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
+        TileOut {
             rows,
             cols,
-            job.scale,
-            add,
-        );
+            b: &job.b[(j / NR * depth + p0) * NR..(j / NR * depth + p0 + kc) * NR],
+            c: c[c_at..].as_mut_ptr(),
+            add: job.accumulate || p0 > 0,
+        }
     }
 
     /// c[rows × cols] (+)= scale · a[rows × kc] · b[kc × cols] for one MR×NR tile, touching
@@ -521,11 +550,8 @@ mod x86 {
         j: usize,
         c: &mut [f32],
     ) {
+        let out = tile_out(job, first, i, p0, kc, j, c);
         let pack = job.a.pack;
-        let (depth, n) = (pack.m, job.n);
-        let ldc = job.ldc;
-        let rows = (pack.k - i * MR).min(MR);
-        let cols = (n - j).min(NR);
         // Packed element (p, col) is at `(p / MR) * panel + col * MR + p % MR`: the block
         // starts at the top of panel `p0 / MR`, at the tile's first column.
         let panel = pack.k * MR;
@@ -533,33 +559,28 @@ mod x86 {
         // The last value the block reads: its last panel, the tile's last column, the
         // panel's last row (the kernel never reads a missing column past `rows`).
         let last_panel = (p0 + kc - 1) / MR;
-        let end = last_panel * panel + (i * MR + rows) * MR;
+        let end = last_panel * panel + (i * MR + out.rows) * MR;
         assert!(
             end <= pack.data.len(),
             "packed: transposed block out of bounds"
         );
-        let b = &job.b[(j / NR * depth + p0) * NR..(j / NR * depth + p0 + kc) * NR];
-        let c_at = (i - first) * MR * ldc + j;
-        assert!(c_at + (rows - 1) * ldc + cols <= c.len());
-        let cp = c.as_mut_ptr().add(c_at);
-        let add = job.accumulate || p0 > 0;
-        let kernel = if rows == MR && cols == NR {
+        let kernel = if out.rows == MR && out.cols == NR {
             kernel_transposed::<true>
         } else {
             kernel_transposed::<false>
         };
-        // SAFETY: bounds as asserted and sliced above.
+        // SAFETY: the weights as asserted above, and `out`'s bounds.
         kernel(
             kc,
             pack.data.as_ptr().add(start),
             panel,
-            b.as_ptr(),
-            cp,
-            ldc,
-            rows,
-            cols,
+            out.b.as_ptr(),
+            out.c,
+            job.ldc,
+            out.rows,
+            out.cols,
             job.scale,
-            add,
+            out.add,
         );
     }
 
