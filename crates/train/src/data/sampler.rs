@@ -1,48 +1,8 @@
 //! Deterministic random windows, with a state a checkpoint can save and restore exactly.
 
 use super::DataError;
+use anetrain_model::init::SplitMix64;
 use serde::{Deserialize, Serialize};
-
-/// SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators",
-/// OOPSLA 2014; Vigna's public-domain `splitmix64.c`): the state advances by a fixed odd
-/// constant and each output is a bijective mix of it. It passes BigCrush, its whole state is one
-/// u64 (trivial to save), and it is small enough to keep here instead of depending on a crate
-/// whose algorithm could change between versions and silently change which windows a resumed
-/// run sees. Seeded with 1234567 its first outputs are 6457827717110365317,
-/// 3203168211198807973, 9817491932198370423 (the published reference values).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub const fn new(seed: u64) -> SplitMix64 {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform integer in `0..bound` (`bound > 0`), without modulo bias: Lemire's
-    /// multiply-and-reject ("Fast random integer generation in an interval", 2019). The high
-    /// half of `x · bound` is uniform once the few `x` whose low half falls below
-    /// `2^64 mod bound` are rejected.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        debug_assert!(bound > 0);
-        let threshold = bound.wrapping_neg() % bound;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(bound);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-}
 
 /// Everything needed to continue a [`WindowSampler`] exactly where it stopped; serializable for
 /// checkpoints.
