@@ -5,6 +5,7 @@ use crate::params::Params;
 use anetrain_device::cpu::simd::vectorised;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// AdamW hyperparameters. Weight decay applies to matrices only (the layout's `decay` flag).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,34 +93,57 @@ impl AdamW {
         lr: f32,
     ) {
         state.t += 1;
-        for spec in &params.layout.tensors {
-            let rule = self.rule(state.t, lr, spec.decay);
-            let r = spec.range.clone();
-            // Memory-bound: chunks spread the passes over the cores, and the plain zipped
-            // loop inside each vectorises (sqrt and division included).
-            let chunks = params.data[r.clone()]
-                .par_chunks_mut(PARALLEL_CHUNK)
-                .zip(state.m.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
-                .zip(state.v.data[r.clone()].par_chunks_mut(PARALLEL_CHUNK))
-                .zip(grads.data[r.clone()].par_chunks(PARALLEL_CHUNK))
-                .enumerate();
-            chunks.for_each(|(i, (((w, m), v), g))| {
-                let old = from.map(|from| {
-                    let start = r.start + i * PARALLEL_CHUNK;
-                    &from.data[start..start + w.len()]
-                });
+        let rules = self.rules(params, state.t, lr);
+        // Memory-bound: chunks spread the pass over the cores, and the plain zipped loop
+        // inside each vectorises (sqrt and division included).
+        let chunks = params
+            .data
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(state.m.data.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(state.v.data.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(grads.data.par_chunks(PARALLEL_CHUNK))
+            .enumerate();
+        chunks.for_each(|(i, (((w, m), v), g))| {
+            for (at, local, rule) in parts(&rules, i, w.len()) {
+                let old = from.map(|from| &from.data[at]);
                 vectorised(
                     #[inline(always)]
-                    || rule.update(w, old, m, v, g, grad_scale),
+                    || {
+                        rule.update(
+                            &mut w[local.clone()],
+                            old,
+                            &mut m[local.clone()],
+                            &mut v[local.clone()],
+                            &g[local.clone()],
+                            grad_scale,
+                        )
+                    },
                 );
-            });
-        }
+            }
+        });
     }
 }
 
 /// Elements per parallel task of passes over every parameter: large enough to amortise
-/// scheduling, small enough that a stories15m layer still splits across two cores.
+/// scheduling, small enough that `tiny`'s million parameters split across the cores.
 pub const PARALLEL_CHUNK: usize = 1 << 16;
+
+/// The tensors' parts of chunk `index` (`len` elements) of a [`PARALLEL_CHUNK`]-chunked pass
+/// over the flat buffer, each with its place in the buffer, its place in the chunk and its
+/// tensor's rule. Passes over the whole buffer, not one per tensor: most of a small model's
+/// tensors are shorter than a chunk, and a parallel loop per tensor would run each on one
+/// core and pay a round trip to the thread pool for each (`tiny` has 38).
+fn parts(
+    rules: &[(Range<usize>, UpdateRule)],
+    index: usize,
+    len: usize,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>, UpdateRule)> + '_ {
+    let chunk = index * PARALLEL_CHUNK..index * PARALLEL_CHUNK + len;
+    rules.iter().filter_map(move |(range, rule)| {
+        let (start, end) = (range.start.max(chunk.start), range.end.min(chunk.end));
+        (start < end).then(|| (start..end, start - chunk.start..end - chunk.start, *rule))
+    })
+}
 
 impl AdamW {
     /// Weight prediction for delayed updates: the weights `horizon` further updates would
@@ -142,27 +166,32 @@ impl AdamW {
         horizon: f32,
     ) -> Params {
         let mut out = Params::zeros(params.layout.clone());
-        for spec in &params.layout.tensors {
-            let rule = self.rule(state.t + 1, lr, spec.decay);
-            let r = spec.range.clone();
-            let chunks = out.data[r.clone()]
-                .par_chunks_mut(PARALLEL_CHUNK)
-                .zip(params.data[r.clone()].par_chunks(PARALLEL_CHUNK))
-                .zip(state.m.data[r.clone()].par_chunks(PARALLEL_CHUNK))
-                .zip(state.v.data[r.clone()].par_chunks(PARALLEL_CHUNK))
-                .zip(grads.data[r].par_chunks(PARALLEL_CHUNK));
-            chunks.for_each(|((((o, w), m), v), g)| {
-                for ((((o, &w), &m), &v), &g) in o.iter_mut().zip(w).zip(m).zip(v).zip(g) {
+        let rules = self.rules(params, state.t + 1, lr);
+        let chunks = out.data.par_chunks_mut(PARALLEL_CHUNK).enumerate();
+        chunks.for_each(|(i, o)| {
+            for (at, local, rule) in parts(&rules, i, o.len()) {
+                let (w, g) = (&params.data[at.clone()], &grads.data[at.clone()]);
+                let (m, v) = (&state.m.data[at.clone()], &state.v.data[at]);
+                let values = o[local].iter_mut().zip(w).zip(m).zip(v).zip(g);
+                for ((((o, &w), &m), &v), &g) in values {
                     let (_, _, dw) = rule.apply(w, m, v, g * grad_scale);
                     *o = w - horizon * dw;
                 }
-            });
-        }
+            }
+        });
         out
     }
 
     /// The per-coordinate rule of update number `t` (1-based) at learning rate `lr`, for a
     /// tensor with or without weight decay.
+    /// Each tensor's rule at update `t`, with the part of the flat buffer the tensor covers.
+    fn rules(&self, params: &Params, t: u64, lr: f32) -> Vec<(Range<usize>, UpdateRule)> {
+        let tensors = params.layout.tensors.iter();
+        tensors
+            .map(|spec| (spec.range.clone(), self.rule(t, lr, spec.decay)))
+            .collect()
+    }
+
     fn rule(&self, t: u64, lr: f32, decay: bool) -> UpdateRule {
         let t = t.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - (self.beta1 as f64).powi(t);
@@ -497,6 +526,79 @@ mod tests {
         // 0.125 is a power of two, so both see bit-identical gradients.
         assert_eq!(a.data, b.data);
         assert_eq!(sa, sb);
+    }
+
+    /// Textbook AdamW on one parameter, in f64: the reference the parallel pass is held to.
+    fn adamw_scalar(
+        a: &AdamW,
+        t: i32,
+        lr: f64,
+        decay: bool,
+        w: f64,
+        (m, v): &mut (f64, f64),
+        g: f64,
+    ) -> f64 {
+        let (b1, b2) = (a.beta1 as f64, a.beta2 as f64);
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        let (m_hat, v_hat) = (*m / (1.0 - b1.powi(t)), *v / (1.0 - b2.powi(t)));
+        let wd = if decay { a.weight_decay as f64 } else { 0.0 };
+        w - lr * (m_hat / (v_hat.sqrt() + a.eps as f64) + wd * w)
+    }
+
+    #[test]
+    fn every_parameter_moves_as_scalar_adamw_with_its_own_tensors_decay() {
+        // All of `tiny`: more parameters than a parallel chunk, so chunks span tensors of
+        // both kinds (matrices decay, norms do not) and end inside them.
+        let layout = Arc::new(ParamLayout::new(&ModelConfig::tiny()));
+        assert!(layout.len > 4 * PARALLEL_CHUNK);
+        assert!(layout.tensors.iter().any(|t| !t.decay));
+        let mut p = Params::zeros(layout.clone());
+        let mut g = Params::zeros(layout.clone());
+        for (i, (w, g)) in p.data.iter_mut().zip(&mut g.data).enumerate() {
+            *w = ((i as f32) * 0.31).sin();
+            *g = ((i as f32) * 0.17).cos() * 0.1;
+        }
+        let adam = AdamW::default();
+        let mut state = AdamState::new(&p);
+        let mut w_ref: Vec<f64> = p.data.iter().map(|&w| w as f64).collect();
+        let mut moments = vec![(0.0f64, 0.0f64); w_ref.len()];
+        let mut spare = Params::zeros(layout.clone());
+        for t in 1..=3 {
+            let lr = 1e-2 * t as f32;
+            if t == 2 {
+                // The out-of-place pass takes the same path through the chunks.
+                adam.update_scaled_from(&p, &mut spare, &g, 0.5, &mut state, lr);
+                std::mem::swap(&mut p, &mut spare);
+            } else {
+                adam.update_scaled(&mut p, &g, 0.5, &mut state, lr);
+            }
+            for spec in &layout.tensors {
+                for i in spec.range.clone() {
+                    let gi = 0.5 * g.data[i] as f64;
+                    w_ref[i] = adamw_scalar(
+                        &adam,
+                        t,
+                        lr as f64,
+                        spec.decay,
+                        w_ref[i],
+                        &mut moments[i],
+                        gi,
+                    );
+                }
+            }
+            for spec in &layout.tensors {
+                for i in spec.range.clone() {
+                    let (got, want) = (p.data[i] as f64, w_ref[i]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "step {t}, {} [{}]: {got} vs {want}",
+                        spec.name,
+                        i - spec.range.start
+                    );
+                }
+            }
+        }
     }
 
     #[test]
