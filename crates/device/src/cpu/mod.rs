@@ -192,11 +192,12 @@ struct CpuKernel {
 
 impl KernelExec for CpuKernel {
     fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
-        let (arena_len, scratch_len) = (self.plan.arena_len, self.plan.scratch_len);
+        let lowered = &self.plan.lowered;
+        let (arena_len, scratch_len) = (lowered.arena_len, lowered.scratch_len);
         let mut buffer = self.arenas.take(arena_len + scratch_len);
         let (arena, scratch) = buffer.split_at_mut(arena_len);
         let scratch = &mut scratch[..scratch_len];
-        let result = if self.threads > 1 && self.plan.parallel {
+        let result = if self.threads > 1 && lowered.parallel {
             // The whole eval runs on one of the pool's threads, so that its steps fork and
             // join from inside the pool: called from outside, every step's `join` would
             // queue its work cold and sleep on a latch, and waking costs more than a small
@@ -213,13 +214,13 @@ impl KernelExec for CpuKernel {
 
 impl CpuKernel {
     fn eval_in(
-        &mut self,
+        &self,
         arena_buf: &mut [f32],
         scratch: &mut [f32],
         inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), DeviceError> {
-        let plan = &mut self.plan;
+        let (plan, consts) = (&*self.plan.lowered, &self.plan.consts);
         for &(i, id) in &plan.copied_inputs {
             if let Place::Arena(at) = plan.places[id] {
                 let dst = &mut arena_buf[at..at + inputs[i].len()];
@@ -239,7 +240,7 @@ impl CpuKernel {
         for (slot, o) in out_buffers.iter_mut().zip(outputs.iter_mut()) {
             *slot = RawBuffer::of(o);
         }
-        let (places, lens, consts) = (&plan.places, &plan.lens, &plan.consts);
+        let (places, lens) = (&plan.places, &plan.lens);
         let view = |id: usize| -> Option<(RawBuffer, usize)> {
             match places[id] {
                 Place::Arena(at) => Some((arena, at)),
@@ -247,7 +248,12 @@ impl CpuKernel {
                 _ => None,
             }
         };
-        for (step, &round) in plan.steps.iter_mut().zip(&plan.round_after) {
+        let steps = plan
+            .steps
+            .iter()
+            .zip(&plan.round_after)
+            .zip(&self.plan.packed);
+        for ((step, &round), packed) in steps {
             let out_id = step.writes();
             let (buffer, at) = view(out_id).ok_or_else(|| {
                 DeviceError::EvalFailed("a step writes a value that has no storage".into())
@@ -265,7 +271,7 @@ impl CpuKernel {
             };
             // SAFETY: disjoint from every slice `read` returns (see above).
             let out = unsafe { buffer.slice_mut(at, lens[out_id]) };
-            step.run(&read, out, scratch, self.threads);
+            step.run(packed.as_ref(), &read, out, scratch, self.threads);
             if round {
                 fp16::round_slice(out);
             }
@@ -274,7 +280,7 @@ impl CpuKernel {
             let n = outputs[j].len();
             let src: &[f32] = match plan.places[id] {
                 Place::Arena(at) => &arena_buf[at..at + n],
-                Place::Const(c, off) => &plan.consts[c][off..off + n],
+                Place::Const(c, off) => &consts[c][off..off + n],
                 Place::Input(i, off) => &inputs[i][off..off + n],
                 Place::Output(k, off) if k != j => {
                     let (head, tail) = outputs.split_at_mut(j.max(k));

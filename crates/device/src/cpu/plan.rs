@@ -38,14 +38,28 @@ pub enum Place {
     Output(usize, usize),
 }
 
-#[derive(Clone, Debug)]
+/// A kernel's plan: its lowered program, shared by every kernel bound from the same template,
+/// and what binding added, the constants and packed products. Binding a template for each
+/// compile then allocates a handful of buffers, and dropping a kernel frees as few, where a
+/// copy of the steps would be a few thousand small allocations per training set (freeing a
+/// `tiny` set's cost the training thread 0.13–0.17 ms at every swap).
+#[derive(Debug)]
 pub struct Plan {
+    pub lowered: Arc<LoweredPlan>,
+    /// Per constant, its values (empty where only packed products read it).
+    pub consts: Vec<Arc<Vec<f32>>>,
+    /// Per step, its packed left operand (products with a constant one, where packed).
+    pub packed: Vec<Option<PackedGemm>>,
+}
+
+/// The steps of a lowered program and where their values live: everything but the weights.
+#[derive(Debug)]
+pub struct LoweredPlan {
     pub steps: Vec<Step>,
     /// Round each step's output to fp16 after it runs (for steps that do not round themselves).
     pub round_after: Vec<bool>,
     pub places: Vec<Place>,
     pub lens: Vec<usize>,
-    pub consts: Vec<Arc<Vec<f32>>>,
     pub arena_len: usize,
     /// Working space shared by the steps (they run one at a time), taken with the arena.
     pub scratch_len: usize,
@@ -183,7 +197,7 @@ impl ConstSource {
 #[derive(Debug)]
 pub struct PlanTemplate {
     /// The plan without constant data: no `consts`, no packed products.
-    plan: Plan,
+    plan: Arc<LoweredPlan>,
     values: Vec<Value>,
     sources: Vec<ConstSource>,
     /// Steps (products) whose constant left operand is packed at bind time.
@@ -271,14 +285,14 @@ impl PlanTemplate {
                 None => source.values(weights).map(MatrixValues::Dense),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut plan = self.plan.clone();
+        let mut packed: Vec<Option<PackedGemm>> = vec![None; self.plan.steps.len()];
         for &i in &self.packed_steps {
-            let Step::Gemm(g) = &mut plan.steps[i] else {
+            let Step::Gemm(g) = &self.plan.steps[i] else {
                 unreachable!("only products are packed");
             };
-            let packed = shared_pack(g, &self.values, &self.sources, weights)
+            let pack = shared_pack(g, &self.values, &self.sources, weights)
                 .or_else(|| pack_constant(g, &self.values, &values));
-            g.packed = Some(packed.ok_or_else(|| {
+            packed[i] = Some(pack.ok_or_else(|| {
                 DeviceError::CompileFailed(format!(
                     "packing the constant left operand of step {i} failed"
                 ))
@@ -307,8 +321,11 @@ impl PlanTemplate {
             };
             consts.push(held);
         }
-        plan.consts = consts;
-        Ok(plan)
+        Ok(Plan {
+            lowered: self.plan.clone(),
+            consts,
+            packed,
+        })
     }
 }
 
@@ -753,7 +770,6 @@ impl<'a> Lowering<'a> {
             batches: g.batches.iter().map(|&[a, b, c, _]| [b, a, c, 0]).collect(),
             scale: g.scale,
             bias: None,
-            packed: None,
         };
         Ok(true)
     }
@@ -1018,7 +1034,6 @@ impl<'a> Lowering<'a> {
                 batches,
                 scale: 1.0,
                 bias,
-                packed: None,
             }));
         } else {
             let arr = |v: &[usize]| [v[0], v[1], v[2], v[3]];
@@ -1099,7 +1114,6 @@ impl<'a> Lowering<'a> {
             batches,
             scale,
             bias: None,
-            packed: None,
         }));
         Ok(())
     }
@@ -1123,11 +1137,6 @@ impl<'a> Lowering<'a> {
             outer,
             len: shape[axis],
             inner,
-            scratch: if inner > 1 {
-                vec![0.0; 2 * inner]
-            } else {
-                Vec::new()
-            },
         }));
     }
 
@@ -1439,14 +1448,15 @@ impl<'a> Lowering<'a> {
                 }
             })
             .collect();
-        let scratch = packed_steps
-            .iter()
-            .map(|&i| match &steps[i] {
-                Step::Gemm(g) => packed::scratch_len(g.k, g.n),
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0);
+        let packed_scratch = packed_steps.iter().map(|&i| match &steps[i] {
+            Step::Gemm(g) => packed::scratch_len(g.k, g.n),
+            _ => 0,
+        });
+        let softmax_scratch = steps.iter().map(|s| match s {
+            Step::Softmax(s) => s.scratch_len(),
+            _ => 0,
+        });
+        let scratch = packed_scratch.chain(softmax_scratch).max().unwrap_or(0);
         // Weights that only packed products use are held packed; the raw copy would double
         // their memory for nothing.
         let const_of = |id: ValueId| match values[root(&values, id).0].storage {
@@ -1478,18 +1488,17 @@ impl<'a> Lowering<'a> {
             .iter()
             .any(|s| matches!(s, Step::Gemm(g) if g.m * g.n * g.k >= PARALLEL_MIN_MACS));
         Ok(PlanTemplate {
-            plan: Plan {
+            plan: Arc::new(LoweredPlan {
                 steps,
                 round_after,
                 places,
                 lens,
-                consts: Vec::new(),
                 arena_len,
                 scratch_len: scratch,
                 copied_inputs: inputs,
                 copied_outputs,
                 parallel,
-            },
+            }),
             values,
             read_before: Mutex::new(self.sources.iter().map(|_| None).collect()),
             sources: self.sources,
@@ -1809,20 +1818,18 @@ mod tests {
         for mode in [NumericMode::Fp32, NumericMode::Fp16] {
             let template = PlanTemplate::lower(main, &checked, mode).expect("lowers");
             let plan = template.bind(&weights).expect("binds");
-            let gemms: Vec<&GemmStep> = plan
-                .steps
-                .iter()
-                .filter_map(|s| match s {
-                    Step::Gemm(g) => Some(g),
+            let gemms: Vec<(&GemmStep, bool)> = (plan.lowered.steps.iter())
+                .zip(&plan.packed)
+                .filter_map(|(s, p)| match s {
+                    Step::Gemm(g) => Some((g, p.is_some())),
                     _ => None,
                 })
                 .collect();
             assert_eq!(gemms.len(), 3);
-            for g in gemms {
-                assert_eq!(g.packed.is_some(), packed::available());
-                if g.packed.is_some() {
-                    assert!(!Step::Gemm(g.clone()).reads().contains(&g.a));
-                    let Place::Const(c, _) = plan.places[g.a] else {
+            for (g, is_packed) in gemms {
+                assert_eq!(is_packed, packed::available());
+                if is_packed {
+                    let Place::Const(c, _) = plan.lowered.places[g.a] else {
                         panic!("weights are constants");
                     };
                     assert!(
@@ -1864,10 +1871,10 @@ mod tests {
         };
         let operands = |weights: &WeightFiles| -> Vec<PackedOperand> {
             let plan = template.bind(weights).expect("binds");
-            plan.steps
-                .iter()
-                .filter_map(|s| match s {
-                    Step::Gemm(g) => Some(g.packed.as_ref().expect("packed").packs[0].clone()),
+            let steps = plan.lowered.steps.iter().zip(&plan.packed);
+            steps
+                .filter_map(|(s, p)| match s {
+                    Step::Gemm(_) => Some(p.as_ref().expect("packed").packs[0].clone()),
                     _ => None,
                 })
                 .collect()

@@ -173,11 +173,11 @@ pub struct GemmStep {
     pub scale: f32,
     /// A per-row bias (conv's `bias`), written into c before accumulating.
     pub bias: Option<ValueId>,
-    /// The constant left operand laid out for the packed microkernel, when the planner chose
-    /// that path; `a` is then not read at run time.
-    pub packed: Option<PackedGemm>,
 }
 
+/// A product's constant left operand laid out for the packed microkernel, when the planner
+/// chose that path; the step's `a` is then not read at run time. Made at bind time, so it
+/// lives in the bound [`Plan`](super::plan::Plan) beside the steps, not in them.
 #[derive(Clone, Debug)]
 pub struct PackedGemm {
     /// One packed matrix per distinct left-operand offset of the batch (one per group of a
@@ -214,8 +214,18 @@ pub struct SoftmaxStep {
     pub outer: usize,
     pub len: usize,
     pub inner: usize,
-    /// Per-column running max and sum when the axis is not innermost.
-    pub scratch: Vec<f32>,
+}
+
+impl SoftmaxStep {
+    /// The plan's scratch it needs: per-column running max and sum when the axis is not
+    /// innermost.
+    pub fn scratch_len(&self) -> usize {
+        if self.inner > 1 {
+            2 * self.inner
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -269,7 +279,7 @@ impl Step {
     /// The values the step reads.
     pub fn reads(&self) -> Vec<ValueId> {
         match self {
-            Step::Gemm(g) => [g.packed.is_none().then_some(g.a), Some(g.b), g.bias]
+            Step::Gemm(g) => [Some(g.a), Some(g.b), g.bias]
                 .into_iter()
                 .flatten()
                 .collect(),
@@ -310,20 +320,21 @@ impl Step {
 
 impl Step {
     /// Runs the step. `read` gives the storage of any value the step reads; `out` is the
-    /// storage of the value it writes.
-    /// `scratch` is the plan's shared scratch, as long as the plan says its packed products need.
+    /// storage of the value it writes; `packed` is a product's packed left operand, if the
+    /// plan packed it. `scratch` is the plan's shared scratch, as long as its steps need.
     pub fn run<'a>(
-        &mut self,
+        &self,
+        packed: Option<&PackedGemm>,
         read: &dyn Fn(ValueId) -> &'a [f32],
         out: &mut [f32],
         scratch: &mut [f32],
         threads: usize,
     ) {
         match self {
-            Step::Gemm(g) => run_gemm(g, read, out, scratch, threads),
+            Step::Gemm(g) => run_gemm(g, packed, read, out, scratch, threads),
             Step::Conv(c) => run_conv(c, read, out),
             Step::Ew(e) => run_ew(e, read, out, threads),
-            Step::Softmax(s) => run_softmax(s, read(s.x), out, threads),
+            Step::Softmax(s) => run_softmax(s, read(s.x), out, scratch, threads),
             Step::Reduce(r) => run_reduce(r, read(r.x), out),
             Step::Copy(c) => {
                 for p in &c.pieces {
@@ -345,6 +356,7 @@ impl Step {
 
 fn run_gemm<'a>(
     g: &GemmStep,
+    packed: Option<&PackedGemm>,
     read: &dyn Fn(ValueId) -> &'a [f32],
     out: &mut [f32],
     scratch: &mut [f32],
@@ -366,7 +378,7 @@ fn run_gemm<'a>(
         offset: l.offset + o,
         ..l
     };
-    if let Some(p) = &g.packed {
+    if let Some(p) = packed {
         for (&[_, ob, oc, _], &pack) in g.batches.iter().zip(&p.pack_of) {
             packed_gemm(
                 p.packs[pack].view(),
@@ -737,7 +749,7 @@ fn sum_f32(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32], threads: usize) {
+fn run_softmax(s: &SoftmaxStep, x: &[f32], y: &mut [f32], scratch: &mut [f32], threads: usize) {
     let (len, inner) = (s.len, s.inner);
     if inner == 1 {
         let total = s.outer * len;
@@ -748,7 +760,7 @@ fn run_softmax(s: &mut SoftmaxStep, x: &[f32], y: &mut [f32], threads: usize) {
         let base = o * len * inner;
         {
             // The axis is not innermost: running max and sum per column.
-            let (max, sum) = s.scratch.split_at_mut(inner);
+            let (max, sum) = scratch[..2 * inner].split_at_mut(inner);
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
             for l in 0..len {
