@@ -3,7 +3,7 @@
 //! small type around a device; they stack (`FaultInjection<LatencyModel<CompileBudget<CpuDevice>>>`).
 
 use crate::clock::Clock;
-use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
+use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::{cost, Program};
@@ -44,6 +44,21 @@ impl<D: Device> CompileBudget<D> {
     pub fn inner(&self) -> &D {
         &self.inner
     }
+
+    /// Takes one compile of the budget, or says it is spent.
+    fn claim(&self) -> Result<(), DeviceError> {
+        let claimed = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u < self.budget).then_some(u + 1)
+            });
+        claimed
+            .map(|_| ())
+            .map_err(|_| DeviceError::BudgetExhausted {
+                used: self.used(),
+                budget: self.budget,
+            })
+    }
 }
 
 impl<D: Device> Device for CompileBudget<D> {
@@ -52,18 +67,21 @@ impl<D: Device> Device for CompileBudget<D> {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        let claimed = self
-            .used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                (u < self.budget).then_some(u + 1)
-            });
-        if claimed.is_err() {
-            return Err(DeviceError::BudgetExhausted {
-                used: self.used(),
-                budget: self.budget,
-            });
-        }
+        self.claim()?;
         self.inner.compile(program, weights)
+    }
+
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        self.inner.prepare(program)
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        self.claim()?;
+        self.inner.compile_prepared(prepared, weights)
     }
 
     fn compile_budget(&self) -> Option<BudgetStatus> {
@@ -315,6 +333,18 @@ impl<D: Device + ?Sized> Device for Arc<D> {
         (**self).compile(program, weights)
     }
 
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        (**self).prepare(program)
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        (**self).compile_prepared(prepared, weights)
+    }
+
     fn eval(
         &self,
         kernel: &mut Kernel,
@@ -358,6 +388,25 @@ mod tests {
             .compile(&program, &weights)
             .expect("the stack compiles");
         clock.now() - start
+    }
+
+    /// Prepared or not, every compile takes one of the budget, and none is made past it.
+    #[test]
+    fn a_budget_counts_compiles_of_prepared_programs() {
+        let program = examples::dynamic_matmul(4, 4, 8);
+        let weights = WeightFiles::new();
+        let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32), 3);
+        let prepared = device.prepare(&program);
+        assert_eq!(device.used(), 0, "preparing is not compiling");
+        device.compile_prepared(&prepared, &weights).unwrap();
+        device.compile(&program, &weights).unwrap();
+        device.compile_prepared(&prepared, &weights).unwrap();
+        assert_eq!(device.used(), 3);
+        let refused = device.compile_prepared(&prepared, &weights);
+        assert!(matches!(
+            refused,
+            Err(DeviceError::BudgetExhausted { used: 3, budget: 3 })
+        ));
     }
 
     /// A chip is charged for the weights it would bake (fp16 on the M4), not for the dtype the

@@ -21,7 +21,9 @@ pub use error::DeviceError;
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::Signature;
 use anetrain_mil::Program;
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 /// How a device computes with fp16-typed tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -103,6 +105,50 @@ pub struct Kernel {
     id: usize,
     signature: Signature,
     exec: Box<dyn KernelExec>,
+}
+
+/// A program prepared for repeated compiles ([`Device::prepare`]): the program, and what the
+/// device that prepared it keeps of it (the CPU device: the program checked and lowered).
+#[derive(Clone)]
+pub struct PreparedProgram {
+    program: Arc<Program>,
+    lowered: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl PreparedProgram {
+    /// A program with nothing prepared: compiling it is compiling the program.
+    pub fn new(program: Program) -> PreparedProgram {
+        PreparedProgram {
+            program: Arc::new(program),
+            lowered: None,
+        }
+    }
+
+    /// A program with what a device made of it.
+    pub fn lowered(program: Program, lowered: Arc<dyn Any + Send + Sync>) -> PreparedProgram {
+        PreparedProgram {
+            program: Arc::new(program),
+            lowered: Some(lowered),
+        }
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// What a device made of the program, if it is a `T` (a device finds its own here, and
+    /// nothing in one another device prepared).
+    pub fn lowered_as<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.lowered.clone()?.downcast().ok()
+    }
+}
+
+impl fmt::Debug for PreparedProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedProgram")
+            .field("lowered", &self.lowered.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The device-specific part of a kernel.
@@ -214,6 +260,24 @@ pub trait Device: Send + Sync {
 
     /// Compiles a program with its weight files (BLOBFILE path → file bytes).
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError>;
+
+    /// Prepares a program that will be compiled again and again with new weights (a training
+    /// run compiles each of its kernels' programs at every update). Whatever the device can
+    /// do once per program, it does here. Errors in the program surface at its compile.
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        PreparedProgram::new(program.clone())
+    }
+
+    /// [`Device::compile`] of a prepared program: the same kernel, without the work done
+    /// once in [`Device::prepare`]. A decorator that only wraps `compile` still sees every
+    /// compile: by default this is `compile` of the prepared program.
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        self.compile(prepared.program(), weights)
+    }
 
     /// Compiles used and allowed in this process, where the device limits them (the ANE
     /// fails compiles after about 119 per process).

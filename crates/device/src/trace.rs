@@ -4,7 +4,7 @@
 //! foreground evals can be seen.
 
 use crate::clock::Clock;
-use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
+use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::Program;
 use std::sync::{Arc, Mutex};
@@ -144,6 +144,23 @@ impl<D: Device> Traced<D> {
             clock,
         }
     }
+
+    /// Runs a compile and records it on the compile track of the thread it ran on.
+    fn traced_compile(
+        &self,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
+        let start = self.clock.now();
+        let result = compile();
+        let track = if on_background_thread() {
+            Track::BackgroundCompile
+        } else {
+            Track::Compile
+        };
+        self.tracer
+            .record(track, "compile", start, self.clock.now());
+        result
+    }
 }
 
 impl<D: Device> Device for Traced<D> {
@@ -156,16 +173,19 @@ impl<D: Device> Device for Traced<D> {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        let start = self.clock.now();
-        let result = self.inner.compile(program, weights);
-        let track = if on_background_thread() {
-            Track::BackgroundCompile
-        } else {
-            Track::Compile
-        };
-        self.tracer
-            .record(track, "compile", start, self.clock.now());
-        result
+        self.traced_compile(|| self.inner.compile(program, weights))
+    }
+
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        self.inner.prepare(program)
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        self.traced_compile(|| self.inner.compile_prepared(prepared, weights))
     }
 
     fn eval(
@@ -221,15 +241,22 @@ mod tests {
         );
         let program = anetrain_mil::examples::dynamic_matmul(4, 4, 8);
         let weights = WeightFiles::default();
+        let prepared = device.prepare(&program);
         device.compile(&program, &weights).unwrap();
+        device.compile_prepared(&prepared, &weights).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
                 mark_background_thread();
                 device.compile(&program, &weights).unwrap();
+                device.compile_prepared(&prepared, &weights).unwrap();
             });
         });
         let tracks: Vec<Track> = tracer.spans().iter().map(|s| s.track).collect();
-        assert_eq!(tracks, [Track::Compile, Track::BackgroundCompile]);
+        use Track::{BackgroundCompile, Compile};
+        assert_eq!(
+            tracks,
+            [Compile, Compile, BackgroundCompile, BackgroundCompile]
+        );
         assert!(tracer
             .to_json()
             .contains(r#""tid":4,"args":{"name":"background compiles"}"#));

@@ -17,12 +17,12 @@ use crate::kernels::{
 use crate::params::{LayerTensor, ParamLayout, Params};
 use anetrain_device::clock::Clock;
 use anetrain_device::memory::zeroed_f32;
-use anetrain_device::{Device, DeviceError, Kernel, NumericMode};
+use anetrain_device::{Device, DeviceError, Kernel, NumericMode, PreparedProgram};
 use anetrain_mil::blob::MatrixShare;
 use anetrain_mil::check::CheckError;
 use anetrain_mil::DType;
 use std::ops::Range;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use WgradInput::Kept;
@@ -245,10 +245,12 @@ fn kernel_dtype(device: &dyn Device) -> DType {
     }
 }
 
-/// Compiles `program` with the weights of layer `layer` of `params`, its matrices in `share`.
+/// Compiles `program` (as `prepared` by the device) with the weights of layer `layer` of
+/// `params`, its matrices in `share`.
 fn compile_layer(
     device: &dyn Device,
     program: &KernelProgram,
+    prepared: &PreparedProgram,
     params: &Arc<Params>,
     layer: usize,
     share: &Arc<MatrixShare>,
@@ -261,7 +263,7 @@ fn compile_layer(
             source,
         })?;
     device
-        .compile(&program.program, &weights)
+        .compile_prepared(prepared, &weights)
         .map_err(|source| StepError::Compile { kernel, source })
 }
 
@@ -275,6 +277,8 @@ pub struct BakedPrograms {
     dtype: DType,
     /// `programs[i]` is kernel `KernelKind::WEIGHTED[i]`.
     programs: Vec<KernelProgram>,
+    /// The programs as the device of the first set prepared them for repeated compiles.
+    prepared: OnceLock<Vec<PreparedProgram>>,
 }
 
 impl BakedPrograms {
@@ -292,6 +296,7 @@ impl BakedPrograms {
             config: config.clone(),
             dtype,
             programs,
+            prepared: OnceLock::new(),
         })
     }
 
@@ -330,11 +335,16 @@ impl BakedPrograms {
         // transpose get one derived form of it (the CPU device packs it once). Dropped with
         // this call, so nothing of the set's weights outlives it there.
         let share = MatrixShare::new();
+        let prepared = self.prepared.get_or_init(|| {
+            let programs = self.programs.iter();
+            programs.map(|p| device.prepare(&p.program)).collect()
+        });
         let layers = (0..self.config.n_layers)
             .map(|l| {
-                self.programs
-                    .iter()
-                    .map(|p| compile_layer(device, p, &snapshot.params, l, &share))
+                (self.programs.iter().zip(prepared))
+                    .map(|(p, prepared)| {
+                        compile_layer(device, p, prepared, &snapshot.params, l, &share)
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -14,7 +14,7 @@
 
 use crate::priority::{thread_cpu_time, BackgroundThread};
 use anetrain_device::clock::Clock;
-use anetrain_device::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel};
+use anetrain_device::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
@@ -555,6 +555,19 @@ impl Device for CountedCompiles<'_> {
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.device.compile(program, weights)
+    }
+
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        self.device.prepare(program)
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.device.compile_prepared(prepared, weights)
     }
 
     fn compile_budget(&self) -> Option<BudgetStatus> {

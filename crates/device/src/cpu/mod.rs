@@ -9,7 +9,10 @@ pub mod shape;
 pub mod simd;
 mod steps;
 
-use crate::{fp16, Device, DeviceError, DeviceInfo, Kernel, KernelExec, NumericMode, PeakFlops};
+use crate::{
+    fp16, Device, DeviceError, DeviceInfo, Kernel, KernelExec, NumericMode, PeakFlops,
+    PreparedProgram,
+};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::{check_program, Signature};
 use anetrain_mil::Program;
@@ -46,6 +49,8 @@ struct TemplateCache {
 #[derive(Debug)]
 struct CachedProgram {
     program: Program,
+    /// What the template was lowered for: a device computing otherwise lowers its own.
+    mode: NumericMode,
     signature: Signature,
     template: PlanTemplate,
 }
@@ -145,18 +150,49 @@ impl Device for CpuDevice {
     }
 
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        let cached = self.templates.as_ref().and_then(|t| t.find(program));
-        let entry = match cached {
-            Some(entry) => entry,
-            None => {
-                let entry = Arc::new(self.lower(program)?);
-                if let Some(templates) = &self.templates {
-                    templates.insert(entry.clone());
-                }
-                entry
-            }
-        };
-        if let Some(missing) = weights.missing_for(program).into_iter().next() {
+        let entry = self.template(program)?;
+        self.bind(&entry, weights)
+    }
+
+    /// Checks and lowers the program once: a compile of it then only binds the weights,
+    /// without looking the program up among the cached ones (comparing a training kernel's
+    /// program with its cached twin took a fifth of a `tiny` set's compile).
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        match self.template(program) {
+            Ok(entry) => PreparedProgram::lowered(program.clone(), entry),
+            // Reported by the compile.
+            Err(_) => PreparedProgram::new(program.clone()),
+        }
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        match prepared.lowered_as::<CachedProgram>() {
+            Some(entry) if entry.mode == self.mode => self.bind(&entry, weights),
+            _ => self.compile(prepared.program(), weights),
+        }
+    }
+}
+
+impl CpuDevice {
+    /// The program's template: from the cache, or checked and lowered now (and cached).
+    fn template(&self, program: &Program) -> Result<Arc<CachedProgram>, DeviceError> {
+        if let Some(entry) = self.templates.as_ref().and_then(|t| t.find(program)) {
+            return Ok(entry);
+        }
+        let entry = Arc::new(self.lower(program)?);
+        if let Some(templates) = &self.templates {
+            templates.insert(entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// A kernel of the template with these weights.
+    fn bind(&self, entry: &CachedProgram, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+        if let Some(missing) = weights.missing_for(&entry.program).into_iter().next() {
             return Err(DeviceError::MissingWeights(missing));
         }
         let exec = CpuKernel {
@@ -166,9 +202,7 @@ impl Device for CpuDevice {
         };
         Ok(Kernel::new(entry.signature.clone(), Box::new(exec)))
     }
-}
 
-impl CpuDevice {
     /// Checks a program and lowers it to a template waiting for weights.
     fn lower(&self, program: &Program) -> Result<CachedProgram, DeviceError> {
         let checked = check_program(program)?;
@@ -178,6 +212,7 @@ impl CpuDevice {
         let template = PlanTemplate::lower(function, &checked, self.mode)?;
         Ok(CachedProgram {
             program: program.clone(),
+            mode: self.mode,
             signature: checked.signature,
             template,
         })
@@ -397,6 +432,61 @@ mod tests {
         // One eval at a time needs one arena, however many kernels there are.
         let free = device.arenas.free.lock().unwrap();
         assert_eq!(free.len(), 1);
+    }
+
+    /// A prepared program compiles to the kernel a cold compile of the program gives, with
+    /// each set of weights; prepared by a device computing otherwise, it is lowered anew;
+    /// a program that does not check still fails at its compile, as it would unprepared.
+    #[test]
+    fn a_prepared_program_compiles_as_the_program_does() {
+        let (n, d, s) = (3, 24, 16);
+        let program = examples::conv_chain(n, d, s);
+        let x: Vec<f32> = (0..d * s)
+            .map(|i| ((i * 3 % 19) as f32 - 9.0) / 7.0)
+            .collect();
+        for mode in [NumericMode::Fp32, NumericMode::Fp16] {
+            let cold = CpuDevice::new(mode)
+                .with_threads(1)
+                .without_template_cache();
+            // Without a template cache, a compile that did not bind the prepared template
+            // would lower one of its own.
+            let device = CpuDevice::new(mode)
+                .with_threads(1)
+                .without_template_cache();
+            let prepared = device.prepare(&program);
+            let entry = prepared.lowered_as::<CachedProgram>().expect("lowered");
+            let other = match mode {
+                NumericMode::Fp32 => NumericMode::Fp16,
+                NumericMode::Fp16 => NumericMode::Fp32,
+            };
+            let prepared_elsewhere = CpuDevice::new(other).prepare(&program);
+            let mut kernels = Vec::new();
+            for scale in [0.7, -0.4] {
+                let weights = examples::conv_chain_weights(n, d, scale);
+                let want = run(&cold, &mut cold.compile(&program, &weights).unwrap(), &x);
+                let mut k = device.compile_prepared(&prepared, &weights).unwrap();
+                assert_eq!(run(&device, &mut k, &x), want, "{mode:?}, scale {scale}");
+                kernels.push(k);
+                let mut k = device
+                    .compile_prepared(&prepared_elsewhere, &weights)
+                    .unwrap();
+                assert_eq!(run(&device, &mut k, &x), want, "{mode:?} from {other:?}");
+            }
+            assert_eq!(entry.template.kernels_bound(), kernels.len());
+        }
+        let mut broken = program.clone();
+        broken.functions.clear();
+        let device = CpuDevice::new(NumericMode::Fp32);
+        let weights = examples::conv_chain_weights(n, d, 0.5);
+        let prepared = device.prepare(&broken);
+        assert!(prepared.lowered_as::<CachedProgram>().is_none());
+        let want = device
+            .compile(&broken, &weights)
+            .err()
+            .map(|e| e.to_string());
+        let got = device.compile_prepared(&prepared, &weights).err();
+        assert_eq!(got.map(|e| e.to_string()), want);
+        assert!(want.is_some());
     }
 
     /// The same program compiled with other weights (a training run's recompiles) comes from

@@ -260,6 +260,12 @@ impl PlanTemplate {
 
     /// The plan running on `weights`: every constant read (and checked against its declared
     /// dtype and shape), rounded in fp16 mode, and packed where the template says so.
+    /// Plans bound from this template still alive.
+    #[cfg(test)]
+    pub fn kernels_bound(&self) -> usize {
+        Arc::strong_count(&self.plan) - 1
+    }
+
     pub fn bind(&self, weights: &WeightFiles) -> Result<Plan, DeviceError> {
         let mut read_before = self.read_before.lock().unwrap_or_else(|e| e.into_inner());
         let known: Vec<Option<Arc<Vec<f32>>>> = self
