@@ -51,6 +51,9 @@ struct CachedProgram {
     program: Program,
     /// What the template was lowered for: a device computing otherwise lowers its own.
     mode: NumericMode,
+    /// The weight files the program reads, in order of first use: looked up at every bind,
+    /// collected once.
+    blob_paths: Vec<String>,
     signature: Signature,
     template: PlanTemplate,
 }
@@ -192,8 +195,8 @@ impl CpuDevice {
 
     /// A kernel of the template with these weights.
     fn bind(&self, entry: &CachedProgram, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        if let Some(missing) = weights.missing_for(&entry.program).into_iter().next() {
-            return Err(DeviceError::MissingWeights(missing));
+        if let Some(missing) = entry.blob_paths.iter().find(|p| !weights.contains(p)) {
+            return Err(DeviceError::MissingWeights(missing.clone()));
         }
         let exec = CpuKernel {
             plan: entry.template.bind(weights)?,
@@ -213,6 +216,11 @@ impl CpuDevice {
         Ok(CachedProgram {
             program: program.clone(),
             mode: self.mode,
+            blob_paths: program
+                .blob_paths()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             signature: checked.signature,
             template,
         })
@@ -487,6 +495,32 @@ mod tests {
         let got = device.compile_prepared(&prepared, &weights).err();
         assert_eq!(got.map(|e| e.to_string()), want);
         assert!(want.is_some());
+    }
+
+    /// A compile without one of the program's weight files names the first one missing, in
+    /// the order the program uses them, prepared or not.
+    #[test]
+    fn a_missing_weight_file_is_named() {
+        let program = examples::conv_chain(3, 8, 4);
+        let all = examples::conv_chain_weights(3, 8, 0.5);
+        let mut some = WeightFiles::new();
+        let last = "@model_path/weights/w2.bin";
+        some.insert_blob(last, &BlobFile::fp16(&vec![0.0; 64]));
+        assert!(all.contains(last));
+        let device = CpuDevice::new(NumericMode::Fp32);
+        let prepared = device.prepare(&program);
+        for result in [
+            device.compile(&program, &some),
+            device.compile_prepared(&prepared, &some),
+        ] {
+            match result {
+                Err(DeviceError::MissingWeights(path)) => {
+                    assert_eq!(path, "@model_path/weights/w0.bin")
+                }
+                other => panic!("expected MissingWeights, got {:?}", other.err()),
+            }
+        }
+        assert!(device.compile_prepared(&prepared, &all).is_ok());
     }
 
     /// The same program compiled with other weights (a training run's recompiles) comes from

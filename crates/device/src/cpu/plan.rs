@@ -41,8 +41,8 @@ pub enum Place {
 /// A kernel's plan: its lowered program, shared by every kernel bound from the same template,
 /// and what binding added, the constants and packed products. Binding a template for each
 /// compile then allocates a handful of buffers, and dropping a kernel frees as few, where a
-/// copy of the steps would be a few thousand small allocations per training set (freeing a
-/// `tiny` set's cost the training thread 0.13–0.17 ms at every swap).
+/// copy of the steps would be a few thousand small allocations per training set (freeing
+/// those of a `tiny` set cost the training thread 0.13–0.17 ms at every swap).
 #[derive(Debug)]
 pub struct Plan {
     pub lowered: Arc<LoweredPlan>,
