@@ -1,6 +1,11 @@
 //! Decorators that wrap any [`Device`] for tests and simulation: a compile budget like the
 //! ANE's per-process limit, a latency model of a named chip, and fault injection. Each is a
 //! small type around a device; they stack (`FaultInjection<LatencyModel<CompileBudget<CpuDevice>>>`).
+//!
+//! A decorator implements [`Decorator`], not [`Device`]: it says what it adds around the device
+//! it wraps, and [`Device`] follows for every decorator from one implementation that forwards
+//! everything else. So a decorator cannot forget a method of the trait: one that says nothing
+//! about a compile, say, passes every compile through, prepared or not.
 
 use crate::clock::Clock;
 use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
@@ -11,6 +16,83 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A device around another device. Each method says what the decorator adds to one kind of
+/// call; by default it adds nothing. Every decorator is a [`Device`].
+pub trait Decorator: Send + Sync {
+    /// The device this one wraps.
+    fn wrapped(&self) -> &dyn Device;
+
+    /// What this device says it is, given what the wrapped one says.
+    fn describe(&self, wrapped: DeviceInfo) -> DeviceInfo {
+        wrapped
+    }
+
+    /// This device's compile budget, given the wrapped one's.
+    fn limit_budget(&self, wrapped: Option<BudgetStatus>) -> Option<BudgetStatus> {
+        wrapped
+    }
+
+    /// One compile of `program`, whether of the program or of its prepared form: `compile`
+    /// makes it on the wrapped device.
+    fn around_compile(
+        &self,
+        program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
+        let _ = program;
+        compile()
+    }
+
+    /// One eval: `eval` runs it on the wrapped device.
+    fn around_eval(
+        &self,
+        kernel: &mut Kernel,
+        outputs: &mut [&mut [f32]],
+        eval: impl FnOnce(&mut Kernel, &mut [&mut [f32]]) -> Result<(), DeviceError>,
+    ) -> Result<(), DeviceError> {
+        eval(kernel, outputs)
+    }
+}
+
+impl<T: Decorator> Device for T {
+    fn info(&self) -> DeviceInfo {
+        self.describe(self.wrapped().info())
+    }
+
+    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+        self.around_compile(program, || self.wrapped().compile(program, weights))
+    }
+
+    fn prepare(&self, program: &Program) -> PreparedProgram {
+        self.wrapped().prepare(program)
+    }
+
+    fn compile_prepared(
+        &self,
+        prepared: &PreparedProgram,
+        weights: &WeightFiles,
+    ) -> Result<Kernel, DeviceError> {
+        self.around_compile(prepared.program(), || {
+            self.wrapped().compile_prepared(prepared, weights)
+        })
+    }
+
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        self.limit_budget(self.wrapped().compile_budget())
+    }
+
+    fn eval(
+        &self,
+        kernel: &mut Kernel,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), DeviceError> {
+        self.around_eval(kernel, outputs, |kernel, outputs| {
+            self.wrapped().eval(kernel, inputs, outputs)
+        })
+    }
+}
 
 /// Refuses compiles beyond a budget, as the ANE does after about 119 compiles per process.
 /// Every attempt counts, failed or not: the ANE's leak is per attempt.
@@ -61,48 +143,30 @@ impl<D: Device> CompileBudget<D> {
     }
 }
 
-impl<D: Device> Device for CompileBudget<D> {
-    fn info(&self) -> DeviceInfo {
-        self.inner.info()
+impl<D: Device> Decorator for CompileBudget<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
     }
 
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        self.claim()?;
-        self.inner.compile(program, weights)
-    }
-
-    fn prepare(&self, program: &Program) -> PreparedProgram {
-        self.inner.prepare(program)
-    }
-
-    fn compile_prepared(
+    fn around_compile(
         &self,
-        prepared: &PreparedProgram,
-        weights: &WeightFiles,
+        _program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
     ) -> Result<Kernel, DeviceError> {
         self.claim()?;
-        self.inner.compile_prepared(prepared, weights)
+        compile()
     }
 
-    fn compile_budget(&self) -> Option<BudgetStatus> {
+    fn limit_budget(&self, wrapped: Option<BudgetStatus>) -> Option<BudgetStatus> {
         let own = BudgetStatus {
             used: self.used(),
             budget: self.budget,
         };
         // The tighter of this budget and any the wrapped device has.
-        Some(match self.inner.compile_budget() {
+        Some(match wrapped {
             Some(inner) if inner.remaining() < own.remaining() => inner,
             _ => own,
         })
-    }
-
-    fn eval(
-        &self,
-        kernel: &mut Kernel,
-        inputs: &[&[f32]],
-        outputs: &mut [&mut [f32]],
-    ) -> Result<(), DeviceError> {
-        self.inner.eval(kernel, inputs, outputs)
     }
 }
 
@@ -192,19 +256,22 @@ impl<D: Device> LatencyModel<D> {
     }
 }
 
-impl<D: Device> Device for LatencyModel<D> {
-    fn info(&self) -> DeviceInfo {
-        let mut info = self.inner.info();
+impl<D: Device> Decorator for LatencyModel<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
+    }
+
+    fn describe(&self, mut info: DeviceInfo) -> DeviceInfo {
         info.name = format!("{} (latency model: {})", info.name, self.profile.name);
         info.simulated = true;
         info
     }
 
-    fn compile_budget(&self) -> Option<BudgetStatus> {
-        self.inner.compile_budget()
-    }
-
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+    fn around_compile(
+        &self,
+        program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
         let start = Instant::now();
         let checked = check_program(program)?;
         let main = program
@@ -212,7 +279,7 @@ impl<D: Device> Device for LatencyModel<D> {
             .ok_or_else(|| DeviceError::CompileFailed("the program has no function".into()))?;
         let flops = cost::flops(main, &checked);
         let values = cost::weight_values(main);
-        let kernel = self.inner.compile(program, weights);
+        let kernel = compile();
         self.spend(self.profile.compile_time(values), start);
         let kernel = kernel?;
         self.eval_costs
@@ -222,11 +289,11 @@ impl<D: Device> Device for LatencyModel<D> {
         Ok(kernel)
     }
 
-    fn eval(
+    fn around_eval(
         &self,
         kernel: &mut Kernel,
-        inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
+        eval: impl FnOnce(&mut Kernel, &mut [&mut [f32]]) -> Result<(), DeviceError>,
     ) -> Result<(), DeviceError> {
         let start = Instant::now();
         let cost = self
@@ -236,7 +303,7 @@ impl<D: Device> Device for LatencyModel<D> {
             .get(&kernel.id())
             .copied()
             .unwrap_or(self.profile.eval_base);
-        let result = self.inner.eval(kernel, inputs, outputs);
+        let result = eval(kernel, outputs);
         self.spend(cost, start);
         result
     }
@@ -284,30 +351,30 @@ impl<D: Device> FaultInjection<D> {
     }
 }
 
-impl<D: Device> Device for FaultInjection<D> {
-    fn info(&self) -> DeviceInfo {
-        self.inner.info()
+impl<D: Device> Decorator for FaultInjection<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
     }
 
-    fn compile_budget(&self) -> Option<BudgetStatus> {
-        self.inner.compile_budget()
-    }
-
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+    fn around_compile(
+        &self,
+        _program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
         let k = self.compiles.fetch_add(1, Ordering::SeqCst) + 1;
         if self.failing_compiles.contains(&k) {
             return Err(DeviceError::CompileFailed(format!(
                 "injected fault: compile {k} fails"
             )));
         }
-        self.inner.compile(program, weights)
+        compile()
     }
 
-    fn eval(
+    fn around_eval(
         &self,
         kernel: &mut Kernel,
-        inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
+        eval: impl FnOnce(&mut Kernel, &mut [&mut [f32]]) -> Result<(), DeviceError>,
     ) -> Result<(), DeviceError> {
         let k = self.evals.fetch_add(1, Ordering::SeqCst) + 1;
         if self.failing_evals.contains(&k) {
@@ -315,7 +382,7 @@ impl<D: Device> Device for FaultInjection<D> {
                 "injected fault: eval {k} fails"
             )));
         }
-        self.inner.eval(kernel, inputs, outputs)
+        eval(kernel, outputs)
     }
 }
 

@@ -4,8 +4,8 @@
 //! foreground evals can be seen.
 
 use crate::clock::Clock;
-use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
-use anetrain_mil::blob::WeightFiles;
+use crate::decorate::Decorator;
+use crate::{Device, DeviceError, Kernel};
 use anetrain_mil::Program;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,10 +144,17 @@ impl<D: Device> Traced<D> {
             clock,
         }
     }
+}
 
-    /// Runs a compile and records it on the compile track of the thread it ran on.
-    fn traced_compile(
+impl<D: Device> Decorator for Traced<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
+    }
+
+    /// Records the compile on the compile track of the thread it ran on.
+    fn around_compile(
         &self,
+        _program: &Program,
         compile: impl FnOnce() -> Result<Kernel, DeviceError>,
     ) -> Result<Kernel, DeviceError> {
         let start = self.clock.now();
@@ -161,41 +168,15 @@ impl<D: Device> Traced<D> {
             .record(track, "compile", start, self.clock.now());
         result
     }
-}
 
-impl<D: Device> Device for Traced<D> {
-    fn info(&self) -> DeviceInfo {
-        self.inner.info()
-    }
-
-    fn compile_budget(&self) -> Option<BudgetStatus> {
-        self.inner.compile_budget()
-    }
-
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        self.traced_compile(|| self.inner.compile(program, weights))
-    }
-
-    fn prepare(&self, program: &Program) -> PreparedProgram {
-        self.inner.prepare(program)
-    }
-
-    fn compile_prepared(
-        &self,
-        prepared: &PreparedProgram,
-        weights: &WeightFiles,
-    ) -> Result<Kernel, DeviceError> {
-        self.traced_compile(|| self.inner.compile_prepared(prepared, weights))
-    }
-
-    fn eval(
+    fn around_eval(
         &self,
         kernel: &mut Kernel,
-        inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
+        eval: impl FnOnce(&mut Kernel, &mut [&mut [f32]]) -> Result<(), DeviceError>,
     ) -> Result<(), DeviceError> {
         let start = self.clock.now();
-        let result = self.inner.eval(kernel, inputs, outputs);
+        let result = eval(kernel, outputs);
         self.tracer
             .record(Track::DeviceEval, "eval", start, self.clock.now());
         result
@@ -240,7 +221,7 @@ mod tests {
             Arc::new(RealClock::new()),
         );
         let program = anetrain_mil::examples::dynamic_matmul(4, 4, 8);
-        let weights = WeightFiles::default();
+        let weights = anetrain_mil::blob::WeightFiles::default();
         let prepared = device.prepare(&program);
         device.compile(&program, &weights).unwrap();
         device.compile_prepared(&prepared, &weights).unwrap();

@@ -14,8 +14,8 @@
 
 use crate::priority::{thread_cpu_time, BackgroundThread};
 use anetrain_device::clock::Clock;
-use anetrain_device::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
-use anetrain_mil::blob::WeightFiles;
+use anetrain_device::decorate::Decorator;
+use anetrain_device::{Device, DeviceError, Kernel};
 use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
 use anetrain_model::kernels::KernelKind;
@@ -542,46 +542,24 @@ fn compile_baked(
     (set, counted.count.load(Ordering::Relaxed))
 }
 
-/// Passes everything to a device, counting the compiles.
+/// Counts the compiles it passes to a device.
 struct CountedCompiles<'d> {
     device: &'d dyn Device,
     count: AtomicU64,
 }
 
-impl Device for CountedCompiles<'_> {
-    fn info(&self) -> DeviceInfo {
-        self.device.info()
+impl Decorator for CountedCompiles<'_> {
+    fn wrapped(&self) -> &dyn Device {
+        self.device
     }
 
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.device.compile(program, weights)
-    }
-
-    fn prepare(&self, program: &Program) -> PreparedProgram {
-        self.device.prepare(program)
-    }
-
-    fn compile_prepared(
+    fn around_compile(
         &self,
-        prepared: &PreparedProgram,
-        weights: &WeightFiles,
+        _program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
     ) -> Result<Kernel, DeviceError> {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.device.compile_prepared(prepared, weights)
-    }
-
-    fn compile_budget(&self) -> Option<BudgetStatus> {
-        self.device.compile_budget()
-    }
-
-    fn eval(
-        &self,
-        kernel: &mut Kernel,
-        inputs: &[&[f32]],
-        outputs: &mut [&mut [f32]],
-    ) -> Result<(), DeviceError> {
-        self.device.eval(kernel, inputs, outputs)
+        compile()
     }
 }
 

@@ -497,6 +497,48 @@ mod tests {
         assert!(want.is_some());
     }
 
+    /// Every decorator passes a prepared compile through to the prepared template, whatever it
+    /// adds around it: under a latency model or fault injection a prepared program once fell
+    /// back to a cold compile (the same kernel, lowered anew every time).
+    #[test]
+    fn decorators_compile_prepared_programs_from_the_template() {
+        use crate::clock::{Clock, SimClock};
+        use crate::decorate::{ChipProfile, CompileBudget, FaultInjection, LatencyModel};
+        use crate::trace::{Traced, Tracer};
+        use std::sync::Arc;
+        let (n, d, s) = (2, 16, 16);
+        let program = examples::conv_chain(n, d, s);
+        let weights = examples::conv_chain_weights(n, d, 0.5);
+        let x: Vec<f32> = (0..d * s).map(|i| (i % 7) as f32 / 7.0).collect();
+        let cpu = || {
+            CpuDevice::new(NumericMode::Fp32)
+                .with_threads(1)
+                .without_template_cache()
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
+        let tracer = Tracer::new();
+        let stack = FaultInjection::new(LatencyModel::new(
+            CompileBudget::new(Traced::new(cpu(), tracer.clone(), clock.clone()), 10),
+            ChipProfile::m4(),
+            clock.clone(),
+        ));
+        let prepared = stack.prepare(&program);
+        let entry = prepared.lowered_as::<CachedProgram>().expect("lowered");
+        let mut kernel = stack.compile_prepared(&prepared, &weights).unwrap();
+        assert_eq!(entry.template.kernels_bound(), 1, "bound from the template");
+        let mut out = vec![0.0; kernel.output_lens()[0]];
+        stack.eval(&mut kernel, &[&x], &mut [&mut out]).unwrap();
+        let reference = cpu();
+        let mut cold = reference.compile(&program, &weights).unwrap();
+        assert_eq!(out, run(&reference, &mut cold, &x));
+        // Each decorator still saw the compile and the eval.
+        assert_eq!(stack.compiles(), 1);
+        assert_eq!(stack.evals(), 1);
+        assert_eq!(stack.compile_budget().map(|b| b.used), Some(1));
+        assert_eq!(tracer.spans().len(), 2, "a compile span and an eval span");
+        assert!(stack.info().simulated);
+    }
+
     /// A compile without one of the program's weight files names the first one missing, in
     /// the order the program uses them, prepared or not.
     #[test]

@@ -3,9 +3,8 @@
 #![allow(dead_code)]
 
 use anetrain_device::clock::{Clock, SimClock};
-use anetrain_device::decorate::{ChipProfile, LatencyModel};
-use anetrain_device::{CpuDevice, Device, DeviceError, DeviceInfo, Kernel, NumericMode};
-use anetrain_mil::blob::WeightFiles;
+use anetrain_device::decorate::{ChipProfile, Decorator, LatencyModel};
+use anetrain_device::{CpuDevice, Device, DeviceError, Kernel, NumericMode};
 use anetrain_mil::Program;
 use anetrain_probe::{ProbeConfig, Testbed};
 use serde_json::Value;
@@ -79,27 +78,31 @@ impl<D> CorruptEval<D> {
     }
 }
 
-impl<D: Device> Device for CorruptEval<D> {
-    fn info(&self) -> DeviceInfo {
-        self.inner.info()
+impl<D: Device> Decorator for CorruptEval<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
     }
 
-    fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
+    fn around_compile(
+        &self,
+        _program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
         let k = self.compiles.fetch_add(1, Ordering::SeqCst) + 1;
-        let kernel = self.inner.compile(program, weights)?;
+        let kernel = compile()?;
         if matches!(self.spoil, Spoil::KernelOfCompile(n) if n == k) {
             self.spoiled_kernel.store(kernel.id(), Ordering::SeqCst);
         }
         Ok(kernel)
     }
 
-    fn eval(
+    fn around_eval(
         &self,
         kernel: &mut Kernel,
-        inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
+        eval: impl FnOnce(&mut Kernel, &mut [&mut [f32]]) -> Result<(), DeviceError>,
     ) -> Result<(), DeviceError> {
-        self.inner.eval(kernel, inputs, outputs)?;
+        eval(kernel, outputs)?;
         let k = self.evals.fetch_add(1, Ordering::SeqCst) + 1;
         let spoiled = match self.spoil {
             Spoil::Eval(n) => n == k,
