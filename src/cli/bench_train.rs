@@ -2,10 +2,9 @@
 //! delivery strategies side by side.
 
 use super::run_data::load_data;
-use anetrain_device::clock::{Clock, RealClock, SimClock};
+use anetrain_device::clock::{Clock, RealClock};
 use anetrain_device::cpu::best_fma_peak;
-use anetrain_device::decorate::{ChipProfile, LatencyModel};
-use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_device::{CpuDevice, Device, DeviceSpec, NumericMode, OpenDevice};
 use anetrain_mil::check::check_program;
 use anetrain_mil::{cost, DType};
 use anetrain_model::init::init_params;
@@ -365,7 +364,8 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     let mode = NumericMode::Fp32;
     let defaults = TrainOptions::default();
     let lr = lr.unwrap_or(defaults.lr);
-    let base = CpuDevice::new(mode).with_threads(threads);
+    let cpu = CpuDevice::new(mode).with_threads(threads);
+    let base: Arc<dyn Device> = Arc::new(cpu.clone());
     let corpus = if config.name == "tiny" {
         Some(load_data(None, None, None, &config, false)?)
     } else {
@@ -421,18 +421,12 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     contenders.retain(|c| only.is_empty() || only.iter().any(|o| o == c.key));
     let frozen = Contender::new("frozen", "frozen kernels (baseline)", Strategy::Frozen);
     let run_here = |c: &Contender, steps: u64| -> anyhow::Result<Summary> {
-        let clock: Arc<dyn Clock> = match simulate {
-            Some(_) => Arc::new(SimClock::new()),
-            None => Arc::new(RealClock::new()),
+        let spec = DeviceSpec {
+            simulate: simulate.map(str::to_string),
+            ..DeviceSpec::cpu(mode)
         };
-        let device: Box<dyn Device> = match simulate {
-            Some(chip) => {
-                let profile = ChipProfile::by_name(chip)
-                    .ok_or_else(|| anyhow!("no latency profile `{chip}`"))?;
-                Box::new(LatencyModel::new(base.clone(), profile, clock.clone()))
-            }
-            None => Box::new(base.clone()),
-        };
+        // Each run on the one CPU device: later runs find its arenas and templates ready.
+        let OpenDevice { device, clock, .. } = spec.decorate(base.clone())?;
         let options = TrainOptions {
             steps,
             eval_every: steps,
@@ -492,7 +486,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
         brackets.push((before, run(&frozen)?));
     }
     if simulate.is_none() {
-        let (cold, cached) = compile_times(&config, &base)?;
+        let (cold, cached) = compile_times(&config, &cpu)?;
         println!(
             "\nCPU compile of one kernel set ({} kernels), median of 5: {cold:.2} ms from scratch \
              (programs generated and lowered), {cached:.2} ms in a run (new weights only)",

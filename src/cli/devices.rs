@@ -2,23 +2,19 @@
 //! shares.
 
 use anetrain_device::ane::{self, AneDevice};
-use anetrain_device::{CpuDevice, Device, DeviceError, NumericMode, PeakFlops};
-use std::sync::Arc;
+use anetrain_device::{CpuDevice, Device, DeviceError, DeviceSpec, NumericMode, OpenDevice};
+use anetrain_device::{OpenError, PeakFlops};
 
-/// The names `--device` accepts.
-pub const DEVICE_NAMES: [&str; 2] = ["cpu", "ane"];
-
-/// Opens the device named on the command line. `precision` is the CPU device's numeric mode;
-/// the ANE always computes in fp16.
-pub fn open(name: &str, precision: NumericMode) -> anyhow::Result<Arc<dyn Device>> {
-    match name {
-        "cpu" => Ok(Arc::new(CpuDevice::new(precision))),
-        "ane" => Ok(Arc::new(AneDevice::open()?)),
-        other => anyhow::bail!(
-            "unknown device `{other}` (expected one of: {})",
-            DEVICE_NAMES.join(", ")
-        ),
-    }
+/// Opens the device a command's flags specify; an error names the flag it comes from.
+pub fn open(spec: &DeviceSpec) -> anyhow::Result<OpenDevice> {
+    spec.open().map_err(|e| match e {
+        OpenError::UnknownChip(_) => anyhow::anyhow!("--simulate: {e}"),
+        OpenError::SimulatedNotOnCpu(kind) => {
+            anyhow::anyhow!("--simulate: {e}; drop --device {kind}")
+        }
+        OpenError::AneIsFp16(_) => anyhow::anyhow!("--precision: {e}"),
+        e => e.into(),
+    })
 }
 
 /// Lists the devices of this machine: the CPU always; the ANE with what it is, or why it is

@@ -2,7 +2,7 @@
 
 use super::devices;
 use crate::npy;
-use anetrain_device::NumericMode;
+use anetrain_device::DeviceSpec;
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::parse::parse_program;
@@ -30,11 +30,12 @@ pub enum MilCommand {
         /// Where to write an output: `OUT.npy` for a single output, or `NAME=OUT.npy`.
         #[arg(long = "output", value_name = "[NAME=]FILE", required = true)]
         outputs: Vec<String>,
-        /// The CPU device's numeric mode (the ANE always computes in fp16).
-        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
-        precision: String,
-        /// The device that runs the program.
-        #[arg(long, default_value = "cpu", value_parser = devices::DEVICE_NAMES)]
+        /// The CPU device's numeric mode: fp32 (the default) or fp16 (the ANE always computes
+        /// in fp16).
+        #[arg(long, value_parser = ["fp32", "fp16"])]
+        precision: Option<String>,
+        /// The device that runs the program: cpu or ane.
+        #[arg(long, default_value = "cpu")]
         device: String,
     },
 }
@@ -66,7 +67,14 @@ pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
             outputs,
             precision,
             device,
-        } => run_program(&file, &weights, &inputs, &outputs, &precision, &device),
+        } => run_program(
+            &file,
+            &weights,
+            &inputs,
+            &outputs,
+            precision.as_deref(),
+            &device,
+        ),
     }
 }
 
@@ -87,18 +95,25 @@ fn run_program(
     weight_args: &[String],
     input_args: &[String],
     output_args: &[String],
-    precision: &str,
+    precision: Option<&str>,
     device: &str,
 ) -> anyhow::Result<()> {
+    let spec = DeviceSpec {
+        kind: device.parse()?,
+        precision: precision
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow!(e))?,
+        ..DeviceSpec::default()
+    };
     let program = load(file)?;
-    let mode: NumericMode = precision.parse().map_err(|e: String| anyhow!(e))?;
     let mut weights = WeightFiles::new();
     for w in weight_args {
         let (path, f) = split_pair("--weights", w)?;
         let bytes = std::fs::read(f).with_context(|| format!("cannot read weight file {f}"))?;
         weights.insert(path, bytes);
     }
-    let device = devices::open(device, mode)?;
+    let device = devices::open(&spec)?.device;
     let mut kernel = device
         .compile(&program, &weights)
         .map_err(|e| anyhow!("{}: {e}", file.display()))?;

@@ -1,20 +1,17 @@
 //! `anetrain probe`: what compile and eval cost on a device, and whether they overlap. Also
 //! home of the device options `probe` and `peak` share.
 
-use anetrain_device::clock::{Clock, RealClock, SimClock};
-use anetrain_device::decorate::{ChipProfile, FaultInjection, LatencyModel};
-use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_device::DeviceSpec;
 use anetrain_probe::report::{probe_table, probe_to_json, write_json_atomic};
 use anetrain_probe::{run_probe, ProbeConfig, Testbed};
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Which device to measure, and how.
 #[derive(Args, Debug)]
 pub struct DeviceArgs {
-    /// The device: cpu (ane where the ANE device is available).
+    /// The device: cpu, or ane (Apple Silicon Macs).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Instead of measuring, run against a latency model of this chip (m4) on a virtual
@@ -32,47 +29,15 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// The device under test and the clock that times it.
     pub fn testbed(&self) -> anyhow::Result<Testbed> {
-        let (device, clock): (Arc<dyn Device>, Arc<dyn Clock>) = match &self.simulate {
-            None => (open_device(&self.device)?, Arc::new(RealClock::new())),
-            Some(chip) => {
-                if self.device != "cpu" {
-                    bail!(
-                        "--simulate runs the latency model on the CPU device; drop --device {}",
-                        self.device
-                    );
-                }
-                let profile = ChipProfile::by_name(chip)
-                    .ok_or_else(|| anyhow!("--simulate {chip}: unknown chip (known: m4)"))?;
-                let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
-                let cpu = CpuDevice::new(NumericMode::Fp32);
-                let model = LatencyModel::new(cpu, profile, clock.clone());
-                (Arc::new(model), clock)
-            }
+        let spec = DeviceSpec {
+            kind: self.device.parse()?,
+            simulate: self.simulate.clone(),
+            failing_compiles: self.fail_compile.into_iter().collect(),
+            failing_evals: self.fail_eval.into_iter().collect(),
+            ..DeviceSpec::default()
         };
-        let device = match (self.fail_compile, self.fail_eval) {
-            (None, None) => device,
-            (compile, eval) => {
-                let mut faulty = FaultInjection::new(device);
-                if let Some(k) = compile {
-                    faulty = faulty.fail_compile(k);
-                }
-                if let Some(k) = eval {
-                    faulty = faulty.fail_eval(k);
-                }
-                Arc::new(faulty)
-            }
-        };
-        Ok(Testbed::new(device, clock))
-    }
-}
-
-/// Opens the device named on the command line. The CPU device runs in fp32.
-// To be replaced by the shared `--device cpu|ane` helper once it lands.
-pub fn open_device(name: &str) -> anyhow::Result<Arc<dyn Device>> {
-    match name {
-        "cpu" => Ok(Arc::new(CpuDevice::new(NumericMode::Fp32))),
-        "ane" => bail!("device `ane` is unavailable: this build has no ANE device"),
-        other => bail!("unknown device `{other}` (expected cpu or ane)"),
+        let open = super::devices::open(&spec)?;
+        Ok(Testbed::new(open.device, open.clock))
     }
 }
 

@@ -1,8 +1,7 @@
 //! `anetrain generate` and `anetrain eval`: use a trained checkpoint.
 
 use super::run_data::corpus_dataset;
-use anetrain_device::clock::RealClock;
-use anetrain_device::{CpuDevice, NumericMode};
+use anetrain_device::{DeviceSpec, NumericMode, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
@@ -145,10 +144,9 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             "the validation split of the embedded corpus".into(),
         ),
     };
-    let device = CpuDevice::new(NumericMode::Fp32);
-    let clock = RealClock::new();
+    let OpenDevice { device, clock, .. } = DeviceSpec::cpu(NumericMode::Fp32).open()?;
     let mut set = compile_kernel_set(
-        &device,
+        &*device,
         WeightSnapshot {
             version: ckpt.header.step,
             params: Arc::new(ckpt.params.clone()),
@@ -161,8 +159,8 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     };
     let n = options.eval_windows.min(windows.validation_window_count());
     let loss = validation_loss(
-        &device,
-        &clock,
+        &*device,
+        &*clock,
         &mut set,
         &mut buf,
         &windows,

@@ -2,12 +2,9 @@
 
 use super::plot::loss_svg;
 use super::run_data::load_data;
-use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::cpu::best_fma_peak;
-use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
-use anetrain_device::trace::Traced;
 use anetrain_device::trace::{Tracer, Track};
-use anetrain_device::{CpuDevice, Device, NumericMode};
+use anetrain_device::{Device, DeviceSpec, NumericMode, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::io::atomic::write_atomic;
@@ -288,7 +285,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     // Before the data and the tokenizer are prepared (seconds), so a typo fails at once.
     options.check().map_err(TrainError::Options)?;
     let device_name = settings.device.clone().unwrap_or_else(|| "cpu".into());
-    let mode = numeric_mode(&device_name, settings.precision.as_deref())?;
+    let mut device_spec = DeviceSpec {
+        kind: device_name.parse()?,
+        precision: settings
+            .precision
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow!(e))?,
+        threads: Some(options.threads),
+        simulate: args.simulate.clone(),
+        compile_budget: args.compile_budget,
+        ..DeviceSpec::default()
+    };
+    let mode = device_spec
+        .mode()
+        .map_err(|e| anyhow!("--precision: {e}"))?;
     // The double buffer everywhere. On the ANE compiles are costly and overlap evals. On the
     // CPU a compile shares the cores with the evals, but at idle priority it still costs less
     // than weights as inputs: 1000 default steps at 16.9–17.7 ms against 20.0–20.3 ms (runs
@@ -328,20 +340,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             earlier_run.len()
         );
     }
-    let clock: Arc<dyn Clock> = match args.simulate {
-        Some(_) => Arc::new(SimClock::new()),
-        None => Arc::new(RealClock::new()),
-    };
     let tracer = args.trace.as_ref().map(|_| Tracer::new());
-    let device = open_device(
-        &device_name,
-        mode,
-        options.threads,
-        args.simulate.as_deref(),
-        args.compile_budget,
-        &clock,
-        tracer.as_ref(),
-    )?;
+    device_spec.tracer = tracer.clone();
+    let OpenDevice { device, clock, .. } = super::devices::open(&device_spec)?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -584,21 +585,6 @@ fn say(bar: &ProgressBar, quiet: bool, line: String) {
     }
 }
 
-/// The numbers the run computes in: the CPU device's as asked (fp32 by default); the ANE's
-/// are fp16, which the loss scaling must know, and it cannot be asked for fp32.
-fn numeric_mode(device: &str, precision: Option<&str>) -> anyhow::Result<NumericMode> {
-    match (device, precision) {
-        ("ane", None | Some("fp16")) => Ok(NumericMode::Fp16),
-        ("ane", Some(other)) => {
-            bail!("--precision {other}: the ANE computes in fp16 only")
-        }
-        (_, precision) => precision
-            .unwrap_or("fp32")
-            .parse()
-            .map_err(|e: String| anyhow!(e)),
-    }
-}
-
 /// Whether `dir` (a checkpoint's folder; none for a bare file name) is the folder `out`.
 fn same_dir(dir: Option<&Path>, out: &Path) -> bool {
     let dir = match dir {
@@ -661,34 +647,6 @@ fn run_files(out: &Path) -> Vec<PathBuf> {
             .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)),
     );
     files
-}
-
-/// Opens the named device with the decorators the flags ask for.
-fn open_device(
-    name: &str,
-    mode: NumericMode,
-    threads: usize,
-    simulate: Option<&str>,
-    budget: Option<u64>,
-    clock: &Arc<dyn Clock>,
-    tracer: Option<&Tracer>,
-) -> anyhow::Result<Arc<dyn Device>> {
-    let mut device: Arc<dyn Device> = match name {
-        "cpu" => Arc::new(CpuDevice::new(mode).with_threads(threads)),
-        other => super::devices::open(other, mode)?,
-    };
-    if let Some(chip) = simulate {
-        let profile = ChipProfile::by_name(chip)
-            .ok_or_else(|| anyhow!("--simulate: no latency profile `{chip}` (known: m4)"))?;
-        device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
-    }
-    if let Some(b) = budget {
-        device = Arc::new(CompileBudget::new(device, b));
-    }
-    if let Some(t) = tracer {
-        device = Arc::new(Traced::new(device, t.clone(), clock.clone()));
-    }
-    Ok(device)
 }
 
 /// A trace-event JSON: `new`'s spans after `earlier`'s (shifted to start where the earlier
@@ -904,6 +862,9 @@ fn efficiency_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anetrain_device::clock::{Clock, SimClock};
+    use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
+    use anetrain_device::CpuDevice;
 
     /// Every figure the issue asks the report for, from counters with round numbers: 100
     /// steps of 2 windows in 10 s, of which 2 s waiting for compiles (0.5 s at start-up).

@@ -203,6 +203,9 @@ impl ChipProfile {
         }
     }
 
+    /// The names of the chips with a profile.
+    pub const NAMES: [&'static str; 1] = ["m4"];
+
     /// Profiles by name, for `--simulate NAME`.
     pub fn by_name(name: &str) -> Option<ChipProfile> {
         match name {

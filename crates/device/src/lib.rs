@@ -12,11 +12,13 @@ pub mod decorate;
 mod error;
 pub mod fp16;
 pub mod memory;
+pub mod open;
 pub mod trace;
 
 pub use ane::{AneConfig, AneDevice, AneInfo};
 pub use cpu::CpuDevice;
 pub use error::DeviceError;
+pub use open::{DeviceKind, DeviceSpec, OpenDevice, OpenError};
 
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::Signature;
