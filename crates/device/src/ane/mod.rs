@@ -26,7 +26,7 @@ pub use budget::{process_compiles, DEFAULT_COMPILE_BUDGET};
 pub use chip::{Chip, Quirk, Rated, RatedPrecision};
 pub use version::MacOsVersion;
 
-use crate::{Device, DeviceError, DeviceInfo, Kernel, NumericMode, PeakFlops};
+use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, NumericMode, PeakFlops};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::Program;
 use plan::CompilePlan;
@@ -172,6 +172,15 @@ impl Device for AneDevice {
             peak: self.info.peak(),
             simulated: false,
         }
+    }
+
+    /// The process-wide budget, so that a training run checkpoints and restarts its process
+    /// before a kernel set would pass it.
+    fn compile_budget(&self) -> Option<BudgetStatus> {
+        Some(BudgetStatus {
+            used: process_compiles(),
+            budget: self.config.compile_budget,
+        })
     }
 
     /// Plans the compile in plain Rust (refusing bad input before it costs a compile), then
