@@ -7,7 +7,7 @@ pub mod devices;
 mod mil;
 mod model_io;
 mod peak;
-mod plot;
+
 mod probe;
 mod run_data;
 mod sample;

@@ -119,7 +119,10 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let config = ckpt.header.config.clone();
     // A given file is evaluated whole; by default, the validation split of the data the run
     // trained on (its file, as its checkpoints name it, or the embedded corpus).
-    let (windows, source) = match (&args.data, super::train::trained_on(&ckpt.header)) {
+    let (windows, source) = match (
+        &args.data,
+        anetrain_train::run::settings::trained_on(&ckpt.header),
+    ) {
         (Some(p), _) => (
             TokenDataset::validation_only(
                 read_token_file(p, config.vocab)?,

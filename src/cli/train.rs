@@ -1,25 +1,28 @@
 //! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
 
-use super::plot::loss_svg;
 use super::run_data::load_data;
-use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::trace::{Tracer, Track};
-use anetrain_device::{Device, DeviceSpec, NumericMode, OpenDevice};
+use anetrain_device::{DeviceSpec, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::{ModelConfig, ParamLayout};
-use anetrain_train::checkpoint::{list_checkpoints, Checkpoint, CheckpointHeader};
+use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
+use anetrain_train::run::folder::{LOSS_PLOT, METRICS, REPORT};
+use anetrain_train::run::plot::loss_svg;
+use anetrain_train::run::restart::restart_args;
+use anetrain_train::run::trace::continue_trace;
+use anetrain_train::run::{EfficiencyReport, MetricsLog, MetricsRow, RunFolder, RunSettings};
 use anetrain_train::trainer::{
     train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use std::io::Write;
+use serde::Deserialize;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,46 +132,6 @@ struct RunConfig {
     train: Option<toml::Table>,
 }
 
-/// How a run was started besides its model, its tokenizer and its `TrainOptions`: kept in its
-/// checkpoints so that `--resume` continues the run as it was. A flag or config-file setting
-/// given again overrides it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct RunSettings {
-    device: Option<String>,
-    precision: Option<String>,
-    /// Saved as an absolute path, so that a run resumes from any directory.
-    data: Option<PathBuf>,
-    weights: Option<String>,
-    max_staleness: Option<u64>,
-    max_compile_failures: Option<u32>,
-}
-
-impl RunSettings {
-    /// How the run a checkpoint comes from was started (nothing, for a checkpoint written
-    /// before checkpoints kept it).
-    fn saved_in(header: &CheckpointHeader) -> RunSettings {
-        serde_json::from_value(header.run.clone()).unwrap_or_default()
-    }
-
-    /// These settings, each missing one taken from `saved`.
-    fn or(self, saved: RunSettings) -> RunSettings {
-        RunSettings {
-            device: self.device.or(saved.device),
-            precision: self.precision.or(saved.precision),
-            data: self.data.or(saved.data),
-            weights: self.weights.or(saved.weights),
-            max_staleness: self.max_staleness.or(saved.max_staleness),
-            max_compile_failures: self.max_compile_failures.or(saved.max_compile_failures),
-        }
-    }
-}
-
-/// The token file a checkpoint's run trained on, when it was not the embedded corpus.
-pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
-    RunSettings::saved_in(header).data
-}
-
 /// The run's options: a resumed run's own (the schedule, optimizer, evaluation and
 /// correction it was started with; not its thread count, which is the machine's), then the
 /// config file's `[train]` keys over them, then the flags.
@@ -243,21 +206,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .clone()
         .or(file.model)
         .unwrap_or_else(|| "tiny".into());
-    let out = args
-        .out
-        .clone()
-        .or(file.out)
-        .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml")));
+    let folder = RunFolder::new(
+        args.out
+            .clone()
+            .or(file.out)
+            .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml"))),
+    );
     // Resume: the checkpoint carries config, weights, optimizer, sampler and tokenizer, and
     // how the run was started.
     let resume_from = match args.resume.as_deref() {
         None => None,
-        Some("auto") => Some(
-            list_checkpoints(&out)
-                .pop()
-                .map(|(_, p)| p)
-                .ok_or_else(|| anyhow!("--resume: no checkpoint in {}", out.display()))?,
-        ),
+        Some("auto") => Some(folder.newest_checkpoint()?),
         Some(p) => Some(PathBuf::from(p)),
     };
     let checkpoint = match &resume_from {
@@ -301,11 +260,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mode = device_spec
         .mode()
         .map_err(|e| anyhow!("--precision: {e}"))?;
-    // The double buffer everywhere. On the ANE compiles are costly and overlap evals. On the
-    // CPU a compile shares the cores with the evals, but at idle priority it still costs less
-    // than weights as inputs: 1000 default steps at 16.9–17.7 ms against 20.0–20.3 ms (runs
-    // alternated), and after 4000 the validation loss is within 0.4 % of recompile's with the
-    // delay compensation (`bench weights` measures every strategy side by side).
+    // The double buffer everywhere: on the ANE compiles are costly and overlap evals, and on
+    // the CPU it measured faster than weights as inputs (docs/weight-delivery.md).
     let default_strategy = "double-buffer";
     let strategy: Strategy = settings
         .weights
@@ -313,38 +269,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_strategy.into())
         .parse()
         .map_err(|e: String| anyhow!(e))?;
-    // A run must not mix its files with another run's: checkpoint rotation would keep the
-    // other run's newer steps and delete this run's, `--resume` would pick the wrong run, and
-    // metrics.jsonl would hold both. Continuing the run the folder holds is the one exception.
-    let continues_folder = resume_from
-        .as_deref()
-        .is_some_and(|p| same_dir(p.parent(), &out));
-    if continues_folder && args.overwrite {
-        bail!("--overwrite would delete the run that --resume continues");
-    }
-    let earlier_run = if continues_folder {
-        Vec::new()
-    } else {
-        run_files(&out)
-    };
-    if !earlier_run.is_empty() && !args.overwrite {
-        let newest = list_checkpoints(&out)
-            .pop()
-            .map_or(String::new(), |(step, _)| {
-                format!(", its newest checkpoint at step {step}")
-            });
-        bail!(
-            "{} holds a run already ({} file(s){newest}): continue it with --resume, start \
-             over with --overwrite (deletes them), or choose another --out",
-            out.display(),
-            earlier_run.len()
-        );
-    }
+    let continues_folder = resume_from.as_deref().is_some_and(|p| folder.holds(p));
+    let earlier_run = folder.claim(continues_folder, args.overwrite)?;
     let tracer = args.trace.as_ref().map(|_| Tracer::new());
     device_spec.tracer = tracer.clone();
     let OpenDevice { device, clock, .. } = super::devices::open(&device_spec)?;
 
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    folder.create()?;
 
     let initial = match (&checkpoint, &args.init) {
         (None, Some(path)) => {
@@ -392,10 +323,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let max_staleness = settings.max_staleness.unwrap_or(1);
     let max_failures = settings.max_compile_failures.unwrap_or(3);
     let sink = CheckpointSink {
-        dir: out.clone(),
+        dir: folder.path().to_path_buf(),
         tokenizer_kind: data.tokenizer_kind.clone(),
         tokenizer: data.tokenizer_bytes.clone(),
-        run: serde_json::to_value(RunSettings {
+        run: RunSettings {
             device: Some(device_name.clone()),
             precision: Some(mode.to_string()),
             data: match &settings.data {
@@ -408,7 +339,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             weights: Some(strategy.name().to_string()),
             max_staleness: Some(max_staleness),
             max_compile_failures: Some(max_failures),
-        })?,
+        }
+        .to_header_value(),
     };
 
     let params_count = state.params.data.len();
@@ -426,22 +358,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             config.seq_len
         );
     }
-    for file in &earlier_run {
-        std::fs::remove_file(file)
-            .with_context(|| format!("--overwrite: cannot delete {}", file.display()))?;
-    }
-    let metrics_path = out.join("metrics.jsonl");
+    earlier_run.delete()?;
+    let metrics_path = folder.file(METRICS);
     // A resumed run's plot covers the whole run, and its metrics hold each step once.
-    let (mut train_points, mut val_points) = if continues_folder {
-        resume_metrics(&metrics_path, state.step)?
+    let mut metrics = if continues_folder {
+        MetricsLog::resume(&metrics_path, state.step)?
     } else {
-        (Vec::new(), Vec::new())
+        MetricsLog::create(&metrics_path)?
     };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -453,11 +377,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         b.set_position(state.step);
         b
     };
-    let mut write_error = None;
     let mut on_event = |e: &Event| {
-        let line = match e {
+        match e {
             Event::Step(r) => {
-                train_points.push((r.step, r.loss));
                 if let Some(t) = &tracer {
                     let start = Duration::from_secs_f64(r.start_s);
                     let end = start + Duration::from_secs_f64(r.ms / 1e3);
@@ -465,45 +387,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 }
                 bar.set_position(r.step);
                 bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["type"] = "step".into();
-                v
             }
-            Event::Validation {
-                step,
-                loss,
-                weights_version,
-            } => {
-                val_points.push((*step, *loss));
-                say(
-                    &bar,
-                    args.quiet,
-                    format!("step {step}: validation loss {loss:.4}"),
-                );
-                serde_json::json!({"type": "val", "step": step, "val_loss": loss, "weights_version": weights_version})
-            }
-            Event::Compiled { kernels, took } => {
-                serde_json::json!({"type": "compile", "kernels": kernels, "ms": took.as_secs_f64() * 1e3})
-            }
-            Event::CompileFailed(message) => {
-                bar.println(format!(
-                    "warning: {message}; the active kernels stay in place"
-                ));
-                serde_json::json!({"type": "compile_failed", "message": message})
-            }
-            Event::Checkpoint { step, path } => {
-                serde_json::json!({"type": "checkpoint", "step": step, "path": path.display().to_string()})
-            }
+            Event::Validation { step, loss, .. } => say(
+                &bar,
+                args.quiet,
+                format!("step {step}: validation loss {loss:.4}"),
+            ),
+            Event::CompileFailed(message) => bar.println(format!(
+                "warning: {message}; the active kernels stay in place"
+            )),
             Event::HostWork { name, start, end } => {
                 // For the timeline only: the step rows carry the times.
                 if let Some(t) = &tracer {
                     t.record(Track::Host, name, *start, *end);
                 }
-                return;
             }
-        };
-        if let Err(err) = writeln!(metrics, "{line}") {
-            write_error.get_or_insert(err);
+            Event::Compiled { .. } | Event::Checkpoint { .. } => {}
+        }
+        if let Some(row) = MetricsRow::of(e) {
+            metrics.append(&row);
         }
     };
     let env = RunEnv {
@@ -547,16 +449,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         other => other?,
     }
-    if let Some(e) = write_error {
-        bail!("writing {}: {e}", metrics_path.display());
-    }
-    let svg = loss_svg(&format!("{} loss", config.name), &train_points, &val_points);
-    write_atomic(&out.join("loss.svg"), svg.as_bytes())
-        .with_context(|| format!("cannot write {}", out.join("loss.svg").display()))?;
+    metrics.finish()?;
+    let curves = metrics.curves();
+    let svg = loss_svg(&format!("{} loss", config.name), &curves.train, &curves.val);
+    let plot = folder.file(LOSS_PLOT);
+    write_atomic(&plot, svg.as_bytes())
+        .with_context(|| format!("cannot write {}", plot.display()))?;
 
-    let report = efficiency_report(&state, &options, &*device, mode, strategy);
-    write_atomic(&out.join("report.txt"), report.as_bytes())
-        .with_context(|| format!("cannot write {}", out.join("report.txt").display()))?;
+    let report = EfficiencyReport::new(&state, &options, &*device, mode, strategy).to_string();
+    let report_path = folder.file(REPORT);
+    write_atomic(&report_path, report.as_bytes())
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
     println!("{report}");
     let prompt = data
         .tokenizer
@@ -569,7 +472,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "sample: {}",
         data.tokenizer.decode(&text)?.replace('\n', " ")
     );
-    println!("run folder: {}", out.display());
+    println!("run folder: {}", folder.path().display());
     Ok(())
 }
 
@@ -585,133 +488,13 @@ fn say(bar: &ProgressBar, quiet: bool, line: String) {
     }
 }
 
-/// Whether `dir` (a checkpoint's folder; none for a bare file name) is the folder `out`.
-fn same_dir(dir: Option<&Path>, out: &Path) -> bool {
-    let dir = match dir {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match (dir.canonicalize(), out.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// Loss and validation points of a run's metrics.
-type Points = Vec<(u64, f32)>;
-
-/// The metrics a run resumed at `step` keeps: every row up to the first of a later step.
-/// Those later rows were written by a process that stopped after its last checkpoint, and the
-/// resumed run computes their steps again, so they are cut from metrics.jsonl (atomically;
-/// a line torn by a crash goes with them). Returns the kept losses and validation losses.
-fn resume_metrics(path: &Path, step: u64) -> anyhow::Result<(Points, Points)> {
-    // Bytes, not text: a crash can tear a line inside a character.
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    let mut kept = 0;
-    for line in text.split_inclusive(|&b| b == b'\n') {
-        let Ok(row) = serde_json::from_slice::<serde_json::Value>(line) else {
-            break;
-        };
-        let row_step = row["step"].as_u64();
-        if row_step.is_some_and(|s| s > step) {
-            break;
-        }
-        let loss = |key: &str| row[key].as_f64().map(|v| v as f32);
-        match (row["type"].as_str(), row_step) {
-            (Some("step"), Some(s)) => train.extend(loss("loss").map(|l| (s, l))),
-            (Some("val"), Some(s)) => val.extend(loss("val_loss").map(|l| (s, l))),
-            _ => {}
-        }
-        kept += line.len();
-    }
-    if kept < text.len() {
-        write_atomic(path, &text[..kept])
-            .with_context(|| format!("cannot rewrite {}", path.display()))?;
-    }
-    Ok((train, val))
-}
-
-/// The files a run left in its folder (checkpoints, metrics.jsonl, loss.svg, report.txt). An
-/// empty metrics.jsonl is what a run refused before its first compile leaves: not a run.
-fn run_files(out: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = list_checkpoints(out).into_iter().map(|(_, p)| p).collect();
-    files.extend(
-        ["metrics.jsonl", "loss.svg", "report.txt"]
-            .iter()
-            .map(|name| out.join(name))
-            .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)),
-    );
-    files
-}
-
-/// A trace-event JSON: `new`'s spans after `earlier`'s (shifted to start where the earlier
-/// ones end, each process's clock starting at zero), or `new` alone.
-fn continue_trace(earlier: Option<&[u8]>, new: &str) -> anyhow::Result<String> {
-    let Some(earlier) = earlier else {
-        return Ok(new.to_string());
-    };
-    let Ok(mut earlier) = serde_json::from_slice::<serde_json::Value>(earlier) else {
-        // Not a trace (or not one of ours): start a new one rather than fail the run.
-        return Ok(new.to_string());
-    };
-    let mut new: serde_json::Value = serde_json::from_str(new)?;
-    let Some(events) = earlier["traceEvents"].as_array_mut() else {
-        return Ok(new.to_string());
-    };
-    let end = events
-        .iter()
-        .filter(|e| e["ph"] == "X")
-        .filter_map(|e| Some(e["ts"].as_f64()? + e["dur"].as_f64()?))
-        .fold(0.0, f64::max);
-    let spans = new["traceEvents"].as_array_mut().map(std::mem::take);
-    for mut e in spans.into_iter().flatten() {
-        if e["ph"] != "X" {
-            continue;
-        }
-        if let Some(ts) = e["ts"].as_f64() {
-            e["ts"] = (ts + end).into();
-        }
-        events.push(e);
-    }
-    Ok(serde_json::to_string(&earlier)?)
-}
-
-/// Re-executes this program with the same arguments (less any `--resume` and `--overwrite`)
-/// and `--resume CHECKPOINT`: a fresh process has a fresh compile budget.
-fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
+/// Re-executes this program to continue the run from `checkpoint`: a fresh process has a
+/// fresh compile budget.
+fn restart_with(checkpoint: &Path) -> anyhow::Result<()> {
     let exe =
         std::env::current_exe().context("cannot find the running executable to restart it")?;
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut skip_value = false;
-    for a in std::env::args_os().skip(1) {
-        if skip_value {
-            skip_value = false;
-            if !a.to_string_lossy().starts_with("--") {
-                continue;
-            }
-        }
-        if a == "--resume" {
-            skip_value = true;
-            continue;
-        }
-        if a.to_string_lossy().starts_with("--resume=") {
-            continue;
-        }
-        // The new process continues this run, which an --overwrite has already started over.
-        if a == "--overwrite" {
-            continue;
-        }
-        args.push(a);
-    }
-    args.push("--resume".into());
-    args.push(checkpoint.as_os_str().to_owned());
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args);
+    cmd.args(restart_args(std::env::args_os().skip(1), checkpoint));
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -722,222 +505,5 @@ fn restart_with(checkpoint: &std::path::Path) -> anyhow::Result<()> {
     {
         let status = cmd.status().context("cannot restart")?;
         std::process::exit(status.code().unwrap_or(1));
-    }
-}
-
-fn efficiency_report(
-    state: &TrainState,
-    options: &TrainOptions,
-    device: &dyn Device,
-    mode: NumericMode,
-    strategy: Strategy,
-) -> String {
-    let c = &state.counters;
-    let info = device.info();
-    let steps = state.step.max(1) as f64;
-    let wall = c.wall.as_secs_f64();
-    let windows = steps * options.accum.max(1) as f64;
-    let total_flops = state.config.train_flops_per_window() * windows;
-    let device_flops = state.config.device_flops_per_window() * windows;
-    let train_s = c.train.as_secs_f64().max(1e-9);
-    let pct = |part: Duration| 100.0 * part.as_secs_f64() / wall.max(1e-9);
-    let sim = if info.simulated { " [simulated]" } else { "" };
-    let mut r = String::new();
-    let mut line = |s: String| {
-        r.push_str(&s);
-        r.push('\n');
-    };
-    line(format!("=== Efficiency report{sim} ==="));
-    line(format!("device              {} ({mode}){sim}", info.name));
-    line(format!("weight delivery     {}", strategy.name()));
-    line(format!("steps               {}", state.step));
-    line(format!("wall time           {:.2} s", wall));
-    line(format!(
-        "compile stall       {:.2} s ({:.1} % of wall)",
-        c.compile_stall.as_secs_f64(),
-        pct(c.compile_stall)
-    ));
-    let (later, later_share) = c.stall_after_startup();
-    line(format!(
-        "  at start-up       {:.2} s (the first sets of each process; nothing to evaluate yet)",
-        c.startup_compile.as_secs_f64()
-    ));
-    line(format!(
-        "  after start-up    {:.2} s ({:.2} % of the wall time after start-up)",
-        later.as_secs_f64(),
-        later_share
-    ));
-    // The CPU time is this host's whichever the clock: a latency model only adds time.
-    let compile_cpu = if c.background_compile_cpu > Duration::ZERO {
-        format!(
-            " (CPU time {:.2} s on this host)",
-            c.background_compile_cpu.as_secs_f64()
-        )
-    } else {
-        String::new()
-    };
-    line(format!(
-        "background compile  {:.2} s{compile_cpu}",
-        c.background_compile.as_secs_f64()
-    ));
-    line(format!(
-        "train time          {:.2} s ({:.1} % of wall)",
-        train_s,
-        pct(c.train)
-    ));
-    line(format!(
-        "  device eval       {:.2} s",
-        c.device_eval.as_secs_f64()
-    ));
-    line(format!(
-        "  host math         {:.2} s",
-        c.host_math.as_secs_f64()
-    ));
-    line(format!(
-        "  weight gradients  {:.2} s (alongside the evals; the steps waited {:.2} s for them)",
-        c.weight_grads.as_secs_f64(),
-        c.weight_grad_wait.as_secs_f64()
-    ));
-    line(format!(
-        "optimizer           {:.2} s",
-        c.optimizer.as_secs_f64()
-    ));
-    if c.staging > Duration::ZERO {
-        line(format!(
-            "weight staging      {:.2} s (dynamic: weights copied into kernel inputs)",
-            c.staging.as_secs_f64()
-        ));
-    }
-    line(format!(
-        "ms/step             {:.1} (train only {:.1})",
-        1e3 * wall / steps,
-        1e3 * train_s / steps
-    ));
-    line(format!(
-        "tokens/s            {:.0}",
-        c.tokens as f64 / wall.max(1e-9)
-    ));
-    line(format!(
-        "device eval         {:.3} TFLOPS",
-        device_flops / c.device_eval.as_secs_f64().max(1e-9) / 1e12
-    ));
-    line(format!(
-        "total               {:.3} TFLOPS in train time (model FLOPs: 3× forward matmuls)",
-        total_flops / train_s / 1e12
-    ));
-    if info.kind == "cpu" && !info.simulated {
-        let peak = best_fma_peak(options.threads, 3, Duration::from_millis(100));
-        line(format!(
-            "MFU                 {:.1} % of the measured FP32 peak ({:.0} GFLOPS, FMA loop)",
-            100.0 * total_flops / train_s / peak,
-            peak / 1e9
-        ));
-    }
-    let budget = device.compile_budget().map_or("no limit".to_string(), |b| {
-        format!("{} of {} in this process", b.used, b.budget)
-    });
-    line(format!(
-        "compiles            {} in the run; budget: {budget}",
-        c.compiles
-    ));
-    line(format!(
-        "swaps               {}   failed compiles {}",
-        c.swaps, c.failed_compiles
-    ));
-    let hist: Vec<String> = c
-        .staleness
-        .iter()
-        .map(|(lag, n)| format!("{lag}:{n}"))
-        .collect();
-    line(format!("staleness (lag:steps) {}", hist.join("  ")));
-    if c.skipped_updates > 0 {
-        line(format!(
-            "skipped updates     {} (fp16 overflow)",
-            c.skipped_updates
-        ));
-    }
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anetrain_device::clock::{Clock, SimClock};
-    use anetrain_device::decorate::{ChipProfile, CompileBudget, LatencyModel};
-    use anetrain_device::CpuDevice;
-
-    /// Every figure the issue asks the report for, from counters with round numbers: 100
-    /// steps of 2 windows in 10 s, of which 2 s waiting for compiles (0.5 s at start-up).
-    #[test]
-    fn the_report_carries_every_figure_from_the_counters() {
-        let config = ModelConfig::tiny();
-        let options = TrainOptions {
-            accum: 2,
-            ..TrainOptions::default()
-        };
-        let mut state = TrainState::new(
-            init_params(Arc::new(ParamLayout::new(&config)), 1),
-            &options,
-            NumericMode::Fp32,
-        );
-        state.step = 100;
-        let s = Duration::from_secs_f64;
-        let c = &mut state.counters;
-        c.wall = s(10.0);
-        c.compile_stall = s(2.0);
-        c.startup_compile = s(0.5);
-        c.background_compile = s(3.25);
-        c.train = s(7.5);
-        c.device_eval = s(4.0);
-        c.host_math = s(2.0);
-        c.optimizer = s(0.25);
-        c.compiles = 42;
-        c.swaps = 37;
-        c.failed_compiles = 2;
-        c.tokens = 100 * 2 * config.seq_len as u64;
-        c.staleness = [(0, 60), (1, 40)].into_iter().collect();
-        let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
-        let device = CompileBudget::new(
-            LatencyModel::new(
-                CpuDevice::new(NumericMode::Fp32),
-                ChipProfile::by_name("m4").unwrap(),
-                clock,
-            ),
-            100,
-        );
-        let report = efficiency_report(
-            &state,
-            &options,
-            &device,
-            NumericMode::Fp32,
-            Strategy::DoubleBuffer,
-        );
-        let windows = 200.0;
-        let device_tflops = config.device_flops_per_window() * windows / 4.0 / 1e12;
-        let total_tflops = config.train_flops_per_window() * windows / 7.5 / 1e12;
-        for expected in [
-            "=== Efficiency report [simulated] ===".to_string(),
-            "weight delivery     double-buffer".into(),
-            "wall time           10.00 s".into(),
-            "compile stall       2.00 s (20.0 % of wall)".into(),
-            "  at start-up       0.50 s".into(),
-            // 1.5 s of the 9.5 s after start-up.
-            "  after start-up    1.50 s (15.79 % of the wall time after start-up)".into(),
-            "background compile  3.25 s".into(),
-            "train time          7.50 s (75.0 % of wall)".into(),
-            "ms/step             100.0 (train only 75.0)".into(),
-            format!("tokens/s            {}", 100 * 2 * config.seq_len / 10),
-            format!("device eval         {device_tflops:.3} TFLOPS"),
-            format!("total               {total_tflops:.3} TFLOPS"),
-            "compiles            42 in the run; budget: 0 of 100 in this process".into(),
-            "swaps               37   failed compiles 2".into(),
-            "staleness (lag:steps) 0:60  1:40".into(),
-        ] {
-            assert!(report.contains(&expected), "no `{expected}` in\n{report}");
-        }
-        assert!(
-            report.contains("[simulated]\n"),
-            "the device line is labelled"
-        );
     }
 }

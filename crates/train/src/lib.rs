@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod delivery;
 pub mod priority;
+pub mod run;
 pub mod tokenizer;
 pub mod trainer;
 

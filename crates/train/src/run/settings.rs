@@ -1,0 +1,81 @@
+//! How a run was started besides its model, its tokenizer and its [`TrainOptions`]: kept in
+//! its checkpoints so that `--resume` continues the run as it was.
+//!
+//! [`TrainOptions`]: crate::trainer::TrainOptions
+
+use crate::checkpoint::CheckpointHeader;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A flag or config-file setting given again overrides the saved one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSettings {
+    pub device: Option<String>,
+    pub precision: Option<String>,
+    /// Saved as an absolute path, so that a run resumes from any directory.
+    pub data: Option<PathBuf>,
+    pub weights: Option<String>,
+    pub max_staleness: Option<u64>,
+    pub max_compile_failures: Option<u32>,
+}
+
+impl RunSettings {
+    /// How the run a checkpoint comes from was started (nothing, for a checkpoint written
+    /// before checkpoints kept it).
+    pub fn saved_in(header: &CheckpointHeader) -> RunSettings {
+        serde_json::from_value(header.run.clone()).unwrap_or_default()
+    }
+
+    /// These settings, each missing one taken from `saved`.
+    pub fn or(self, saved: RunSettings) -> RunSettings {
+        RunSettings {
+            device: self.device.or(saved.device),
+            precision: self.precision.or(saved.precision),
+            data: self.data.or(saved.data),
+            weights: self.weights.or(saved.weights),
+            max_staleness: self.max_staleness.or(saved.max_staleness),
+            max_compile_failures: self.max_compile_failures.or(saved.max_compile_failures),
+        }
+    }
+
+    /// The settings as a checkpoint header keeps them.
+    pub fn to_header_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// The token file a checkpoint's run trained on, when it was not the embedded corpus.
+pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
+    RunSettings::saved_in(header).data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_settings_override_saved_ones_and_missing_ones_are_kept() {
+        let saved = RunSettings {
+            device: Some("cpu".into()),
+            precision: Some("fp16".into()),
+            data: Some("/data/tokens.bin".into()),
+            weights: Some("recompile".into()),
+            max_staleness: Some(2),
+            max_compile_failures: Some(5),
+        };
+        let given = RunSettings {
+            weights: Some("double-buffer".into()),
+            max_staleness: Some(1),
+            ..RunSettings::default()
+        };
+        let merged = given.or(saved.clone());
+        assert_eq!(merged.weights.as_deref(), Some("double-buffer"));
+        assert_eq!(merged.max_staleness, Some(1));
+        assert_eq!(merged.precision, saved.precision);
+        assert_eq!(merged.data, saved.data);
+        assert_eq!(merged.max_compile_failures, Some(5));
+        let back: RunSettings = serde_json::from_value(saved.to_header_value()).unwrap();
+        assert_eq!(back, saved);
+    }
+}
