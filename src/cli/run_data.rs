@@ -3,12 +3,11 @@
 use anetrain_model::ModelConfig;
 use anetrain_train::data::{TokenData, TokenDataset};
 use anetrain_train::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
-use anyhow::anyhow;
 use std::path::Path;
 
 pub struct RunData {
     pub tokenizer: Tokenizer,
-    pub tokenizer_kind: String,
+    pub tokenizer_kind: TokenizerKind,
     pub tokenizer_bytes: Vec<u8>,
     /// The tokens, split: the last 5 % validate.
     pub dataset: TokenDataset,
@@ -19,21 +18,18 @@ pub struct RunData {
 pub fn load_data(
     data: Option<&Path>,
     tokenizer: Option<&Path>,
-    from_checkpoint: Option<(&str, &[u8])>,
+    from_checkpoint: Option<(TokenizerKind, &[u8])>,
     config: &ModelConfig,
     verbose: bool,
 ) -> anyhow::Result<RunData> {
     let tokenizer = match (from_checkpoint, tokenizer) {
-        (Some((kind, bytes)), _) => Tokenizer::from_bytes(
-            TokenizerKind::from_name(kind)
-                .ok_or_else(|| anyhow!("the checkpoint's tokenizer kind `{kind}` is unknown"))?,
-            bytes,
-            "the checkpoint's tokenizer",
-        )?,
+        (Some((kind, bytes)), _) => {
+            Tokenizer::from_bytes(kind, bytes, "the checkpoint's tokenizer")?
+        }
         (None, Some(path)) => Tokenizer::load(path)?,
         (None, None) => default_tokenizer()?,
     };
-    let kind = tokenizer.kind().name().to_string();
+    let kind = tokenizer.kind();
     let bytes = tokenizer.to_bytes()?;
     let dataset = match data {
         Some(path) => TokenDataset::open(

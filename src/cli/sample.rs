@@ -7,7 +7,7 @@ use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::TokenDataset;
-use anetrain_train::tokenizer::{Tokenizer, TokenizerKind};
+use anetrain_train::tokenizer::Tokenizer;
 use anetrain_train::trainer::{validation_loss, TrainOptions};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -63,8 +63,7 @@ pub struct EvalArgs {
 fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
     let ckpt = Checkpoint::load(path)?;
     let tok = Tokenizer::from_bytes(
-        TokenizerKind::from_name(&ckpt.header.tokenizer_kind)
-            .ok_or_else(|| anyhow!("the checkpoint's tokenizer kind is unknown"))?,
+        ckpt.header.tokenizer_kind,
         &ckpt.tokenizer,
         "the checkpoint's tokenizer",
     )?;

@@ -136,14 +136,15 @@ struct RunConfig {
 /// correction it was started with; not its thread count, which is the machine's), then the
 /// config file's `[train]` keys over them, then the flags.
 fn run_options(
-    saved: Option<&serde_json::Value>,
+    saved: Option<&TrainOptions>,
     file: Option<toml::Table>,
     file_path: Option<&std::path::Path>,
     args: &TrainArgs,
 ) -> anyhow::Result<TrainOptions> {
-    let mut value = saved
-        .cloned()
-        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    let mut value = match saved {
+        Some(saved) => serde_json::to_value(saved)?,
+        None => serde_json::Value::Object(Default::default()),
+    };
     if let Some(saved) = value.as_object_mut() {
         saved.remove("threads");
     }
@@ -294,7 +295,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.tokenizer.as_deref().or(file.tokenizer.as_deref()),
         checkpoint
             .as_ref()
-            .map(|c| (c.header.tokenizer_kind.as_str(), c.tokenizer.as_slice())),
+            .map(|c| (c.header.tokenizer_kind, c.tokenizer.as_slice())),
         &config,
         !args.quiet,
     )?;
@@ -324,7 +325,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let max_failures = settings.max_compile_failures.unwrap_or(3);
     let sink = CheckpointSink {
         dir: folder.path().to_path_buf(),
-        tokenizer_kind: data.tokenizer_kind.clone(),
+        tokenizer_kind: data.tokenizer_kind,
         tokenizer: data.tokenizer_bytes.clone(),
         run: RunSettings {
             device: Some(device_name.clone()),
@@ -339,8 +340,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             weights: Some(strategy.name().to_string()),
             max_staleness: Some(max_staleness),
             max_compile_failures: Some(max_failures),
-        }
-        .to_header_value(),
+        },
     };
 
     let params_count = state.params.data.len();

@@ -21,10 +21,13 @@
 //! resumed run's next step runs on the same weights as the uninterrupted run's would. Files are written to a temporary file,
 //! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
 
+use crate::run::RunSettings;
+use crate::tokenizer::TokenizerKind;
+use crate::trainer::{Counters, TrainOptions};
 use anetrain_model::io::atomic::write_atomic;
-use anetrain_model::optim::AdamState;
+use anetrain_model::optim::{AdamState, LossScaler};
 use anetrain_model::{ModelConfig, ParamLayout, Params};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -51,23 +54,35 @@ pub struct CheckpointHeader {
     pub config: ModelConfig,
     /// Optimizer updates done.
     pub step: u64,
-    /// The training options, as the trainer serialises them.
-    pub options: serde_json::Value,
-    /// The data sampler's state.
+    /// The training options. An option this build does not know (one an older build had) is
+    /// left out, so that older files still load.
+    #[serde(deserialize_with = "known_options")]
+    pub options: TrainOptions,
+    /// The data sampler's state, as the run's window source keeps it.
     pub sampler: serde_json::Value,
-    pub loss_scale: serde_json::Value,
+    pub loss_scale: LossScaler,
     /// Counters carried across restarts (times, compiles, tokens).
-    pub counters: serde_json::Value,
-    /// `hf` or `llama2c`.
-    pub tokenizer_kind: String,
+    pub counters: Counters,
+    pub tokenizer_kind: TokenizerKind,
     /// The version of the weights the device ran on, when they lagged the master weights
     /// (their values follow the optimizer state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_version: Option<u64>,
-    /// What the program driving the trainer needs to resume the run as it was started (the
-    /// CLI: device, precision, data file, delivery settings); the trainer only carries it.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub run: serde_json::Value,
+    /// How the run was started (device, precision, data file, delivery settings), to resume
+    /// it as it was; the trainer only carries it. None in files written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSettings>,
+}
+
+/// [`TrainOptions`] from a header, without the options this build does not know.
+fn known_options<'de, D: Deserializer<'de>>(d: D) -> Result<TrainOptions, D::Error> {
+    use serde::de::Error;
+    let mut options = serde_json::Value::deserialize(d)?;
+    let known = serde_json::to_value(TrainOptions::default()).map_err(D::Error::custom)?;
+    if let (Some(options), Some(known)) = (options.as_object_mut(), known.as_object()) {
+        options.retain(|key, _| known.contains_key(key));
+    }
+    serde_json::from_value(options).map_err(D::Error::custom)
 }
 
 /// A whole checkpoint in memory.
@@ -290,13 +305,22 @@ mod tests {
             header: CheckpointHeader {
                 config,
                 step: 7,
-                options: serde_json::json!({"lr": 0.001}),
+                options: TrainOptions {
+                    lr: 0.001,
+                    ..TrainOptions::default()
+                },
                 sampler: serde_json::json!({"state": 42}),
-                loss_scale: serde_json::json!(1.0),
-                counters: serde_json::json!({}),
-                tokenizer_kind: "hf".into(),
+                loss_scale: LossScaler::new(1024.0),
+                counters: Counters {
+                    compiles: 3,
+                    ..Counters::default()
+                },
+                tokenizer_kind: TokenizerKind::HuggingFace,
                 device_version: None,
-                run: serde_json::json!({"precision": "fp16"}),
+                run: Some(RunSettings {
+                    precision: Some("fp16".into()),
+                    ..RunSettings::default()
+                }),
             },
             tokenizer: b"{}".to_vec(),
             params,
@@ -334,6 +358,34 @@ mod tests {
         v3.extend_from_slice(&crc32fast::hash(&v3).to_le_bytes());
         let e = Checkpoint::from_bytes(&v3, "new").unwrap_err();
         assert!(e.to_string().contains("format version 3"), "{e}");
+    }
+
+    /// A header as an earlier build wrote it (every field then a JSON value, an option since
+    /// removed, counters of fewer kinds, no run settings) loads into the typed header.
+    #[test]
+    fn headers_of_earlier_builds_still_load() {
+        let c = sample();
+        let mut header = serde_json::to_value(&c.header).unwrap();
+        header["options"]["an_option_since_removed"] = 1.into();
+        header["counters"] = serde_json::json!({"compiles": 3});
+        header.as_object_mut().unwrap().remove("run");
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&json);
+        let whole = c.to_bytes();
+        let header_end = 8 + 4 + 8 + serde_json::to_vec(&c.header).unwrap().len();
+        bytes.extend_from_slice(&whole[header_end..whole.len() - 4]);
+        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+        let back = Checkpoint::from_bytes(&bytes, "old").unwrap();
+        assert_eq!(back.header.options, c.header.options);
+        assert_eq!(back.header.counters, c.header.counters);
+        assert_eq!(back.header.tokenizer_kind, TokenizerKind::HuggingFace);
+        assert_eq!(back.header.run, None);
+        assert_eq!(back.params, c.params);
+        // The tokenizer kind is stored by its short name.
+        assert_eq!(header["tokenizer_kind"], "hf");
     }
 
     #[test]

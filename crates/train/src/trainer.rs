@@ -3,6 +3,8 @@
 
 use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
+use crate::run::RunSettings;
+use crate::tokenizer::TokenizerKind;
 use anetrain_device::clock::Clock;
 use anetrain_device::cpu::simd::vectorised;
 use anetrain_device::{Device, NumericMode};
@@ -331,10 +333,8 @@ impl TrainState {
             params: Arc::new(c.params),
             adam: c.adam,
             step: h.step,
-            scaler: serde_json::from_value(h.loss_scale)
-                .map_err(|e| TrainError::Other(format!("checkpoint loss scale: {e}")))?,
-            counters: serde_json::from_value(h.counters)
-                .map_err(|e| TrainError::Other(format!("checkpoint counters: {e}")))?,
+            scaler: h.loss_scale,
+            counters: h.counters,
             device_weights: h
                 .device_version
                 .zip(c.device_weights)
@@ -349,20 +349,20 @@ impl TrainState {
         &self,
         options: &TrainOptions,
         sampler: serde_json::Value,
-        tokenizer_kind: &str,
+        tokenizer_kind: TokenizerKind,
         tokenizer: Vec<u8>,
     ) -> Checkpoint {
         Checkpoint {
             header: CheckpointHeader {
                 config: self.config.clone(),
                 step: self.step,
-                options: serde_json::to_value(options).expect("options serialise"),
+                options: options.clone(),
                 sampler,
-                loss_scale: serde_json::to_value(&self.scaler).expect("scaler serialises"),
-                counters: serde_json::to_value(&self.counters).expect("counters serialise"),
-                tokenizer_kind: tokenizer_kind.to_string(),
+                loss_scale: self.scaler.clone(),
+                counters: self.counters.clone(),
+                tokenizer_kind,
                 device_version: self.device_weights.as_ref().map(|w| w.version),
-                run: serde_json::Value::Null,
+                run: None,
             },
             tokenizer,
             params: (*self.params).clone(),
@@ -375,10 +375,10 @@ impl TrainState {
 /// Where checkpoints go and what tokenizer they embed.
 pub struct CheckpointSink {
     pub dir: PathBuf,
-    pub tokenizer_kind: String,
+    pub tokenizer_kind: TokenizerKind,
     pub tokenizer: Vec<u8>,
     /// Kept in every checkpoint's header as `run` (see [`CheckpointHeader::run`]).
-    pub run: serde_json::Value,
+    pub run: RunSettings,
 }
 
 /// How the run delivers weights to the device, and on what clock it is timed.
@@ -782,12 +782,11 @@ fn save_checkpoint(
     let mut ckpt = state.checkpoint(
         options,
         data.state(),
-        &sink.tokenizer_kind,
+        sink.tokenizer_kind,
         sink.tokenizer.clone(),
     );
-    let counters = with_delivery(&state.counters, &delivery.stats);
-    ckpt.header.counters = serde_json::to_value(&counters).expect("counters serialise");
-    ckpt.header.run = sink.run.clone();
+    ckpt.header.counters = with_delivery(&state.counters, &delivery.stats);
+    ckpt.header.run = Some(sink.run.clone());
     let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
     on_event(&Event::Checkpoint {
         step: state.step,

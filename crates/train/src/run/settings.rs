@@ -24,7 +24,7 @@ impl RunSettings {
     /// How the run a checkpoint comes from was started (nothing, for a checkpoint written
     /// before checkpoints kept it).
     pub fn saved_in(header: &CheckpointHeader) -> RunSettings {
-        serde_json::from_value(header.run.clone()).unwrap_or_default()
+        header.run.clone().unwrap_or_default()
     }
 
     /// These settings, each missing one taken from `saved`.
@@ -37,11 +37,6 @@ impl RunSettings {
             max_staleness: self.max_staleness.or(saved.max_staleness),
             max_compile_failures: self.max_compile_failures.or(saved.max_compile_failures),
         }
-    }
-
-    /// The settings as a checkpoint header keeps them.
-    pub fn to_header_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
@@ -75,7 +70,5 @@ mod tests {
         assert_eq!(merged.precision, saved.precision);
         assert_eq!(merged.data, saved.data);
         assert_eq!(merged.max_compile_failures, Some(5));
-        let back: RunSettings = serde_json::from_value(saved.to_header_value()).unwrap();
-        assert_eq!(back, saved);
     }
 }

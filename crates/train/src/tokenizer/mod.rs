@@ -47,31 +47,15 @@ pub enum TokenizerError {
     Training(String),
 }
 
-/// Which file format a tokenizer comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which file format a tokenizer comes from; checkpoints store it as `hf` or `llama2c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TokenizerKind {
     /// Hugging Face `tokenizer.json`.
+    #[serde(rename = "hf")]
     HuggingFace,
     /// llama2.c `tokenizer.bin`.
+    #[serde(rename = "llama2c")]
     Llama2c,
-}
-
-impl TokenizerKind {
-    /// The short name checkpoints store: `hf` or `llama2c`.
-    pub fn name(self) -> &'static str {
-        match self {
-            TokenizerKind::HuggingFace => "hf",
-            TokenizerKind::Llama2c => "llama2c",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<TokenizerKind> {
-        match name {
-            "hf" => Some(TokenizerKind::HuggingFace),
-            "llama2c" => Some(TokenizerKind::Llama2c),
-            _ => None,
-        }
-    }
 }
 
 /// A tokenizer of either kind.

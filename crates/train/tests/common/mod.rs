@@ -62,9 +62,9 @@ impl ValidationSource for Cycle {
 pub fn sink(dir: &std::path::Path) -> anetrain_train::trainer::CheckpointSink {
     anetrain_train::trainer::CheckpointSink {
         dir: dir.to_path_buf(),
-        tokenizer_kind: "hf".into(),
+        tokenizer_kind: anetrain_train::tokenizer::TokenizerKind::HuggingFace,
         tokenizer: b"{}".to_vec(),
-        run: serde_json::Value::Null,
+        run: Default::default(),
     }
 }
 
