@@ -5,14 +5,14 @@
 //! (embedding, norms, classifier) reads that same snapshot, so forward and backward of a
 //! micro-step always see one version of the weights, however far the master weights have moved.
 //! A set either has the snapshot's weights baked in ([`compile_kernel_set`]: new weights mean a
-//! new set) or takes them as inputs ([`compile_packed_kernel_set`]: compiled once; new weights
+//! new set) or takes them as inputs ([`compile_dynamic_kernel_set`]: compiled once; new weights
 //! are staged into every layer's persistent inputs by [`KernelSet::stage`]).
 
 use crate::config::ModelConfig;
 use crate::host;
 use crate::kernels::{
-    generate_baked, generate_packed, stage_layer_weights, KernelKind, KernelProgram, Packing,
-    StageError, WeightPacking,
+    generate_baked, generate_dynamic, stage_layer_weights, ChannelParts, InputWeights, KernelKind,
+    KernelProgram, StageError,
 };
 use crate::params::{LayerTensor, ParamLayout, Params};
 use anetrain_device::clock::Clock;
@@ -86,16 +86,16 @@ enum SetKernels {
         programs: Arc<BakedPrograms>,
         layers: Vec<Vec<Kernel>>,
     },
-    Packed(PackedKernels),
+    Dynamic(DynamicKernels),
 }
 
 /// Kernels that take their weights as inputs: compiled once and shared by every layer, with
 /// each layer's persistent inputs holding that layer's staged weights (the activations are
 /// written into them before each eval).
-struct PackedKernels {
-    /// `kernels[i]` is kernel `KernelKind::WEIGHTED[i]`; `packings[i]` lays out its input.
+struct DynamicKernels {
+    /// `kernels[i]` is kernel `KernelKind::WEIGHTED[i]`; `input_weights[i]` lays out its input.
     kernels: Vec<Kernel>,
-    packings: Vec<WeightPacking>,
+    input_weights: Vec<InputWeights>,
     /// `inputs[l][i]`: the input `[C][S + P]` of kernel i for layer l.
     inputs: Vec<Vec<Vec<f32>>>,
 }
@@ -112,7 +112,7 @@ impl KernelSet {
 
     /// Lets go of the set's weights: its baked kernels, and its share of the snapshot, so
     /// that the master weights it shares can be updated in place rather than copied. A
-    /// released set runs nothing until it is restaged (packed) or replaced; its version is
+    /// released set runs nothing until it is restaged (dynamic) or replaced; its version is
     /// kept for the record.
     pub fn release_weights(&mut self) {
         self.release_baked();
@@ -136,7 +136,7 @@ impl KernelSet {
     pub fn baked_programs(&self) -> Option<Arc<BakedPrograms>> {
         match &self.kernels {
             SetKernels::Baked { programs, .. } => Some(programs.clone()),
-            SetKernels::Packed(_) => None,
+            SetKernels::Dynamic(_) => None,
         }
     }
 
@@ -149,14 +149,14 @@ impl KernelSet {
     pub fn compiled_kernels(&self) -> usize {
         match &self.kernels {
             SetKernels::Baked { layers, .. } => layers.iter().map(Vec::len).sum(),
-            SetKernels::Packed(packed) => packed.kernels.len(),
+            SetKernels::Dynamic(dynamic) => dynamic.kernels.len(),
         }
     }
 
     /// Makes the set run on `snapshot`'s weights: copies every layer's weights into the
-    /// packed block of that layer's inputs. Only a set of packed kernels can take new weights.
+    /// weight block of that layer's inputs. Only a set of dynamic kernels can take new weights.
     pub fn stage(&mut self, snapshot: WeightSnapshot) -> Result<(), StepError> {
-        let SetKernels::Packed(packed) = &mut self.kernels else {
+        let SetKernels::Dynamic(dynamic) = &mut self.kernels else {
             return Err(StepError::BakedWeights {
                 version: self.snapshot.version,
             });
@@ -171,15 +171,15 @@ impl KernelSet {
                 found: found.name.clone(),
             });
         }
-        // The packings were staged from this configuration when the set was compiled, so no
+        // The input weights were staged from this configuration when the set was compiled, so no
         // layer can fail here and leave the set half old, half new.
-        for (l, inputs) in packed.inputs.iter_mut().enumerate() {
-            for ((input, packing), kind) in inputs
+        for (l, inputs) in dynamic.inputs.iter_mut().enumerate() {
+            for ((input, weights), kind) in inputs
                 .iter_mut()
-                .zip(&packed.packings)
+                .zip(&dynamic.input_weights)
                 .zip(KernelKind::WEIGHTED)
             {
-                stage_layer_weights(packing, input, &snapshot.params, l).map_err(|source| {
+                stage_layer_weights(weights, input, &snapshot.params, l).map_err(|source| {
                     StepError::Stage {
                         kernel: format!("{}.{l}", kind.name()),
                         source,
@@ -218,15 +218,15 @@ impl KernelSet {
                     })?;
                 eval(device, kernel, (kind, layer), activations, output, timing)
             }
-            SetKernels::Packed(packed) => {
+            SetKernels::Dynamic(dynamic) => {
                 let t = timing.host_start();
-                let input = &mut packed.inputs[layer][i];
+                let input = &mut dynamic.inputs[layer][i];
                 let s = self.snapshot.params.layout.config.seq_len;
-                packed.packings[i].write_activations(input, s, activations);
+                dynamic.input_weights[i].write_activations(input, s, activations);
                 timing.host_end(t, None);
                 eval(
                     device,
-                    &mut packed.kernels[i],
+                    &mut dynamic.kernels[i],
                     (kind, layer),
                     input,
                     output,
@@ -367,19 +367,19 @@ pub fn compile_kernel_set(
     Arc::new(programs).compile_set(device, snapshot)
 }
 
-/// Compiles each weight-bearing kernel once in packed weight mode (shared by every layer),
+/// Compiles each weight-bearing kernel once in dynamic weight mode (shared by every layer),
 /// and stages the snapshot's weights into every layer's inputs.
-pub fn compile_packed_kernel_set(
+pub fn compile_dynamic_kernel_set(
     device: &dyn Device,
     snapshot: WeightSnapshot,
 ) -> Result<KernelSet, StepError> {
     let config = snapshot.params.layout.config.clone();
     let mut kernels = Vec::with_capacity(KernelKind::WEIGHTED.len());
-    let mut packings = Vec::with_capacity(KernelKind::WEIGHTED.len());
+    let mut input_weights = Vec::with_capacity(KernelKind::WEIGHTED.len());
     for kind in KernelKind::WEIGHTED {
-        let kernel = format!("{}.packed", kind.name());
-        let (program, packing) =
-            generate_packed(kind, &config, kernel_dtype(device)).map_err(|source| {
+        let kernel = format!("{}.dynamic", kind.name());
+        let (program, weights) =
+            generate_dynamic(kind, &config, kernel_dtype(device)).map_err(|source| {
                 StepError::Generate {
                     kernel: kernel.clone(),
                     source,
@@ -389,11 +389,11 @@ pub fn compile_packed_kernel_set(
             .compile(&program.program, &program.weights)
             .map_err(|source| StepError::Compile { kernel, source })?;
         kernels.push(compiled);
-        packings.push(packing);
+        input_weights.push(weights);
     }
     let inputs = (0..config.n_layers)
         .map(|_| {
-            packings
+            input_weights
                 .iter()
                 .map(|p| vec![0.0; p.input_len(config.seq_len)])
                 .collect()
@@ -401,9 +401,9 @@ pub fn compile_packed_kernel_set(
         .collect();
     let mut set = KernelSet {
         snapshot: snapshot.clone(),
-        kernels: SetKernels::Packed(PackedKernels {
+        kernels: SetKernels::Dynamic(DynamicKernels {
             kernels,
-            packings,
+            input_weights,
             inputs,
         }),
     };
@@ -520,26 +520,26 @@ impl<'c> StepTiming<'c> {
     }
 }
 
-/// Buffers of one packed kernel tensor `[C][S]`.
-struct Packed {
-    packing: Packing,
+/// A kernel's input or output `[C][S]`: logical tensors concatenated along the channels.
+struct ChannelTensor {
+    parts: ChannelParts,
     data: Vec<f32>,
     s: usize,
 }
 
-impl Packed {
-    fn new(packing: Packing, s: usize) -> Packed {
-        let data = vec![0.0; packing.channels() * s];
-        Packed { packing, data, s }
+impl ChannelTensor {
+    fn new(parts: ChannelParts, s: usize) -> ChannelTensor {
+        let data = vec![0.0; parts.channels() * s];
+        ChannelTensor { parts, data, s }
     }
 
     fn part(&self, name: &str) -> &[f32] {
-        let r = self.packing.range(name);
+        let r = self.parts.range(name);
         &self.data[r.start * self.s..r.end * self.s]
     }
 
     fn part_mut(&mut self, name: &str) -> &mut [f32] {
-        let r = self.packing.range(name);
+        let r = self.parts.range(name);
         &mut self.data[r.start * self.s..r.end * self.s]
     }
 }
@@ -548,8 +548,8 @@ impl Packed {
 struct LayerTape {
     x: Vec<f32>,
     x2: Vec<f32>,
-    attn: Packed,
-    ffn: Packed,
+    attn: ChannelTensor,
+    ffn: ChannelTensor,
 }
 
 /// Preallocated buffers of a micro-step.
@@ -562,14 +562,14 @@ pub struct StepBuffers {
     dlogits: Vec<f32>,
     dy: Vec<f32>,
     dx: Vec<f32>,
-    bwd_ffn_in: Packed,
-    bwd_ffn_out: Packed,
-    bwd_attn1_in: Packed,
-    bwd_attn1_out: Packed,
-    bwd_attn2_in: Packed,
-    bwd_attn2_out: Packed,
-    bwd_qkv_in: Packed,
-    bwd_qkv_out: Packed,
+    bwd_ffn_in: ChannelTensor,
+    bwd_ffn_out: ChannelTensor,
+    bwd_attn1_in: ChannelTensor,
+    bwd_attn1_out: ChannelTensor,
+    bwd_attn2_in: ChannelTensor,
+    bwd_attn2_out: ChannelTensor,
+    bwd_qkv_in: ChannelTensor,
+    bwd_qkv_out: ChannelTensor,
     /// Buffers for copies of weight-gradient inputs, reused from step to step.
     spare: Mutex<Vec<Vec<f32>>>,
     /// The weight-gradient helper's thread pool, built for a thread count on first use.
@@ -603,9 +603,9 @@ impl StepBuffers {
     pub fn new(config: &ModelConfig) -> StepBuffers {
         let s = config.seq_len;
         let (d, v) = (config.dim, config.vocab);
-        let packed = |kind: KernelKind, input: bool| {
+        let tensor = |kind: KernelKind, input: bool| {
             let (i, o) = kind.layout(config);
-            Packed::new(if input { i } else { o }, s)
+            ChannelTensor::new(if input { i } else { o }, s)
         };
         StepBuffers {
             config: config.clone(),
@@ -613,8 +613,8 @@ impl StepBuffers {
                 .map(|_| LayerTape {
                     x: vec![0.0; d * s],
                     x2: vec![0.0; d * s],
-                    attn: packed(KernelKind::FwdAttn, false),
-                    ffn: packed(KernelKind::FwdFfn, false),
+                    attn: tensor(KernelKind::FwdAttn, false),
+                    ffn: tensor(KernelKind::FwdFfn, false),
                 })
                 .collect(),
             x: vec![0.0; d * s],
@@ -623,14 +623,14 @@ impl StepBuffers {
             dlogits: zeroed_f32(v * s),
             dy: vec![0.0; d * s],
             dx: vec![0.0; d * s],
-            bwd_ffn_in: packed(KernelKind::BwdFfn, true),
-            bwd_ffn_out: packed(KernelKind::BwdFfn, false),
-            bwd_attn1_in: packed(KernelKind::BwdAttn1, true),
-            bwd_attn1_out: packed(KernelKind::BwdAttn1, false),
-            bwd_attn2_in: packed(KernelKind::BwdAttn2, true),
-            bwd_attn2_out: packed(KernelKind::BwdAttn2, false),
-            bwd_qkv_in: packed(KernelKind::BwdQkv, true),
-            bwd_qkv_out: packed(KernelKind::BwdQkv, false),
+            bwd_ffn_in: tensor(KernelKind::BwdFfn, true),
+            bwd_ffn_out: tensor(KernelKind::BwdFfn, false),
+            bwd_attn1_in: tensor(KernelKind::BwdAttn1, true),
+            bwd_attn1_out: tensor(KernelKind::BwdAttn1, false),
+            bwd_attn2_in: tensor(KernelKind::BwdAttn2, true),
+            bwd_attn2_out: tensor(KernelKind::BwdAttn2, false),
+            bwd_qkv_in: tensor(KernelKind::BwdQkv, true),
+            bwd_qkv_out: tensor(KernelKind::BwdQkv, false),
             spare: Mutex::default(),
             wgrad_pool: None,
         }

@@ -7,7 +7,7 @@ use anetrain_device::clock::RealClock;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::step::{
-    compile_kernel_set, compile_packed_kernel_set, micro_step, KernelSet, SharedKernels,
+    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernels,
     StepBuffers, StepError, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
@@ -45,12 +45,12 @@ fn params(c: &ModelConfig, seed: u64) -> Params {
     p
 }
 
-/// How a kernel set is built: weights baked in, or packed into the inputs (dynamic).
+/// How a kernel set is built: weights baked in, or passed in the inputs (dynamic).
 type Compile = fn(&dyn Device, WeightSnapshot) -> Result<KernelSet, StepError>;
 
 const KERNEL_SETS: [(&str, Compile); 2] = [
     ("baked", compile_kernel_set),
-    ("dynamic", compile_packed_kernel_set),
+    ("dynamic", compile_dynamic_kernel_set),
 ];
 
 fn step_grads(

@@ -20,7 +20,7 @@ use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::step::{
-    compile_kernel_set, compile_packed_kernel_set, BakedPrograms, KernelSet, StepError,
+    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, StepError,
     WeightSnapshot,
 };
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,7 @@ impl Strategy {
             Strategy::Recompile | Strategy::DoubleBuffer | Strategy::Frozen => {
                 compile_kernel_set(device, snapshot)
             }
-            Strategy::Dynamic => compile_packed_kernel_set(device, snapshot),
+            Strategy::Dynamic => compile_dynamic_kernel_set(device, snapshot),
         }
     }
 }

@@ -96,7 +96,7 @@ fn dynamic_compiles_once_never_stalls_and_never_lags() {
     let device = model(&clock);
     let steps = 6;
     let out = run(&device, &*clock, Strategy::Dynamic, steps, 0);
-    // The shared weight-free kernel and one packed kernel per weighted kind, whatever the
+    // The shared weight-free kernel and one dynamic kernel per weighted kind, whatever the
     // number of layers: 6 compiles, 60 ms, all before the first step.
     assert_eq!(device.compiles(), 6);
     let c = &out.state.counters;

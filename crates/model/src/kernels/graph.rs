@@ -40,16 +40,16 @@ pub struct BakedTensor {
     pub dtype: DType,
 }
 
-/// One trainable tensor in the packed block of a kernel's input.
+/// One trainable tensor in the weight block of a kernel's input.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PackedTensor {
+pub struct InputWeight {
     pub name: String,
     pub shape: Vec<usize>,
     /// Flat offset in the block (element `i` of the block is column `i % P` of channel `i / P`).
     pub offset: usize,
 }
 
-impl PackedTensor {
+impl InputWeight {
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -59,26 +59,26 @@ impl PackedTensor {
     }
 }
 
-/// Where a packed kernel's trainable tensors live in its input `[1, C, 1, S + P]`.
+/// Where a dynamic kernel's trainable tensors live in its input `[1, C, 1, S + P]`.
 ///
 /// Columns `[0, S)` of every channel hold the activations; the `[1, C, 1, P]` block after them
 /// holds the tensors flattened one after another in the block's row-major order (flat index
 /// `c·P + p`), each at a fixed offset, and `P = ceil(total / C)` (the tail is padding).
 #[derive(Clone, Debug, PartialEq)]
-pub struct WeightPacking {
+pub struct InputWeights {
     channels: usize,
     columns: usize,
-    tensors: Vec<PackedTensor>,
+    tensors: Vec<InputWeight>,
 }
 
-impl WeightPacking {
+impl InputWeights {
     /// Lays out `tensors` (name, shape) in order behind `channels` channels of activations.
-    pub fn new(channels: usize, tensors: &[(String, Vec<usize>)]) -> WeightPacking {
+    pub fn new(channels: usize, tensors: &[(String, Vec<usize>)]) -> InputWeights {
         let mut offset = 0;
-        let tensors: Vec<PackedTensor> = tensors
+        let tensors: Vec<InputWeight> = tensors
             .iter()
             .map(|(name, shape)| {
-                let t = PackedTensor {
+                let t = InputWeight {
                     name: name.clone(),
                     shape: shape.clone(),
                     offset,
@@ -87,7 +87,7 @@ impl WeightPacking {
                 t
             })
             .collect();
-        WeightPacking {
+        InputWeights {
             channels,
             columns: offset.div_ceil(channels.max(1)),
             tensors,
@@ -104,11 +104,11 @@ impl WeightPacking {
         self.columns
     }
 
-    pub fn tensors(&self) -> &[PackedTensor] {
+    pub fn tensors(&self) -> &[InputWeight] {
         &self.tensors
     }
 
-    pub fn get(&self, name: &str) -> Option<&PackedTensor> {
+    pub fn get(&self, name: &str) -> Option<&InputWeight> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
@@ -117,11 +117,11 @@ impl WeightPacking {
         self.channels * (s + self.columns)
     }
 
-    /// Copies activations `[C][S]` into columns `[0, S)` of a packed input `[C][S + P]`.
-    /// Panics when the lengths do not fit the packing (a caller's bug).
+    /// Copies activations `[C][S]` into columns `[0, S)` of a dynamic input `[C][S + P]`.
+    /// Panics when the lengths do not fit the input weights (a caller's bug).
     pub fn write_activations(&self, input: &mut [f32], s: usize, activations: &[f32]) {
         assert_eq!(activations.len(), self.channels * s, "activations [C][S]");
-        assert_eq!(input.len(), self.input_len(s), "packed input [C][S + P]");
+        assert_eq!(input.len(), self.input_len(s), "dynamic input [C][S + P]");
         if s == 0 {
             return;
         }
@@ -131,11 +131,11 @@ impl WeightPacking {
         }
     }
 
-    /// Copies a tensor's values (row-major in its shape) to its place in the block of a packed
-    /// input `[C][S + P]`. Panics when the lengths do not fit the packing (a caller's bug).
-    pub fn write_tensor(&self, input: &mut [f32], s: usize, tensor: &PackedTensor, values: &[f32]) {
+    /// Copies a tensor's values (row-major in its shape) to its place in the weight block of a dynamic
+    /// input `[C][S + P]`. Panics when the lengths do not fit the input weights (a caller's bug).
+    pub fn write_tensor(&self, input: &mut [f32], s: usize, tensor: &InputWeight, values: &[f32]) {
         assert_eq!(values.len(), tensor.len(), "values of `{}`", tensor.name);
-        assert_eq!(input.len(), self.input_len(s), "packed input [C][S + P]");
+        assert_eq!(input.len(), self.input_len(s), "dynamic input [C][S + P]");
         assert!(
             tensor.offset + tensor.len() <= self.channels * self.columns,
             "`{}` lies outside the block",
@@ -160,10 +160,10 @@ impl WeightPacking {
 pub enum WeightMode {
     /// BLOBFILE constants: changing a weight means recompiling.
     Baked,
-    /// The block of the input's spatial axis after the activations, laid out by the packing.
-    Packed(WeightPacking),
-    /// The first pass of a packed generation: notes every trainable tensor the generator asks
-    /// for, in order, so that one [`WeightPacking`] can be laid out from the generator itself.
+    /// The block of the input's spatial axis after the activations, laid out by the input weights.
+    Dynamic(InputWeights),
+    /// The first pass of a dynamic generation: notes every trainable tensor the generator asks
+    /// for, in order, so that one [`InputWeights`] can be laid out from the generator itself.
     /// Its program carries no weight data and is not meant to be compiled.
     Recording,
 }
@@ -172,9 +172,9 @@ pub struct Graph {
     name: String,
     dtype: DType,
     mode: WeightMode,
-    /// The packed block flattened to `[1, 1, 1, C·P]` (packed mode, once the input exists).
+    /// The weight block flattened to `[1, 1, 1, C·P]` (dynamic mode, once the input exists).
     block: Option<Var>,
-    /// Trainable tensors already read (packed and recording modes): each is read once.
+    /// Trainable tensors already read (dynamic and recording modes): each is read once.
     trainables: HashMap<String, Var>,
     /// Baked mode: the trainable tensors in order of first use.
     baked_trainables: Vec<BakedTensor>,
@@ -220,7 +220,7 @@ impl Graph {
         &self.mode
     }
 
-    /// The kernel's single input: returns its activations, `[1, C, 1, S]`. In packed mode the
+    /// The kernel's single input: returns its activations, `[1, C, 1, S]`. In dynamic mode the
     /// input itself is `[1, C, 1, S + P]` and the block after the activations is kept for
     /// [`Graph::weight`].
     pub fn input(&mut self, name: &str, shape: &[usize]) -> Var {
@@ -236,21 +236,21 @@ impl Graph {
                 self.recorded_channels = Some(channels);
                 self.declare_input(name, shape)
             }
-            WeightMode::Packed(packing) => {
-                let (c, p) = (packing.channels(), packing.columns());
+            WeightMode::Dynamic(weights) => {
+                let (c, p) = (weights.channels(), weights.columns());
                 if c != channels {
                     self.fail(format!(
-                        "the input `{name}` has {channels} channels, its weight packing {c}"
+                        "the input `{name}` has {channels} channels, its input weights {c}"
                     ));
                 }
-                self.packed_input(name, c, s, p)
+                self.dynamic_input(name, c, s, p)
             }
         }
     }
 
     /// Declares the input `[1, C, 1, S + P]`, keeps its weight block flattened to
     /// `[1, 1, 1, C·P]` for [`Graph::weight`], and returns its activations `[1, C, 1, S]`.
-    fn packed_input(&mut self, name: &str, c: usize, s: usize, p: usize) -> Var {
+    fn dynamic_input(&mut self, name: &str, c: usize, s: usize, p: usize) -> Var {
         if p == 0 {
             return self.declare_input(name, &[1, c, 1, s]);
         }
@@ -325,8 +325,8 @@ impl Graph {
     /// A trainable tensor `tensor` of `shape` (the tensor as stored, or its transpose when
     /// `transposed`), as value `name`. Baked mode reads it from the weight file
     /// `<tensor>.bin` (`<tensor>t.bin` transposed), whose data is written later for a layer and
-    /// weight version (see [`KernelProgram::trainables`]); packed mode reads the tensor from
-    /// the input's block at the packing's offset, and recording mode notes it. Packed weights
+    /// weight version (see [`KernelProgram::trainables`]); dynamic mode reads the tensor from
+    /// the input's block at the input weights' offset, and recording mode notes it. Dynamic weights
     /// are read as stored. A tensor asked for twice is read once.
     pub fn weight(&mut self, name: &str, tensor: &str, shape: &[usize], transposed: bool) -> Var {
         if self.mode == WeightMode::Baked {
@@ -345,13 +345,13 @@ impl Graph {
         }
         if transposed {
             self.fail(format!(
-                "the weight `{tensor}` is packed as stored; transpose it in the program"
+                "the weight `{tensor}` is passed as stored; transpose it in the program"
             ));
         }
         if let Some(v) = self.trainables.get(tensor) {
             return v.clone();
         }
-        let v = match self.packed_read(tensor, shape) {
+        let v = match self.dynamic_read(tensor, shape) {
             Some((block, offset, len)) => {
                 let flat = self.slice(
                     &format!("{name}_flat"),
@@ -372,23 +372,23 @@ impl Graph {
         v
     }
 
-    /// The flattened block and a trainable tensor's offset and length in it, in packed mode.
-    /// Failures (a tensor the packing lacks, a shape that disagrees with it, no input yet) are
+    /// The flattened block and a trainable tensor's offset and length in it, in dynamic mode.
+    /// Failures (a tensor the input weights lack, a shape that disagrees with it, no input yet) are
     /// generator bugs, kept for `finish`.
-    fn packed_read(&mut self, tensor: &str, shape: &[usize]) -> Option<(Var, usize, usize)> {
-        let WeightMode::Packed(packing) = &self.mode else {
+    fn dynamic_read(&mut self, tensor: &str, shape: &[usize]) -> Option<(Var, usize, usize)> {
+        let WeightMode::Dynamic(weights) = &self.mode else {
             return None;
         };
-        let problem = match (packing.get(tensor), &self.block) {
+        let problem = match (weights.get(tensor), &self.block) {
             (Some(t), Some(block)) if t.shape == shape => {
                 return Some((block.clone(), t.offset, t.len()));
             }
             (Some(t), _) if t.shape != shape => format!(
-                "the weight `{tensor}` is {shape:?} here but {:?} in the packing",
+                "the weight `{tensor}` is {shape:?} here but {:?} in the input weights",
                 t.shape
             ),
             (Some(_), _) => format!("the weight `{tensor}` is read before the input"),
-            (None, _) => format!("the weight packing has no tensor `{tensor}`"),
+            (None, _) => format!("the input weights has no tensor `{tensor}`"),
         };
         self.fail(problem);
         None
@@ -591,10 +591,10 @@ impl Graph {
         self.b.output(v);
     }
 
-    /// Ends a recording pass with the packing of the trainable tensors it noted.
-    pub fn finish_recording(mut self) -> Result<WeightPacking, Box<CheckError>> {
+    /// Ends a recording pass with the input weights of the trainable tensors it noted.
+    pub fn finish_recording(mut self) -> Result<InputWeights, Box<CheckError>> {
         if self.mode != WeightMode::Recording {
-            self.fail("only a recording pass ends with a weight packing".into());
+            self.fail("only a recording pass ends with a input weights".into());
         }
         let Some(channels) = self.recorded_channels else {
             self.fail("the recorded kernel has no input".into());
@@ -602,7 +602,7 @@ impl Graph {
         };
         match self.error {
             Some(e) => Err(Box::new(e)),
-            None => Ok(WeightPacking::new(channels, &self.recorded)),
+            None => Ok(InputWeights::new(channels, &self.recorded)),
         }
     }
 

@@ -2,18 +2,18 @@
 //!
 //! - [`generate`]: one kernel per layer, weights baked as BLOBFILE constants (a new weight
 //!   version means a recompile).
-//! - [`generate_packed`]: one kernel for all layers and all weight versions (the dynamic
+//! - [`generate_dynamic`]: one kernel for all layers and all weight versions (the dynamic
 //!   pipeline): every trainable tensor arrives in extra spatial columns of the input, laid out
-//!   by the kernel's [`WeightPacking`], and the host stages them with [`stage_layer_weights`].
+//!   by the kernel's [`InputWeights`], and the host stages them with [`stage_layer_weights`].
 //!   Linear maps become `matmul`s of the weight as stored; the backward's `Wᵀ·x` transposes it
 //!   in MIL (`transpose_x`), so the host copies weights without transposing them.
 //!
 //! Each kernel has one input and one output, channel-first `[1, C, 1, S]` fp16, holding several
-//! logical tensors concatenated along channels; a [`Packing`] names the channel ranges, and the
-//! trainer reads and writes through the same packings the generators use. A packed kernel's
+//! logical tensors concatenated along channels; a [`ChannelParts`] names the channel ranges, and the
+//! trainer reads and writes through the same layouts the generators use. A dynamic kernel's
 //! input is `[1, C, 1, S + P]`: the same activations in columns `[0, S)`, weights after them.
 //!
-//! | kernel | input | output | weights (baked: as listed; packed: as stored) |
+//! | kernel | input | output | weights (baked: as listed; dynamic: as stored) |
 //! |---|---|---|---|
 //! | `fwd_attn` | x | o, q_rope, k_rope, v, attn, xnorm | rms_att, Wq, Wk, Wv, Wo, RoPE, mask |
 //! | `fwd_ffn` | x2 | ffn, h1, h3, gate, xnorm | rms_ffn, W1, W3, W2 |
@@ -38,17 +38,17 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
-pub use graph::{BakedTensor, KernelProgram, PackedTensor, WeightPacking};
+pub use graph::{BakedTensor, InputWeight, InputWeights, KernelProgram};
 
-/// Named channel ranges of a packed `[1, C, 1, S]` tensor.
+/// Named channel ranges of a `[1, C, 1, S]` tensor that concatenates several logical tensors.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Packing {
+pub struct ChannelParts {
     parts: Vec<(&'static str, usize)>,
 }
 
-impl Packing {
-    pub fn new(parts: &[(&'static str, usize)]) -> Packing {
-        Packing {
+impl ChannelParts {
+    pub fn new(parts: &[(&'static str, usize)]) -> ChannelParts {
+        ChannelParts {
             parts: parts.to_vec(),
         }
     }
@@ -57,7 +57,7 @@ impl Packing {
         self.parts.iter().map(|(_, c)| c).sum()
     }
 
-    /// The channel range of a part; panics on a name the packing does not have (a bug).
+    /// The channel range of a part; panics on a name the tensor does not have (a bug).
     pub fn range(&self, name: &str) -> Range<usize> {
         let mut at = 0;
         for (n, c) in &self.parts {
@@ -66,7 +66,7 @@ impl Packing {
             }
             at += c;
         }
-        panic!("no part `{name}` in packing {:?}", self.parts)
+        panic!("no part `{name}` in channel parts {:?}", self.parts)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -120,14 +120,14 @@ impl KernelKind {
         }
     }
 
-    /// Input and output packings under a configuration.
-    pub fn layout(self, c: &ModelConfig) -> (Packing, Packing) {
+    /// Input and output channel parts under a configuration.
+    pub fn layout(self, c: &ModelConfig) -> (ChannelParts, ChannelParts) {
         let (d, h, q, kv) = (c.dim, c.hidden, c.q_dim(), c.kv_dim());
         let sc = c.n_heads * c.seq_len;
         match self {
             KernelKind::FwdAttn => (
-                Packing::new(&[("x", d)]),
-                Packing::new(&[
+                ChannelParts::new(&[("x", d)]),
+                ChannelParts::new(&[
                     ("o", d),
                     ("q_rope", q),
                     ("k_rope", kv),
@@ -137,24 +137,24 @@ impl KernelKind {
                 ]),
             ),
             KernelKind::FwdFfn => (
-                Packing::new(&[("x2", d)]),
-                Packing::new(&[("ffn", d), ("h1", h), ("h3", h), ("gate", h), ("xnorm", d)]),
+                ChannelParts::new(&[("x2", d)]),
+                ChannelParts::new(&[("ffn", d), ("h1", h), ("h3", h), ("gate", h), ("xnorm", d)]),
             ),
             KernelKind::BwdFfn => (
-                Packing::new(&[("dffn", d), ("h1", h), ("h3", h)]),
-                Packing::new(&[("dx", d), ("dh1", h), ("dh3", h)]),
+                ChannelParts::new(&[("dffn", d), ("h1", h), ("h3", h)]),
+                ChannelParts::new(&[("dx", d), ("dh1", h), ("dh3", h)]),
             ),
             KernelKind::BwdAttn1 => (
-                Packing::new(&[("q_rope", q), ("k_rope", kv), ("v", kv), ("dx2", d)]),
-                Packing::new(&[("dv", kv), ("probs", sc), ("dprobs", sc)]),
+                ChannelParts::new(&[("q_rope", q), ("k_rope", kv), ("v", kv), ("dx2", d)]),
+                ChannelParts::new(&[("dv", kv), ("probs", sc), ("dprobs", sc)]),
             ),
             KernelKind::BwdAttn2 => (
-                Packing::new(&[("probs", sc), ("dprobs", sc), ("q_rope", q), ("k_rope", kv)]),
-                Packing::new(&[("dq_rope", q), ("dk_rope", kv)]),
+                ChannelParts::new(&[("probs", sc), ("dprobs", sc), ("q_rope", q), ("k_rope", kv)]),
+                ChannelParts::new(&[("dq_rope", q), ("dk_rope", kv)]),
             ),
             KernelKind::BwdQkv => (
-                Packing::new(&[("dq_rope", q), ("dk_rope", kv), ("dv", kv)]),
-                Packing::new(&[("dx", d), ("dq", q), ("dk", kv)]),
+                ChannelParts::new(&[("dq_rope", q), ("dk_rope", kv), ("dv", kv)]),
+                ChannelParts::new(&[("dx", d), ("dq", q), ("dk", kv)]),
             ),
         }
     }
@@ -269,7 +269,7 @@ impl KernelProgram {
             if dims(&baked.shape) != dims(&expected) {
                 return Err(StageError::Shape {
                     name: baked.path.clone(),
-                    packed: baked.shape.clone(),
+                    given: baked.shape.clone(),
                     model: expected,
                 });
             }
@@ -298,42 +298,42 @@ impl KernelProgram {
     }
 }
 
-/// Where a kernel's trainable tensors lie in its packed input, found by a first pass of the
+/// Where a kernel's trainable tensors lie in its dynamic input, found by a first pass of the
 /// kernel's own generator that notes every weight it asks for, so that the order and offsets
 /// have one source of truth. Each tensor is named by its [`LayerTensor::short_name`].
-pub fn weight_packing(kind: KernelKind, c: &ModelConfig) -> Result<WeightPacking, Box<CheckError>> {
+pub fn input_weights(kind: KernelKind, c: &ModelConfig) -> Result<InputWeights, Box<CheckError>> {
     let mut g = Graph::with_weights(kind.name(), DType::Fp32, WeightMode::Recording);
     Gen { c }.build(kind, &mut g);
     g.finish_recording()
 }
 
 /// Generates a kernel that reads its trainable tensors from its input (see
-/// [`weight_packing`]): compiled once, it serves every layer and every weight version.
-pub fn generate_packed(
+/// [`input_weights`]): compiled once, it serves every layer and every weight version.
+pub fn generate_dynamic(
     kind: KernelKind,
     c: &ModelConfig,
     dtype: DType,
-) -> Result<(KernelProgram, WeightPacking), Box<CheckError>> {
-    let packing = weight_packing(kind, c)?;
-    let mode = WeightMode::Packed(packing.clone());
-    let mut g = Graph::with_weights(&format!("{}.packed", kind.name()), dtype, mode);
+) -> Result<(KernelProgram, InputWeights), Box<CheckError>> {
+    let weights = input_weights(kind, c)?;
+    let mode = WeightMode::Dynamic(weights.clone());
+    let mut g = Graph::with_weights(&format!("{}.dynamic", kind.name()), dtype, mode);
     Gen { c }.build(kind, &mut g);
-    Ok((g.finish()?, packing))
+    Ok((g.finish()?, weights))
 }
 
 #[derive(Debug, Error, PartialEq)]
 pub enum StageError {
-    #[error("the packed tensor `{0}` is not a layer tensor")]
+    #[error("the input weight `{0}` is not a layer tensor")]
     UnknownTensor(String),
-    #[error("the packed tensor `{name}` has shape {packed:?}, the model's {model:?}")]
+    #[error("the weight `{name}` has shape {given:?}, the model's {model:?}")]
     Shape {
         name: String,
-        packed: Vec<usize>,
+        given: Vec<usize>,
         model: [usize; 2],
     },
     #[error("layer {layer} staged from a model of {layers} layers")]
     Layer { layer: usize, layers: usize },
-    #[error("a packed input of {found} values, the packing needs {expected}")]
+    #[error("a dynamic input of {found} values, its weights need {expected}")]
     InputLength { expected: usize, found: usize },
 }
 
@@ -344,10 +344,10 @@ fn layer_tensor(name: &str) -> Option<LayerTensor> {
         .find(|t| t.short_name() == name)
 }
 
-/// Copies layer `layer`'s weights from `params` into the block of a packed kernel input
+/// Copies layer `layer`'s weights from `params` into the block of a dynamic kernel input
 /// `[C][S + P]` (S = the model's sequence length), each tensor as stored.
 pub fn stage_layer_weights(
-    packing: &WeightPacking,
+    weights: &InputWeights,
     input: &mut [f32],
     params: &Params,
     layer: usize,
@@ -360,24 +360,24 @@ pub fn stage_layer_weights(
             layers: c.n_layers,
         });
     }
-    if input.len() != packing.input_len(s) {
+    if input.len() != weights.input_len(s) {
         return Err(StageError::InputLength {
-            expected: packing.input_len(s),
+            expected: weights.input_len(s),
             found: input.len(),
         });
     }
-    for packed in packing.tensors() {
-        let t = layer_tensor(&packed.name)
-            .ok_or_else(|| StageError::UnknownTensor(packed.name.clone()))?;
+    for weight in weights.tensors() {
+        let t = layer_tensor(&weight.name)
+            .ok_or_else(|| StageError::UnknownTensor(weight.name.clone()))?;
         let [rows, cols] = t.shape(c);
-        if packed.len() != rows * cols {
+        if weight.len() != rows * cols {
             return Err(StageError::Shape {
-                name: packed.name.clone(),
-                packed: packed.shape.clone(),
+                name: weight.name.clone(),
+                given: weight.shape.clone(),
                 model: [rows, cols],
             });
         }
-        packing.write_tensor(input, s, packed, params.layer(layer, t));
+        weights.write_tensor(input, s, weight, params.layer(layer, t));
     }
     Ok(())
 }
@@ -410,7 +410,7 @@ impl Gen<'_> {
 
     /// `W·x` for the layer matrix `t` (`[out, in]`) and `x` `[1, in, 1, S]`, or `Wᵀ·x` when
     /// `transposed`. Baked, it is a 1×1 conv with the weight baked as needed (transposed by
-    /// the host for `Wᵀ`); packed, a matmul of the weight as stored `[1, 1, out, in]` with `x`
+    /// the host for `Wᵀ`); dynamic, a matmul of the weight as stored `[1, 1, out, in]` with `x`
     /// as `[1, 1, in, S]`, the transpose done by the matmul.
     fn linear(&self, g: &mut Graph, name: &str, t: LayerTensor, transposed: bool, x: &Var) -> Var {
         let short = t.short_name();
@@ -435,8 +435,8 @@ impl Gen<'_> {
         g.reshape(name, &y4, &[1, m, 1, self.s()])
     }
 
-    /// Channel slice `[from, from + n)` of a packed input.
-    fn part(&self, g: &mut Graph, x: &Var, p: &Packing, name: &'static str) -> Var {
+    /// Channel slice `[from, from + n)` of an input.
+    fn part(&self, g: &mut Graph, x: &Var, p: &ChannelParts, name: &'static str) -> Var {
         let r = p.range(name);
         g.slice(name, x, &[0, r.start, 0, 0], &[1, r.len(), 1, self.s()])
     }
@@ -612,7 +612,7 @@ impl Gen<'_> {
         vec![ffn, h1, h3, gate, xn]
     }
 
-    fn bwd_ffn(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+    fn bwd_ffn(&self, g: &mut Graph, x: &Var, p: &ChannelParts) -> Vec<Var> {
         let dffn = self.part(g, x, p, "dffn");
         let h1 = self.part(g, x, p, "h1");
         let h3 = self.part(g, x, p, "h3");
@@ -635,7 +635,7 @@ impl Gen<'_> {
         vec![dx, dh1, dh3]
     }
 
-    fn bwd_attn1(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+    fn bwd_attn1(&self, g: &mut Graph, x: &Var, p: &ChannelParts) -> Vec<Var> {
         let (nh, s) = (self.c.n_heads, self.s());
         let qr = self.part(g, x, p, "q_rope");
         let kr = self.part(g, x, p, "k_rope");
@@ -655,7 +655,7 @@ impl Gen<'_> {
         vec![dv, pf, dpf]
     }
 
-    fn bwd_attn2(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+    fn bwd_attn2(&self, g: &mut Graph, x: &Var, p: &ChannelParts) -> Vec<Var> {
         let (nh, s) = (self.c.n_heads, self.s());
         let pf = self.part(g, x, p, "probs");
         let dpf = self.part(g, x, p, "dprobs");
@@ -679,7 +679,7 @@ impl Gen<'_> {
         vec![dq, dk]
     }
 
-    fn bwd_qkv(&self, g: &mut Graph, x: &Var, p: &Packing) -> Vec<Var> {
+    fn bwd_qkv(&self, g: &mut Graph, x: &Var, p: &ChannelParts) -> Vec<Var> {
         let (q_dim, kv_dim) = (self.c.q_dim(), self.c.kv_dim());
         let dqr = self.part(g, x, p, "dq_rope");
         let dkr = self.part(g, x, p, "dk_rope");

@@ -7,11 +7,11 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_mil::DType;
 use anetrain_model::init::{init_params, SplitMix64};
 use anetrain_model::kernels::{
-    generate, generate_packed, stage_layer_weights, weight_packing, KernelKind, StageError,
-    WeightPacking,
+    generate, generate_dynamic, input_weights, stage_layer_weights, InputWeights, KernelKind,
+    StageError,
 };
 use anetrain_model::step::{
-    compile_kernel_set, compile_packed_kernel_set, micro_step, KernelSet, SharedKernels,
+    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernels,
     StepBuffers, StepError, WeightSnapshot,
 };
 use anetrain_model::{LayerTensor, ModelConfig, ParamLayout, Params};
@@ -81,9 +81,9 @@ fn relative_error(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-/// Evaluates kernel `kind` of `layer` baked and packed (weights staged by the host) on the
+/// Evaluates kernel `kind` of `layer` baked and dynamic (weights staged by the host) on the
 /// same activations; returns both outputs.
-fn baked_and_packed(
+fn baked_and_dynamic(
     mode: NumericMode,
     kind: KernelKind,
     p: &Arc<Params>,
@@ -92,15 +92,15 @@ fn baked_and_packed(
     let c = &p.layout.config;
     let device = CpuDevice::new(mode).with_threads(1);
     let baked = generate(kind, c, p, layer, dtype(mode)).unwrap();
-    let (packed, packing) = generate_packed(kind, c, dtype(mode)).unwrap();
+    let (dynamic, weights) = generate_dynamic(kind, c, dtype(mode)).unwrap();
     let mut baked = device.compile(&baked.program, &baked.weights).unwrap();
-    let mut packed = device.compile(&packed.program, &packed.weights).unwrap();
+    let mut dynamic = device.compile(&dynamic.program, &dynamic.weights).unwrap();
 
     let (input, output) = kind.layout(c);
     let activations = uniform(input.channels() * c.seq_len, 17 + layer as u64);
-    let mut staged = vec![f32::NAN; packing.input_len(c.seq_len)];
-    packing.write_activations(&mut staged, c.seq_len, &activations);
-    stage_layer_weights(&packing, &mut staged, p, layer).unwrap();
+    let mut staged = vec![f32::NAN; weights.input_len(c.seq_len)];
+    weights.write_activations(&mut staged, c.seq_len, &activations);
+    stage_layer_weights(&weights, &mut staged, p, layer).unwrap();
     // The padding after the last tensor is never read; give it a value all the same.
     staged
         .iter_mut()
@@ -113,16 +113,16 @@ fn baked_and_packed(
         .eval(&mut baked, &[&activations], &mut [&mut want])
         .unwrap();
     device
-        .eval(&mut packed, &[&staged], &mut [&mut got])
+        .eval(&mut dynamic, &[&staged], &mut [&mut got])
         .unwrap();
     (got, want)
 }
 
 #[test]
-fn each_packed_kernel_matches_its_baked_kernel_in_fp32() {
+fn each_dynamic_kernel_matches_its_baked_kernel_in_fp32() {
     let p = Arc::new(params(&config(), 5));
     for kind in KernelKind::ALL {
-        let (got, want) = baked_and_packed(NumericMode::Fp32, kind, &p, 1);
+        let (got, want) = baked_and_dynamic(NumericMode::Fp32, kind, &p, 1);
         let err = relative_error(&got, &want);
         let exact = got.iter().zip(&want).filter(|(g, w)| g == w).count();
         eprintln!(
@@ -162,22 +162,22 @@ fn baked_kernels_viewing_the_parameters_run_as_from_their_bytes() {
 }
 
 #[test]
-fn each_packed_kernel_matches_its_baked_kernel_in_fp16() {
+fn each_dynamic_kernel_matches_its_baked_kernel_in_fp16() {
     // Both kernels round the weights to fp16 (the blob, or the fp16 input); what may differ is
     // only how the ops round along the way.
     let p = Arc::new(params(&config(), 6));
     for kind in KernelKind::ALL {
-        let (got, want) = baked_and_packed(NumericMode::Fp16, kind, &p, 0);
+        let (got, want) = baked_and_dynamic(NumericMode::Fp16, kind, &p, 0);
         let err = relative_error(&got, &want);
         assert!(err <= 2e-3, "{}: relative error {err:.2e}", kind.name());
     }
 }
 
 #[test]
-fn packings_list_each_kernels_trainable_tensors_in_order_of_use() {
+fn input_weights_list_each_kernels_trainable_tensors_in_order_of_use() {
     let c = config();
     let names = |kind| -> Vec<String> {
-        weight_packing(kind, &c)
+        input_weights(kind, &c)
             .unwrap()
             .tensors()
             .iter()
@@ -194,17 +194,17 @@ fn packings_list_each_kernels_trainable_tensors_in_order_of_use() {
     assert!(names(KernelKind::BwdAttn2).is_empty());
     assert_eq!(names(KernelKind::BwdQkv), ["wq", "wk", "wv"]);
     for kind in KernelKind::ALL {
-        let packing = weight_packing(kind, &c).unwrap();
+        let weights = input_weights(kind, &c).unwrap();
         let (input, _) = kind.layout(&c);
-        assert_eq!(packing.channels(), input.channels());
+        assert_eq!(weights.channels(), input.channels());
         let mut at = 0;
-        for t in packing.tensors() {
+        for t in weights.tensors() {
             assert_eq!(t.offset, at, "{} {}", kind.name(), t.name);
             at += t.len();
         }
-        assert_eq!(packing.columns(), at.div_ceil(packing.channels()));
+        assert_eq!(weights.columns(), at.div_ceil(weights.channels()));
     }
-    let attn = weight_packing(KernelKind::FwdAttn, &c).unwrap();
+    let attn = input_weights(KernelKind::FwdAttn, &c).unwrap();
     let wo = attn.get("wo").unwrap();
     assert_eq!(wo.shape, [1, 1, c.dim, c.q_dim()]);
     assert_eq!(attn.get("rms_att").unwrap().shape, [1, c.dim, 1, 1]);
@@ -213,14 +213,14 @@ fn packings_list_each_kernels_trainable_tensors_in_order_of_use() {
 #[test]
 fn the_block_holds_flat_index_c_p_plus_p_after_each_channels_activations() {
     // Two channels, S = 3, tensors of 3 and 2 elements: P = ceil(5 / 2) = 3.
-    let packing = WeightPacking::new(2, &[("a".into(), vec![3]), ("b".into(), vec![1, 2])]);
-    assert_eq!(packing.columns(), 3);
-    let mut input = vec![0.0; packing.input_len(3)];
-    packing.write_activations(&mut input, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let a = packing.get("a").unwrap().clone();
-    let b = packing.get("b").unwrap().clone();
-    packing.write_tensor(&mut input, 3, &a, &[10.0, 11.0, 12.0]);
-    packing.write_tensor(&mut input, 3, &b, &[20.0, 21.0]);
+    let weights = InputWeights::new(2, &[("a".into(), vec![3]), ("b".into(), vec![1, 2])]);
+    assert_eq!(weights.columns(), 3);
+    let mut input = vec![0.0; weights.input_len(3)];
+    weights.write_activations(&mut input, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let a = weights.get("a").unwrap().clone();
+    let b = weights.get("b").unwrap().clone();
+    weights.write_tensor(&mut input, 3, &a, &[10.0, 11.0, 12.0]);
+    weights.write_tensor(&mut input, 3, &b, &[20.0, 21.0]);
     #[rustfmt::skip]
     let expect = [
         1.0, 2.0, 3.0, 10.0, 11.0, 12.0,
@@ -233,24 +233,24 @@ fn the_block_holds_flat_index_c_p_plus_p_after_each_channels_activations() {
 fn staging_refuses_what_does_not_fit() {
     let c = config();
     let p = params(&c, 1);
-    let packing = weight_packing(KernelKind::FwdFfn, &c).unwrap();
-    let mut short = vec![0.0; packing.input_len(c.seq_len) - 1];
+    let weights = input_weights(KernelKind::FwdFfn, &c).unwrap();
+    let mut short = vec![0.0; weights.input_len(c.seq_len) - 1];
     assert_eq!(
-        stage_layer_weights(&packing, &mut short, &p, 0),
+        stage_layer_weights(&weights, &mut short, &p, 0),
         Err(StageError::InputLength {
-            expected: packing.input_len(c.seq_len),
-            found: packing.input_len(c.seq_len) - 1,
+            expected: weights.input_len(c.seq_len),
+            found: weights.input_len(c.seq_len) - 1,
         })
     );
-    let mut input = vec![0.0; packing.input_len(c.seq_len)];
+    let mut input = vec![0.0; weights.input_len(c.seq_len)];
     assert_eq!(
-        stage_layer_weights(&packing, &mut input, &p, 2),
+        stage_layer_weights(&weights, &mut input, &p, 2),
         Err(StageError::Layer {
             layer: 2,
             layers: 2
         })
     );
-    let foreign = WeightPacking::new(packing.channels(), &[("embed".into(), vec![4])]);
+    let foreign = InputWeights::new(weights.channels(), &[("embed".into(), vec![4])]);
     assert_eq!(
         stage_layer_weights(
             &foreign,
@@ -267,17 +267,17 @@ fn staging_refuses_what_does_not_fit() {
         baked.stage(snapshot(&p, 1)),
         Err(StepError::BakedWeights { version: 0 })
     ));
-    let mut packed = compile_packed_kernel_set(&device, snapshot(&p, 0)).unwrap();
+    let mut dynamic = compile_dynamic_kernel_set(&device, snapshot(&p, 0)).unwrap();
     let mut other = config();
     other.name = "other".into();
     other.hidden = 48;
     let q = init_params(Arc::new(ParamLayout::new(&other)), 1);
     assert!(matches!(
-        packed.stage(snapshot(&q, 1)),
+        dynamic.stage(snapshot(&q, 1)),
         Err(StepError::ModelMismatch { .. })
     ));
     // A refused snapshot leaves the set as it was.
-    assert_eq!(packed.version(), 0);
+    assert_eq!(dynamic.version(), 0);
 }
 
 fn loss_and_grads(
@@ -306,7 +306,7 @@ fn loss_and_grads(
 }
 
 #[test]
-fn a_micro_step_on_packed_kernels_equals_one_on_baked_kernels() {
+fn a_micro_step_on_dynamic_kernels_equals_one_on_baked_kernels() {
     let c = config();
     let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
     let first = params(&c, 21);
@@ -316,18 +316,18 @@ fn a_micro_step_on_packed_kernels_equals_one_on_baked_kernels() {
         *v *= 1.5;
     }
     let mut shared = SharedKernels::compile(&device, &first).unwrap();
-    let mut packed = compile_packed_kernel_set(&device, snapshot(&first, 0)).unwrap();
-    assert_eq!(packed.compiled_kernels(), KernelKind::WEIGHTED.len());
+    let mut dynamic = compile_dynamic_kernel_set(&device, snapshot(&first, 0)).unwrap();
+    assert_eq!(dynamic.compiled_kernels(), KernelKind::WEIGHTED.len());
 
     for (version, p) in [(0, &first), (1, &second)] {
         if version > 0 {
             // New weights reach the same compiled kernels by staging alone.
-            packed.stage(snapshot(p, version)).unwrap();
+            dynamic.stage(snapshot(p, version)).unwrap();
         }
-        assert_eq!(packed.version(), version);
+        assert_eq!(dynamic.version(), version);
         let mut baked = compile_kernel_set(&device, snapshot(p, version)).unwrap();
         let (want_loss, want) = loss_and_grads(&device, &mut baked, &mut shared, 2);
-        let (loss, got) = loss_and_grads(&device, &mut packed, &mut shared, 2);
+        let (loss, got) = loss_and_grads(&device, &mut dynamic, &mut shared, 2);
         assert_eq!(
             loss.to_bits(),
             want_loss.to_bits(),
@@ -359,7 +359,7 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
     let p = params(&c, 23);
     let mut shared = SharedKernels::compile(&device, &p).unwrap();
     let shared_weights = Arc::new(p.clone());
-    let mut packed = compile_packed_kernel_set(
+    let mut dynamic = compile_dynamic_kernel_set(
         &device,
         WeightSnapshot {
             version: 4,
@@ -368,10 +368,10 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
     )
     .unwrap();
     assert_eq!(Arc::strong_count(&shared_weights), 2);
-    packed.release_weights();
+    dynamic.release_weights();
     // The set's hold is gone, so the master weights can be updated in place.
     assert_eq!(Arc::strong_count(&shared_weights), 1);
-    assert_eq!(packed.version(), 4);
+    assert_eq!(dynamic.version(), 4);
     let v = c.vocab as u32;
     let tokens: Vec<u32> = (0..c.seq_len as u32).map(|i| i % v).collect();
     let mut buf = StepBuffers::new(&c);
@@ -380,7 +380,7 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
     let result = micro_step(
         &device,
         &clock,
-        &mut packed,
+        &mut dynamic,
         &mut shared,
         &mut buf,
         &tokens,
@@ -394,7 +394,7 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
         "{:?}",
         result.map(|r| r.0)
     );
-    packed.stage(snapshot(&p, 5)).unwrap();
-    let (loss, _) = loss_and_grads(&device, &mut packed, &mut shared, 1);
+    dynamic.stage(snapshot(&p, 5)).unwrap();
+    let (loss, _) = loss_and_grads(&device, &mut dynamic, &mut shared, 1);
     assert!(loss.is_finite());
 }
