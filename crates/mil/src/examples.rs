@@ -282,8 +282,8 @@ pub fn conv_stack(dtype: DType, channels: &[usize], s: usize) -> Program {
 
 /// Weight files for [`conv_chain`]: conv `i` is `scale · I` plus a small off-diagonal ripple,
 /// so that a chain neither explodes nor vanishes and its result can be checked.
-pub fn conv_chain_weights(n: usize, c: usize, scale: f32) -> crate::blob::WeightFiles {
-    let mut files = crate::blob::WeightFiles::new();
+pub fn conv_chain_weights(n: usize, c: usize, scale: f32) -> crate::weights::WeightFiles {
+    let mut files = crate::weights::WeightFiles::new();
     for i in 0..n {
         let mut w = vec![0.0f32; c * c];
         for r in 0..c {
