@@ -16,7 +16,7 @@ use anetrain_train::run::restart::restart_args;
 use anetrain_train::run::trace::continue_trace;
 use anetrain_train::run::{EfficiencyReport, MetricsLog, MetricsRow, RunFolder, RunSettings};
 use anetrain_train::trainer::{
-    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
+    train, CheckpointFolder, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -323,7 +323,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let max_staleness = settings.max_staleness.unwrap_or(1);
     let max_failures = settings.max_compile_failures.unwrap_or(3);
-    let sink = CheckpointSink {
+    let checkpoints = CheckpointFolder {
         dir: folder.path().to_path_buf(),
         tokenizer_kind: data.tokenizer_kind,
         tokenizer: data.tokenizer_bytes.clone(),
@@ -388,7 +388,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 bar.set_position(r.step);
                 bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
             }
-            Event::Validation { step, loss, .. } => say(
+            Event::Validation { step, loss, .. } => print_above_bar(
                 &bar,
                 args.quiet,
                 format!("step {step}: validation loss {loss:.4}"),
@@ -422,7 +422,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         &options,
         &mut state,
         &mut windows,
-        Some(&sink),
+        Some(&checkpoints),
         &mut on_event,
     );
     bar.finish_and_clear();
@@ -477,7 +477,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// Prints a line above the progress bar, or plainly where there is no bar (not a terminal).
-fn say(bar: &ProgressBar, quiet: bool, line: String) {
+fn print_above_bar(bar: &ProgressBar, quiet: bool, line: String) {
     if quiet {
         return;
     }

@@ -412,15 +412,15 @@ pub fn compile_dynamic_kernel_set(
 }
 
 /// The weight-free kernel every layer shares; compiled once per process.
-pub struct SharedKernels {
+pub struct SharedKernel {
     bwd_attn2: Kernel,
 }
 
-impl SharedKernels {
-    /// Kernels [`SharedKernels::compile`] compiles.
-    pub const COUNT: usize = 1;
+impl SharedKernel {
+    /// Compiles [`SharedKernel::compile`] makes.
+    pub const COMPILES: usize = 1;
 
-    pub fn compile(device: &dyn Device, params: &Params) -> Result<SharedKernels, StepError> {
+    pub fn compile(device: &dyn Device, params: &Params) -> Result<SharedKernel, StepError> {
         let kind = KernelKind::BwdAttn2;
         let program = generate_baked(kind, &params.layout.config, kernel_dtype(device)).map_err(
             |source| StepError::Generate {
@@ -435,7 +435,7 @@ impl SharedKernels {
                 kernel: kind.name().into(),
                 source,
             })?;
-        Ok(SharedKernels { bwd_attn2 })
+        Ok(SharedKernel { bwd_attn2 })
     }
 }
 
@@ -1011,7 +1011,7 @@ pub fn micro_step<'c>(
     device: &dyn Device,
     clock: &'c dyn Clock,
     set: &mut KernelSet,
-    shared: &mut SharedKernels,
+    shared: &mut SharedKernel,
     buf: &mut StepBuffers,
     tokens: &[u32],
     targets: &[u32],

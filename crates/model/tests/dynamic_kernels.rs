@@ -11,7 +11,7 @@ use anetrain_model::kernels::{
     StageError,
 };
 use anetrain_model::step::{
-    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernels,
+    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernel,
     StepBuffers, StepError, WeightSnapshot,
 };
 use anetrain_model::{LayerTensor, ModelConfig, ParamLayout, Params};
@@ -283,7 +283,7 @@ fn staging_refuses_what_does_not_fit() {
 fn loss_and_grads(
     device: &dyn Device,
     set: &mut KernelSet,
-    shared: &mut SharedKernels,
+    shared: &mut SharedKernel,
     window: u32,
 ) -> (f32, Params) {
     let params = set.snapshot().params.clone();
@@ -315,7 +315,7 @@ fn a_micro_step_on_dynamic_kernels_equals_one_on_baked_kernels() {
     for v in second.layer_mut(1, LayerTensor::Wo) {
         *v *= 1.5;
     }
-    let mut shared = SharedKernels::compile(&device, &first).unwrap();
+    let mut shared = SharedKernel::compile(&device, &first).unwrap();
     let mut dynamic = compile_dynamic_kernel_set(&device, snapshot(&first, 0)).unwrap();
     assert_eq!(dynamic.compiled_kernels(), KernelKind::WEIGHTED.len());
 
@@ -357,7 +357,7 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
     let c = config();
     let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
     let p = params(&c, 23);
-    let mut shared = SharedKernels::compile(&device, &p).unwrap();
+    let mut shared = SharedKernel::compile(&device, &p).unwrap();
     let shared_weights = Arc::new(p.clone());
     let mut dynamic = compile_dynamic_kernel_set(
         &device,

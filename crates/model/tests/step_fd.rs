@@ -5,7 +5,7 @@
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::generate::Decoder;
 use anetrain_model::step::{
-    compile_kernel_set, forward_logits, forward_loss, micro_step, SharedKernels, StepBuffers,
+    compile_kernel_set, forward_logits, forward_loss, micro_step, SharedKernel, StepBuffers,
     WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
@@ -71,7 +71,7 @@ fn gradients_match_finite_differences() {
             params: Arc::new(params.clone()),
         };
         let mut set = compile_kernel_set(&device, snap).unwrap();
-        let mut shared = SharedKernels::compile(&device, &params).unwrap();
+        let mut shared = SharedKernel::compile(&device, &params).unwrap();
         let mut buf = StepBuffers::new(&config);
         let mut grads = Params::zeros(params.layout.clone());
         let (loss, _) = micro_step(
@@ -159,7 +159,7 @@ fn a_failed_eval_mid_backward_is_an_error_and_leaves_nothing_behind() {
             params: Arc::new(params.clone()),
         };
         let mut set = compile_kernel_set(device, snap).unwrap();
-        let mut shared = SharedKernels::compile(device, &params).unwrap();
+        let mut shared = SharedKernel::compile(device, &params).unwrap();
         let mut buf = StepBuffers::new(&config);
         (0..count)
             .map(|_| {

@@ -7,7 +7,7 @@ use anetrain_device::clock::RealClock;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::step::{
-    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernels,
+    compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernel,
     StepBuffers, StepError, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
@@ -69,7 +69,7 @@ fn step_grads(
         params: Arc::new(p.clone()),
     };
     let mut set = compile(&device, snap).unwrap();
-    let mut shared = SharedKernels::compile(&device, p).unwrap();
+    let mut shared = SharedKernel::compile(&device, p).unwrap();
     let mut buf = StepBuffers::new(c);
     let mut grads = Params::zeros(p.layout.clone());
     let (loss, _) = micro_step(

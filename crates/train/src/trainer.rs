@@ -14,7 +14,7 @@ use anetrain_model::optim::{
     PARALLEL_CHUNK,
 };
 use anetrain_model::step::{
-    forward_loss, micro_step, KernelSet, SharedKernels, StepBuffers, StepError, StepTiming,
+    forward_loss, micro_step, KernelSet, SharedKernel, StepBuffers, StepError, StepTiming,
     WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
@@ -373,7 +373,7 @@ impl TrainState {
 }
 
 /// Where checkpoints go and what tokenizer they embed.
-pub struct CheckpointSink {
+pub struct CheckpointFolder {
     pub dir: PathBuf,
     pub tokenizer_kind: TokenizerKind,
     pub tokenizer: Vec<u8>,
@@ -403,7 +403,7 @@ pub fn train(
     options: &TrainOptions,
     state: &mut TrainState,
     data: &mut dyn WindowSource,
-    sink: Option<&CheckpointSink>,
+    checkpoints: Option<&CheckpointFolder>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(), TrainError> {
     options.check().map_err(TrainError::Options)?;
@@ -424,7 +424,7 @@ pub fn train(
 
     // A process must at least afford the kernels it starts on (the shared kernel and one set);
     // otherwise every restart would fail the same way.
-    let needed = SharedKernels::COUNT as u64 + env.strategy.kernels_per_set(&config);
+    let needed = SharedKernel::COMPILES as u64 + env.strategy.kernels_per_set(&config);
     if let Some(budget) = device.compile_budget() {
         if budget.remaining() < needed {
             return Err(TrainError::Other(format!(
@@ -439,7 +439,7 @@ pub fn train(
         }
     }
     let t = clock.now();
-    let mut shared = SharedKernels::compile(device, &state.params)?;
+    let mut shared = SharedKernel::compile(device, &state.params)?;
     // A double-buffered run resumed from a checkpoint starts its device on the version the
     // checkpointed run was running, and compiles the master weights in the background below.
     let resumed_behind = match env.strategy {
@@ -455,9 +455,9 @@ pub fn train(
     let took = clock.now().saturating_sub(t);
     state.counters.compile_stall += took;
     state.counters.startup_compile += took;
-    state.counters.compiles += SharedKernels::COUNT as u64 + set_size;
+    state.counters.compiles += SharedKernel::COMPILES as u64 + set_size;
     on_event(&Event::Compiled {
-        kernels: SharedKernels::COUNT + set_size as usize,
+        kernels: SharedKernel::COMPILES + set_size as usize,
         took,
     });
 
@@ -483,7 +483,7 @@ pub fn train(
             options,
             state,
             data,
-            sink,
+            checkpoints,
             on_event,
             &schedule,
             &mut delivery,
@@ -508,11 +508,11 @@ fn run_steps(
     options: &TrainOptions,
     state: &mut TrainState,
     data: &mut dyn WindowSource,
-    sink: Option<&CheckpointSink>,
+    checkpoints: Option<&CheckpointFolder>,
     on_event: &mut dyn FnMut(&Event),
     schedule: &LrSchedule,
     delivery: &mut Delivery<'_, '_>,
-    shared: &mut SharedKernels,
+    shared: &mut SharedKernel,
     buf: &mut StepBuffers,
     grads: &mut Params,
     window: &mut [u32],
@@ -535,9 +535,14 @@ fn run_steps(
         }
         if let Err(source) = acquired {
             // Compiles failed too often in a row: keep what was trained before stopping.
-            let checkpoint = match sink {
-                Some(sink) => Some(save_checkpoint(
-                    state, options, data, sink, delivery, on_event,
+            let checkpoint = match checkpoints {
+                Some(checkpoints) => Some(save_checkpoint(
+                    state,
+                    options,
+                    data,
+                    checkpoints,
+                    delivery,
+                    on_event,
                 )?),
                 None => None,
             };
@@ -556,7 +561,12 @@ fn run_steps(
             // have moved on and the blocked version would be lost. (Once the schedule or
             // `--stop-after` is done the loop does not come back here: nothing to restart.)
             return Err(restart_checkpoint(
-                state, options, data, sink, delivery, on_event,
+                state,
+                options,
+                data,
+                checkpoints,
+                delivery,
+                on_event,
             )?);
         }
         let set = delivery.active();
@@ -735,9 +745,9 @@ fn run_steps(
         }
         state.counters.wall = wall_before + clock.now().saturating_sub(started);
         let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
-        if let Some(sink) = sink {
+        if let Some(checkpoints) = checkpoints {
             if due || last {
-                save_checkpoint(state, options, data, sink, delivery, on_event)?;
+                save_checkpoint(state, options, data, checkpoints, delivery, on_event)?;
             }
         }
     }
@@ -750,17 +760,17 @@ fn restart_checkpoint(
     state: &mut TrainState,
     options: &TrainOptions,
     data: &mut dyn WindowSource,
-    sink: Option<&CheckpointSink>,
+    checkpoints: Option<&CheckpointFolder>,
     delivery: &Delivery<'_, '_>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<TrainError, TrainError> {
-    let Some(sink) = sink else {
+    let Some(checkpoints) = checkpoints else {
         return Err(TrainError::Other(format!(
             "the compile budget is spent after step {} and there is no run folder to checkpoint to",
             state.step
         )));
     };
-    let checkpoint = save_checkpoint(state, options, data, sink, delivery, on_event)?;
+    let checkpoint = save_checkpoint(state, options, data, checkpoints, delivery, on_event)?;
     Ok(TrainError::Restart {
         step: state.step,
         checkpoint,
@@ -773,7 +783,7 @@ fn save_checkpoint(
     state: &mut TrainState,
     options: &TrainOptions,
     data: &mut dyn WindowSource,
-    sink: &CheckpointSink,
+    checkpoints: &CheckpointFolder,
     delivery: &Delivery<'_, '_>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<PathBuf, TrainError> {
@@ -782,12 +792,12 @@ fn save_checkpoint(
     let mut ckpt = state.checkpoint(
         options,
         data.state(),
-        sink.tokenizer_kind,
-        sink.tokenizer.clone(),
+        checkpoints.tokenizer_kind,
+        checkpoints.tokenizer.clone(),
     );
     ckpt.header.counters = with_delivery(&state.counters, &delivery.stats);
-    ckpt.header.run = Some(sink.run.clone());
-    let path = save_rotating(&ckpt, &sink.dir, options.keep_checkpoints)?;
+    ckpt.header.run = Some(checkpoints.run.clone());
+    let path = save_rotating(&ckpt, &checkpoints.dir, options.keep_checkpoints)?;
     on_event(&Event::Checkpoint {
         step: state.step,
         path: path.clone(),

@@ -14,7 +14,7 @@ use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::optim::{clip_factor, grad_norm, AdamState, LrSchedule};
 use anetrain_model::step::{
-    compile_kernel_set, micro_step, KernelSet, SharedKernels, StepBuffers, WeightSnapshot,
+    compile_kernel_set, micro_step, KernelSet, SharedKernel, StepBuffers, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, ParamLayout, Params};
 
@@ -24,7 +24,7 @@ use anetrain_train::trainer::{
     train, validation_loss, Event, RunEnv, StepRecord, TrainError, TrainOptions, TrainState,
     WindowSource,
 };
-use common::{simulated, sink, test_env, Cycle};
+use common::{checkpoint_folder, simulated, test_env, Cycle};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,7 +321,7 @@ fn repeated_compile_failures_checkpoint_the_run_before_it_stops() {
     };
     let mut state = fresh_state(&options);
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path());
+    let checkpoints = checkpoint_folder(dir.path());
     let env = test_env(&device, &*clock, Strategy::DoubleBuffer);
     let mut saved = Vec::new();
     let err = train(
@@ -329,7 +329,7 @@ fn repeated_compile_failures_checkpoint_the_run_before_it_stops() {
         &options,
         &mut state,
         &mut Cycle(0),
-        Some(&sink),
+        Some(&checkpoints),
         &mut |e| {
             if let Event::Checkpoint { step, path } = e {
                 saved.push((*step, path.clone()))
@@ -471,7 +471,7 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
     let mut master = (*versions[0]).clone();
     let mut adam = AdamState::new(&master);
     let schedule = schedule_of(&options);
-    let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
+    let mut shared = SharedKernel::compile(&cpu, &master).unwrap();
     let mut buf = StepBuffers::new(&c);
     let mut data = Cycle(0);
     for (t, &v) in ran_on.iter().enumerate() {
@@ -497,7 +497,7 @@ fn double_buffered_updates_apply_each_stale_gradient_to_the_newest_master_weight
 fn window_gradient(
     cpu: &CpuDevice,
     set: &mut KernelSet,
-    shared: &mut SharedKernels,
+    shared: &mut SharedKernel,
     buf: &mut StepBuffers,
     data: &mut Cycle,
 ) -> Params {
@@ -657,7 +657,7 @@ fn accumulated_updates_apply_the_mean_gradient_of_their_windows() {
     let mut master = init_params(Arc::new(ParamLayout::new(&c)), 1);
     let mut adam = AdamState::new(&master);
     let schedule = schedule_of(&options);
-    let mut shared = SharedKernels::compile(&cpu, &master).unwrap();
+    let mut shared = SharedKernel::compile(&cpu, &master).unwrap();
     let mut buf = StepBuffers::new(&c);
     let mut data = Cycle(0);
     for (t, record) in out.steps.iter().enumerate() {

@@ -13,9 +13,9 @@ use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, CheckpointSink, Event, RunEnv, TrainError, TrainOptions, TrainState,
+    train, CheckpointFolder, Event, RunEnv, TrainError, TrainOptions, TrainState,
 };
-use common::{simulated, sink, test_env, Cycle};
+use common::{checkpoint_folder, simulated, test_env, Cycle};
 use std::sync::Arc;
 
 fn config() -> ModelConfig {
@@ -51,8 +51,8 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let c = config();
     let opts = options();
     let clock = RealClock::new();
-    let sink_dir = tempfile::tempdir().unwrap();
-    let sink = sink(sink_dir.path());
+    let checkpoint_dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoint_folder(checkpoint_dir.path());
     let fresh = || {
         TrainState::new(
             init_params(Arc::new(ParamLayout::new(&c)), 5),
@@ -84,11 +84,18 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     loop {
         let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 25);
         let env = test_env(&device, &clock, Strategy::Recompile);
-        let result = train(&env, &opts, &mut state, &mut data, Some(&sink), &mut |e| {
-            if let Event::Step(r) = e {
-                losses.push(r.loss)
-            }
-        });
+        let result = train(
+            &env,
+            &opts,
+            &mut state,
+            &mut data,
+            Some(&checkpoints),
+            &mut |e| {
+                if let Event::Step(r) = e {
+                    losses.push(r.loss)
+                }
+            },
+        );
         assert!(device.used() <= 25);
         match result {
             Ok(()) => break,
@@ -134,7 +141,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
         let run = |state: &mut TrainState,
                    data: &mut Cycle,
                    stop_after: Option<u64>,
-                   sink: Option<&CheckpointSink>,
+                   checkpoints: Option<&CheckpointFolder>,
                    steps: &mut Vec<(f32, u64, u64)>| {
             let clock = Arc::new(SimClock::new());
             let device = simulated(&clock, NumericMode::Fp32);
@@ -142,7 +149,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
                 stop_after,
                 ..test_env(&device, &*clock, Strategy::DoubleBuffer)
             };
-            train(&env, &opts, state, data, sink, &mut |e| {
+            train(&env, &opts, state, data, checkpoints, &mut |e| {
                 if let Event::Step(r) = e {
                     steps.push((r.loss, r.weights_version, r.staleness))
                 }
@@ -155,10 +162,16 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
         run(&mut reference, &mut Cycle(0), None, None, &mut ref_steps);
 
         let dir = tempfile::tempdir().unwrap();
-        let sink = sink(dir.path());
+        let checkpoints = checkpoint_folder(dir.path());
         let mut steps = Vec::new();
         let mut first = fresh();
-        run(&mut first, &mut Cycle(0), Some(5), Some(&sink), &mut steps);
+        run(
+            &mut first,
+            &mut Cycle(0),
+            Some(5),
+            Some(&checkpoints),
+            &mut steps,
+        );
         let (step, path) = list_checkpoints(dir.path()).pop().expect("a checkpoint");
         assert_eq!(step, 5);
         let ckpt = Checkpoint::load(&path).unwrap();
@@ -169,7 +182,13 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
         );
         let mut data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
         let mut resumed = TrainState::from_checkpoint(ckpt).unwrap();
-        run(&mut resumed, &mut data, None, Some(&sink), &mut steps);
+        run(
+            &mut resumed,
+            &mut data,
+            None,
+            Some(&checkpoints),
+            &mut steps,
+        );
 
         assert!(ref_steps[1..].iter().all(|s| s.2 == 1), "{ref_steps:?}");
         assert_eq!(steps, ref_steps, "compensation {compensation}");
@@ -195,7 +214,7 @@ fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrup
         )
     };
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path());
+    let checkpoints = checkpoint_folder(dir.path());
     let run = |state: &mut TrainState,
                data: &mut Cycle,
                budget: u64,
@@ -203,7 +222,7 @@ fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrup
         let clock = Arc::new(SimClock::new());
         let device = CompileBudget::new(simulated(&clock, NumericMode::Fp32), budget);
         let env = test_env(&device, &*clock, Strategy::DoubleBuffer);
-        let result = train(&env, &opts, state, data, Some(&sink), &mut |e| {
+        let result = train(&env, &opts, state, data, Some(&checkpoints), &mut |e| {
             if let Event::Step(r) = e {
                 steps.push((r.loss, r.weights_version, r.staleness))
             }

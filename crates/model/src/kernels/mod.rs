@@ -216,7 +216,7 @@ pub fn generate_baked(
     dtype: DType,
 ) -> Result<KernelProgram, Box<CheckError>> {
     let mut g = Graph::new(kind.name(), dtype);
-    Gen { c }.build(kind, &mut g);
+    KernelGenerator { c }.build(kind, &mut g);
     g.finish()
 }
 
@@ -303,7 +303,7 @@ impl KernelProgram {
 /// have one source of truth. Each tensor is named by its [`LayerTensor::short_name`].
 pub fn input_weights(kind: KernelKind, c: &ModelConfig) -> Result<InputWeights, Box<CheckError>> {
     let mut g = Graph::with_weights(kind.name(), DType::Fp32, WeightMode::Recording);
-    Gen { c }.build(kind, &mut g);
+    KernelGenerator { c }.build(kind, &mut g);
     g.finish_recording()
 }
 
@@ -317,7 +317,7 @@ pub fn generate_dynamic(
     let weights = input_weights(kind, c)?;
     let mode = WeightMode::Dynamic(weights.clone());
     let mut g = Graph::with_weights(&format!("{}.dynamic", kind.name()), dtype, mode);
-    Gen { c }.build(kind, &mut g);
+    KernelGenerator { c }.build(kind, &mut g);
     Ok((g.finish()?, weights))
 }
 
@@ -382,11 +382,11 @@ pub fn stage_layer_weights(
     Ok(())
 }
 
-struct Gen<'a> {
+struct KernelGenerator<'a> {
     c: &'a ModelConfig,
 }
 
-impl Gen<'_> {
+impl KernelGenerator<'_> {
     /// Generates the kernel into `g`, whatever its weight mode.
     fn build(&self, kind: KernelKind, g: &mut Graph) {
         let (input, output) = kind.layout(self.c);
@@ -542,7 +542,7 @@ impl Gen<'_> {
         self.to_heads(g, &full, self.c.n_heads, name)
     }
 
-    /// The adjoint of [`Gen::kv_heads`]: `[1, NH, S, hd]` gradients summed over the query heads
+    /// The adjoint of [`KernelGenerator::kv_heads`]: `[1, NH, S, hd]` gradients summed over the query heads
     /// that share a kv head, as `[1, KV, 1, S]`.
     fn reduce_kv_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
         let (nkv, ratio) = (self.c.n_kv_heads, self.c.gqa_ratio());

@@ -58,9 +58,9 @@ impl ValidationSource for Cycle {
     }
 }
 
-/// A checkpoint sink into `dir`, with a stand-in tokenizer.
-pub fn sink(dir: &std::path::Path) -> anetrain_train::trainer::CheckpointSink {
-    anetrain_train::trainer::CheckpointSink {
+/// A checkpoint checkpoints into `dir`, with a stand-in tokenizer.
+pub fn checkpoint_folder(dir: &std::path::Path) -> anetrain_train::trainer::CheckpointFolder {
+    anetrain_train::trainer::CheckpointFolder {
         dir: dir.to_path_buf(),
         tokenizer_kind: anetrain_train::tokenizer::TokenizerKind::HuggingFace,
         tokenizer: b"{}".to_vec(),
