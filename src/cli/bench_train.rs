@@ -14,8 +14,8 @@ use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, Counters, Event, RunEnv, StepRecord, TrainOptions, TrainState, ValidationSource,
-    WindowSource,
+    train, Counters, DeliverySettings, Event, StepRecord, TrainOptions, TrainSetup, TrainState,
+    ValidationSource, WindowSource,
 };
 use anyhow::anyhow;
 use std::sync::Arc;
@@ -105,13 +105,14 @@ fn measured_run(
         options,
         device.info().numeric,
     );
-    let env = RunEnv {
+    let env = TrainSetup {
         device,
         clock,
-        strategy,
-        max_staleness,
-        max_failures: 3,
-        count_host_time: true,
+        delivery: DeliverySettings {
+            max_staleness,
+            ..DeliverySettings::new(strategy)
+        },
+        simulate_host_time: true,
         stop_after: None,
     };
     let mut steps = Vec::new();

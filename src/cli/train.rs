@@ -16,7 +16,8 @@ use anetrain_train::run::restart::restart_args;
 use anetrain_train::run::trace::continue_trace;
 use anetrain_train::run::{EfficiencyReport, MetricsLog, MetricsRow, RunFolder, RunSettings};
 use anetrain_train::trainer::{
-    train, CheckpointFolder, Event, RunEnv, TrainError, TrainOptions, TrainState,
+    train, CheckpointFolder, DeliverySettings, Event, TrainError, TrainOptions, TrainOutcome,
+    TrainSetup, TrainState,
 };
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
@@ -408,17 +409,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             metrics.append(&row);
         }
     };
-    let env = RunEnv {
+    let setup = TrainSetup {
         device: &*device,
         clock: &*clock,
-        strategy,
-        max_staleness,
-        max_failures,
-        count_host_time: true,
+        delivery: DeliverySettings {
+            strategy,
+            max_staleness,
+            max_failures,
+        },
+        simulate_host_time: true,
         stop_after: args.stop_after,
     };
     let outcome = train(
-        &env,
+        &setup,
         &options,
         &mut state,
         &mut windows,
@@ -437,17 +440,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         write_atomic(path, json.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    match outcome {
-        Err(TrainError::Restart { step, checkpoint }) => {
-            if !args.quiet {
-                println!(
-                    "compile budget spent after step {step}: restarting from {}",
-                    checkpoint.display()
-                );
-            }
-            return restart_with(&checkpoint);
+    if let TrainOutcome::Restart { step, checkpoint } = outcome? {
+        if !args.quiet {
+            println!(
+                "compile budget spent after step {step}: restarting from {}",
+                checkpoint.display()
+            );
         }
-        other => other?,
+        return restart_with(&checkpoint);
     }
     metrics.finish()?;
     let curves = metrics.curves();

@@ -154,8 +154,8 @@ impl AdamW {
     /// gradient close to the weights that gradient is applied to, which is what delayed AdamW
     /// lacks (linear weight prediction: Kosson et al., "Pipelined Backpropagation at Scale",
     /// 2020; optimizer-aware prediction: PipeOptim, 2023). Assuming the next gradient repeats
-    /// the last one, rather than only extrapolating the first moment, halved the remaining
-    /// validation-loss gap to synchronous training on `tiny`.
+    /// the last one, rather than only extrapolating the first moment, closed more of the
+    /// validation-loss gap to synchronous training on `tiny` (docs/benchmarks.md).
     pub fn predict(
         &self,
         params: &Params,
@@ -263,6 +263,78 @@ impl UpdateRule {
                 }
             }
         }
+    }
+}
+
+/// DC-ASGD-a (Zheng et al. 2017), the correction of a gradient computed at weights older than
+/// the master's: it moves the gradient towards the one at the master weights with the diagonal
+/// of the outer-product approximation of the Hessian, `g + λ·g⊙g⊙(w − w_stale)/rms`, clamped
+/// so that no gradient changes sign or more than doubles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DelayCompensation {
+    /// λ: `c / lr`, since AdamW moves each weight by about one learning rate per step, so that
+    /// the strength `c` means the same at any learning rate.
+    pub lambda: f32,
+    /// AdamW's ε, which keeps `rms` away from zero.
+    pub eps: f32,
+}
+
+impl DelayCompensation {
+    /// The correction of strength `c` for AdamW at peak learning rate `lr`.
+    pub fn new(c: f32, lr: f32, adam: &AdamW) -> DelayCompensation {
+        DelayCompensation {
+            lambda: c / lr,
+            eps: adam.eps,
+        }
+    }
+
+    /// Corrects `grads`, computed at `stale`, towards the gradient at `master`, using AdamW's
+    /// second moments for `rms`. The gradient is first multiplied by `unscale` (the loss scale
+    /// and accumulation undone), in the same pass; returns the norm of the result.
+    pub fn correct(
+        &self,
+        grads: &mut Params,
+        unscale: f32,
+        master: &Params,
+        stale: &Params,
+        state: &AdamState,
+    ) -> f32 {
+        let chunks = grads
+            .data
+            .par_chunks_mut(PARALLEL_CHUNK)
+            .zip(master.data.par_chunks(PARALLEL_CHUNK))
+            .zip(stale.data.par_chunks(PARALLEL_CHUNK))
+            .zip(state.v.data.par_chunks(PARALLEL_CHUNK));
+        // Chunk sums in order, added serially: the norm must not depend on the split (see
+        // `grad_norm`).
+        let partial: Vec<f64> = chunks
+            .map(|(((g, w), ws), v)| {
+                vectorised(
+                    #[inline(always)]
+                    || self.correct_chunk(g, w, ws, v, unscale),
+                )
+            })
+            .collect();
+        partial.iter().sum::<f64>().sqrt() as f32
+    }
+
+    /// One chunk of [`DelayCompensation::correct`]; returns the chunk's Σ g² after it.
+    #[inline(always)]
+    fn correct_chunk(&self, g: &mut [f32], w: &[f32], ws: &[f32], v: &[f32], unscale: f32) -> f64 {
+        let (lambda, eps) = (self.lambda, self.eps);
+        for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
+            *g *= unscale;
+            // The mean square includes the current gradient, so a gradient appearing for the
+            // first time (v still 0) cannot blow the correction up.
+            let rms = v.max(*g * *g).sqrt();
+            // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in for
+            // the curvature, so the correction is trusted only as far as it keeps the
+            // gradient's sign and at most doubles it: unclamped, it overturned steady
+            // gradients at a high learning rate and training diverged.
+            let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
+            *g *= factor.clamp(0.0, 2.0);
+        }
+        sum_squares(g)
     }
 }
 
@@ -650,5 +722,39 @@ mod tests {
         assert_eq!(s.scale, 128.0);
         assert!(s.observe(true));
         assert_eq!(s.scale, 256.0);
+    }
+
+    #[test]
+    fn delay_compensation_follows_dc_asgd_a() {
+        let mut c = ModelConfig::tiny();
+        c.n_layers = 1;
+        let layout = Arc::new(ParamLayout::new(&c));
+        let zeros = Params::zeros(layout.clone());
+        let (mut g, mut w, mut ws, mut adam) = (
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            AdamState::new(&zeros),
+        );
+        // Entry 0: g = 2, w − w_s = 0.5, v = 9 → 2 + 0.3·4·0.5/3 = 2.2.
+        (g.data[0], w.data[0], ws.data[0], adam.v.data[0]) = (2.0, 1.5, 1.0, 9.0);
+        // Entry 1: v = 0 (a first gradient): the rms is |g| = 1 → 1 + 0.3·1·(−2)/1 = 0.4.
+        (g.data[1], w.data[1], ws.data[1]) = (1.0, 0.0, 2.0);
+        // λ = c / lr: c = 0.6 at lr 2 gives the λ = 0.3 of the figures above.
+        let compensation = DelayCompensation::new(0.6, 2.0, &AdamW::default());
+        // Entry 3: 1 + 0.3·2·(−10)/2 = −2 would flip the sign: clamped to 0.
+        (g.data[3], w.data[3], ws.data[3], adam.v.data[3]) = (2.0, 0.0, 10.0, 4.0);
+        // Entry 4: 1 + 0.3·2·10/2 = 4 would quadruple it: clamped to double.
+        (g.data[4], w.data[4], ws.data[4], adam.v.data[4]) = (2.0, 10.0, 0.0, 4.0);
+        // Handed in at twice the size, with the unscale factor that undoes it.
+        scale_all(&mut g, 2.0);
+        let norm = compensation.correct(&mut g, 0.5, &w, &ws, &adam);
+        assert_eq!((g.data[3], g.data[4]), (0.0, 4.0));
+        assert!((g.data[0] - 2.2).abs() < 1e-6, "{}", g.data[0]);
+        assert!((g.data[1] - 0.4).abs() < 1e-6, "{}", g.data[1]);
+        assert_eq!(g.data[2], 0.0);
+        // The norm of the result: √(2.2² + 0.4² + 4²).
+        let want = (2.2f32 * 2.2 + 0.4 * 0.4 + 16.0).sqrt();
+        assert!((norm - want).abs() < 1e-5, "{norm} vs {want}");
     }
 }

@@ -6,19 +6,16 @@ use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
 use anetrain_device::clock::Clock;
-use anetrain_device::cpu::simd::vectorised;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::optim::{
-    clip_factor, grad_norm, sum_squares, zero_all, AdamState, AdamW, LossScaler, LrSchedule,
-    PARALLEL_CHUNK,
+    clip_factor, grad_norm, zero_all, AdamState, AdamW, DelayCompensation, LossScaler, LrSchedule,
 };
 use anetrain_model::step::{
     forward_loss, micro_step, KernelSet, SharedKernel, StepBuffers, StepError, StepTiming,
     WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -171,10 +168,6 @@ pub enum TrainError {
     Other(String),
     #[error("training options: {0}")]
     Options(String),
-    /// The device's compile budget is spent; the run was checkpointed and must continue in a
-    /// new process (`--resume`).
-    #[error("compile budget exhausted after step {step}: checkpoint {} written, restart to continue", checkpoint.display())]
-    Restart { step: u64, checkpoint: PathBuf },
     /// Background compiles failed `--max-compile-failures` times in a row; the run was
     /// checkpointed first when it has a run folder.
     #[error("{source} (the run stopped before step {}{})", step + 1, checkpoint.as_ref().map_or(String::new(), |p| format!("; checkpoint {} written: continue with --resume", p.display())))]
@@ -381,73 +374,77 @@ pub struct CheckpointFolder {
     pub run: RunSettings,
 }
 
-/// How the run delivers weights to the device, and on what clock it is timed.
-pub struct RunEnv<'a> {
-    pub device: &'a dyn Device,
-    pub clock: &'a dyn Clock,
+/// How new weights reach the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliverySettings {
     pub strategy: Strategy,
+    /// Updates the device weights may lag the master weights (double buffer).
     pub max_staleness: u64,
     /// Consecutive failed background compiles before the run stops with an error.
     pub max_failures: u32,
-    /// On a virtual clock, whether host work (which really runs) also spends virtual time.
-    /// On for honest simulated reports; off for tests that need exact virtual timelines.
-    pub count_host_time: bool,
+}
+
+impl DeliverySettings {
+    /// `strategy` with a staleness bound of 1 and three failures allowed in a row.
+    pub fn new(strategy: Strategy) -> DeliverySettings {
+        DeliverySettings {
+            strategy,
+            max_staleness: 1,
+            max_failures: 3,
+        }
+    }
+}
+
+/// What a run trains on besides its options and state: the device, the clock it is timed
+/// on, how weights reach the device, and where it stops.
+pub struct TrainSetup<'a> {
+    pub device: &'a dyn Device,
+    pub clock: &'a dyn Clock,
+    pub delivery: DeliverySettings,
+    /// On a virtual clock, whether host work (which really runs) also spends virtual time:
+    /// on for honest simulated reports; off where a virtual timeline must be exact.
+    pub simulate_host_time: bool,
     /// Stop (with a checkpoint) once this many updates are done, though the schedule is
     /// longer; `--resume` continues it.
     pub stop_after: Option<u64>,
 }
 
-/// Runs the loop from `state.step` to `options.steps`.
+/// How a call to [`train`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrainOutcome {
+    /// The schedule, or `stop_after`, is done.
+    Finished,
+    /// The device's compile budget is spent: the run was checkpointed after `step` and goes
+    /// on in a new process (`--resume checkpoint`).
+    Restart { step: u64, checkpoint: PathBuf },
+}
+
+/// Runs the loop from `state.step` to `options.steps` (or `setup.stop_after`).
 pub fn train(
-    env: &RunEnv<'_>,
+    setup: &TrainSetup<'_>,
     options: &TrainOptions,
     state: &mut TrainState,
     data: &mut dyn WindowSource,
     checkpoints: Option<&CheckpointFolder>,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<(), TrainError> {
+) -> Result<TrainOutcome, TrainError> {
     options.check().map_err(TrainError::Options)?;
-    let (device, clock) = (env.device, env.clock);
+    let (device, clock) = (setup.device, setup.clock);
+    let strategy = setup.delivery.strategy;
     let config = state.config.clone();
-    let s = config.seq_len;
-    let schedule = LrSchedule {
-        max_lr: options.lr,
-        min_lr: options.min_lr(),
-        warmup: options.warmup,
-        total: options.steps,
-    };
     let started = clock.now();
     let wall_before = state.counters.wall;
-    let mut buf = StepBuffers::new(&config);
-    let mut grads = Params::zeros(state.params.layout.clone());
-    let mut window = vec![0u32; s + 1];
-
-    // A process must at least afford the kernels it starts on (the shared kernel and one set);
-    // otherwise every restart would fail the same way.
-    let needed = SharedKernel::COMPILES as u64 + env.strategy.kernels_per_set(&config);
-    if let Some(budget) = device.compile_budget() {
-        if budget.remaining() < needed {
-            return Err(TrainError::Other(format!(
-                "the compile budget ({} of {} compiles left in this process) cannot pay for the \
-                 kernels a run of `{}` starts on ({needed} with --weights {}): raise \
-                 --compile-budget",
-                budget.remaining(),
-                budget.budget,
-                config.name,
-                env.strategy.name()
-            )));
-        }
-    }
+    check_budget(device, &config, strategy)?;
     let t = clock.now();
-    let mut shared = SharedKernel::compile(device, &state.params)?;
+    let shared = SharedKernel::compile(device, &state.params)?;
     // A double-buffered run resumed from a checkpoint starts its device on the version the
     // checkpointed run was running, and compiles the master weights in the background below.
-    let resumed_behind = match env.strategy {
+    let resumed_behind = match strategy {
         Strategy::DoubleBuffer | Strategy::Frozen => state.device_weights.take(),
         Strategy::Recompile | Strategy::Dynamic => None,
     }
     .filter(|w| w.version < state.step);
-    let initial = env.strategy.compile_initial(
+    let initial = strategy.compile_initial(
         device,
         resumed_behind.clone().unwrap_or_else(|| snapshot(state)),
     )?;
@@ -461,140 +458,224 @@ pub fn train(
         took,
     });
 
-    std::thread::scope(|scope| -> Result<(), TrainError> {
+    let layout = state.params.layout.clone();
+    let outcome = std::thread::scope(|scope| -> Result<TrainOutcome, TrainError> {
+        let settings = setup.delivery;
         let mut delivery = Delivery::new(
-            env.strategy,
+            strategy,
             scope,
             device,
             clock,
             initial,
-            env.max_staleness,
-            env.max_failures,
+            settings.max_staleness,
+            settings.max_failures,
         )
-        .counting_host_time(env.count_host_time);
-        if resumed_behind.is_some() && env.strategy == Strategy::DoubleBuffer {
+        .counting_host_time(setup.simulate_host_time);
+        if resumed_behind.is_some() && strategy == Strategy::DoubleBuffer {
             // What the checkpointed run was compiling when it stopped: the master weights.
             // (With weight prediction it was compiling a prediction, which the checkpoint
             // does not keep: that run resumes close to, not exactly like, the original.)
             delivery.publish(snapshot(state))?;
         }
-        let result = run_steps(
-            env,
+        let mut run = Run {
+            setup,
             options,
             state,
             data,
             checkpoints,
             on_event,
-            &schedule,
-            &mut delivery,
-            &mut shared,
-            &mut buf,
-            &mut grads,
-            &mut window,
+            schedule: LrSchedule {
+                max_lr: options.lr,
+                min_lr: options.min_lr(),
+                warmup: options.warmup,
+                total: options.steps,
+            },
+            delivery,
+            shared,
+            buf: StepBuffers::new(&config),
+            grads: Params::zeros(layout),
+            window: vec![0u32; config.seq_len + 1],
+            retired: RetiredVersions::default(),
             started,
             wall_before,
-        );
-        delivery.drain();
-        state.counters = with_delivery(&state.counters, &delivery.stats);
-        result
+        };
+        let outcome = run.run();
+        run.delivery.drain();
+        run.state.counters = with_delivery(&run.state.counters, &run.delivery.stats);
+        outcome
     })?;
     state.counters.wall = wall_before + clock.now().saturating_sub(started);
-    Ok(())
+    Ok(outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_steps(
-    env: &RunEnv<'_>,
-    options: &TrainOptions,
-    state: &mut TrainState,
-    data: &mut dyn WindowSource,
-    checkpoints: Option<&CheckpointFolder>,
-    on_event: &mut dyn FnMut(&Event),
-    schedule: &LrSchedule,
-    delivery: &mut Delivery<'_, '_>,
-    shared: &mut SharedKernel,
-    buf: &mut StepBuffers,
-    grads: &mut Params,
-    window: &mut [u32],
+/// A process must at least afford the kernels it starts on (the shared kernel and one set);
+/// otherwise every restart would fail the same way.
+fn check_budget(
+    device: &dyn Device,
+    config: &ModelConfig,
+    strategy: Strategy,
+) -> Result<(), TrainError> {
+    let needed = SharedKernel::COMPILES as u64 + strategy.kernels_per_set(config);
+    match device.compile_budget() {
+        Some(budget) if budget.remaining() < needed => Err(TrainError::Other(format!(
+            "the compile budget ({} of {} compiles left in this process) cannot pay for the \
+             kernels a run of `{}` starts on ({needed} with --weights {}): raise \
+             --compile-budget",
+            budget.remaining(),
+            budget.budget,
+            config.name,
+            strategy.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A run in progress: what the loop holds from step to step.
+struct Run<'r, 'scope, 'env> {
+    setup: &'r TrainSetup<'r>,
+    options: &'r TrainOptions,
+    state: &'r mut TrainState,
+    data: &'r mut dyn WindowSource,
+    checkpoints: Option<&'r CheckpointFolder>,
+    on_event: &'r mut dyn FnMut(&Event),
+    schedule: LrSchedule,
+    delivery: Delivery<'scope, 'env>,
+    shared: SharedKernel,
+    buf: StepBuffers,
+    /// The gradient of the current update, accumulated over its windows.
+    grads: Params,
+    window: Vec<u32>,
+    retired: RetiredVersions,
+    /// When this process started training, and the run's wall time before it.
     started: Duration,
     wall_before: Duration,
-) -> Result<(), TrainError> {
-    let (device, clock) = (env.device, env.clock);
-    let s = state.config.seq_len;
-    let accum = options.accum.max(1);
-    let end = env
-        .stop_after
-        .map_or(options.steps, |s| s.min(options.steps));
-    let mut retired = RetiredVersions::default();
-    while state.step < end {
-        let step_start = clock.now();
-        let stall_before = delivery.stats.stall;
-        let acquired = delivery.acquire(state.step).map(|_| ());
-        for failure in std::mem::take(&mut delivery.failures) {
-            on_event(&Event::CompileFailed(failure));
+}
+
+/// What one update's windows computed, before the optimizer applies it.
+struct Gradients<'c> {
+    loss_sum: f64,
+    timing: StepTiming<'c>,
+    /// The weights version the device computed them at.
+    ran_on: u64,
+    train_time: Duration,
+}
+
+/// What the optimizer did with an update's gradient.
+struct Update {
+    lr: f32,
+    /// The gradient's norm after unscaling (and compensation); NaN when skipped.
+    norm: f32,
+    applied: bool,
+    optimizer_time: Duration,
+}
+
+impl<'r> Run<'r, '_, '_> {
+    /// Steps until the schedule (or `stop_after`) is done, or the budget asks for a restart.
+    fn run(&mut self) -> Result<TrainOutcome, TrainError> {
+        let options = self.options;
+        let end = self
+            .setup
+            .stop_after
+            .map_or(options.steps, |s| s.min(options.steps));
+        while self.state.step < end {
+            let clock = self.setup.clock;
+            let step_start = clock.now();
+            let stall_before = self.delivery.stats.stall;
+            if let Some(restart) = self.acquire()? {
+                return Ok(restart);
+            }
+            let gradients = self.compute_gradients()?;
+            let update = self.update(gradients.ran_on)?;
+            self.record(&gradients, &update, step_start, stall_before);
+            let last = self.state.step == end;
+            if options.eval_every > 0 && (self.state.step % options.eval_every == 0 || last) {
+                self.validate()?;
+            }
+            self.state.counters.wall = self.wall_before + clock.now().saturating_sub(self.started);
+            let due =
+                options.checkpoint_every > 0 && self.state.step % options.checkpoint_every == 0;
+            if self.checkpoints.is_some() && (due || last) {
+                self.checkpoint()?;
+            }
+        }
+        Ok(TrainOutcome::Finished)
+    }
+
+    /// Makes the kernels of the weights this step runs on active, waiting as the staleness
+    /// bound asks. Returns the restart the compile budget asks for instead, if it does.
+    fn acquire(&mut self) -> Result<Option<TrainOutcome>, TrainError> {
+        let acquired = self.delivery.acquire(self.state.step).map(|_| ());
+        for failure in std::mem::take(&mut self.delivery.failures) {
+            (self.on_event)(&Event::CompileFailed(failure));
         }
         if let Err(source) = acquired {
             // Compiles failed too often in a row: keep what was trained before stopping.
-            let checkpoint = match checkpoints {
-                Some(checkpoints) => Some(save_checkpoint(
-                    state,
-                    options,
-                    data,
-                    checkpoints,
-                    delivery,
-                    on_event,
-                )?),
+            let checkpoint = match self.checkpoints {
+                Some(_) => Some(self.checkpoint()?),
                 None => None,
             };
             return Err(TrainError::CompileFailures {
-                step: state.step,
+                step: self.state.step,
                 source: Box::new(source),
                 checkpoint,
             });
         }
-        if delivery.restart_needed() {
-            // The budget cannot pay for the compile of the master weights (the kernel set a
-            // recompile needs, or the one a double buffer would overlap with this step). The
-            // one place a run restarts is here, before the step: the device's version and the
-            // master's are then all a new process needs to run it exactly as this one would
-            // have (its first compile is that same one). One step later, the master would
-            // have moved on and the blocked version would be lost. (Once the schedule or
-            // `--stop-after` is done the loop does not come back here: nothing to restart.)
-            return Err(restart_checkpoint(
-                state,
-                options,
-                data,
-                checkpoints,
-                delivery,
-                on_event,
-            )?);
+        if !self.delivery.restart_needed() {
+            return Ok(None);
         }
-        let set = delivery.active();
+        // The budget cannot pay for the compile of the master weights (the kernel set a
+        // recompile needs, or the one a double buffer would overlap with this step). The one
+        // place a run restarts is here, before the step: the device's version and the
+        // master's are then all a new process needs to run it exactly as this one would have
+        // (its first compile is that same one). One step later, the master would have moved
+        // on and the blocked version would be lost. (Once the schedule or `stop_after` is
+        // done the loop does not come back here: nothing to restart.)
+        if self.checkpoints.is_none() {
+            return Err(TrainError::Other(format!(
+                "the compile budget is spent after step {} and there is no run folder to \
+                 checkpoint to",
+                self.state.step
+            )));
+        }
+        let checkpoint = self.checkpoint()?;
+        Ok(Some(TrainOutcome::Restart {
+            step: self.state.step,
+            checkpoint,
+        }))
+    }
+
+    /// The update's gradient: one micro-step per window on the active kernels, summed in
+    /// `grads` at the loss scale.
+    fn compute_gradients(&mut self) -> Result<Gradients<'r>, TrainError> {
+        let (device, clock) = (self.setup.device, self.setup.clock);
+        let s = self.state.config.seq_len;
+        let accum = self.options.accum.max(1);
+        let set = self.delivery.active();
         let ran_on = set.version();
         let train_start = clock.now();
-        zero_all(grads);
+        zero_all(&mut self.grads);
         let mut loss_sum = 0.0f64;
         let mut timing = StepTiming::new(clock);
         for _ in 0..accum {
-            data.next_train_window(window);
+            self.data.next_train_window(&mut self.window);
             let (loss, t) = micro_step(
                 device,
                 clock,
                 set,
-                shared,
-                buf,
-                &window[..s],
-                &window[1..],
-                state.scaler.scale,
-                grads,
-                options.threads,
+                &mut self.shared,
+                &mut self.buf,
+                &self.window[..s],
+                &self.window[1..],
+                self.state.scaler.scale,
+                &mut self.grads,
+                self.options.threads,
             )?;
             loss_sum += loss as f64;
             timing.add(&t);
         }
         // On a virtual clock host work has no length where it ran (it is added below).
         for span in timing.host_spans.iter().filter(|s| s.end > s.start) {
-            on_event(&Event::HostWork {
+            (self.on_event)(&Event::HostWork {
                 name: span.name,
                 start: span.start,
                 end: span.end,
@@ -602,21 +683,34 @@ fn run_steps(
         }
         // Host work really ran; on a virtual clock it still takes its time (the weight
         // gradients only as far as the evals did not hide them).
-        if clock.is_simulated() && env.count_host_time {
+        if clock.is_simulated() && self.setup.simulate_host_time {
             clock.sleep(timing.host_math + timing.weight_grad_wait);
         }
-        let train_time = clock.now().saturating_sub(train_start);
+        Ok(Gradients {
+            loss_sum,
+            timing,
+            ran_on,
+            train_time: clock.now().saturating_sub(train_start),
+        })
+    }
+
+    /// Applies the update's gradient to the master weights (unless fp16 overflowed it) and
+    /// hands the new version to delivery.
+    fn update(&mut self, ran_on: u64) -> Result<Update, TrainError> {
+        let clock = self.setup.clock;
+        let options = self.options;
+        let state = &mut *self.state;
         let opt_start = Instant::now();
         let opt_span_start = clock.now();
         // The gradients carry the scale they were computed at, whatever the scaler does next.
         let scale = state.scaler.scale;
-        let unscale = 1.0 / (accum as f32 * scale);
-        let lr = schedule.at(state.step);
+        let unscale = 1.0 / (options.accum.max(1) as f32 * scale);
+        let lr = self.schedule.at(state.step);
         let mut norm = f32::NAN;
         // What the update multiplied the gradient by (unscaling and clipping).
         let mut applied_scale = 1.0;
         // Only delayed updates are corrected (frozen kernels are a baseline, not a run).
-        let double_buffered = env.strategy == Strategy::DoubleBuffer;
+        let double_buffered = self.setup.delivery.strategy == Strategy::DoubleBuffer;
         let predict = options.weight_prediction && double_buffered;
         let compensate = options.delay_compensation > 0.0 && double_buffered && ran_on < state.step;
         // One pass over the gradient measures its norm, which is finite exactly when every
@@ -626,12 +720,14 @@ fn run_steps(
         // norm. Otherwise unscaling and clipping ride into the update (and the prediction),
         // which saves two passes over every gradient.
         let (finite, measured_norm, mut grad_scale) = if compensate {
-            let stale = delivery.active().snapshot().params.clone();
+            let stale = self.delivery.active().snapshot().params.clone();
+            let compensation =
+                DelayCompensation::new(options.delay_compensation, options.lr, &options.adam);
             let corrected =
-                compensate_delay(grads, unscale, &state.params, &stale, &state.adam, options);
+                compensation.correct(&mut self.grads, unscale, &state.params, &stale, &state.adam);
             (corrected.is_finite(), corrected, 1.0)
         } else {
-            let raw = grad_norm(grads);
+            let raw = grad_norm(&self.grads);
             (raw.is_finite(), raw * unscale, unscale)
         };
         let apply = state.scaler.observe(finite);
@@ -639,37 +735,41 @@ fn run_steps(
             norm = measured_norm;
             grad_scale *= clip_factor(norm, options.clip);
             applied_scale = grad_scale;
-            delivery.release_before_update();
+            self.delivery.release_before_update();
             let adam = &options.adam;
             match Arc::get_mut(&mut state.params) {
-                Some(params) => adam.update_scaled(params, grads, grad_scale, &mut state.adam, lr),
+                Some(params) => {
+                    adam.update_scaled(params, &self.grads, grad_scale, &mut state.adam, lr)
+                }
                 None => {
                     // A kernel set (or its compile) still holds these weights: the new version
                     // goes into the buffer of one no set holds any more, in the pass that
                     // computes it, instead of into a copy made first.
-                    let mut next = retired
+                    let mut next = self
+                        .retired
                         .take_free()
                         .unwrap_or_else(|| Params::zeros(state.params.layout.clone()));
                     adam.update_scaled_from(
                         &state.params,
                         &mut next,
-                        grads,
+                        &self.grads,
                         grad_scale,
                         &mut state.adam,
                         lr,
                     );
-                    retired.retire(std::mem::replace(&mut state.params, Arc::new(next)));
+                    self.retired
+                        .retire(std::mem::replace(&mut state.params, Arc::new(next)));
                 }
             }
         } else {
             state.counters.skipped_updates += 1;
         }
         state.step += 1;
-        let optimizer = opt_start.elapsed();
-        if clock.is_simulated() && env.count_host_time {
-            clock.sleep(optimizer);
+        let optimizer_time = opt_start.elapsed();
+        if clock.is_simulated() && self.setup.simulate_host_time {
+            clock.sleep(optimizer_time);
         }
-        on_event(&Event::HostWork {
+        (self.on_event)(&Event::HostWork {
             name: "optimizer",
             start: opt_span_start,
             end: clock.now(),
@@ -677,192 +777,128 @@ fn run_steps(
         if apply {
             let next = if predict {
                 let horizon = (state.step - 1).saturating_sub(ran_on).max(1);
-                let lr = schedule.at(state.step);
-                predicted_snapshot(state, grads, applied_scale, options, lr, horizon)
+                let lr = self.schedule.at(state.step);
+                predicted_snapshot(state, &self.grads, applied_scale, options, lr, horizon)
             } else {
                 snapshot(state)
             };
-            delivery.publish(next)?;
+            self.delivery.publish(next)?;
         }
+        Ok(Update {
+            lr,
+            norm,
+            applied: apply,
+            optimizer_time,
+        })
+    }
 
+    /// Adds the update to the run's counters and reports its row.
+    fn record(
+        &mut self,
+        g: &Gradients<'_>,
+        u: &Update,
+        step_start: Duration,
+        stall_before: Duration,
+    ) {
+        let clock = self.setup.clock;
+        let state = &mut *self.state;
+        let accum = self.options.accum.max(1);
+        let timing = &g.timing;
         let c = &mut state.counters;
-        c.train += train_time;
+        c.train += g.train_time;
         c.device_eval += timing.device_eval;
         c.host_math += timing.host_math;
         c.weight_grads += timing.weight_grads;
         c.weight_grad_wait += timing.weight_grad_wait;
-        c.optimizer += optimizer;
-        let tokens = (s * accum as usize) as u64;
+        c.optimizer += u.optimizer_time;
+        let tokens = (state.config.seq_len * accum as usize) as u64;
         c.tokens += tokens;
         let step_time = clock.now().saturating_sub(step_start);
         let master_before = state.step - 1;
-        on_event(&Event::Step(StepRecord {
+        (self.on_event)(&Event::Step(StepRecord {
             step: state.step,
-            loss: (loss_sum / accum as f64) as f32,
-            lr,
-            grad_norm: norm,
+            loss: (g.loss_sum / accum as f64) as f32,
+            lr: u.lr,
+            grad_norm: u.norm,
             loss_scale: state.scaler.scale,
-            skipped: !apply,
+            skipped: !u.applied,
             tokens_per_s: tokens as f64 / step_time.as_secs_f64().max(1e-12),
             ms: step_time.as_secs_f64() * 1e3,
             start_s: step_start.as_secs_f64(),
-            weights_version: ran_on,
-            staleness: master_before.saturating_sub(ran_on),
+            weights_version: g.ran_on,
+            staleness: master_before.saturating_sub(g.ran_on),
             eval_ms: ms(timing.device_eval),
             host_ms: ms(timing.host_math + timing.weight_grad_wait),
-            optimizer_ms: ms(optimizer),
-            stall_ms: ms(delivery.stats.stall.saturating_sub(stall_before)),
+            optimizer_ms: ms(u.optimizer_time),
+            stall_ms: ms(self.delivery.stats.stall.saturating_sub(stall_before)),
             eval_ms_by_kernel: KernelKind::ALL
                 .iter()
                 .map(|k| (k.name().to_string(), ms(timing.eval_by_kernel[k.index()])))
                 .collect(),
         }));
-
-        let last = state.step == end;
-        if options.eval_every > 0 && (state.step % options.eval_every == 0 || last) {
-            // The schedule's last validation is of the weights the run ends with. Earlier
-            // ones evaluate the set the device runs (a double buffer's lags the master), and
-            // say which version that is: waiting for the master's compile mid-run would
-            // change the delivery timeline the run is measured on.
-            let set = if state.step == options.steps {
-                delivery.catch_up(state.step)?
-            } else {
-                delivery.active()
-            };
-            let weights_version = set.version();
-            let start = clock.now();
-            let loss = validation_loss(device, clock, set, buf, data, options, s)?;
-            on_event(&Event::HostWork {
-                name: "validation",
-                start,
-                end: clock.now(),
-            });
-            on_event(&Event::Validation {
-                step: state.step,
-                loss,
-                weights_version,
-            });
-        }
-        state.counters.wall = wall_before + clock.now().saturating_sub(started);
-        let due = options.checkpoint_every > 0 && state.step % options.checkpoint_every == 0;
-        if let Some(checkpoints) = checkpoints {
-            if due || last {
-                save_checkpoint(state, options, data, checkpoints, delivery, on_event)?;
-            }
-        }
     }
-    Ok(())
-}
 
-/// Checkpoints the run for a restart in a new process (the compile budget is spent) and
-/// returns the error that tells the caller to restart.
-fn restart_checkpoint(
-    state: &mut TrainState,
-    options: &TrainOptions,
-    data: &mut dyn WindowSource,
-    checkpoints: Option<&CheckpointFolder>,
-    delivery: &Delivery<'_, '_>,
-    on_event: &mut dyn FnMut(&Event),
-) -> Result<TrainError, TrainError> {
-    let Some(checkpoints) = checkpoints else {
-        return Err(TrainError::Other(format!(
-            "the compile budget is spent after step {} and there is no run folder to checkpoint to",
-            state.step
-        )));
-    };
-    let checkpoint = save_checkpoint(state, options, data, checkpoints, delivery, on_event)?;
-    Ok(TrainError::Restart {
-        step: state.step,
-        checkpoint,
-    })
-}
-
-/// Writes a checkpoint of the run as it stands, with the weights the device runs the next
-/// step on when they lag the master's, and reports it.
-fn save_checkpoint(
-    state: &mut TrainState,
-    options: &TrainOptions,
-    data: &mut dyn WindowSource,
-    checkpoints: &CheckpointFolder,
-    delivery: &Delivery<'_, '_>,
-    on_event: &mut dyn FnMut(&Event),
-) -> Result<PathBuf, TrainError> {
-    let next = delivery.next_weights(state.step);
-    state.device_weights = (next.version < state.step).then(|| next.clone());
-    let mut ckpt = state.checkpoint(
-        options,
-        data.state(),
-        checkpoints.tokenizer_kind,
-        checkpoints.tokenizer.clone(),
-    );
-    ckpt.header.counters = with_delivery(&state.counters, &delivery.stats);
-    ckpt.header.run = Some(checkpoints.run.clone());
-    let path = save_rotating(&ckpt, &checkpoints.dir, options.keep_checkpoints)?;
-    on_event(&Event::Checkpoint {
-        step: state.step,
-        path: path.clone(),
-    });
-    Ok(path)
-}
-
-/// DC-ASGD-a: moves a gradient computed at stale weights towards the gradient at the master
-/// weights with the diagonal of the outer-product approximation of the Hessian, clamped so
-/// that no gradient changes sign or more than doubles. The gradient is first multiplied by
-/// `unscale` (the loss scale and accumulation undone), in the same pass; returns the norm of
-/// the result.
-fn compensate_delay(
-    grads: &mut Params,
-    unscale: f32,
-    master: &Params,
-    stale: &Params,
-    adam: &AdamState,
-    options: &TrainOptions,
-) -> f32 {
-    let lambda = options.delay_compensation / options.lr;
-    let eps = options.adam.eps;
-    let chunks = grads
-        .data
-        .par_chunks_mut(PARALLEL_CHUNK)
-        .zip(master.data.par_chunks(PARALLEL_CHUNK))
-        .zip(stale.data.par_chunks(PARALLEL_CHUNK))
-        .zip(adam.v.data.par_chunks(PARALLEL_CHUNK));
-    // Chunk sums in order, added serially: the norm must not depend on the split (see
-    // `grad_norm`).
-    let partial: Vec<f64> = chunks
-        .map(|(((g, w), ws), v)| {
-            vectorised(
-                #[inline(always)]
-                || compensate_chunk(g, w, ws, v, unscale, lambda, eps),
-            )
-        })
-        .collect();
-    partial.iter().sum::<f64>().sqrt() as f32
-}
-
-/// One chunk of [`compensate_delay`]; returns the chunk's Σ g² after the correction.
-#[inline(always)]
-fn compensate_chunk(
-    g: &mut [f32],
-    w: &[f32],
-    ws: &[f32],
-    v: &[f32],
-    unscale: f32,
-    lambda: f32,
-    eps: f32,
-) -> f64 {
-    for (((g, w), ws), v) in g.iter_mut().zip(w).zip(ws).zip(v) {
-        *g *= unscale;
-        // The mean square includes the current gradient, so a gradient appearing for the
-        // first time (v still 0) cannot blow the correction up.
-        let rms = v.max(*g * *g).sqrt();
-        // g + λ·g²·Δw/rms = g·(1 + λ·g·Δw/rms). The diagonal g² is a rough stand-in for the
-        // curvature, so the correction is trusted only as far as it keeps the gradient's
-        // sign and at most doubles it: unclamped, it overturned steady gradients at a high
-        // learning rate and training diverged.
-        let factor = 1.0 + lambda * *g * (w - ws) / (rms + eps);
-        *g *= factor.clamp(0.0, 2.0);
+    /// The validation loss, and its report. The schedule's last validation is of the weights
+    /// the run ends with. Earlier ones evaluate the set the device runs (a double buffer's
+    /// lags the master), and say which version that is: waiting for the master's compile
+    /// mid-run would change the delivery timeline the run is measured on.
+    fn validate(&mut self) -> Result<(), TrainError> {
+        let (device, clock) = (self.setup.device, self.setup.clock);
+        let step = self.state.step;
+        let set = if step == self.options.steps {
+            self.delivery.catch_up(step)?
+        } else {
+            self.delivery.active()
+        };
+        let weights_version = set.version();
+        let start = clock.now();
+        let s = self.state.config.seq_len;
+        let loss = validation_loss(
+            device,
+            clock,
+            set,
+            &mut self.buf,
+            self.data,
+            self.options,
+            s,
+        )?;
+        (self.on_event)(&Event::HostWork {
+            name: "validation",
+            start,
+            end: clock.now(),
+        });
+        (self.on_event)(&Event::Validation {
+            step,
+            loss,
+            weights_version,
+        });
+        Ok(())
     }
-    sum_squares(g)
+
+    /// Writes a checkpoint of the run as it stands, with the weights the device runs the next
+    /// step on when they lag the master's, and reports it. Only called with a run folder.
+    fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let Some(folder) = self.checkpoints else {
+            return Err(TrainError::Other("no run folder to checkpoint to".into()));
+        };
+        let state = &mut *self.state;
+        let next = self.delivery.next_weights(state.step);
+        state.device_weights = (next.version < state.step).then(|| next.clone());
+        let mut ckpt = state.checkpoint(
+            self.options,
+            self.data.state(),
+            folder.tokenizer_kind,
+            folder.tokenizer.clone(),
+        );
+        ckpt.header.counters = with_delivery(&state.counters, &self.delivery.stats);
+        ckpt.header.run = Some(folder.run.clone());
+        let path = save_rotating(&ckpt, &folder.dir, self.options.keep_checkpoints)?;
+        (self.on_event)(&Event::Checkpoint {
+            step: state.step,
+            path: path.clone(),
+        });
+        Ok(path)
+    }
 }
 
 /// The run's counters with what delivery has done in this process added.
@@ -977,7 +1013,6 @@ pub fn validation_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anetrain_model::optim::scale_all;
     use anetrain_model::ParamLayout;
 
     #[test]
@@ -1084,43 +1119,5 @@ mod tests {
             ..o
         };
         assert_eq!(set.min_lr(), 0.0);
-    }
-
-    #[test]
-    fn delay_compensation_follows_dc_asgd_a() {
-        let mut c = ModelConfig::tiny();
-        c.n_layers = 1;
-        let layout = Arc::new(ParamLayout::new(&c));
-        let zeros = Params::zeros(layout.clone());
-        let (mut g, mut w, mut ws, mut adam) = (
-            zeros.clone(),
-            zeros.clone(),
-            zeros.clone(),
-            AdamState::new(&zeros),
-        );
-        // Entry 0: g = 2, w − w_s = 0.5, v = 9 → 2 + 0.3·4·0.5/3 = 2.2.
-        (g.data[0], w.data[0], ws.data[0], adam.v.data[0]) = (2.0, 1.5, 1.0, 9.0);
-        // Entry 1: v = 0 (a first gradient): the rms is |g| = 1 → 1 + 0.3·1·(−2)/1 = 0.4.
-        (g.data[1], w.data[1], ws.data[1]) = (1.0, 0.0, 2.0);
-        // λ = c / lr: c = 0.6 at lr 2 gives the λ = 0.3 of the figures above.
-        let options = TrainOptions {
-            delay_compensation: 0.6,
-            lr: 2.0,
-            ..TrainOptions::default()
-        };
-        // Entry 3: 1 + 0.3·2·(−10)/2 = −2 would flip the sign: clamped to 0.
-        (g.data[3], w.data[3], ws.data[3], adam.v.data[3]) = (2.0, 0.0, 10.0, 4.0);
-        // Entry 4: 1 + 0.3·2·10/2 = 4 would quadruple it: clamped to double.
-        (g.data[4], w.data[4], ws.data[4], adam.v.data[4]) = (2.0, 10.0, 0.0, 4.0);
-        // Handed in at twice the size, with the unscale factor that undoes it.
-        scale_all(&mut g, 2.0);
-        let norm = compensate_delay(&mut g, 0.5, &w, &ws, &adam, &options);
-        assert_eq!((g.data[3], g.data[4]), (0.0, 4.0));
-        assert!((g.data[0] - 2.2).abs() < 1e-6, "{}", g.data[0]);
-        assert!((g.data[1] - 0.4).abs() < 1e-6, "{}", g.data[1]);
-        assert_eq!(g.data[2], 0.0);
-        // The norm of the result: √(2.2² + 0.4² + 4²).
-        let want = (2.2f32 * 2.2 + 0.4 * 0.4 + 16.0).sqrt();
-        assert!((norm - want).abs() < 1e-5, "{norm} vs {want}");
     }
 }

@@ -21,8 +21,8 @@ use anetrain_model::{ModelConfig, ParamLayout, Params};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, validation_loss, Event, RunEnv, StepRecord, TrainError, TrainOptions, TrainState,
-    WindowSource,
+    train, validation_loss, DeliverySettings, Event, StepRecord, TrainError, TrainOptions,
+    TrainOutcome, TrainSetup, TrainState, WindowSource,
 };
 use common::{checkpoint_folder, simulated, test_env, Cycle};
 use std::sync::Arc;
@@ -84,8 +84,11 @@ fn run_with(
         &options,
         device.info().numeric,
     );
-    let env = RunEnv {
-        max_staleness,
+    let env = TrainSetup {
+        delivery: DeliverySettings {
+            max_staleness,
+            ..DeliverySettings::new(strategy)
+        },
         ..test_env(device, clock, strategy)
     };
     let mut records = Vec::new();
@@ -102,7 +105,11 @@ fn run_with(
             _ => {}
         },
     )
-    .map_err(|e| e.to_string());
+    .map_err(|e| e.to_string())
+    .and_then(|outcome| match outcome {
+        TrainOutcome::Finished => Ok(()),
+        restart => Err(format!("{restart:?}")),
+    });
     Outcome {
         steps: records,
         state,

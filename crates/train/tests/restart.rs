@@ -13,7 +13,7 @@ use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::trainer::{
-    train, CheckpointFolder, Event, RunEnv, TrainError, TrainOptions, TrainState,
+    train, CheckpointFolder, Event, TrainOptions, TrainOutcome, TrainSetup, TrainState,
 };
 use common::{checkpoint_folder, simulated, test_env, Cycle};
 use std::sync::Arc;
@@ -67,12 +67,12 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     {
         let device = CompileBudget::new(CpuDevice::new(NumericMode::Fp32).with_threads(1), 10_000);
         let env = test_env(&device, &clock, Strategy::Recompile);
-        train(&env, &opts, &mut reference, &mut Cycle(0), None, &mut |e| {
+        let outcome = train(&env, &opts, &mut reference, &mut Cycle(0), None, &mut |e| {
             if let Event::Step(r) = e {
                 ref_losses.push(r.loss)
             }
-        })
-        .unwrap();
+        });
+        assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
     }
 
     // With 25 compiles per process: 6 at start (the shared kernel and the first set), then
@@ -98,8 +98,8 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
         );
         assert!(device.used() <= 25);
         match result {
-            Ok(()) => break,
-            Err(TrainError::Restart { checkpoint, .. }) => {
+            Ok(TrainOutcome::Finished) => break,
+            Ok(TrainOutcome::Restart { checkpoint, .. }) => {
                 restarts += 1;
                 // A new process: everything comes back from the checkpoint file.
                 let ckpt = Checkpoint::load(&checkpoint).unwrap();
@@ -145,7 +145,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
                    steps: &mut Vec<(f32, u64, u64)>| {
             let clock = Arc::new(SimClock::new());
             let device = simulated(&clock, NumericMode::Fp32);
-            let env = RunEnv {
+            let env = TrainSetup {
                 stop_after,
                 ..test_env(&device, &*clock, Strategy::DoubleBuffer)
             };
@@ -233,16 +233,16 @@ fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrup
 
     let mut reference = fresh();
     let mut ref_steps = Vec::new();
-    run(&mut reference, &mut Cycle(0), 10_000, &mut ref_steps).unwrap();
+    let outcome = run(&mut reference, &mut Cycle(0), 10_000, &mut ref_steps);
+    assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
 
     let mut steps = Vec::new();
     let mut state = fresh();
     let mut data = Cycle(0);
     let mut restarts = 0;
-    while let Err(e) = run(&mut state, &mut data, 25, &mut steps) {
-        let TrainError::Restart { checkpoint, .. } = e else {
-            panic!("{e}")
-        };
+    while let TrainOutcome::Restart { checkpoint, .. } =
+        run(&mut state, &mut data, 25, &mut steps).unwrap()
+    {
         restarts += 1;
         assert!(restarts < 10, "the run does not progress");
         let ckpt = Checkpoint::load(&checkpoint).unwrap();

@@ -75,14 +75,12 @@ pub fn test_env<'a>(
     device: &'a dyn anetrain_device::Device,
     clock: &'a dyn anetrain_device::clock::Clock,
     strategy: anetrain_train::delivery::Strategy,
-) -> anetrain_train::trainer::RunEnv<'a> {
-    anetrain_train::trainer::RunEnv {
+) -> anetrain_train::trainer::TrainSetup<'a> {
+    anetrain_train::trainer::TrainSetup {
         device,
         clock,
-        strategy,
-        max_staleness: 1,
-        max_failures: 3,
-        count_host_time: false,
+        delivery: anetrain_train::trainer::DeliverySettings::new(strategy),
+        simulate_host_time: false,
         stop_after: None,
     }
 }
