@@ -19,9 +19,9 @@ fn main() -> ExitCode {
 /// Every optimizer update compiles a kernel set: tens of megabytes of weight files and packed
 /// weights allocated, and as much freed with the set it replaces. glibc serves blocks that
 /// large with fresh mappings and unmaps them on free (or trims its heap), so every compile
-/// paid for faulting in and zeroing new pages, a third of its time. Served from the heap and
-/// kept there, freed blocks are reused: a loop of `tiny` set compiles took 1.6–2.6 ms per set
-/// instead of 4.0–4.5 (medians). Neither setting alone did it.
+/// paid for faulting in and zeroing new pages. Served from the heap and kept there, freed
+/// blocks are reused, and a set compiles faster (docs/benchmarks.md). Neither setting alone
+/// did it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // 32 MiB is the largest mmap threshold every glibc accepts; the trim threshold has no cap.

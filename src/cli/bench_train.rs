@@ -247,8 +247,8 @@ pub fn bench_train(
         &mut data,
     )?;
     // The warm-up steps pay what a run pays once: the first touch of the optimizer moments
-    // (the first update took 196 ms of stories15m's 19 ms in steady state), of the step's
-    // buffers and of the device's arenas.
+    // (the first update takes many times a steady one), of the step's buffers and of the
+    // device's arenas.
     let measured = &run.steps[run.steps.len().saturating_sub(steps as usize)..];
     let mean = |f: fn(&StepRecord) -> f64| measured.iter().map(f).sum::<f64>() / steps as f64;
     let (step_ms, stall_ms) = (mean(|r| r.ms), mean(|r| r.stall_ms));

@@ -480,8 +480,8 @@ mod tests {
     }
 
     /// A chip is charged for the weights it would bake (fp16 on the M4), not for the dtype the
-    /// CPU standing in for it runs: an fp32 simulation once charged twice the bytes, a 61-kernel
-    /// Stories110M set 5.6 s instead of the measured ~3.4 s.
+    /// CPU standing in for it runs: an fp32 simulation once charged twice the bytes, and a
+    /// Stories110M set far more than the compile time measured on the M4 (docs/benchmarks.md).
     #[test]
     fn a_compile_costs_the_weights_the_chip_bakes_whatever_the_program_dtype() {
         let m4 = ChipProfile::m4();

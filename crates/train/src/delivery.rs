@@ -296,11 +296,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         // The compile's virtual timeline starts when it was submitted; it reports when it
         // ended on that timeline, so the training thread can meet it there.
         // Named, so that profilers and debuggers show compiles apart from training.
-        // A thread per compile, although starting one costs the training thread 60–70 µs:
+        // A thread per compile, although starting one costs the training thread some time:
         // Linux starts a new thread on the idlest core, but wakes a sleeping one near its
         // waker, the training thread's busy core, where at idle priority it waits. One
         // long-lived compile thread on two cores often had not finished by the next step,
-        // which then waited 0.5–1.2 ms for it (README, "`tiny` was the exception").
+        // which then waited for it (docs/weight-delivery.md).
         let spawned = std::thread::Builder::new()
             .name("kernel-compile".into())
             .spawn_scoped(self.scope, move || {

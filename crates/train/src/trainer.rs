@@ -56,11 +56,11 @@ pub struct TrainOptions {
     ///
     /// Why λ scales with 1/lr: under AdamW, w − w_s is about one learning rate per
     /// coordinate, so the paper's SGD-sized λ (≈ 1) changes nothing, and a fixed large λ
-    /// overcorrects at a higher learning rate. On `tiny` at lr 3e-3, c from 2.4 to 9 brought
-    /// double-buffer's validation loss to recompile's (`bench weights`), so the default is 3.
-    /// It is not universal: on a 16-dim toy with steady, noise-free gradients (g² then
-    /// overstates the curvature) it made delayed training worse at every c ≥ 0.3, which is why
-    /// the correction is clamped and why 0 turns it off. Only double-buffered steps that ran
+    /// overcorrects at a higher learning rate. The default of 3 sits in the range of c that
+    /// brought double-buffer's validation loss to recompile's on `tiny` (docs/benchmarks.md).
+    /// It is not universal: on a toy with steady, noise-free gradients (g² then overstates the
+    /// curvature) it made delayed training worse, which is why the correction is clamped and
+    /// why 0 turns it off. Only double-buffered steps that ran
     /// behind the master weights are corrected.
     pub delay_compensation: f32,
     /// Weight prediction for double-buffered runs: each background compile bakes in the
@@ -924,8 +924,8 @@ fn ms(d: Duration) -> f64 {
 /// The master weights' earlier versions, whose buffers the next update writes into once no
 /// kernel set, compile or waiting snapshot holds them (double-buffer). With room to lag, a
 /// version can stay held for several updates (the set running on it, the one compiling, the
-/// newest one waiting); a fresh buffer each time instead has to be faulted in (Stories110M:
-/// 440 MB; its simulated run's updates took 1.2 s into fresh buffers, 0.15 s into reused ones).
+/// newest one waiting); a fresh buffer each time instead has to be faulted in, which made a
+/// simulated Stories110M run's updates several times slower (docs/benchmarks.md).
 #[derive(Default)]
 struct RetiredVersions(Vec<Arc<Params>>);
 

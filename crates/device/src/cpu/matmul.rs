@@ -1,7 +1,7 @@
 //! Matrix products through `faer`, behind a safe, bounds-checked interface.
 //!
 //! `faer` replaced `gemm` 0.19 here: side by side on this project's shapes (512×64×512,
-//! 768×256×768, 288×256×768) at 2 threads it ran 20–50 % faster.
+//! 768×256×768, 288×256×768) at 2 threads it ran faster (docs/benchmarks.md).
 
 use faer::{Accum, MatMut, MatRef, Par};
 

@@ -159,7 +159,8 @@ impl Device for CpuDevice {
 
     /// Checks and lowers the program once: a compile of it then only binds the weights,
     /// without looking the program up among the cached ones (comparing a training kernel's
-    /// program with its cached twin took a fifth of a `tiny` set's compile).
+    /// program with its cached twin was a large share of a `tiny` set's compile; see
+    /// docs/benchmarks.md).
     fn prepare(&self, program: &Program) -> PreparedProgram {
         match self.template(program) {
             Ok(entry) => PreparedProgram::lowered(program.clone(), entry),

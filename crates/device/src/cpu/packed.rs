@@ -91,7 +91,7 @@ impl PackedA {
             if la.cs == 1 && (i + 1) * MR <= m {
                 // A whole panel of row-major weights (every compile packs these): each group
                 // takes one value from each of the MR row streams and is written in one go,
-                // 2.5–3.5× faster than MR strided passes over the panel.
+                // which is faster than MR strided passes over the panel (docs/benchmarks.md).
                 let rows: [&[f32]; MR] =
                     std::array::from_fn(|r| &a[la.offset + (i * MR + r) * la.rs..][..k]);
                 for (p, group) in panel.chunks_exact_mut(MR).enumerate() {
@@ -411,12 +411,11 @@ mod x86 {
         let block = (i * k + p0) * MR..(i * k + p0 + kc) * MR;
         // The weights are packed in the order the tiles use them, so the next block starts
         // where this one ends. A block's first tile streams it from memory at 24 bytes per 12
-        // FMAs (~12 GB/s, a core's whole DRAM bandwidth here: 11 GB/s measured) and the
-        // block's other tiles then read it from L1, so the demand comes in bursts that the
-        // hardware prefetcher does not smooth. So each tile prefetches a stretch of the next
-        // block, the tiles one after another, wrapping round when there are more than it
-        // takes. (32 chained 512-channel convs at spatial 64, 32 MB of weights: 10 % faster,
-        // evals of both builds alternated in one process.)
+        // FMAs, about a core's whole DRAM bandwidth here, and the block's other tiles then
+        // read it from L1, so the demand comes in bursts that the hardware prefetcher does not
+        // smooth. So each tile prefetches a stretch of the next block, the tiles one after
+        // another, wrapping round when there are more than it takes (measured on chained
+        // 512-channel convs: docs/benchmarks.md).
         let stretch = kc / PF_STEPS * LINE;
         let ahead = block.end + (j / NR * stretch) % (kc * MR);
         let prefetch = job

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 const ACCUMULATORS: usize = 12;
 
 /// The best of `runs` FMA-loop measurements of `each`: the peak is the best the cores do,
-/// and a busy host takes single runs down (by half, at times, on a shared machine).
+/// and a busy host takes single runs down (far down, at times, on a shared machine).
 pub fn best_fma_peak(threads: usize, runs: u32, each: Duration) -> f64 {
     (0..runs.max(1))
         .map(|_| measure_fma_peak(threads, each))

@@ -813,7 +813,8 @@ fn reduce_here(r: &ReduceStep, x: &[f32], y: &mut [f32]) {
         let (xo, yo) = (offs[0], offs[1]);
         match (ys, max) {
             // Along a contiguous row: eight running sums, where one is a chain of dependent
-            // adds (attention's row sums of 256 took an eighth of a backward kernel).
+            // adds (attention's row sums were a visible share of a backward kernel:
+            // docs/benchmarks.md).
             (0, false) if xs == 1 => y[yo] += sum_f32(&x[xo..xo + n]),
             (0, true) if xs == 1 => y[yo] = y[yo].max(max_f32(&x[xo..xo + n])),
             (0, false) => y[yo] += (0..n).map(|i| x[xo + i * xs]).sum::<f32>(),

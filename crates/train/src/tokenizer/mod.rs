@@ -177,9 +177,9 @@ pub fn train_bpe(corpus: &str, vocab_size: usize) -> Result<Tokenizer, Tokenizer
 }
 
 /// The `tiny` model's tokenizer: the byte-level BPE of [`DEFAULT_VOCAB`] tokens trained on the
-/// embedded corpus. Training takes about 2 s in a release build, so it is trained on first use
-/// and kept for the life of the process rather than shipped as a file that could drift from
-/// the code.
+/// embedded corpus. Training it is quick enough in a release build (docs/benchmarks.md) that it
+/// is trained on first use and kept for the life of the process rather than shipped as a file
+/// that could drift from the code.
 pub fn default_tokenizer() -> Result<Tokenizer, TokenizerError> {
     static DEFAULT: OnceLock<Tokenizer> = OnceLock::new();
     if let Some(t) = DEFAULT.get() {
