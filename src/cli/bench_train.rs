@@ -1,7 +1,6 @@
 //! `anetrain bench train` and `anetrain bench weights`: training throughput, and the weight
 //! delivery strategies side by side.
 
-use super::run_data::load_data;
 use anetrain_device::clock::{Clock, RealClock};
 use anetrain_device::cpu::best_fma_peak;
 use anetrain_device::{CpuDevice, Device, DeviceSpec, NumericMode, OpenDevice};
@@ -13,6 +12,7 @@ use anetrain_model::step::{compile_kernel_set, BakedPrograms, KernelSet, WeightS
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::data::DatasetWindows;
 use anetrain_train::delivery::Strategy;
+use anetrain_train::run::data::load_data;
 use anetrain_train::trainer::{
     train, Counters, DeliverySettings, Event, StepRecord, TrainOptions, TrainSetup, TrainState,
     ValidationSource, WindowSource,
@@ -368,7 +368,7 @@ pub fn bench_weights(bench: &WeightsBench) -> anyhow::Result<()> {
     let cpu = CpuDevice::new(mode).with_threads(threads);
     let base: Arc<dyn Device> = Arc::new(cpu.clone());
     let corpus = if config.name == "tiny" {
-        Some(load_data(None, None, None, &config, false)?)
+        Some(load_data(None, None, None, &config, &mut |_| {})?)
     } else {
         None
     };

@@ -7,14 +7,19 @@ use anetrain_device::{OpenError, PeakFlops};
 
 /// Opens the device a command's flags specify; an error names the flag it comes from.
 pub fn open(spec: &DeviceSpec) -> anyhow::Result<OpenDevice> {
-    spec.open().map_err(|e| match e {
+    spec.open().map_err(flag_error)
+}
+
+/// A device's error, naming the flag it comes from.
+pub fn flag_error(e: OpenError) -> anyhow::Error {
+    match e {
         OpenError::UnknownChip(_) => anyhow::anyhow!("--simulate: {e}"),
         OpenError::SimulatedNotOnCpu(kind) => {
             anyhow::anyhow!("--simulate: {e}; drop --device {kind}")
         }
         OpenError::AneIsFp16(_) => anyhow::anyhow!("--precision: {e}"),
         e => e.into(),
-    })
+    }
 }
 
 /// Lists the devices of this machine: the CPU always; the ANE with what it is, or why it is

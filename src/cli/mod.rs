@@ -7,9 +7,7 @@ pub mod devices;
 mod mil;
 mod model_io;
 mod peak;
-
 mod probe;
-mod run_data;
 mod sample;
 mod tokenizer;
 mod train;

@@ -1,12 +1,9 @@
-//! `anetrain export`, and loading published model files (llama2.c, safetensors) for sampling or
-//! fine-tuning.
+//! `anetrain export`: a checkpoint's weights as a llama2.c model file or safetensors.
 
 use anetrain_model::io::{llama2c, safetensors};
-use anetrain_model::{ModelConfig, Params};
 use anetrain_train::checkpoint::Checkpoint;
-use anyhow::bail;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -32,17 +29,4 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         ckpt.header.step
     );
     Ok(())
-}
-
-/// Weights from a model file: llama2.c `.bin`, or `.safetensors` (whose config comes from its
-/// own metadata, else from `config`).
-pub fn load_model_file(path: &Path, config: Option<&ModelConfig>) -> anyhow::Result<Params> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("bin") => Ok(llama2c::read(path)?),
-        Some("safetensors") => Ok(safetensors::read(path, config)?),
-        _ => bail!(
-            "{}: expected a llama2.c model (.bin) or a .safetensors file",
-            path.display()
-        ),
-    }
 }

@@ -1,12 +1,12 @@
 //! `anetrain generate` and `anetrain eval`: use a trained checkpoint.
 
-use super::run_data::corpus_dataset;
 use anetrain_device::{DeviceSpec, NumericMode, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::TokenDataset;
+use anetrain_train::run::data::corpus_dataset;
 use anetrain_train::tokenizer::Tokenizer;
 use anetrain_train::trainer::{validation_loss, TrainOptions};
 use anyhow::{anyhow, bail, Context};
@@ -86,7 +86,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
                 .map(anetrain_model::ModelConfig::named)
                 .transpose()?;
             (
-                super::model_io::load_model_file(m, config.as_ref())?,
+                anetrain_model::io::load_model_file(m, config.as_ref())?,
                 Tokenizer::load(t)?,
             )
         }

@@ -1,32 +1,15 @@
 //! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
 
-use super::run_data::load_data;
-use anetrain_device::trace::{Tracer, Track};
-use anetrain_device::{DeviceSpec, OpenDevice};
-use anetrain_model::generate::{generate, Sampler};
-use anetrain_model::init::init_params;
-use anetrain_model::io::atomic::write_atomic;
-use anetrain_model::{ModelConfig, ParamLayout};
-use anetrain_train::checkpoint::Checkpoint;
-use anetrain_train::data::DatasetWindows;
-use anetrain_train::delivery::Strategy;
-use anetrain_train::run::folder::{LOSS_PLOT, METRICS, REPORT};
-use anetrain_train::run::plot::loss_svg;
 use anetrain_train::run::restart::restart_args;
-use anetrain_train::run::trace::continue_trace;
-use anetrain_train::run::{EfficiencyReport, MetricsLog, MetricsRow, RunFolder, RunSettings};
-use anetrain_train::trainer::{
-    train, CheckpointFolder, DeliverySettings, Event, TrainError, TrainOptions, TrainOutcome,
-    TrainSetup, TrainState,
+use anetrain_train::run::{
+    OptionFlags, OptionsFile, ResumeFrom, Run, RunError, RunFolder, RunSettings, RunSpec,
 };
-use anyhow::{anyhow, bail, Context};
+use anetrain_train::trainer::{Event, TrainOutcome};
+use anyhow::{anyhow, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
-
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -133,67 +116,6 @@ struct RunConfig {
     train: Option<toml::Table>,
 }
 
-/// The run's options: a resumed run's own (the schedule, optimizer, evaluation and
-/// correction it was started with; not its thread count, which is the machine's), then the
-/// config file's `[train]` keys over them, then the flags.
-fn run_options(
-    saved: Option<&TrainOptions>,
-    file: Option<toml::Table>,
-    file_path: Option<&std::path::Path>,
-    args: &TrainArgs,
-) -> anyhow::Result<TrainOptions> {
-    let mut value = match saved {
-        Some(saved) => serde_json::to_value(saved)?,
-        None => serde_json::Value::Object(Default::default()),
-    };
-    if let Some(saved) = value.as_object_mut() {
-        saved.remove("threads");
-    }
-    let source = match file_path {
-        Some(p) => format!("[train] in {}", p.display()),
-        None => "the checkpoint's options".into(),
-    };
-    if let Some(table) = file {
-        merge_json(&mut value, serde_json::to_value(table)?);
-    }
-    let mut options: TrainOptions =
-        serde_json::from_value(value).map_err(|e| anyhow!("{source}: {e}"))?;
-    if let Some(v) = args.steps {
-        options.steps = v;
-    }
-    if let Some(v) = args.lr {
-        options.lr = v;
-    }
-    if let Some(v) = args.accum {
-        options.accum = v;
-    }
-    if let Some(v) = args.seed {
-        options.seed = v;
-    }
-    if let Some(v) = args.threads {
-        options.threads = v;
-    }
-    if let Some(v) = args.delay_compensation {
-        options.delay_compensation = v;
-    }
-    if let Some(v) = args.weight_prediction {
-        options.weight_prediction = v;
-    }
-    Ok(options)
-}
-
-/// `over` written onto `base`: objects key by key, anything else replaced.
-fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(over)) => {
-            for (key, value) in over {
-                merge_json(base.entry(key).or_insert(serde_json::Value::Null), value);
-            }
-        }
-        (base, over) => *base = over,
-    }
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let file: RunConfig = match &args.config {
         Some(p) => {
@@ -203,245 +125,58 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => RunConfig::default(),
     };
-    let model_name = args
-        .model
-        .clone()
-        .or(file.model)
-        .unwrap_or_else(|| "tiny".into());
-    let folder = RunFolder::new(
-        args.out
-            .clone()
-            .or(file.out)
-            .unwrap_or_else(|| PathBuf::from("runs").join(model_name.trim_end_matches(".toml"))),
-    );
-    // Resume: the checkpoint carries config, weights, optimizer, sampler and tokenizer, and
-    // how the run was started.
-    let resume_from = match args.resume.as_deref() {
-        None => None,
-        Some("auto") => Some(folder.newest_checkpoint()?),
-        Some(p) => Some(PathBuf::from(p)),
-    };
-    let checkpoint = match &resume_from {
-        Some(p) => Some(Checkpoint::load(p)?),
-        None => None,
-    };
-    let saved_run = checkpoint
-        .as_ref()
-        .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
-    let settings = RunSettings {
-        device: args.device.clone().or(file.device),
-        precision: args.precision.clone().or(file.precision),
-        data: args.data.clone().or(file.data),
-        weights: args.strategy.clone().or(file.weights),
-        max_staleness: args.max_staleness,
-        max_compile_failures: args.max_compile_failures,
-    }
-    .or(saved_run);
-    let options = run_options(
-        checkpoint.as_ref().map(|c| &c.header.options),
-        file.train,
-        args.config.as_deref(),
-        &args,
-    )?;
-    // Before the data and the tokenizer are prepared (seconds), so a typo fails at once.
-    options.check().map_err(TrainError::Options)?;
-    let device_name = settings.device.clone().unwrap_or_else(|| "cpu".into());
-    let mut device_spec = DeviceSpec {
-        kind: device_name.parse()?,
-        precision: settings
-            .precision
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: String| anyhow!(e))?,
-        threads: Some(options.threads),
-        simulate: args.simulate.clone(),
-        compile_budget: args.compile_budget,
-        ..DeviceSpec::default()
-    };
-    let mode = device_spec
-        .mode()
-        .map_err(|e| anyhow!("--precision: {e}"))?;
-    // The double buffer everywhere: on the ANE compiles are costly and overlap evals, and on
-    // the CPU it measured faster than weights as inputs (docs/weight-delivery.md).
-    let default_strategy = "double-buffer";
-    let strategy: Strategy = settings
-        .weights
-        .clone()
-        .unwrap_or_else(|| default_strategy.into())
-        .parse()
-        .map_err(|e: String| anyhow!(e))?;
-    let continues_folder = resume_from.as_deref().is_some_and(|p| folder.holds(p));
-    let earlier_run = folder.claim(continues_folder, args.overwrite)?;
-    let tracer = args.trace.as_ref().map(|_| Tracer::new());
-    device_spec.tracer = tracer.clone();
-    let OpenDevice { device, clock, .. } = super::devices::open(&device_spec)?;
-
-    folder.create()?;
-
-    let initial = match (&checkpoint, &args.init) {
-        (None, Some(path)) => {
-            let preset = ModelConfig::named(&model_name).ok();
-            Some(super::model_io::load_model_file(path, preset.as_ref())?)
+    let spec = run_spec(&args, file)?;
+    let quiet = args.quiet;
+    let mut run = Run::open(&spec, &mut |line| {
+        if !quiet {
+            println!("{line}");
         }
-        _ => None,
-    };
-    let config = match (&checkpoint, &initial) {
-        (Some(c), _) => c.header.config.clone(),
-        (None, Some(p)) => p.layout.config.clone(),
-        (None, None) => ModelConfig::named(&model_name)?,
-    };
-    let data = load_data(
-        settings.data.as_deref(),
-        args.tokenizer.as_deref().or(file.tokenizer.as_deref()),
-        checkpoint
-            .as_ref()
-            .map(|c| (c.header.tokenizer_kind, c.tokenizer.as_slice())),
-        &config,
-        !args.quiet,
-    )?;
-    if data.tokenizer.vocab_size() > config.vocab {
-        bail!(
-            "the tokenizer has {} tokens but model `{}` has a vocabulary of {}",
-            data.tokenizer.vocab_size(),
-            config.name,
-            config.vocab
-        );
-    }
-    let mut windows = match &checkpoint {
-        Some(c) => DatasetWindows::restore(data.dataset, &c.header.sampler)?,
-        None => DatasetWindows::new(data.dataset, options.seed)?,
-    };
-    let mut state = match checkpoint {
-        Some(c) => TrainState::from_checkpoint(c)?,
-        None => {
-            let params = match initial {
-                Some(p) => p,
-                None => init_params(Arc::new(ParamLayout::new(&config)), options.seed),
-            };
-            TrainState::new(params, &options, mode)
-        }
-    };
-    let max_staleness = settings.max_staleness.unwrap_or(1);
-    let max_failures = settings.max_compile_failures.unwrap_or(3);
-    let checkpoints = CheckpointFolder {
-        dir: folder.path().to_path_buf(),
-        tokenizer_kind: data.tokenizer_kind,
-        tokenizer: data.tokenizer_bytes.clone(),
-        run: RunSettings {
-            device: Some(device_name.clone()),
-            precision: Some(mode.to_string()),
-            data: match &settings.data {
-                Some(p) => Some(
-                    std::fs::canonicalize(p)
-                        .with_context(|| format!("cannot find {}", p.display()))?,
-                ),
-                None => None,
-            },
-            weights: Some(strategy.name().to_string()),
-            max_staleness: Some(max_staleness),
-            max_compile_failures: Some(max_failures),
-        },
-    };
-
-    let params_count = state.params.data.len();
-    if !args.quiet {
+    })
+    .map_err(flag_error)?;
+    if !quiet {
+        let (config, data) = (&run.state.config, run.windows.dataset());
         println!(
             "training {} ({:.2}M parameters) on {} ({}), {} tokens ({} for validation), {} steps of {}×{} tokens",
             config.name,
-            params_count as f64 / 1e6,
-            device.info().name,
-            mode,
-            windows.dataset().tokens().len(),
-            windows.dataset().val_len(),
-            options.steps,
-            options.accum,
+            run.state.params.data.len() as f64 / 1e6,
+            run.device.device.info().name,
+            run.device.mode,
+            data.tokens().len(),
+            data.val_len(),
+            run.options.steps,
+            run.options.accum,
             config.seq_len
         );
     }
-    earlier_run.delete()?;
-    let metrics_path = folder.file(METRICS);
-    // A resumed run's plot covers the whole run, and its metrics hold each step once.
-    let mut metrics = if continues_folder {
-        MetricsLog::resume(&metrics_path, state.step)?
-    } else {
-        MetricsLog::create(&metrics_path)?
-    };
-    let bar = if args.quiet {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        let b = ProgressBar::new(options.steps);
+        let b = ProgressBar::new(run.options.steps);
         b.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        b.set_position(state.step);
+        b.set_position(run.state.step);
         b
     };
-    let mut on_event = |e: &Event| {
-        match e {
-            Event::Step(r) => {
-                if let Some(t) = &tracer {
-                    let start = Duration::from_secs_f64(r.start_s);
-                    let end = start + Duration::from_secs_f64(r.ms / 1e3);
-                    t.record(Track::Host, &format!("step {}", r.step), start, end);
-                }
-                bar.set_position(r.step);
-                bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
-            }
-            Event::Validation { step, loss, .. } => print_above_bar(
-                &bar,
-                args.quiet,
-                format!("step {step}: validation loss {loss:.4}"),
-            ),
-            Event::CompileFailed(message) => bar.println(format!(
-                "warning: {message}; the active kernels stay in place"
-            )),
-            Event::HostWork { name, start, end } => {
-                // For the timeline only: the step rows carry the times.
-                if let Some(t) = &tracer {
-                    t.record(Track::Host, name, *start, *end);
-                }
-            }
-            Event::Compiled { .. } | Event::Checkpoint { .. } => {}
+    let outcome = run.train(&mut |e| match e {
+        Event::Step(r) => {
+            bar.set_position(r.step);
+            bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.tokens_per_s));
         }
-        if let Some(row) = MetricsRow::of(e) {
-            metrics.append(&row);
-        }
-    };
-    let setup = TrainSetup {
-        device: &*device,
-        clock: &*clock,
-        delivery: DeliverySettings {
-            strategy,
-            max_staleness,
-            max_failures,
-        },
-        simulate_host_time: true,
-        stop_after: args.stop_after,
-    };
-    let outcome = train(
-        &setup,
-        &options,
-        &mut state,
-        &mut windows,
-        Some(&checkpoints),
-        &mut on_event,
-    );
+        Event::Validation { step, loss, .. } => print_above_bar(
+            &bar,
+            quiet,
+            format!("step {step}: validation loss {loss:.4}"),
+        ),
+        Event::CompileFailed(message) => bar.println(format!(
+            "warning: {message}; the active kernels stay in place"
+        )),
+        _ => {}
+    });
     bar.finish_and_clear();
-    if let (Some(path), Some(t)) = (&args.trace, &tracer) {
-        // A resumed run (a budget restart among them) continues the timeline it finds.
-        let earlier = match &resume_from {
-            Some(_) => std::fs::read(path).ok(),
-            None => None,
-        };
-        let json = continue_trace(earlier.as_deref(), &t.to_json())
-            .with_context(|| format!("cannot continue the trace in {}", path.display()))?;
-        write_atomic(path, json.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
     if let TrainOutcome::Restart { step, checkpoint } = outcome? {
-        if !args.quiet {
+        if !quiet {
             println!(
                 "compile budget spent after step {step}: restarting from {}",
                 checkpoint.display()
@@ -449,31 +184,74 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         return restart_with(&checkpoint);
     }
-    metrics.finish()?;
-    let curves = metrics.curves();
-    let svg = loss_svg(&format!("{} loss", config.name), &curves.train, &curves.val);
-    let plot = folder.file(LOSS_PLOT);
-    write_atomic(&plot, svg.as_bytes())
-        .with_context(|| format!("cannot write {}", plot.display()))?;
-
-    let report = EfficiencyReport::new(&state, &options, &*device, mode, strategy).to_string();
-    let report_path = folder.file(REPORT);
-    write_atomic(&report_path, report.as_bytes())
-        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    let report = run.finish()?;
     println!("{report}");
-    let prompt = data
-        .tokenizer
-        .encode("It is a truth universally acknowledged")?;
-    let mut sampler = Sampler::new(0.8, 0.9, options.seed).within(data.tokenizer.vocab_size());
-    let sample = generate(&state.params, &prompt, 60, &mut sampler);
-    let mut text = prompt.clone();
-    text.extend(sample);
-    println!(
-        "sample: {}",
-        data.tokenizer.decode(&text)?.replace('\n', " ")
-    );
-    println!("run folder: {}", folder.path().display());
+    let sample = run.sample("It is a truth universally acknowledged", 60)?;
+    println!("sample: {}", sample.replace('\n', " "));
+    println!("run folder: {}", run.folder.path().display());
     Ok(())
+}
+
+/// The run the flags and the config file ask for (flags first).
+fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
+    let model = args
+        .model
+        .clone()
+        .or(file.model)
+        .unwrap_or_else(|| "tiny".into());
+    let out = args
+        .out
+        .clone()
+        .or(file.out)
+        .unwrap_or_else(|| PathBuf::from("runs").join(model.trim_end_matches(".toml")));
+    let options_file = match (file.train, &args.config) {
+        (Some(table), Some(path)) => Some(OptionsFile {
+            keys: serde_json::to_value(table)?,
+            source: format!("[train] in {}", path.display()),
+        }),
+        _ => None,
+    };
+    Ok(RunSpec {
+        model,
+        folder: RunFolder::new(out),
+        init: args.init.clone(),
+        resume: args.resume.as_deref().map(|r| match r {
+            "auto" => ResumeFrom::Newest,
+            path => ResumeFrom::Checkpoint(PathBuf::from(path)),
+        }),
+        overwrite: args.overwrite,
+        settings: RunSettings {
+            device: args.device.clone().or(file.device),
+            precision: args.precision.clone().or(file.precision),
+            data: args.data.clone().or(file.data),
+            weights: args.strategy.clone().or(file.weights),
+            max_staleness: args.max_staleness,
+            max_compile_failures: args.max_compile_failures,
+        },
+        tokenizer: args.tokenizer.clone().or(file.tokenizer),
+        options_file,
+        option_flags: OptionFlags {
+            steps: args.steps,
+            lr: args.lr,
+            accum: args.accum,
+            seed: args.seed,
+            threads: args.threads,
+            delay_compensation: args.delay_compensation,
+            weight_prediction: args.weight_prediction,
+        },
+        simulate: args.simulate.clone(),
+        compile_budget: args.compile_budget,
+        trace: args.trace.clone(),
+        stop_after: args.stop_after,
+    })
+}
+
+/// A run's error, naming the flag a device error comes from.
+fn flag_error(e: RunError) -> anyhow::Error {
+    match e {
+        RunError::Device(e) => super::devices::flag_error(e),
+        e => e.into(),
+    }
 }
 
 /// Prints a line above the progress bar, or plainly where there is no bar (not a terminal).

@@ -6,7 +6,33 @@ pub mod atomic;
 pub mod llama2c;
 pub mod safetensors;
 
+use crate::{ModelConfig, Params};
 use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// Why a model file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error(transparent)]
+    Llama2c(#[from] llama2c::Llama2cError),
+    #[error(transparent)]
+    Safetensors(#[from] safetensors::SafetensorsError),
+    #[error("{0}: expected a llama2.c model (.bin) or a .safetensors file")]
+    UnknownKind(String),
+}
+
+/// Weights from a model file: llama2.c `.bin`, or `.safetensors` (whose configuration comes
+/// from its own metadata, else from `config`).
+pub fn load_model_file(
+    path: &Path,
+    config: Option<&ModelConfig>,
+) -> Result<Params, ModelFileError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("bin") => Ok(llama2c::read(path)?),
+        Some("safetensors") => Ok(safetensors::read(path, config)?),
+        _ => Err(ModelFileError::UnknownKind(path.display().to_string())),
+    }
+}
 
 /// Bytes per chunk when converting between little-endian bytes and f32, so that neither reading
 /// nor writing holds a second copy of a large tensor.

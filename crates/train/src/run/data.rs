@@ -1,27 +1,30 @@
 //! The data of a run: its tokenizer, and its tokens split into training and validation.
 
+use super::RunError;
+use crate::data::{TokenData, TokenDataset};
+use crate::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anetrain_model::ModelConfig;
-use anetrain_train::data::{TokenData, TokenDataset};
-use anetrain_train::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use std::path::Path;
 
 pub struct RunData {
     pub tokenizer: Tokenizer,
     pub tokenizer_kind: TokenizerKind,
+    /// The tokenizer as its own file format, for checkpoints.
     pub tokenizer_bytes: Vec<u8>,
     /// The tokens, split: the last 5 % validate.
     pub dataset: TokenDataset,
 }
 
-/// The tokenizer (from a resumed checkpoint, a file, or the default BPE) and the tokens (a token
-/// file, or the embedded corpus encoded with that tokenizer).
+/// The tokenizer (a resumed checkpoint's, a file, or the default BPE) and the tokens (a token
+/// file, or the embedded corpus encoded with that tokenizer). `notice` hears of the slow
+/// part, tokenizing the corpus.
 pub fn load_data(
     data: Option<&Path>,
     tokenizer: Option<&Path>,
     from_checkpoint: Option<(TokenizerKind, &[u8])>,
     config: &ModelConfig,
-    verbose: bool,
-) -> anyhow::Result<RunData> {
+    notice: &mut dyn FnMut(&str),
+) -> Result<RunData, RunError> {
     let tokenizer = match (from_checkpoint, tokenizer) {
         (Some((kind, bytes)), _) => {
             Tokenizer::from_bytes(kind, bytes, "the checkpoint's tokenizer")?
@@ -39,9 +42,7 @@ pub fn load_data(
             TokenDataset::DEFAULT_VAL_FRACTION,
         )?,
         None => {
-            if verbose {
-                println!("tokenizing the embedded corpus (Jane Austen's six novels)...");
-            }
+            notice("tokenizing the embedded corpus (Jane Austen's six novels)...");
             corpus_dataset(&tokenizer, config)?
         }
     };
@@ -54,9 +55,12 @@ pub fn load_data(
 }
 
 /// The embedded corpus in `tokenizer`'s ids, split as a run splits it.
-pub fn corpus_dataset(tokenizer: &Tokenizer, config: &ModelConfig) -> anyhow::Result<TokenDataset> {
+pub fn corpus_dataset(
+    tokenizer: &Tokenizer,
+    config: &ModelConfig,
+) -> Result<TokenDataset, RunError> {
     let source = "the embedded corpus";
-    let ids = tokenizer.encode(anetrain_train::embedded_corpus())?;
+    let ids = tokenizer.encode(crate::embedded_corpus())?;
     Ok(TokenDataset::new(
         TokenData::from_ids(&ids, config.vocab, source)?,
         source,
