@@ -1,9 +1,12 @@
-//! A builder that assembles functions statement by statement and keeps every value name and
-//! every op name unique within the function (the ANE compiler's requirement, and section 11.19
-//! of the spec: two generators that both emit `bF` must not collide).
+//! The one MIL builder: it assembles functions statement by statement, keeps every value name
+//! and every op name unique within the function (the ANE compiler's requirement, and section
+//! 11.19 of the spec: two generators that both emit `bF` must not collide), and knows the type
+//! of every value it defined, so that [`FunctionBuilder::typed_op`] can infer an op's type with
+//! the checker's rules instead of the caller stating it.
 
+use crate::check::{infer_op_type, CheckError};
 use crate::ir::{Arg, Function, Literal, Op, Param, Type};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// A value defined in the function being built.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +46,9 @@ pub struct FunctionBuilder {
     function: Function,
     vars: HashSet<String>,
     op_names: HashSet<String>,
+    /// The type of every value defined so far, and the literal of every constant.
+    types: HashMap<String, Type>,
+    consts: HashMap<String, Literal>,
 }
 
 impl FunctionBuilder {
@@ -58,7 +64,46 @@ impl FunctionBuilder {
             },
             vars: HashSet::new(),
             op_names: HashSet::new(),
+            types: HashMap::new(),
+            consts: HashMap::new(),
         }
+    }
+
+    /// The type of a value defined so far.
+    pub fn type_of(&self, v: &Var) -> Option<&Type> {
+        self.types.get(v.name())
+    }
+
+    /// The type `kind(args)` would have here, by the checker's rules.
+    pub fn infer(
+        &self,
+        kind: &str,
+        name: &str,
+        args: &[(&str, Arg)],
+    ) -> Result<Type, Box<CheckError>> {
+        let probe = Op {
+            kind: kind.to_string(),
+            output: name.to_string(),
+            ty: Type::Scalar(crate::DType::Fp16),
+            args: args
+                .iter()
+                .map(|(k, a)| (k.to_string(), a.clone()))
+                .collect(),
+            attrs: vec![("name".into(), Literal::string(name))],
+        };
+        infer_op_type(&probe, &self.types, &self.consts).map_err(Box::new)
+    }
+
+    /// `name = kind(args)` with the type the checker infers; an op that does not type-check
+    /// is refused and nothing is added.
+    pub fn typed_op(
+        &mut self,
+        kind: &str,
+        name: &str,
+        args: Vec<(&str, Arg)>,
+    ) -> Result<Var, Box<CheckError>> {
+        let ty = self.infer(kind, name, &args)?;
+        Ok(self.op(kind, name, ty, args))
     }
 
     /// `base` if it is still free, else `base_2`, `base_3`, ...
@@ -76,6 +121,7 @@ impl FunctionBuilder {
     pub fn input(&mut self, name: &str, ty: Type) -> Var {
         let name = Self::fresh(&self.vars, name);
         self.vars.insert(name.clone());
+        self.types.insert(name.clone(), ty.clone());
         self.function.inputs.push(Param {
             name: name.clone(),
             ty,
@@ -85,14 +131,16 @@ impl FunctionBuilder {
 
     /// `<type> <name> = const()[name=string("<name>"), val=<lit>];`
     pub fn constant(&mut self, name: &str, value: Literal) -> Var {
-        self.push(
+        let v = self.push(
             "const",
             name,
             name,
             value.ty(),
             Vec::new(),
-            vec![("val".to_string(), value)],
-        )
+            vec![("val".to_string(), value.clone())],
+        );
+        self.consts.insert(v.name().to_string(), value);
+        v
     }
 
     /// An op whose op name equals its value name (the common case).
@@ -140,6 +188,7 @@ impl FunctionBuilder {
         let op_name = Self::fresh(&self.op_names, op_name);
         self.vars.insert(var.clone());
         self.op_names.insert(op_name.clone());
+        self.types.insert(var.clone(), ty.clone());
         let name_attr = ("name".to_string(), Literal::string(&op_name));
         let mut attrs = Vec::with_capacity(extra_attrs.len() + 1);
         let mut placed = kind == "const";

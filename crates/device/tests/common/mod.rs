@@ -4,9 +4,7 @@
 
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_mil::blob::WeightFiles;
-use anetrain_mil::check::infer_op_type;
 use anetrain_mil::{Arg, DType, Dialect, FunctionBuilder, Literal, Program, Style, Type};
-use std::collections::HashMap;
 
 /// xorshift64*: deterministic, good enough for test data.
 pub struct Rng(u64);
@@ -123,33 +121,19 @@ pub fn run_op_with(
 ) -> (Vec<usize>, Vec<f32>) {
     let mut b = FunctionBuilder::new("main", "ios18");
     let mut args: Vec<(&str, Arg)> = Vec::new();
-    let mut types = HashMap::new();
-    let mut consts = HashMap::new();
     for i in inputs {
-        let ty = Type::tensor(dtype, i.shape.clone());
-        let v = b.input(i.key, ty.clone());
-        types.insert(v.name().to_string(), ty);
+        let v = b.input(i.key, Type::tensor(dtype, i.shape.clone()));
         args.push((i.key, (&v).into()));
     }
     for (k, lit) in params {
         let v = b.constant(&format!("p_{k}"), lit.clone());
-        types.insert(v.name().to_string(), lit.ty());
-        consts.insert(v.name().to_string(), lit.clone());
         args.push((k, (&v).into()));
     }
     args.sort_by(|a, b| a.0.cmp(b.0));
-    let probe = anetrain_mil::Op {
-        kind: kind.to_string(),
-        output: "out".into(),
-        ty: Type::Scalar(dtype),
-        args: args
-            .iter()
-            .map(|(k, a)| (k.to_string(), a.clone()))
-            .collect(),
-        attrs: vec![("name".into(), Literal::string("out"))],
-    };
-    let ty = infer_op_type(&probe, &types, &consts).expect("test op type-checks");
-    let out = b.op(kind, "out", ty.clone(), args);
+    let out = b
+        .typed_op(kind, "out", args)
+        .unwrap_or_else(|e| panic!("test op does not type-check: {e}"));
+    let ty = b.type_of(&out).expect("just defined").clone();
     b.output(&out);
     let program = Program::single(Dialect::Ios18, Style::Compact, b.finish());
     let device = CpuDevice::new(mode);
@@ -206,13 +190,11 @@ pub fn as_seen(mode: NumericMode, data: &[f32]) -> Vec<f32> {
     }
 }
 
-/// Builds a function op by op, inferring each op's output type with the checker, so that test
-/// programs state only what they compute. Arguments are written in alphabetical order, as the
-/// original generators write them.
+/// Builds a function op by op, inferring each op's output type with the checker (the MIL
+/// builder's [`FunctionBuilder::typed_op`]), so that test programs state only what they
+/// compute. Arguments are written in alphabetical order, as the original generators write them.
 pub struct ProgramBuilder {
     builder: FunctionBuilder,
-    types: HashMap<String, Type>,
-    consts: HashMap<String, Literal>,
 }
 
 impl Default for ProgramBuilder {
@@ -225,23 +207,16 @@ impl ProgramBuilder {
     pub fn new() -> ProgramBuilder {
         ProgramBuilder {
             builder: FunctionBuilder::new("main", "ios18"),
-            types: HashMap::new(),
-            consts: HashMap::new(),
         }
     }
 
     pub fn input(&mut self, name: &str, dtype: DType, shape: &[usize]) -> anetrain_mil::Var {
-        let ty = Type::tensor(dtype, shape.to_vec());
-        let v = self.builder.input(name, ty.clone());
-        self.types.insert(v.name().to_string(), ty);
-        v
+        self.builder
+            .input(name, Type::tensor(dtype, shape.to_vec()))
     }
 
     pub fn constant(&mut self, name: &str, value: Literal) -> anetrain_mil::Var {
-        let v = self.builder.constant(name, value.clone());
-        self.types.insert(v.name().to_string(), value.ty());
-        self.consts.insert(v.name().to_string(), value);
-        v
+        self.builder.constant(name, value)
     }
 
     /// `name = kind(args)`, its type inferred.
@@ -250,26 +225,14 @@ impl ProgramBuilder {
     /// If the op does not type-check: a bug in the test, reported with the checker's message.
     pub fn op(&mut self, kind: &str, name: &str, mut args: Vec<(&str, Arg)>) -> anetrain_mil::Var {
         args.sort_by(|a, b| a.0.cmp(b.0));
-        let probe = anetrain_mil::Op {
-            kind: kind.to_string(),
-            output: name.to_string(),
-            ty: Type::Scalar(DType::Fp16),
-            args: args
-                .iter()
-                .map(|(k, a)| (k.to_string(), a.clone()))
-                .collect(),
-            attrs: vec![("name".into(), Literal::string(name))],
-        };
-        let ty = infer_op_type(&probe, &self.types, &self.consts)
-            .unwrap_or_else(|e| panic!("test program: {e}"));
-        let v = self.builder.op(kind, name, ty.clone(), args);
-        self.types.insert(v.name().to_string(), ty);
-        v
+        self.builder
+            .typed_op(kind, name, args)
+            .unwrap_or_else(|e| panic!("test program: {e}"))
     }
 
     /// The type of a value defined so far.
     pub fn type_of(&self, v: &anetrain_mil::Var) -> &Type {
-        &self.types[v.name()]
+        self.builder.type_of(v).expect("a value of this program")
     }
 
     pub fn finish(mut self, output: &anetrain_mil::Var) -> Program {

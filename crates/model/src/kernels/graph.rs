@@ -11,9 +11,9 @@
 //! mode.
 
 use anetrain_mil::blob::{BlobFile, WeightFiles};
-use anetrain_mil::check::{infer_op_type, CheckError};
+use anetrain_mil::check::CheckError;
 use anetrain_mil::{
-    Arg, DType, Dialect, FloatLit, FunctionBuilder, Literal, Op, Program, Style, Type, Var,
+    Arg, DType, Dialect, FloatLit, FunctionBuilder, Literal, Program, Style, Type, Var,
 };
 use std::collections::HashMap;
 
@@ -182,8 +182,6 @@ pub struct Graph {
     recorded_channels: Option<usize>,
     recorded: Vec<(String, Vec<usize>)>,
     b: FunctionBuilder,
-    types: HashMap<String, Type>,
-    consts: HashMap<String, Literal>,
     weights: WeightFiles,
     /// The first inference failure: a generator bug, reported by `finish`.
     error: Option<CheckError>,
@@ -208,8 +206,6 @@ impl Graph {
             recorded_channels: None,
             recorded: Vec::new(),
             b: FunctionBuilder::new("main", "ios18"),
-            types: HashMap::new(),
-            consts: HashMap::new(),
             weights: WeightFiles::new(),
             error: None,
             conv_consts: None,
@@ -268,9 +264,7 @@ impl Graph {
 
     fn declare_input(&mut self, name: &str, shape: &[usize]) -> Var {
         let ty = Type::tensor(self.dtype, shape.to_vec());
-        let v = self.b.input(name, ty.clone());
-        self.types.insert(v.name().to_string(), ty);
-        v
+        self.b.input(name, ty)
     }
 
     /// Keeps the first generator error (a bug), for `finish` to report.
@@ -287,10 +281,7 @@ impl Graph {
     }
 
     pub fn constant(&mut self, name: &str, lit: Literal) -> Var {
-        let v = self.b.constant(name, lit.clone());
-        self.types.insert(v.name().to_string(), lit.ty());
-        self.consts.insert(v.name().to_string(), lit);
-        v
+        self.b.constant(name, lit)
     }
 
     pub fn ints(&mut self, name: &str, values: &[usize]) -> Var {
@@ -432,33 +423,23 @@ impl Graph {
         self.blob_constant(name, shape, path)
     }
 
-    /// Adds `kind(args)`, inferring its type.
+    /// Adds `kind(args)`, inferring its type. A generator bug (an op that does not
+    /// type-check) is kept for `finish`; the op goes in with a placeholder type so that
+    /// generation goes on.
     pub fn op(&mut self, kind: &str, name: &str, args: Vec<(&str, Arg)>) -> Var {
-        let probe = Op {
-            kind: kind.to_string(),
-            output: name.to_string(),
-            ty: Type::Scalar(DType::Fp16),
-            args: args
-                .iter()
-                .map(|(k, a)| (k.to_string(), a.clone()))
-                .collect(),
-            attrs: vec![("name".into(), Literal::string(name))],
-        };
-        let ty = match infer_op_type(&probe, &self.types, &self.consts) {
+        let ty = match self.b.infer(kind, name, &args) {
             Ok(ty) => ty,
             Err(e) => {
-                self.error.get_or_insert(e);
+                self.error.get_or_insert(*e);
                 Type::Scalar(self.dtype)
             }
         };
-        let v = self.b.op(kind, name, ty.clone(), args);
-        self.types.insert(v.name().to_string(), ty);
-        v
+        self.b.op(kind, name, ty, args)
     }
 
     pub fn shape(&self, v: &Var) -> Vec<usize> {
-        self.types
-            .get(v.name())
+        self.b
+            .type_of(v)
             .map(|t| t.shape().to_vec())
             .unwrap_or_default()
     }
@@ -594,7 +575,7 @@ impl Graph {
     /// Ends a recording pass with the input weights of the trainable tensors it noted.
     pub fn finish_recording(mut self) -> Result<InputWeights, Box<CheckError>> {
         if self.mode != WeightMode::Recording {
-            self.fail("only a recording pass ends with a input weights".into());
+            self.fail("only a recording pass ends with input weights".into());
         }
         let Some(channels) = self.recorded_channels else {
             self.fail("the recorded kernel has no input".into());
