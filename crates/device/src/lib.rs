@@ -1,9 +1,49 @@
 //! Devices that compile MIL programs into kernels and evaluate them.
 //!
-//! The [`Device`] trait is the one seam between the MIL layer and everything that runs
-//! programs: the CPU device here (always built), the ANE device (Apple targets only), and
-//! decorators that wrap any device for tests and simulation. Probes, benchmarks and the trainer
-//! are written against the trait alone.
+//! The second layer (mil → device → model → train → cli). The [`Device`] trait is the one
+//! seam between the MIL layer and everything that runs programs: the CPU device here (always
+//! built, in fp32 or in the ANE's fp16 numerics), the ANE device (Apple targets only), and
+//! decorators that wrap any device for tests and simulation (a chip's latencies on a virtual
+//! clock, a compile budget, injected faults, a timeline). Probes, benchmarks and the trainer
+//! are written against the trait alone, and open their device with a [`DeviceSpec`].
+//!
+//! A program is compiled with its weight files into a [`Kernel`], which holds the weights
+//! baked in, and is then evaluated on host buffers (fp32, one per input and output).
+//!
+//! # Open a device, compile, evaluate
+//!
+//! ```
+//! use anetrain_device::{DeviceSpec, NumericMode};
+//! use anetrain_mil::{parse_program, BlobFile, WeightFiles};
+//!
+//! // The CPU device in fp32, on one thread (`DeviceSpec` also opens the ANE, or a simulated M4).
+//! let spec = DeviceSpec { threads: Some(1), ..DeviceSpec::cpu(NumericMode::Fp32) };
+//! let open = spec.open()?;
+//! assert_eq!(open.device.info().kind, "cpu");
+//!
+//! // y[c][t] = x[c][t] · w[c]: 4 channels × 16 positions, w baked in from a weight file.
+//! let program = parse_program(r#"program(1.3)
+//! [buildInfo = dict<string, string>({{"coremlc-version", "3505.4.1"}})]
+//! {
+//!     func main<ios18>(tensor<fp32, [1, 4, 1, 16]> x) {
+//!         tensor<fp32, [1,4,1,1]> w = const()[name=string("w"), val=tensor<fp32, [1,4,1,1]>(BLOBFILE(path=string("@model_path/weights/w.bin"), offset=uint64(64)))];
+//!         tensor<fp32, [1,4,1,16]> y = mul(x=x,y=w)[name=string("y")];
+//!     } -> (y);
+//! }"#)?;
+//! let mut weights = WeightFiles::new();
+//! weights.insert_blob("@model_path/weights/w.bin", &BlobFile::fp32(&[1.0, 2.0, 3.0, 4.0]));
+//! let mut kernel = open.device.compile(&program, &weights)?;
+//! assert_eq!(kernel.input_lens(), vec![64]);
+//!
+//! let x: Vec<f32> = (0..64).map(|i| i as f32 / 8.0).collect();
+//! let mut y = vec![0.0; 64];
+//! open.device.eval(&mut kernel, &[&x], &mut [&mut y])?;
+//! for (i, &v) in y.iter().enumerate() {
+//!     let w = (i / 16 + 1) as f32; // channel c scales by c + 1
+//!     assert_eq!(v, x[i] * w);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod ane;
 pub mod clock;

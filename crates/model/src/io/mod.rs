@@ -1,6 +1,6 @@
 //! Model files of other tools: llama2.c's `run.c` format and safetensors with Hugging Face Llama
-//! tensor names. Both map to and from our [`ModelConfig`](crate::ModelConfig) and
-//! [`Params`](crate::Params); both write atomically.
+//! tensor names. Both map to and from our [`ModelConfig`] and [`Params`]; both write
+//! atomically.
 
 pub mod atomic;
 pub mod llama2c;
