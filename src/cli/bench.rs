@@ -33,7 +33,7 @@ pub enum BenchCommand {
     },
     /// The weight-delivery strategies side by side on the same data and seed: ms/step, stall,
     /// staleness, final loss (and the frozen-kernel baseline).
-    Weights(super::bench_train::WeightsBench),
+    Weights(super::bench_train::WeightsArgs),
     /// The CPU device against the raw matrix crate and the machine's FMA peak.
     Device {
         /// Threads for the device and the baselines.

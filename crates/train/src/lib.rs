@@ -110,6 +110,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod delivery;
+pub mod bench;
 pub mod priority;
 pub mod run;
 pub mod tokenizer;
