@@ -10,7 +10,7 @@ use anetrain_device::DeviceSpec;
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
-use anetrain_train::data::{DatasetWindows, TokenData, TokenDataset};
+use anetrain_train::data::{TokenIds, TokenSplit, TrainingWindows};
 use anetrain_train::delivery::Strategy;
 use anetrain_train::tokenizer::default_tokenizer;
 use anetrain_train::trainer::{
@@ -26,16 +26,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = default_tokenizer()?;
     let ids = tokenizer.encode(anetrain_train::embedded_corpus())?;
     let source = "the embedded corpus";
-    let tokens = TokenData::from_ids(&ids, config.vocab, source)?;
-    let split = TokenDataset::DEFAULT_VAL_FRACTION;
-    let dataset = TokenDataset::new(tokens, source, config.vocab, config.seq_len, split)?;
+    let tokens = TokenIds::from_ids(&ids, config.vocab, source)?;
+    let split = TokenSplit::DEFAULT_VAL_FRACTION;
+    let dataset = TokenSplit::new(tokens, source, config.vocab, config.seq_len, split)?;
     let options = TrainOptions {
         steps: 400,
         warmup: 20,
         eval_every: 200,
         ..TrainOptions::default()
     };
-    let mut windows = DatasetWindows::new(dataset, options.seed)?;
+    let mut windows = TrainingWindows::new(dataset, options.seed)?;
 
     // The CPU device in fp32; `DeviceSpec { kind: DeviceKind::Ane, .. }` is the Neural Engine.
     let open = DeviceSpec::default().open()?;

@@ -5,7 +5,7 @@ use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
 use anetrain_train::data::token_file::read_token_file;
-use anetrain_train::data::TokenDataset;
+use anetrain_train::data::TokenSplit;
 use anetrain_train::run::data::corpus_dataset;
 use anetrain_train::tokenizer::Tokenizer;
 use anetrain_train::trainer::{validation_loss, TrainOptions};
@@ -123,7 +123,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         anetrain_train::run::settings::trained_on(&ckpt.header),
     ) {
         (Some(p), _) => (
-            TokenDataset::validation_only(
+            TokenSplit::validation_only(
                 read_token_file(p, config.vocab)?,
                 &p.display().to_string(),
                 config.vocab,
@@ -132,11 +132,11 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             p.display().to_string(),
         ),
         (None, Some(p)) => (
-            TokenDataset::open(
+            TokenSplit::open(
                 &p,
                 config.vocab,
                 config.seq_len,
-                TokenDataset::DEFAULT_VAL_FRACTION,
+                TokenSplit::DEFAULT_VAL_FRACTION,
             )
             .context("the checkpoint's training data (give another file with --data)")?,
             format!("the validation split of {}", p.display()),

@@ -13,7 +13,7 @@
 //! # Train a very small model for a few steps
 //!
 //! The loop reads its windows from a [`trainer::WindowSource`]; a run on real text uses
-//! [`data::DatasetWindows`] (see `examples/train_tiny.rs` at the repository root). Here the
+//! [`data::TrainingWindows`] (see `examples/train_tiny.rs` at the repository root). Here the
 //! windows come from memory: every window counts up by one modulo the vocabulary, which the
 //! model starts to learn within a few updates.
 //!
@@ -107,10 +107,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod delivery;
-pub mod bench;
 pub mod priority;
 pub mod run;
 pub mod tokenizer;

@@ -2,19 +2,19 @@
 //! crossing the split; the window source a run trains from.
 
 use anetrain_train::data::{
-    write_token_file, DataError, DatasetWindows, SamplerState, SplitMix64, TokenData, TokenDataset,
+    write_token_file, DataError, SamplerState, SplitMix64, TokenIds, TokenSplit, TrainingWindows,
     ValidationSource, WindowSampler, WindowSource,
 };
 use std::collections::HashSet;
 
 /// Tokens whose value is their index (mod the vocabulary), so a window shows where it came from.
-fn counting(n: usize, vocab: usize) -> TokenData {
+fn counting(n: usize, vocab: usize) -> TokenIds {
     let ids: Vec<u32> = (0..n).map(|i| (i % vocab) as u32).collect();
-    TokenData::from_ids(&ids, vocab, "counting").unwrap()
+    TokenIds::from_ids(&ids, vocab, "counting").unwrap()
 }
 
-fn dataset(n: usize, seq: usize, val: f64) -> TokenDataset {
-    TokenDataset::new(counting(n, 60_000), "counting", 60_000, seq, val).unwrap()
+fn dataset(n: usize, seq: usize, val: f64) -> TokenSplit {
+    TokenSplit::new(counting(n, 60_000), "counting", 60_000, seq, val).unwrap()
 }
 
 #[test]
@@ -160,32 +160,32 @@ fn a_sampler_state_from_other_data_is_refused() {
 
 #[test]
 fn a_file_too_short_for_one_window_is_refused() {
-    let err = TokenDataset::new(counting(128, 1024), "tiny.bin", 1024, 128, 0.0).unwrap_err();
+    let err = TokenSplit::new(counting(128, 1024), "tiny.bin", 1024, 128, 0.0).unwrap_err();
     assert_eq!(
         err.to_string(),
         "tiny.bin: the file holds 128 tokens, too short for one window of seq+1 = 129 tokens"
     );
     // 129 tokens are exactly one window.
-    let d = TokenDataset::new(counting(129, 1024), "tiny.bin", 1024, 128, 0.0).unwrap();
+    let d = TokenSplit::new(counting(129, 1024), "tiny.bin", 1024, 128, 0.0).unwrap();
     assert_eq!(d.train_positions(), 1);
 }
 
 #[test]
 fn each_split_must_hold_a_window() {
-    let err = TokenDataset::new(counting(2_000, 1024), "d.bin", 1024, 128, 0.05).unwrap_err();
+    let err = TokenSplit::new(counting(2_000, 1024), "d.bin", 1024, 128, 0.05).unwrap_err();
     assert_eq!(
         err.to_string(),
         "d.bin: the validation split (last 5%) holds 100 tokens, too short for one window of \
          seq+1 = 129 tokens"
     );
-    let err = TokenDataset::new(counting(250, 1024), "d.bin", 1024, 128, 0.5).unwrap_err();
+    let err = TokenSplit::new(counting(250, 1024), "d.bin", 1024, 128, 0.5).unwrap_err();
     assert_eq!(
         err.to_string(),
         "d.bin: the training split (first 50%) holds 125 tokens, too short for one window of \
          seq+1 = 129 tokens"
     );
     for bad in [-0.1, 1.0, f64::NAN] {
-        let err = TokenDataset::new(counting(300, 1024), "d.bin", 1024, 8, bad).unwrap_err();
+        let err = TokenSplit::new(counting(300, 1024), "d.bin", 1024, 8, bad).unwrap_err();
         assert!(err.to_string().contains("validation fraction"), "{err}");
     }
 }
@@ -196,10 +196,10 @@ fn opening_a_file_checks_the_vocabulary() {
     let path = dir.path().join("t.bin");
     let ids: Vec<u32> = (0..3000).map(|i| i % 1000).collect();
     write_token_file(&path, &ids, 1024).unwrap();
-    let d = TokenDataset::open(&path, 1024, 64, 0.05).unwrap();
+    let d = TokenSplit::open(&path, 1024, 64, 0.05).unwrap();
     assert_eq!(d.train_len() + d.val_len(), 3000);
     assert_eq!(d.source(), path.display().to_string());
-    let err = TokenDataset::open(&path, 512, 64, 0.05).unwrap_err();
+    let err = TokenSplit::open(&path, 512, 64, 0.05).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -214,7 +214,7 @@ fn opening_a_file_checks_the_vocabulary() {
 #[test]
 fn dataset_windows_draw_the_samplers_windows_and_resume_from_their_state() {
     let d = dataset(50_000, 64, 0.05);
-    let mut windows = DatasetWindows::new(d.clone(), 5).unwrap();
+    let mut windows = TrainingWindows::new(d.clone(), 5).unwrap();
     let mut sampler = d.sampler(5).unwrap();
     let mut out = vec![0u32; 65];
     for _ in 0..20 {
@@ -225,7 +225,7 @@ fn dataset_windows_draw_the_samplers_windows_and_resume_from_their_state() {
     let saved = windows.state();
     let json = serde_json::to_string(&saved).unwrap();
     let mut resumed =
-        DatasetWindows::restore(d.clone(), &serde_json::from_str(&json).unwrap()).unwrap();
+        TrainingWindows::restore(d.clone(), &serde_json::from_str(&json).unwrap()).unwrap();
     let mut again = vec![0u32; 65];
     for _ in 0..20 {
         windows.next_train_window(&mut out);
@@ -234,10 +234,10 @@ fn dataset_windows_draw_the_samplers_windows_and_resume_from_their_state() {
     }
     // Another data set's state, or a state this build does not write, is refused by name.
     let other = dataset(50_000, 32, 0.05);
-    let err = DatasetWindows::restore(other, &saved).unwrap_err();
+    let err = TrainingWindows::restore(other, &saved).unwrap_err();
     assert!(matches!(err, DataError::SamplerMismatch(_)), "{err}");
     let old = serde_json::json!({ "rng": "12345" });
-    let err = DatasetWindows::restore(d, &old).unwrap_err();
+    let err = TrainingWindows::restore(d, &old).unwrap_err();
     assert!(
         err.to_string().contains("not one this build writes"),
         "{err}"
@@ -260,7 +260,7 @@ fn validation_windows_by_index_are_the_splits_windows_in_order_and_wrap() {
 
 #[test]
 fn a_whole_file_validates_and_has_no_training_windows() {
-    let d = TokenDataset::validation_only(counting(95, 1024), "eval.bin", 1024, 9).unwrap();
+    let d = TokenSplit::validation_only(counting(95, 1024), "eval.bin", 1024, 9).unwrap();
     assert_eq!(ValidationSource::validation_window_count(&d), 9);
     let mut out = vec![0u32; 10];
     d.validation_window(0, &mut out);
@@ -268,12 +268,12 @@ fn a_whole_file_validates_and_has_no_training_windows() {
     d.validation_window(8, &mut out);
     assert_eq!(out, (80..90).collect::<Vec<u32>>());
     assert_eq!(d.train_positions(), 0);
-    assert!(DatasetWindows::new(d, 1).is_err());
-    let short = TokenDataset::validation_only(counting(9, 1024), "eval.bin", 1024, 9).unwrap_err();
+    assert!(TrainingWindows::new(d, 1).is_err());
+    let short = TokenSplit::validation_only(counting(9, 1024), "eval.bin", 1024, 9).unwrap_err();
     assert!(
         short.to_string().contains("too short for one window"),
         "{short}"
     );
-    let bad = TokenDataset::validation_only(counting(95, 1024), "eval.bin", 50, 9).unwrap_err();
+    let bad = TokenSplit::validation_only(counting(95, 1024), "eval.bin", 50, 9).unwrap_err();
     assert!(matches!(bad, DataError::TokenOutOfRange { .. }), "{bad}");
 }

@@ -2,7 +2,7 @@
 //! message naming the file and the position.
 
 use anetrain_train::data::token_file::{HEADER_BYTES, MAGIC};
-use anetrain_train::data::{read_token_file, write_token_file, DataError, TokenData, TokenFormat};
+use anetrain_train::data::{read_token_file, write_token_file, DataError, TokenFormat, TokenIds};
 use std::path::{Path, PathBuf};
 
 struct Dir(tempfile::TempDir);
@@ -266,11 +266,11 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn token_data_keeps_the_width_the_vocabulary_needs() {
-    let small = TokenData::from_ids(&[1, 2, 3], 1024, "ids").unwrap();
-    assert_eq!(small, TokenData::U16(vec![1, 2, 3]));
-    let large = TokenData::from_ids(&[1, 70_000], 100_000, "ids").unwrap();
-    assert_eq!(large, TokenData::U32(vec![1, 70_000]));
-    let err = TokenData::from_ids(&[1, 70_000], 65_536, "ids").unwrap_err();
+    let small = TokenIds::from_ids(&[1, 2, 3], 1024, "ids").unwrap();
+    assert_eq!(small, TokenIds::U16(vec![1, 2, 3]));
+    let large = TokenIds::from_ids(&[1, 70_000], 100_000, "ids").unwrap();
+    assert_eq!(large, TokenIds::U32(vec![1, 70_000]));
+    let err = TokenIds::from_ids(&[1, 70_000], 65_536, "ids").unwrap_err();
     assert!(
         err.to_string().starts_with("ids: token 1 is 70000"),
         "{err}"

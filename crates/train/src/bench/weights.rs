@@ -3,7 +3,7 @@
 //! stall, staleness, compiles and the losses.
 
 use super::{measured_run, median_index, Summary, SyntheticWindows};
-use crate::data::DatasetWindows;
+use crate::data::TrainingWindows;
 use crate::delivery::Strategy;
 use crate::run::data::load_data;
 use crate::run::RunError;
@@ -202,7 +202,7 @@ impl WeightsBench {
                 ..options.clone()
             };
             let mut data: Box<dyn WindowSource> = match &corpus {
-                Some(d) => Box::new(DatasetWindows::new(d.dataset.clone(), options.seed)?),
+                Some(d) => Box::new(TrainingWindows::new(d.dataset.clone(), options.seed)?),
                 None => Box::new(SyntheticWindows {
                     vocab: config.vocab as u64,
                     state: options.seed,

@@ -1,22 +1,22 @@
 //! A token data set split into training and validation parts, with the windows drawn from each.
 
 use super::sampler::{SamplerState, WindowSampler};
-use super::token_file::{read_token_file, TokenData};
+use super::token_file::{read_token_file, TokenIds};
 use super::{DataError, ValidationSource, WindowSource};
 use std::path::Path;
 
 /// Tokens split at one index: the first part trains, the last `val_fraction` validates. A
 /// window of `seq_len + 1` tokens (inputs and shifted targets) always lies wholly in one part.
 #[derive(Clone, Debug)]
-pub struct TokenDataset {
+pub struct TokenSplit {
     source: String,
-    tokens: TokenData,
+    tokens: TokenIds,
     seq_len: usize,
     /// Index of the first validation token.
     split: usize,
 }
 
-impl TokenDataset {
+impl TokenSplit {
     /// The validation fraction used unless configured otherwise.
     pub const DEFAULT_VAL_FRACTION: f64 = 0.05;
 
@@ -26,9 +26,9 @@ impl TokenDataset {
         vocab: usize,
         seq_len: usize,
         val_fraction: f64,
-    ) -> Result<TokenDataset, DataError> {
+    ) -> Result<TokenSplit, DataError> {
         let tokens = read_token_file(path, vocab)?;
-        TokenDataset::new(
+        TokenSplit::new(
             tokens,
             &path.display().to_string(),
             vocab,
@@ -41,19 +41,19 @@ impl TokenDataset {
     /// down to whole tokens), in `0.0..1.0`, validate. Each non-empty part must hold at least
     /// one window, and every id must be below `vocab`.
     pub fn new(
-        tokens: TokenData,
+        tokens: TokenIds,
         source: &str,
         vocab: usize,
         seq_len: usize,
         val_fraction: f64,
-    ) -> Result<TokenDataset, DataError> {
+    ) -> Result<TokenSplit, DataError> {
         if !(0.0..1.0).contains(&val_fraction) {
             return Err(DataError::Invalid(format!(
                 "the validation fraction must be in [0, 1), not {val_fraction}"
             )));
         }
         // The checks of the whole file (sequence length, ids, one window), then the split.
-        let whole = TokenDataset::validation_only(tokens, source, vocab, seq_len)?;
+        let whole = TokenSplit::validation_only(tokens, source, vocab, seq_len)?;
         let n = whole.tokens.len();
         let window = whole.window_len();
         let too_short = |part: String, tokens: usize| DataError::TooShort {
@@ -80,17 +80,17 @@ impl TokenDataset {
                 val,
             ));
         }
-        Ok(TokenDataset { split, ..whole })
+        Ok(TokenSplit { split, ..whole })
     }
 
     /// All of `tokens` as validation windows, with no training split: for evaluating a model
     /// on a whole file. Needs one window and every id below `vocab`.
     pub fn validation_only(
-        tokens: TokenData,
+        tokens: TokenIds,
         source: &str,
         vocab: usize,
         seq_len: usize,
-    ) -> Result<TokenDataset, DataError> {
+    ) -> Result<TokenSplit, DataError> {
         if seq_len == 0 {
             return Err(DataError::Invalid(
                 "the sequence length must be at least 1".into(),
@@ -105,7 +105,7 @@ impl TokenDataset {
                 window: seq_len as u64 + 1,
             });
         }
-        Ok(TokenDataset {
+        Ok(TokenSplit {
             source: source.to_string(),
             tokens,
             seq_len,
@@ -117,7 +117,7 @@ impl TokenDataset {
         &self.source
     }
 
-    pub fn tokens(&self) -> &TokenData {
+    pub fn tokens(&self) -> &TokenIds {
         &self.tokens
     }
 
@@ -216,7 +216,7 @@ impl TokenDataset {
     }
 }
 
-impl ValidationSource for TokenDataset {
+impl ValidationSource for TokenSplit {
     fn validation_window(&self, i: usize, out: &mut [u32]) {
         let count = self.validation_window_count().max(1);
         let start = self.split + (i % count) * self.window_len();
@@ -229,46 +229,46 @@ impl ValidationSource for TokenDataset {
     }
 
     fn validation_window_count(&self) -> usize {
-        TokenDataset::validation_window_count(self)
+        TokenSplit::validation_window_count(self)
     }
 }
 
 /// A data set with the sampler that draws its training windows: the window source of a run,
 /// deterministic from a seed and continued exactly from a checkpoint's state.
 #[derive(Clone, Debug)]
-pub struct DatasetWindows {
-    dataset: TokenDataset,
+pub struct TrainingWindows {
+    dataset: TokenSplit,
     sampler: WindowSampler,
 }
 
-impl DatasetWindows {
+impl TrainingWindows {
     /// Draws from `dataset`'s training split with a sampler seeded by `seed`.
-    pub fn new(dataset: TokenDataset, seed: u64) -> Result<DatasetWindows, DataError> {
+    pub fn new(dataset: TokenSplit, seed: u64) -> Result<TrainingWindows, DataError> {
         let sampler = dataset.sampler(seed)?;
-        Ok(DatasetWindows { dataset, sampler })
+        Ok(TrainingWindows { dataset, sampler })
     }
 
     /// Continues from a checkpoint's sampler state ([`WindowSource::state`]); refuses a state
     /// of another sampler or another data set.
     pub fn restore(
-        dataset: TokenDataset,
+        dataset: TokenSplit,
         state: &serde_json::Value,
-    ) -> Result<DatasetWindows, DataError> {
+    ) -> Result<TrainingWindows, DataError> {
         let saved: SamplerState = serde_json::from_value(state.clone()).map_err(|e| {
             DataError::SamplerMismatch(format!(
                 "the checkpoint's sampler state is not one this build writes ({e})"
             ))
         })?;
         let sampler = dataset.restore_sampler(&saved)?;
-        Ok(DatasetWindows { dataset, sampler })
+        Ok(TrainingWindows { dataset, sampler })
     }
 
-    pub fn dataset(&self) -> &TokenDataset {
+    pub fn dataset(&self) -> &TokenSplit {
         &self.dataset
     }
 }
 
-impl ValidationSource for DatasetWindows {
+impl ValidationSource for TrainingWindows {
     fn validation_window(&self, i: usize, out: &mut [u32]) {
         self.dataset.validation_window(i, out)
     }
@@ -278,7 +278,7 @@ impl ValidationSource for DatasetWindows {
     }
 }
 
-impl WindowSource for DatasetWindows {
+impl WindowSource for TrainingWindows {
     fn next_train_window(&mut self, out: &mut [u32]) {
         let start = self.sampler.next_start();
         // The sampler was made from this data set, so every start it draws begins a window
@@ -298,9 +298,9 @@ fn percent(fraction: f64) -> String {
     format!("{}", (fraction * 1e4).round() / 1e2)
 }
 
-/// Iterator over the validation windows of a [`TokenDataset`].
+/// Iterator over the validation windows of a [`TokenSplit`].
 pub struct ValidationWindows<'a> {
-    data: &'a TokenDataset,
+    data: &'a TokenSplit,
     next: usize,
 }
 

@@ -7,10 +7,10 @@ pub mod token_file;
 
 /// The sampler's generator is the one that initialises the weights.
 pub use anetrain_model::init::SplitMix64;
-pub use dataset::{DatasetWindows, TokenDataset, ValidationWindows};
+pub use dataset::{TokenSplit, TrainingWindows, ValidationWindows};
 pub use sampler::{SamplerState, WindowSampler};
 pub use token_file::{
-    decode_token_file, encode_token_file, read_token_file, write_token_file, TokenData, TokenFormat,
+    decode_token_file, encode_token_file, read_token_file, write_token_file, TokenFormat, TokenIds,
 };
 
 use thiserror::Error;

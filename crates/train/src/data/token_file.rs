@@ -73,34 +73,34 @@ impl TokenFormat {
 
 /// Token ids in memory, at the width of the file they came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenData {
+pub enum TokenIds {
     U16(Vec<u16>),
     U32(Vec<u32>),
 }
 
-impl TokenData {
+impl TokenIds {
     /// Ids from a tokenizer, stored at the width `vocab` needs; `source` names them in errors.
     /// Every id must be inside the vocabulary.
-    pub fn from_ids(ids: &[u32], vocab: usize, source: &str) -> Result<TokenData, DataError> {
+    pub fn from_ids(ids: &[u32], vocab: usize, source: &str) -> Result<TokenIds, DataError> {
         check_ids(ids.iter().copied(), vocab, source)?;
         Ok(match TokenFormat::for_vocab(vocab) {
             // Every id is below vocab <= 65,536 here, so the narrowing is exact.
-            TokenFormat::U16 => TokenData::U16(ids.iter().map(|&id| id as u16).collect()),
-            TokenFormat::U32 => TokenData::U32(ids.to_vec()),
+            TokenFormat::U16 => TokenIds::U16(ids.iter().map(|&id| id as u16).collect()),
+            TokenFormat::U32 => TokenIds::U32(ids.to_vec()),
         })
     }
 
     pub fn format(&self) -> TokenFormat {
         match self {
-            TokenData::U16(_) => TokenFormat::U16,
-            TokenData::U32(_) => TokenFormat::U32,
+            TokenIds::U16(_) => TokenFormat::U16,
+            TokenIds::U32(_) => TokenFormat::U32,
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
-            TokenData::U16(v) => v.len(),
-            TokenData::U32(v) => v.len(),
+            TokenIds::U16(v) => v.len(),
+            TokenIds::U32(v) => v.len(),
         }
     }
 
@@ -111,8 +111,8 @@ impl TokenData {
     /// The id at `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<u32> {
         match self {
-            TokenData::U16(v) => v.get(index).map(|&t| u32::from(t)),
-            TokenData::U32(v) => v.get(index).copied(),
+            TokenIds::U16(v) => v.get(index).map(|&t| u32::from(t)),
+            TokenIds::U32(v) => v.get(index).copied(),
         }
     }
 
@@ -120,12 +120,12 @@ impl TokenData {
     pub fn copy_to(&self, start: usize, out: &mut [u32]) -> Option<()> {
         let end = start.checked_add(out.len())?;
         match self {
-            TokenData::U16(v) => {
+            TokenIds::U16(v) => {
                 for (o, &t) in out.iter_mut().zip(v.get(start..end)?) {
                     *o = u32::from(t);
                 }
             }
-            TokenData::U32(v) => out.copy_from_slice(v.get(start..end)?),
+            TokenIds::U32(v) => out.copy_from_slice(v.get(start..end)?),
         }
         Some(())
     }
@@ -133,8 +133,8 @@ impl TokenData {
     /// All ids, widened to u32.
     pub fn iter(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match self {
-            TokenData::U16(v) => Box::new(v.iter().map(|&t| u32::from(t))),
-            TokenData::U32(v) => Box::new(v.iter().copied()),
+            TokenIds::U16(v) => Box::new(v.iter().map(|&t| u32::from(t))),
+            TokenIds::U32(v) => Box::new(v.iter().copied()),
         }
     }
 
@@ -162,10 +162,10 @@ fn check_ids(ids: impl Iterator<Item = u32>, vocab: usize, source: &str) -> Resu
 }
 
 /// The bytes of a token file holding `tokens`, in the format their width implies.
-pub fn encode_token_file(tokens: &TokenData) -> Vec<u8> {
+pub fn encode_token_file(tokens: &TokenIds) -> Vec<u8> {
     match tokens {
-        TokenData::U16(v) => v.iter().flat_map(|t| t.to_le_bytes()).collect(),
-        TokenData::U32(v) => {
+        TokenIds::U16(v) => v.iter().flat_map(|t| t.to_le_bytes()).collect(),
+        TokenIds::U32(v) => {
             let mut out = Vec::with_capacity(HEADER_BYTES + 4 * v.len());
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&VERSION.to_le_bytes());
@@ -182,7 +182,7 @@ pub fn encode_token_file(tokens: &TokenData) -> Vec<u8> {
 /// fails). Returns the format written.
 pub fn write_token_file(path: &Path, ids: &[u32], vocab: usize) -> Result<TokenFormat, DataError> {
     let name = path.display().to_string();
-    let tokens = TokenData::from_ids(ids, vocab, &name)?;
+    let tokens = TokenIds::from_ids(ids, vocab, &name)?;
     write_atomic(path, &encode_token_file(&tokens))
         .map_err(|source| DataError::Write { path: name, source })?;
     Ok(tokens.format())
@@ -190,7 +190,7 @@ pub fn write_token_file(path: &Path, ids: &[u32], vocab: usize) -> Result<TokenF
 
 /// Reads a token file for a model of `vocab` tokens: the format is recognised by its header, a
 /// vocabulary over 65,536 requires the uint32 format, and every id must be below `vocab`.
-pub fn read_token_file(path: &Path, vocab: usize) -> Result<TokenData, DataError> {
+pub fn read_token_file(path: &Path, vocab: usize) -> Result<TokenIds, DataError> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: name.clone(),
@@ -200,7 +200,7 @@ pub fn read_token_file(path: &Path, vocab: usize) -> Result<TokenData, DataError
 }
 
 /// Parses the bytes of a token file (see [`read_token_file`]); `source` names it in errors.
-pub fn decode_token_file(bytes: &[u8], vocab: usize, source: &str) -> Result<TokenData, DataError> {
+pub fn decode_token_file(bytes: &[u8], vocab: usize, source: &str) -> Result<TokenIds, DataError> {
     let tokens = if bytes.starts_with(&MAGIC) {
         decode_u32(bytes, source)?
     } else if TokenFormat::for_vocab(vocab) == TokenFormat::U32 {
@@ -216,7 +216,7 @@ pub fn decode_token_file(bytes: &[u8], vocab: usize, source: &str) -> Result<Tok
     Ok(tokens)
 }
 
-fn decode_u16(bytes: &[u8], source: &str) -> Result<TokenData, DataError> {
+fn decode_u16(bytes: &[u8], source: &str) -> Result<TokenIds, DataError> {
     if bytes.len() % 2 != 0 {
         return Err(DataError::Truncated {
             path: source.to_string(),
@@ -225,7 +225,7 @@ fn decode_u16(bytes: &[u8], source: &str) -> Result<TokenData, DataError> {
             at: bytes.len() as u64 - 1,
         });
     }
-    Ok(TokenData::U16(
+    Ok(TokenIds::U16(
         bytes
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -233,7 +233,7 @@ fn decode_u16(bytes: &[u8], source: &str) -> Result<TokenData, DataError> {
     ))
 }
 
-fn decode_u32(bytes: &[u8], source: &str) -> Result<TokenData, DataError> {
+fn decode_u32(bytes: &[u8], source: &str) -> Result<TokenIds, DataError> {
     let wrong = |field: &'static str, found: String, expected: String| DataError::WrongHeader {
         path: source.to_string(),
         field,
@@ -288,7 +288,7 @@ fn decode_u32(bytes: &[u8], source: &str) -> Result<TokenData, DataError> {
             extra: (found - declared) * 4,
         });
     }
-    Ok(TokenData::U32(
+    Ok(TokenIds::U32(
         body.chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),

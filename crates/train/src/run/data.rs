@@ -1,7 +1,7 @@
 //! The data of a run: its tokenizer, and its tokens split into training and validation.
 
 use super::RunError;
-use crate::data::{TokenData, TokenDataset};
+use crate::data::{TokenIds, TokenSplit};
 use crate::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anetrain_model::ModelConfig;
 use std::path::Path;
@@ -12,7 +12,7 @@ pub struct RunData {
     /// The tokenizer as its own file format, for checkpoints.
     pub tokenizer_bytes: Vec<u8>,
     /// The tokens, split: the last 5 % validate.
-    pub dataset: TokenDataset,
+    pub dataset: TokenSplit,
 }
 
 /// The tokenizer (a resumed checkpoint's, a file, or the default BPE) and the tokens (a token
@@ -35,11 +35,11 @@ pub fn load_data(
     let kind = tokenizer.kind();
     let bytes = tokenizer.to_bytes()?;
     let dataset = match data {
-        Some(path) => TokenDataset::open(
+        Some(path) => TokenSplit::open(
             path,
             config.vocab,
             config.seq_len,
-            TokenDataset::DEFAULT_VAL_FRACTION,
+            TokenSplit::DEFAULT_VAL_FRACTION,
         )?,
         None => {
             notice("tokenizing the embedded corpus (Jane Austen's six novels)...");
@@ -55,17 +55,14 @@ pub fn load_data(
 }
 
 /// The embedded corpus in `tokenizer`'s ids, split as a run splits it.
-pub fn corpus_dataset(
-    tokenizer: &Tokenizer,
-    config: &ModelConfig,
-) -> Result<TokenDataset, RunError> {
+pub fn corpus_dataset(tokenizer: &Tokenizer, config: &ModelConfig) -> Result<TokenSplit, RunError> {
     let source = "the embedded corpus";
     let ids = tokenizer.encode(crate::embedded_corpus())?;
-    Ok(TokenDataset::new(
-        TokenData::from_ids(&ids, config.vocab, source)?,
+    Ok(TokenSplit::new(
+        TokenIds::from_ids(&ids, config.vocab, source)?,
         source,
         config.vocab,
         config.seq_len,
-        TokenDataset::DEFAULT_VAL_FRACTION,
+        TokenSplit::DEFAULT_VAL_FRACTION,
     )?)
 }

@@ -9,7 +9,7 @@ use super::plot::loss_svg;
 use super::trace::continue_trace;
 use super::{EfficiencyReport, MetricsLog, MetricsRow, RunError, RunFolder, RunSettings};
 use crate::checkpoint::Checkpoint;
-use crate::data::DatasetWindows;
+use crate::data::TrainingWindows;
 use crate::delivery::Strategy;
 use crate::tokenizer::Tokenizer;
 use crate::trainer::{
@@ -85,7 +85,7 @@ pub struct Run {
     pub options: TrainOptions,
     pub delivery: DeliverySettings,
     pub state: TrainState,
-    pub windows: DatasetWindows,
+    pub windows: TrainingWindows,
     pub tokenizer: Tokenizer,
     checkpoints: CheckpointFolder,
     metrics: MetricsLog,
@@ -188,8 +188,8 @@ impl Run {
             )));
         }
         let windows = match &checkpoint {
-            Some(c) => DatasetWindows::restore(data.dataset, &c.header.sampler)?,
-            None => DatasetWindows::new(data.dataset, options.seed)?,
+            Some(c) => TrainingWindows::restore(data.dataset, &c.header.sampler)?,
+            None => TrainingWindows::new(data.dataset, options.seed)?,
         };
         let state = match checkpoint {
             Some(c) => TrainState::from_checkpoint(c)?,
