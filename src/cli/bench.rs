@@ -1,6 +1,7 @@
 //! `anetrain bench …`: performance measured side by side in one run.
 
-use anetrain_device::cpu::{best_fma_peak, gemm, measure_fma_peak, MatLayout};
+use anetrain_device::cpu::{best_fma_peak, measure_fma_peak};
+use anetrain_device::host_math::{gemm, MatLayout};
 use anetrain_device::{CpuDevice, Device, Kernel, NumericMode};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::{examples, Program};

@@ -51,6 +51,7 @@ pub mod cpu;
 pub mod decorate;
 mod error;
 pub mod fp16;
+pub mod host_math;
 pub mod memory;
 pub mod open;
 pub mod trace;

@@ -1,9 +1,7 @@
 //! The math that stays on the host: embedding, RMSNorm where the host needs it, the classifier
 //! and cross-entropy, and weight-gradient products. Activations are channel-first `[C][S]`.
 
-use anetrain_device::cpu::fastmath::exp;
-use anetrain_device::cpu::simd::vectorised;
-use anetrain_device::cpu::{gemm, MatLayout};
+use anetrain_device::host_math::{exp, gemm, vectorised, MatLayout};
 use rayon::prelude::*;
 
 /// `x[d][t]` = `embed[token_t][d]`.

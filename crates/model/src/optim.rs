@@ -2,7 +2,7 @@
 //! dynamic loss scaling for fp16.
 
 use crate::params::Params;
-use anetrain_device::cpu::simd::vectorised;
+use anetrain_device::host_math::vectorised;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;

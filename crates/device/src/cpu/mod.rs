@@ -1,12 +1,12 @@
 //! The CPU device: executes MIL programs exactly as written, in fp32 or in ANE-like fp16.
 
-pub mod fastmath;
-mod matmul;
+pub(crate) mod fastmath;
+pub(crate) mod matmul;
 mod packed;
 mod peak;
 mod plan;
-pub mod shape;
-pub mod simd;
+mod shape;
+pub(crate) mod simd;
 mod steps;
 
 use crate::{
@@ -20,7 +20,6 @@ use plan::{Place, Plan, PlanTemplate};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-pub use matmul::{gemm, MatLayout};
 pub use peak::{best_fma_peak, measure_fma_peak};
 
 /// Runs MIL on the host. Compile checks the program, resolves and lays out its constants,
