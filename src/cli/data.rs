@@ -65,6 +65,12 @@ pub(crate) fn read_corpus(input: Option<&Path>) -> anyhow::Result<(String, Strin
 }
 
 fn prepare(tokenizer: Option<&Path>, input: Option<&Path>, output: &Path) -> anyhow::Result<()> {
+    if input.is_some_and(|input| super::same_file(input, output)) {
+        bail!(
+            "--output {} is the --input text itself: choose another file",
+            output.display()
+        );
+    }
     let tokenizer = load_tokenizer(tokenizer)?;
     let (name, text) = read_corpus(input)?;
     let ids = tokenizer

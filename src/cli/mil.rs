@@ -86,7 +86,8 @@ fn load(file: &Path) -> anyhow::Result<Program> {
 }
 
 fn split_pair<'a>(flag: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
-    s.rsplit_once('=')
+    // At the first `=`: a MIL name has none, a file name may.
+    s.split_once('=')
         .ok_or_else(|| anyhow!("{flag} `{s}`: expected NAME=FILE"))
 }
 

@@ -72,6 +72,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `a` and `b` name the same file (`b` may not exist yet): a command must not write
+/// its output over its own input.
+pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let canonical = |p: &std::path::Path| {
+        p.canonicalize().ok().or_else(|| {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    matches!((canonical(a), canonical(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// What the binary prints for a failed command: the error and its causes, each cause left out
 /// where the text before it already says it (many of the layers' errors put their cause into
 /// their own message, which anyhow's `{:#}` would then print twice).

@@ -17,6 +17,12 @@ pub struct ExportArgs {
 }
 
 pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    if super::same_file(&args.checkpoint, &args.output) {
+        anyhow::bail!(
+            "--output {} is the checkpoint itself: choose another file",
+            args.output.display()
+        );
+    }
     let ckpt = Checkpoint::load(&args.checkpoint)?;
     match args.format.as_str() {
         "llama2c" => llama2c::write(&args.output, &ckpt.params)?,

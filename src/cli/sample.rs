@@ -71,8 +71,11 @@ fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    if !(0.0..=1.0).contains(&args.top_p) || args.temperature < 0.0 {
+    if !(0.0..=1.0).contains(&args.top_p) || args.temperature.is_nan() || args.temperature < 0.0 {
         bail!("--top-p must be in [0, 1] and --temperature at least 0");
+    }
+    if !args.temperature.is_finite() {
+        bail!("--temperature must be a finite number");
     }
     let (params, tok) = match (&args.checkpoint, &args.model, &args.tokenizer) {
         (Some(c), _, _) => {
@@ -92,6 +95,15 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --checkpoint, or --model with --tokenizer"),
     };
+    let config = &params.layout.config;
+    if tok.vocab_size() > config.vocab {
+        bail!(
+            "the tokenizer has {} tokens but model `{}` has a vocabulary of {}",
+            tok.vocab_size(),
+            config.name,
+            config.vocab
+        );
+    }
     let mut prompt = tok.bos_id().into_iter().collect::<Vec<_>>();
     prompt.extend(tok.encode(&args.prompt)?);
     if prompt.is_empty() {
@@ -114,6 +126,9 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    if args.batches == 0 {
+        bail!("--batches must be at least 1");
+    }
     let (ckpt, tok) = load(&args.checkpoint)?;
     let config = ckpt.header.config.clone();
     // A given file is evaluated whole; by default, the validation split of the data the run
@@ -156,7 +171,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     )?;
     let mut buf = StepBuffers::new(&config);
     let options = TrainOptions {
-        eval_windows: args.batches.max(1),
+        eval_windows: args.batches,
         ..TrainOptions::default()
     };
     let n = options.eval_windows.min(windows.validation_window_count());

@@ -152,9 +152,22 @@ impl TrainOptions {
         if self.eval_every > 0 && self.eval_windows == 0 {
             return Err("eval_windows must be at least 1 when eval_every is set".into());
         }
+        // More threads than this only slow a run down, and far more cannot even be spawned.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = MAX_THREADS_PER_CORE * cores;
+        if self.threads > most {
+            return Err(format!(
+                "threads {} is more than this machine can use: it has {cores} core(s), so at \
+                 most {most}",
+                self.threads
+            ));
+        }
         Ok(())
     }
 }
+
+/// Threads per core beyond which `threads` is refused.
+pub const MAX_THREADS_PER_CORE: usize = 8;
 
 pub use crate::data::{ValidationSource, WindowSource};
 
@@ -1092,6 +1105,22 @@ mod tests {
         assert!(bad(|o| o.min_lr = Some(1.0)).starts_with("min_lr (1) must not exceed lr"));
         assert_eq!(bad(|o| o.accum = 0), "accum must be at least 1");
         assert_eq!(bad(|o| o.threads = 0), "threads must be at least 1");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let too_many = bad(|o| o.threads = 100_000);
+        assert!(
+            too_many.starts_with("threads 100000 is more than this machine can use")
+                && too_many.contains(&format!("it has {cores} core(s)")),
+            "{too_many}"
+        );
+        assert!(
+            TrainOptions {
+                threads: MAX_THREADS_PER_CORE * cores,
+                ..TrainOptions::default()
+            }
+            .check()
+            .is_ok(),
+            "the cap itself is allowed"
+        );
         assert_eq!(
             bad(|o| o.keep_checkpoints = 0),
             "keep_checkpoints must be at least 1"

@@ -23,7 +23,7 @@ use crate::params::{LayerTensor, ParamLayout, Params};
 use half::{bf16, f16};
 use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -240,15 +240,38 @@ fn header_bytes(layout: &ParamLayout, tensors: &[HfTensor]) -> io::Result<Vec<u8
         at += bytes;
     }
     let config_toml = toml::to_string(&layout.config).map_err(io::Error::other)?;
-    let extra = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        (CONFIG_KEY.to_string(), config_toml),
-    ]);
-    let metadata =
-        Metadata::new(Some(extra), infos).map_err(|e| io::Error::other(e.to_string()))?;
-    let mut json = serde_json::to_vec(&metadata)?;
+    let extra = BTreeMap::from([("format", "pt"), (CONFIG_KEY, config_toml.as_str())]);
+    // The crate's own check of the offsets; its serialisation is not used, since it keeps
+    // `__metadata__` in a HashMap whose order changes from process to process.
+    let owned = extra.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Metadata::new(Some(owned.collect()), infos.clone())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut json = serde_json::to_vec(&Header {
+        metadata: extra,
+        tensors: &infos,
+    })?;
     json.resize(json.len().next_multiple_of(8), b' ');
     Ok(json)
+}
+
+/// A safetensors header as the crate writes one (`__metadata__`, then the tensors in the
+/// order of their data), with the metadata's keys in sorted order, so that one checkpoint
+/// always exports to the same bytes.
+struct Header<'a> {
+    metadata: BTreeMap<&'a str, &'a str>,
+    tensors: &'a [(String, TensorInfo)],
+}
+
+impl serde::Serialize for Header<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.tensors.len() + 1))?;
+        map.serialize_entry("__metadata__", &self.metadata)?;
+        for (name, info) in self.tensors {
+            map.serialize_entry(name, info)?;
+        }
+        map.end()
+    }
 }
 
 fn write_tensor(dst: &mut dyn Write, t: &HfTensor, params: &Params) -> io::Result<()> {

@@ -1,0 +1,256 @@
+//! The command line misused: each case once panicked, overwrote its input, or passed a
+//! nonsense value silently. Each must now exit non-zero with an error naming what is wrong,
+//! and leave the files it was given as they were.
+
+mod common;
+
+use anetrain::npy;
+use anetrain_mil::blob::BlobFile;
+use anetrain_mil::DType;
+use anetrain_train::checkpoint::list_checkpoints;
+use anetrain_train::data::token_file::write_token_file;
+use anetrain_train::tokenizer::train_bpe;
+use common::*;
+
+/// A checkpoint of a one-layer model (vocabulary 300) trained for two steps, its tokenizer,
+/// and the text they came from.
+struct Trained {
+    dir: Dir,
+    checkpoint: String,
+    tokenizer: String,
+    text: String,
+}
+
+fn trained() -> Trained {
+    let dir = Dir::new();
+    let text: String = anetrain_train::embedded_corpus()
+        .chars()
+        .take(40_000)
+        .collect();
+    let tok = train_bpe(&text, 300).unwrap();
+    tok.save(&dir.path("tok.json")).unwrap();
+    write_token_file(&dir.path("tokens.bin"), &tok.encode(&text).unwrap(), 300).unwrap();
+    let model = dir.write(
+        "model.toml",
+        "name = \"one\"\ndim = 32\nhidden = 64\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nhead_dim = 16\nvocab = 300\nseq_len = 16\n",
+    );
+    let run = dir.s("run");
+    ok(&anetrain(&[
+        "train",
+        "--model",
+        &model,
+        "--tokenizer",
+        &dir.s("tok.json"),
+        "--data",
+        &dir.s("tokens.bin"),
+        "--out",
+        &run,
+        "--steps",
+        "2",
+        "--quiet",
+    ]));
+    let (_, checkpoint) = list_checkpoints(&dir.path("run"))
+        .pop()
+        .expect("a checkpoint");
+    Trained {
+        checkpoint: checkpoint.display().to_string(),
+        tokenizer: dir.s("tok.json"),
+        text,
+        dir,
+    }
+}
+
+fn refused(args: &[&str], message: &str) {
+    let out = anetrain(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = stderr(&out);
+    assert!(err.contains(message), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+/// `generate` with a tokenizer of more ids than the model's vocabulary panicked slicing the
+/// logits ("range start index … out of range"); `train` already refused the pair.
+#[test]
+fn generate_refuses_a_tokenizer_larger_than_the_models_vocabulary() {
+    let t = trained();
+    let model = t.dir.s("model.bin");
+    ok(&anetrain(&[
+        "export",
+        "--checkpoint",
+        &t.checkpoint,
+        "--format",
+        "llama2c",
+        "--output",
+        &model,
+    ]));
+    let big = train_bpe(&t.text, 600).unwrap();
+    big.save(&t.dir.path("big.json")).unwrap();
+    let big_tok = t.dir.s("big.json");
+    refused(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--tokenizer",
+            &big_tok,
+            "--prompt",
+            "It",
+        ],
+        &format!("the tokenizer has {} tokens but model", big.vocab_size()),
+    );
+    refused(
+        &["generate", "--model", &model, "--tokenizer", &big_tok],
+        "has a vocabulary of 300",
+    );
+    // The model's own tokenizer still samples.
+    let out = anetrain(&[
+        "generate",
+        "--model",
+        &model,
+        "--tokenizer",
+        &t.tokenizer,
+        "--prompt",
+        "It",
+    ]);
+    ok(&out);
+}
+
+/// `--threads 100000` panicked after half a minute, failing to spawn its threads.
+#[test]
+fn a_thread_count_beyond_the_machine_is_refused_naming_its_cores() {
+    let dir = Dir::new();
+    let out = dir.s("run");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    refused(
+        &[
+            "train",
+            "--threads",
+            "100000",
+            "--steps",
+            "1",
+            "--out",
+            &out,
+        ],
+        &format!("threads 100000 is more than this machine can use: it has {cores} core(s)"),
+    );
+    assert!(!dir.path("run").exists(), "no run folder is made");
+}
+
+/// NaN passed every check of `--temperature`, and `eval --batches 0` quietly became 1.
+#[test]
+fn nonsense_sampling_and_eval_values_are_refused() {
+    let t = trained();
+    for temperature in ["nan", "-1", "inf"] {
+        let flag = format!("--temperature={temperature}");
+        refused(
+            &["generate", "--checkpoint", &t.checkpoint, &flag],
+            "--temperature",
+        );
+    }
+    refused(
+        &["eval", "--checkpoint", &t.checkpoint, "--batches", "0"],
+        "--batches must be at least 1",
+    );
+}
+
+/// `export --output` equal to `--checkpoint`, and `data prepare --output` equal to
+/// `--input`, overwrote the input without a word.
+#[test]
+fn a_command_does_not_write_over_its_own_input() {
+    let t = trained();
+    let before = std::fs::read(&t.checkpoint).unwrap();
+    refused(
+        &[
+            "export",
+            "--checkpoint",
+            &t.checkpoint,
+            "--format",
+            "safetensors",
+            "--output",
+            &t.checkpoint,
+        ],
+        "is the checkpoint itself",
+    );
+    assert_eq!(std::fs::read(&t.checkpoint).unwrap(), before);
+    let text = t
+        .dir
+        .write("text.txt", "It is a truth universally acknowledged.");
+    // The same file, named another way.
+    let again = format!("{}/../text.txt", t.dir.s("run"));
+    refused(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            &t.tokenizer,
+            "--input",
+            &text,
+            "--output",
+            &again,
+        ],
+        "is the --input text itself",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "It is a truth universally acknowledged."
+    );
+}
+
+/// Two exports of one checkpoint as safetensors differed byte for byte: the metadata's keys
+/// came in a hash map's order.
+#[test]
+fn exporting_a_checkpoint_twice_gives_the_same_bytes() {
+    let t = trained();
+    let files: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            let path = t.dir.s(&format!("m{i}.safetensors"));
+            ok(&anetrain(&[
+                "export",
+                "--checkpoint",
+                &t.checkpoint,
+                "--format",
+                "safetensors",
+                "--output",
+                &path,
+            ]));
+            std::fs::read(&path).unwrap()
+        })
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        assert!(f == &files[0], "export {i} differs from export 0");
+    }
+}
+
+/// `--weights PATH=FILE` and `--input NAME=FILE` split at the last `=`, so a file whose name
+/// holds one could not be given.
+#[test]
+fn a_file_name_with_an_equals_sign_is_read() {
+    let dir = Dir::new();
+    let (d, s) = (768, 256);
+    std::fs::write(
+        dir.path("w=1.bin"),
+        BlobFile::fp16(&vec![1.0; d]).to_bytes(),
+    )
+    .unwrap();
+    let x = vec![0.5f32; d * s];
+    npy::write_atomic(&dir.path("x=a.npy"), DType::Fp16, &[1, d, 1, s], &x).unwrap();
+    let out = anetrain(&[
+        "mil",
+        "run",
+        &fixture("example_c.mil"),
+        "--weights",
+        &format!("@model_path/weights/rms_w.bin={}", dir.s("w=1.bin")),
+        "--input",
+        &format!("x={}", dir.s("x=a.npy")),
+        "--output",
+        &dir.s("out.npy"),
+    ]);
+    ok(&out);
+    let y = npy::read(&dir.path("out.npy")).unwrap();
+    // Every value 0.5 over an RMS of 0.5: one, within fp16 rounding.
+    assert!(
+        y.data.iter().all(|v| (v - 1.0).abs() < 1e-2),
+        "{:?}",
+        &y.data[..4]
+    );
+}
