@@ -254,3 +254,85 @@ fn a_file_name_with_an_equals_sign_is_read() {
         &y.data[..4]
     );
 }
+
+/// Flags that contradict each other, or that a run would ignore, were taken silently:
+/// `generate --checkpoint C --model M` ignored `--model`, `train --resume --model stories15m`
+/// kept training the saved model, `--init` went with `--resume`, `--steps 0` wrote a report and
+/// no checkpoint, and `--trace DIR` failed only after the whole run.
+#[test]
+fn contradicting_or_ignored_flags_are_refused_before_anything_runs() {
+    let t = trained();
+    let run = t.dir.s("run");
+    let model = t.dir.s("model.toml");
+    refused(
+        &["generate", "--checkpoint", &t.checkpoint, "--model", &model],
+        "cannot be used with",
+    );
+    refused(
+        &["train", "--out", &run, "--resume", "--model", "stories15m"],
+        "the checkpoint holds model `one`, and a resumed run keeps its model",
+    );
+    // The model the run was started with is not a contradiction (a budget restart passes it).
+    ok(&anetrain(&[
+        "train", "--out", &run, "--resume", "--model", &model, "--steps", "3", "--quiet",
+    ]));
+    refused(
+        &["train", "--out", &run, "--resume", "--init", &t.checkpoint],
+        "cannot be used with",
+    );
+    let fresh = t.dir.s("fresh");
+    refused(
+        &["train", "--steps", "0", "--out", &fresh],
+        "steps must be at least 1",
+    );
+    let folder = t.dir.s("run");
+    refused(
+        &["train", "--steps", "2", "--out", &fresh, "--trace", &folder],
+        "--trace",
+    );
+    assert!(!t.dir.path("fresh").exists(), "nothing was started");
+}
+
+/// A diverged run (`--lr 1e30`: weights blow up, every later gradient NaN) went on skipping
+/// updates to the end, exited 0, and blamed "fp16 overflow" in an fp32 run.
+#[test]
+fn a_diverged_run_stops_with_an_error_naming_the_step() {
+    let t = trained();
+    let run = t.dir.s("diverged");
+    let out = anetrain(&[
+        "train",
+        "--model",
+        &t.dir.s("model.toml"),
+        "--tokenizer",
+        &t.tokenizer,
+        "--data",
+        &t.dir.s("tokens.bin"),
+        "--out",
+        &run,
+        "--lr",
+        "1e30",
+        "--steps",
+        "50",
+        "--quiet",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("training diverged at step") && err.contains("gradient is not finite"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !t.dir.path("diverged/report.txt").exists(),
+        "no report of a diverged run"
+    );
+    // The folder now holds a run with no checkpoint: both ways in say how to get out.
+    refused(
+        &["train", "--out", &run],
+        "no checkpoint: it stopped before its first",
+    );
+    refused(
+        &["train", "--out", &run, "--resume"],
+        "stopped before its first checkpoint; start it over with --overwrite",
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// An anetrain checkpoint (weights and tokenizer).
-    #[arg(long, required_unless_present = "model")]
+    #[arg(long, required_unless_present = "model", conflicts_with_all = ["model", "tokenizer", "config"])]
     checkpoint: Option<PathBuf>,
     /// Or a published model file (llama2.c .bin or .safetensors) with --tokenizer.
     #[arg(long, requires = "tokenizer")]
@@ -95,6 +95,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --checkpoint, or --model with --tokenizer"),
     };
+    warn_if_not_finite(&params);
     let config = &params.layout.config;
     if tok.vocab_size() > config.vocab {
         bail!(
@@ -125,11 +126,25 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says so when weights are not all finite (a checkpoint of a run that diverged): whatever
+/// they compute is meaningless.
+pub(crate) fn warn_if_not_finite(params: &anetrain_model::Params) {
+    let bad = params.data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        eprintln!(
+            "warning: {bad} of the model's {} weights are not finite (the run diverged); what \
+             it computes is meaningless",
+            params.data.len()
+        );
+    }
+}
+
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.batches == 0 {
         bail!("--batches must be at least 1");
     }
     let (ckpt, tok) = load(&args.checkpoint)?;
+    warn_if_not_finite(&ckpt.params);
     let config = ckpt.header.config.clone();
     // A given file is evaluated whole; by default, the validation split of the data the run
     // trained on (its file, as its checkpoints name it, or the embedded corpus).

@@ -47,7 +47,7 @@ pub struct TrainArgs {
     tokenizer: Option<PathBuf>,
     /// Start from a published model instead of random weights: a llama2.c model file (.bin) or
     /// .safetensors (fine-tuning). Give its tokenizer with --tokenizer.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     init: Option<PathBuf>,
     /// Continue from the newest checkpoint in --out (or from this checkpoint file).
     #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
@@ -133,6 +133,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     })
     .map_err(flag_error)?;
+    super::sample::warn_if_not_finite(&run.state.params);
     if !quiet {
         let (config, data) = (&run.state.config, run.windows.dataset());
         println!(
@@ -194,16 +195,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
 /// The run the flags and the config file ask for (flags first).
 fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
-    let model = args
-        .model
-        .clone()
-        .or(file.model)
-        .unwrap_or_else(|| "tiny".into());
-    let out = args
-        .out
-        .clone()
-        .or(file.out)
-        .unwrap_or_else(|| PathBuf::from("runs").join(model.trim_end_matches(".toml")));
+    let model = args.model.clone().or(file.model);
+    let out = args.out.clone().or(file.out).unwrap_or_else(|| {
+        let name = model.as_deref().unwrap_or("tiny");
+        PathBuf::from("runs").join(name.trim_end_matches(".toml"))
+    });
     let options_file = match (file.train, &args.config) {
         (Some(table), Some(path)) => Some(OptionsFile {
             keys: serde_json::to_value(table)?,

@@ -1,7 +1,9 @@
 //! The training loop: micro-steps with gradient accumulation, loss scaling, clipping, AdamW
 //! and the schedule, validation, checkpoints, and the delivery of new weights to the device.
 
-use crate::checkpoint::{save_rotating, Checkpoint, CheckpointError, CheckpointHeader};
+use crate::checkpoint::{
+    list_checkpoints, save_rotating, Checkpoint, CheckpointError, CheckpointHeader,
+};
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
@@ -141,6 +143,7 @@ impl TrainOptions {
             ));
         }
         for (name, v) in [
+            ("steps", self.steps),
             ("accum", self.accum as u64),
             ("threads", self.threads as u64),
             ("keep_checkpoints", self.keep_checkpoints as u64),
@@ -181,6 +184,19 @@ pub enum TrainError {
     Other(String),
     #[error("training options: {0}")]
     Options(String),
+    /// The gradient of `step` was not finite at the smallest loss scale: the weights or the
+    /// learning rate are out of range. Nothing was written for that step.
+    #[error(
+        "training diverged at step {step}: its gradient is not finite{}",
+        last_checkpoint.as_ref().map_or(String::new(), |p| format!(
+            "; the last checkpoint, {}, holds the weights before it",
+            p.display()
+        ))
+    )]
+    Diverged {
+        step: u64,
+        last_checkpoint: Option<PathBuf>,
+    },
     /// Background compiles failed `--max-compile-failures` times in a row; the run was
     /// checkpointed first when it has a run folder.
     #[error("{source} (the run stopped before step {}{})", step + 1, checkpoint.as_ref().map_or(String::new(), |p| format!("; checkpoint {} written: continue with --resume", p.display())))]
@@ -743,6 +759,19 @@ impl<'r> Run<'r, '_, '_> {
             let raw = grad_norm(&self.grads);
             (raw.is_finite(), raw * unscale, unscale)
         };
+        // A gradient that overflows at the smallest loss scale cannot be saved by scaling
+        // (in fp32 there is no scaling at all): the run has diverged. It stops here, before
+        // the update, so the checkpoints on disk keep the last good weights.
+        if !finite && state.scaler.scale <= state.scaler.min_scale {
+            let last_checkpoint = self
+                .checkpoints
+                .and_then(|folder| list_checkpoints(&folder.dir).pop())
+                .map(|(_, path)| path);
+            return Err(TrainError::Diverged {
+                step: state.step + 1,
+                last_checkpoint,
+            });
+        }
         let apply = state.scaler.observe(finite);
         if apply {
             norm = measured_norm;
@@ -1104,6 +1133,7 @@ mod tests {
         assert!(bad(|o| o.adam.beta1 = -0.1).starts_with("adam.beta1 "));
         assert!(bad(|o| o.min_lr = Some(1.0)).starts_with("min_lr (1) must not exceed lr"));
         assert_eq!(bad(|o| o.accum = 0), "accum must be at least 1");
+        assert_eq!(bad(|o| o.steps = 0), "steps must be at least 1");
         assert_eq!(bad(|o| o.threads = 0), "threads must be at least 1");
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let too_many = bad(|o| o.threads = 100_000);

@@ -5,6 +5,10 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The name of every temporary file an atomic write makes starts with this; a write killed
+/// halfway leaves one behind.
+pub const TEMP_PREFIX: &str = ".anetrain-tmp-";
+
 /// Writes `path` with `write` through a temporary file in the same directory (a rename is only
 /// atomic within one file system): written, flushed to disk, renamed over `path`, then the
 /// directory synced so that the rename itself survives a power cut. On any error the
@@ -19,7 +23,7 @@ pub fn atomic_write(
     };
     // Dot-prefixed, so that one left over from a crash is hidden and plainly not an output.
     let tmp = tempfile::Builder::new()
-        .prefix(".anetrain-tmp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     // Temporary files are created owner-only; outputs get the usual permissions.
     #[cfg(unix)]

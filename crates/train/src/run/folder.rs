@@ -2,6 +2,7 @@
 //! that keeps two runs from sharing one.
 
 use crate::checkpoint::list_checkpoints;
+use anetrain_model::io::atomic::TEMP_PREFIX;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -19,15 +20,26 @@ pub struct RunFolder {
 /// Why a run cannot start in its folder.
 #[derive(Debug, thiserror::Error)]
 pub enum FolderError {
-    #[error("--resume: no checkpoint in {}", .0.display())]
-    NoCheckpoint(PathBuf),
+    #[error("--resume: no checkpoint in {}{}", .0.display(), if *.1 {
+        ": the run there stopped before its first checkpoint; start it over with --overwrite"
+    } else {
+        ""
+    })]
+    NoCheckpoint(PathBuf, bool),
     #[error("--overwrite would delete the run that --resume continues")]
     OverwriteWhileContinuing,
     #[error(
-        "{} holds a run already ({files} file(s){newest}): continue it with --resume, start \
-         over with --overwrite (deletes them), or choose another --out",
+        "{} holds a run already ({files} file(s){}), or choose another --out",
         folder.display(),
-        newest = newest.map_or(String::new(), |step| format!(", its newest checkpoint at step {step}"))
+        match newest {
+            Some(step) => format!(
+                ", its newest checkpoint at step {step}): continue it with --resume, start over \
+                 with --overwrite (deletes them"
+            ),
+            None => ", no checkpoint: it stopped before its first): start over with \
+                     --overwrite (deletes them"
+                .to_string(),
+        }
     )]
     HoldsARun {
         folder: PathBuf,
@@ -81,7 +93,9 @@ impl RunFolder {
         list_checkpoints(&self.path)
             .pop()
             .map(|(_, p)| p)
-            .ok_or_else(|| FolderError::NoCheckpoint(self.path.clone()))
+            .ok_or_else(|| {
+                FolderError::NoCheckpoint(self.path.clone(), !self.run_files().is_empty())
+            })
     }
 
     /// Whether `checkpoint` lies in this folder, so that resuming from it continues the run
@@ -136,6 +150,27 @@ impl RunFolder {
         Ok(EarlierRun { files })
     }
 
+    /// Deletes what writes killed halfway left behind: the temporary files atomic writes
+    /// rename into place (`.anetrain-tmp-*`), which nothing else would ever remove. Called
+    /// once a run owns the folder.
+    pub fn remove_leftovers(&self) -> Result<(), FolderError> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|source| FolderError::Io {
+                    action: "cannot delete the leftover",
+                    path,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the folder if it does not exist.
     pub fn create(&self) -> Result<(), FolderError> {
         std::fs::create_dir_all(&self.path).map_err(|source| FolderError::Io {
@@ -163,6 +198,19 @@ mod tests {
         touch(&folder.file(METRICS), b"");
         assert!(folder.run_files().is_empty());
         touch(&folder.file(METRICS), b"{}\n");
+        // A run that stopped before its first checkpoint: only starting over gets out, and
+        // both refusals say so.
+        let stopped = folder.claim(false, false).unwrap_err().to_string();
+        assert!(
+            stopped.contains("no checkpoint: it stopped before its first"),
+            "{stopped}"
+        );
+        assert!(stopped.contains("start over with --overwrite"), "{stopped}");
+        let resume = folder.newest_checkpoint().unwrap_err().to_string();
+        assert!(
+            resume.contains("stopped before its first checkpoint; start it over with --overwrite"),
+            "{resume}"
+        );
         touch(&folder.file("ckpt-00000010.bin"), b"x");
         touch(&folder.file("ckpt-00000020.bin"), b"x");
         touch(&folder.file("notes.txt"), b"mine");
@@ -192,6 +240,27 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_of_killed_writes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = RunFolder::new(dir.path());
+        // What a kill during an atomic write leaves: the temporary file it writes first.
+        touch(
+            &folder.file(&format!("{TEMP_PREFIX}Ab12Cd")),
+            b"half a checkpoint",
+        );
+        touch(&folder.file("ckpt-00000004.bin"), b"x");
+        touch(&folder.file("notes.txt"), b"mine");
+        folder.remove_leftovers().unwrap();
+        assert!(!folder.file(&format!("{TEMP_PREFIX}Ab12Cd")).exists());
+        assert!(folder.file("ckpt-00000004.bin").exists());
+        assert!(folder.file("notes.txt").exists());
+        // A folder that does not exist yet has nothing left over.
+        RunFolder::new(dir.path().join("new"))
+            .remove_leftovers()
+            .unwrap();
+    }
+
+    #[test]
     fn a_checkpoint_is_held_by_the_folder_it_lies_in() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
@@ -205,7 +274,7 @@ mod tests {
         assert!(!RunFolder::new(dir.path().join("missing")).holds(&ckpt));
         assert!(matches!(
             RunFolder::new(&b).newest_checkpoint(),
-            Err(FolderError::NoCheckpoint(_))
+            Err(FolderError::NoCheckpoint(_, false))
         ));
     }
 }

@@ -5,11 +5,14 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// The arguments of the process that continues a run from `checkpoint`: the same ones (less
-/// any `--resume` with its value, and `--overwrite`, since the run has already started over)
-/// and `--resume CHECKPOINT`.
+/// any `--resume` with its value; `--init` with its value, since the checkpoint holds the
+/// weights; and `--overwrite`, since the run has already started over) and
+/// `--resume CHECKPOINT`.
 pub fn restart_args(args: impl IntoIterator<Item = OsString>, checkpoint: &Path) -> Vec<OsString> {
     let mut kept = Vec::new();
     let mut skip_value = false;
+    // `--init` always has a value; `--resume` may not.
+    let mut skip_init = false;
     for a in args {
         if skip_value {
             skip_value = false;
@@ -21,7 +24,16 @@ pub fn restart_args(args: impl IntoIterator<Item = OsString>, checkpoint: &Path)
             skip_value = true;
             continue;
         }
-        if a.to_string_lossy().starts_with("--resume=") {
+        if a == "--init" {
+            skip_init = true;
+            continue;
+        }
+        if skip_init {
+            skip_init = false;
+            continue;
+        }
+        let text = a.to_string_lossy();
+        if text.starts_with("--resume=") || text.starts_with("--init=") {
             continue;
         }
         // The new process continues this run, which an --overwrite has already started over.
@@ -59,6 +71,8 @@ mod tests {
             args(&["train", "--resume", "--steps", "9"]),
             args(&["train", "--resume", "old.bin", "--steps", "9"]),
             args(&["train", "--resume=old.bin", "--steps", "9"]),
+            args(&["train", "--init", "m.bin", "--steps", "9"]),
+            args(&["train", "--init=m.bin", "--steps", "9"]),
         ] {
             assert_eq!(restart_args(given.clone(), ckpt), want, "{given:?}");
         }

@@ -58,8 +58,9 @@ pub struct OptionFlags {
 /// Everything a user asks of a run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
-    /// A preset or a model TOML file (a resumed run keeps its checkpoint's model).
-    pub model: String,
+    /// A preset or a model TOML file; `tiny` when none is given. A resumed run keeps its
+    /// checkpoint's model, and refuses another.
+    pub model: Option<String>,
     pub folder: RunFolder,
     /// A published model file to start from.
     pub init: Option<PathBuf>,
@@ -115,6 +116,24 @@ impl Run {
             .as_ref()
             .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
         let settings = spec.settings.clone().or(saved);
+        if let (Some(c), Some(model)) = (&checkpoint, &spec.model) {
+            let given = ModelConfig::named(model)?;
+            if given != c.header.config {
+                return Err(RunError::Invalid(format!(
+                    "--model {model}: the checkpoint holds model `{}`, and a resumed run keeps \
+                     its model (drop --model)",
+                    c.header.config.name
+                )));
+            }
+        }
+        if let Some(trace) = &spec.trace {
+            if trace.is_dir() {
+                return Err(RunError::Invalid(format!(
+                    "--trace {}: a folder; give the file to write the timeline to",
+                    trace.display()
+                )));
+            }
+        }
         let options = resolve_options(
             checkpoint.as_ref().map(|c| &c.header.options),
             spec.options_file.as_ref(),
@@ -158,9 +177,10 @@ impl Run {
 
         folder.create()?;
 
+        let model = spec.model.as_deref().unwrap_or("tiny");
         let initial = match (&checkpoint, &spec.init) {
             (None, Some(path)) => {
-                let preset = ModelConfig::named(&spec.model).ok();
+                let preset = ModelConfig::named(model).ok();
                 Some(load_model_file(path, preset.as_ref())?)
             }
             _ => None,
@@ -168,7 +188,7 @@ impl Run {
         let config = match (&checkpoint, &initial) {
             (Some(c), _) => c.header.config.clone(),
             (None, Some(p)) => p.layout.config.clone(),
-            (None, None) => ModelConfig::named(&spec.model)?,
+            (None, None) => ModelConfig::named(model)?,
         };
         let data = load_data(
             settings.data.as_deref(),
@@ -227,6 +247,7 @@ impl Run {
                 max_compile_failures: Some(delivery.max_failures),
             },
         };
+        folder.remove_leftovers()?;
         earlier_run.delete()?;
         let metrics_path = folder.file(METRICS);
         // A resumed run's plot covers the whole run, and its metrics hold each step once.
