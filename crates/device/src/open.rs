@@ -128,8 +128,8 @@ impl DeviceSpec {
 
     /// Opens the device and wraps it in the decorators asked for.
     pub fn open(&self) -> Result<OpenDevice, OpenError> {
-        let mode = self.mode()?;
-        self.chip()?;
+        // Checked before the device opens, so a bad specification costs no ANE session.
+        let (mode, chip) = (self.mode()?, self.chip()?);
         let device: Arc<dyn Device> = match self.kind {
             DeviceKind::Cpu => {
                 let cpu = CpuDevice::new(mode);
@@ -140,14 +140,21 @@ impl DeviceSpec {
             }
             DeviceKind::Ane => Arc::new(AneDevice::open()?),
         };
-        self.decorate(device)
+        Ok(self.wrap(device, mode, chip))
     }
 
     /// Wraps a device already open (one shared by several runs, say) in the decorators asked
     /// for, innermost first: the simulated chip, injected faults, the budget, the timeline.
     pub fn decorate(&self, device: Arc<dyn Device>) -> Result<OpenDevice, OpenError> {
-        let mode = self.mode()?;
-        let chip = self.chip()?;
+        Ok(self.wrap(device, self.mode()?, self.chip()?))
+    }
+
+    fn wrap(
+        &self,
+        device: Arc<dyn Device>,
+        mode: NumericMode,
+        chip: Option<ChipProfile>,
+    ) -> OpenDevice {
         let clock: Arc<dyn Clock> = match chip {
             Some(_) => Arc::new(SimClock::new()),
             None => Arc::new(RealClock::new()),
@@ -172,11 +179,11 @@ impl DeviceSpec {
         if let Some(tracer) = &self.tracer {
             device = Arc::new(Traced::new(device, tracer.clone(), clock.clone()));
         }
-        Ok(OpenDevice {
+        OpenDevice {
             device,
             clock,
             mode,
-        })
+        }
     }
 }
 

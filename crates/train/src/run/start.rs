@@ -155,9 +155,7 @@ impl Run {
             compile_budget: spec.compile_budget,
             ..DeviceSpec::default()
         };
-        let mode = device_spec
-            .mode()
-            .map_err(|e| RunError::Invalid(format!("--precision: {e}")))?;
+        let mode = device_spec.mode()?;
         // The double buffer everywhere: on the ANE compiles are costly and overlap evals, and
         // on the CPU it measured faster than weights as inputs (docs/weight-delivery.md).
         let strategy: Strategy = settings
