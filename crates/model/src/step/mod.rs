@@ -154,7 +154,8 @@ impl<'env> Backward<'_, 'env, '_, '_> {
         tape: &'env LayerTape,
         back: &mut BackwardBuffers,
     ) -> Result<(), StepError> {
-        let (d, s, q, kv) = self.dims_qkv();
+        let c = self.config;
+        let (d, s, q, kv) = (c.dim, c.seq_len, c.q_dim(), c.kv_dim());
         let layer = |t: LayerTensor| self.params.layout.layer(l, t);
         let dx2 = &back.dx;
         let attn = tape.attn.part("attn");
@@ -305,14 +306,6 @@ struct Backward<'s, 'env, 'scope, 'c> {
     grad: GradSlots<'env>,
     wgrad: WeightGradWorker<'scope, 'env>,
     timing: &'s mut StepTiming<'c>,
-}
-
-impl Backward<'_, '_, '_, '_> {
-    /// Model width, window length, and the query and key/value widths.
-    fn dims_qkv(&self) -> (usize, usize, usize, usize) {
-        let c = self.config;
-        (c.dim, c.seq_len, c.q_dim(), c.kv_dim())
-    }
 }
 
 /// Final norm, classifier and cross-entropy of the hidden state in `buf.x`: returns the loss

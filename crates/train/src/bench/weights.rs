@@ -153,6 +153,12 @@ impl WeightsBench {
         Ok(contenders)
     }
 
+    /// Whether the runs train on the embedded corpus (the model it has a tokenizer for) or
+    /// on synthetic tokens.
+    fn uses_corpus(&self) -> bool {
+        self.config.name == "tiny"
+    }
+
     /// The line that says what is compared.
     pub fn describe(&self) -> String {
         let options = self.options();
@@ -163,7 +169,7 @@ impl WeightsBench {
             options.accum,
             options.seed,
             options.lr,
-            if self.config.name == "tiny" {
+            if self.uses_corpus() {
                 "the embedded corpus"
             } else {
                 "synthetic tokens"
@@ -181,7 +187,7 @@ impl WeightsBench {
         let options = self.options();
         let cpu = CpuDevice::new(mode).with_threads(self.threads);
         let base: Arc<dyn Device> = Arc::new(cpu.clone());
-        let corpus = if config.name == "tiny" {
+        let corpus = if self.uses_corpus() {
             Some(load_data(None, None, None, config, &mut |_| {})?)
         } else {
             None
