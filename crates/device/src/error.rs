@@ -38,6 +38,19 @@ pub enum DeviceError {
     Unavailable(String),
     #[error("compile budget exhausted: {used} of {budget} compiles used in this process")]
     BudgetExhausted { used: u64, budget: u64 },
+    /// The loaded model lays out a surface other than densely; exchanging dense data with it
+    /// would misplace every value.
+    #[error(
+        "{what} `{tensor}`: the loaded model reports a {stride} stride of {reported} bytes, but \
+         the dense layout has {expected}; refused rather than exchange misplaced data"
+    )]
+    StrideMismatch {
+        what: &'static str,
+        tensor: String,
+        stride: &'static str,
+        reported: u64,
+        expected: u64,
+    },
     #[error("compile failed: {0}")]
     CompileFailed(String),
     #[error("eval failed: {0}")]

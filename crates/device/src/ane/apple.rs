@@ -11,11 +11,13 @@ use super::budget::PROCESS_COMPILES;
 use super::chip;
 use super::failure::{eval_hints, step_failed, Step};
 use super::model_dir::{ModelDirLease, ModelDirs};
+use super::pacing::{is_transient_load_failure, CompileTurn, LoadRetry, PROCESS_COMPILER};
 use super::plan::CompilePlan;
-use super::surface::SurfaceLayout;
+use super::surface::{check_reported_strides, ReportedSurface, SurfaceLayout};
 use super::version::MacOsVersion;
-use super::weights::WeightsDictionary;
+use super::weights::{InnerValue, WeightsDictionary};
 use super::{AneConfig, AneInfo};
+use crate::clock::RealClock;
 use crate::{DeviceError, Kernel, KernelExec};
 use objc2::rc::{autoreleasepool, Retained};
 use objc2::runtime::{AnyClass, AnyObject, Sel};
@@ -29,15 +31,10 @@ use objc2_io_surface::{
     kIOSurfacePixelFormat, kIOSurfaceWidth, IOSurfaceLockOptions, IOSurfaceRef,
 };
 use std::ffi::{CStr, CString};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 const FRAMEWORK_PATH: &CStr =
     c"/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine";
-
-/// The bridge of the original retries a failed load once after this long ("ANE slot
-/// reclamation").
-const LOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The framework's classes this device uses.
 struct Classes {
@@ -47,13 +44,10 @@ struct Classes {
     surface_object: &'static AnyClass,
 }
 
-/// The loaded framework, the process's model directories and the device's facts.
+/// The loaded framework and the process's model directories.
 pub(super) struct Runtime {
     classes: Classes,
     dirs: Arc<ModelDirs>,
-    /// One compile at a time: every measured setup compiled on one thread (while others
-    /// evaluated); concurrent compiles were never tried.
-    compile_lock: Mutex<()>,
 }
 
 impl Runtime {
@@ -91,7 +85,6 @@ impl Runtime {
         let runtime = Runtime {
             classes,
             dirs: process_model_dirs(),
-            compile_lock: Mutex::new(()),
         };
         Ok((runtime, probe_info()))
     }
@@ -102,9 +95,12 @@ impl Runtime {
         plan: CompilePlan<'_>,
         config: &AneConfig,
     ) -> Result<Kernel, DeviceError> {
-        let _one_compile = self.compile_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // One compile and load at a time in the process, whatever the number of devices: every
+        // measured setup compiled on one thread, and the compiler's state is per process.
+        let mut turn = PROCESS_COMPILER.enter();
         PROCESS_COMPILES.claim(config.compile_budget)?;
-        let exec = autoreleasepool(|_| AneKernel::compile(self, &plan, config.qos))?;
+        let exec = autoreleasepool(|_| AneKernel::compile(self, &plan, config.qos, &mut turn))?;
+        drop(turn);
         Ok(Kernel::new(plan.signature, Box::new(exec)))
     }
 }
@@ -249,29 +245,56 @@ fn sysctl_string(name: &CStr) -> Option<String> {
     text.into_string().ok()
 }
 
-/// The weights dictionary of spec 1.4: key → `{"offset": @0, "data": NSData(whole file)}`.
-/// Empty (never nil) without weights.
+/// One entry's inner dictionary: `{"data": NSData, "offset": NSNumber}`.
+type InnerDictionary = NSDictionary<NSString, AnyObject>;
+
+/// The weights dictionary of spec 1.4: key → `{"data": NSData(whole file), "offset": @0}`,
+/// the inner keys inserted in the order the plan gives. Empty (never nil) without weights.
 fn weights_dictionary(
     weights: &WeightsDictionary<'_>,
-) -> Retained<NSDictionary<NSString, NSDictionary<NSString, AnyObject>>> {
-    let offset_key = NSString::from_str("offset");
-    let data_key = NSString::from_str("data");
+) -> Result<Retained<NSDictionary<NSString, InnerDictionary>>, DeviceError> {
     let keys: Vec<Retained<NSString>> = weights
         .entries
         .iter()
         .map(|e| NSString::from_str(e.key))
         .collect();
-    let values: Vec<Retained<NSDictionary<NSString, AnyObject>>> = weights
-        .entries
-        .iter()
-        .map(|e| {
-            let offset: Retained<AnyObject> = NSNumber::new_u64(e.offset).into();
-            let data: Retained<AnyObject> = NSData::with_bytes(e.data).into();
-            NSDictionary::from_retained_objects(&[&*offset_key, &*data_key], &[offset, data])
-        })
-        .collect();
+    let mut values: Vec<Retained<InnerDictionary>> = Vec::new();
+    for entry in &weights.entries {
+        let (inner_keys, inner_values): (Vec<Retained<NSString>>, Vec<Retained<AnyObject>>) = entry
+            .inner()
+            .into_iter()
+            .map(|(key, value)| {
+                let object: Retained<AnyObject> = match value {
+                    InnerValue::Data(bytes) => NSData::with_bytes(bytes).into(),
+                    InnerValue::Offset(offset) => NSNumber::new_u64(offset).into(),
+                };
+                (NSString::from_str(key.name()), object)
+            })
+            .unzip();
+        let inner_key_refs: Vec<&NSString> = inner_keys.iter().map(|k| &**k).collect();
+        let inner = NSDictionary::from_retained_objects(&inner_key_refs, &inner_values);
+        // The framework calls `bytes` on the first value it enumerates, and an Objective-C
+        // exception would abort the process: refuse instead, should enumeration not follow
+        // insertion.
+        let data_first = inner
+            .allValues()
+            .firstObject()
+            .is_some_and(|first| first.downcast_ref::<NSData>().is_some());
+        if !data_first {
+            return Err(step_failed(
+                Step::Descriptor,
+                Some(&format!(
+                    "the weights entry of `{}` does not enumerate its data first, and the \
+                     framework would raise an exception on it",
+                    entry.key
+                )),
+                &[],
+            ));
+        }
+        values.push(inner);
+    }
     let key_refs: Vec<&NSString> = keys.iter().map(|k| &**k).collect();
-    NSDictionary::from_retained_objects(&key_refs, &values)
+    Ok(NSDictionary::from_retained_objects(&key_refs, &values))
 }
 
 /// The `options:` argument of compile, load, eval: always an empty dictionary.
@@ -369,13 +392,13 @@ impl Surface {
 /// A compiled, loaded program: its model, the surfaces and the request that binds them, and
 /// the temp directory it uses.
 struct AneKernel {
-    /// Dropped first: the model is unloaded before anything it might still read goes.
+    /// Unloaded first (in a turn of its model directory, see `Drop`).
     model: LoadedModel,
     binding: Binding,
     /// The empty `options:` dictionary, made once rather than per eval.
     options: Retained<NSDictionary<NSString, AnyObject>>,
     /// Dropped last: the directory goes only after the model is unloaded and released.
-    _dir: ModelDirLease,
+    dir: ModelDirLease,
 }
 
 // SAFETY: the Objective-C objects are used by one thread at a time (eval takes `&mut self`);
@@ -390,21 +413,93 @@ impl AneKernel {
         runtime: &Runtime,
         plan: &CompilePlan<'_>,
         qos: u32,
+        turn: &mut CompileTurn<'_, RealClock>,
     ) -> Result<AneKernel, DeviceError> {
         let (model, identifier) = in_memory_model(&runtime.classes, plan)?;
-        let dir = runtime
-            .dirs
-            .acquire(&identifier, plan.mil_text.as_bytes(), &plan.weights)?;
+        // The files are written now and stay until the lease is taken: no unload of an
+        // identical kernel deletes them during the compile and load. Whatever fails in
+        // between, the model is dropped (unloaded) while this turn still holds.
+        let compiling =
+            runtime
+                .dirs
+                .begin_compile(&identifier, plan.mil_text.as_bytes(), &plan.weights)?;
         let options = no_options();
-        let model = LoadedModel::compile_and_load(model, qos, &options, &plan.hints)?;
+        let model = LoadedModel::compile_and_load(model, qos, &options, &plan.hints, turn)?;
+        check_strides(&model.model, plan)?;
         let binding = Binding::new(&runtime.classes, plan)?;
         Ok(AneKernel {
             model,
             binding,
             options,
-            _dir: dir,
+            dir: compiling.into_lease(),
         })
     }
+}
+
+impl Drop for AneKernel {
+    fn drop(&mut self) {
+        // The framework's unload deletes the model directory: not while an identical kernel
+        // compiles from it.
+        let model = &mut self.model;
+        self.dir.unload_with(|| model.unload());
+    }
+}
+
+/// Refuses a loaded model that lays out a surface other than densely, by the strides it
+/// reports; a model that reports none is taken as dense.
+fn check_strides(model: &AnyObject, plan: &CompilePlan<'_>) -> Result<(), DeviceError> {
+    let (inputs, outputs) = reported_surfaces(model);
+    check_reported_strides("input", &plan.inputs, &inputs)?;
+    check_reported_strides("output", &plan.outputs, &outputs)
+}
+
+/// `[model modelAttributes]`, `NetworkStatusList[0]`, its `LiveInputList` and
+/// `LiveOutputList`: empty lists wherever an attribute is missing or not of the expected
+/// class, since none of it is documented.
+fn reported_surfaces(model: &AnyObject) -> (Vec<ReportedSurface>, Vec<ReportedSurface>) {
+    if !model.class().responds_to(sel!(modelAttributes)) {
+        return (Vec::new(), Vec::new());
+    }
+    // SAFETY: the model answers `modelAttributes` (checked above), an object or nil.
+    let attributes: Option<Retained<AnyObject>> = unsafe { msg_send![model, modelAttributes] };
+    let status = attributes
+        .as_deref()
+        .and_then(|a| value_for_key(a, "NetworkStatusList"))
+        .and_then(|list| list.downcast_ref::<NSArray>()?.firstObject());
+    let list = |key: &str| -> Vec<ReportedSurface> {
+        let Some(list) = status.as_deref().and_then(|s| value_for_key(s, key)) else {
+            return Vec::new();
+        };
+        let Some(list) = list.downcast_ref::<NSArray>() else {
+            return Vec::new();
+        };
+        (0..list.count())
+            .map(|i| reported_surface(&list.objectAtIndex(i)))
+            .collect()
+    };
+    (list("LiveInputList"), list("LiveOutputList"))
+}
+
+/// One entry of a live I/O list; a field the entry lacks, or holds of another class, is `None`.
+fn reported_surface(entry: &AnyObject) -> ReportedSurface {
+    let number = |key: &str| {
+        value_for_key(entry, key)?
+            .downcast_ref::<NSNumber>()
+            .map(|n| n.as_u64())
+    };
+    ReportedSurface {
+        name: value_for_key(entry, "Name")
+            .and_then(|n| n.downcast_ref::<NSString>().map(|s| s.to_string())),
+        row_stride: number("RowStride"),
+        plane_stride: number("PlaneStride"),
+    }
+}
+
+/// `dictionary[key]`, when `dictionary` is an NSDictionary.
+fn value_for_key(dictionary: &AnyObject, key: &str) -> Option<Retained<AnyObject>> {
+    dictionary
+        .downcast_ref::<NSDictionary>()?
+        .objectForKey(&NSString::from_str(key))
 }
 
 /// Steps 2–5: the descriptor from the MIL text and the weights, the in-memory model, and its
@@ -414,7 +509,7 @@ fn in_memory_model(
     plan: &CompilePlan<'_>,
 ) -> Result<(Retained<AnyObject>, String), DeviceError> {
     let mil = NSData::with_bytes(plan.mil_text.as_bytes());
-    let weights = weights_dictionary(&plan.weights);
+    let weights = weights_dictionary(&plan.weights)?;
     let no_plist: Option<&AnyObject> = None;
     // SAFETY: the method exists (checked at open) and takes three objects.
     let descriptor: Option<Retained<AnyObject>> = unsafe {
@@ -442,32 +537,66 @@ fn in_memory_model(
 struct LoadedModel {
     model: Retained<AnyObject>,
     qos: u32,
+    loaded: bool,
 }
 
 impl LoadedModel {
-    /// Steps 7–8: compile, then load, the load retried once after 100 ms as the original's
-    /// bridge does ("ANE slot reclamation").
+    /// Steps 7–8: compile, then load, the load retried with back-off while the ANE is short
+    /// of resources. A failed compile makes the next one wait (`turn`).
     fn compile_and_load(
         model: Retained<AnyObject>,
         qos: u32,
         options: &NSDictionary<NSString, AnyObject>,
         hints: &[String],
+        turn: &mut CompileTurn<'_, RealClock>,
     ) -> Result<LoadedModel, DeviceError> {
         // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
         let compiled: Result<(), Retained<NSError>> =
             unsafe { msg_send![&*model, compileWithQoS: qos, options: options, error: _] };
-        compiled.map_err(|e| step_failed(Step::Compile, Some(&error_text(&e)), hints))?;
+        match compiled {
+            Ok(()) => turn.compile_succeeded(),
+            Err(e) => {
+                turn.compile_failed();
+                return Err(step_failed(Step::Compile, Some(&error_text(&e)), hints));
+            }
+        }
         let load = || -> Result<(), Retained<NSError>> {
             // SAFETY: (unsigned int, id, NSError**) -> BOOL, checked at open.
             unsafe { msg_send![&*model, loadWithQoS: qos, options: options, error: _] }
         };
-        load()
-            .or_else(|_| {
-                std::thread::sleep(LOAD_RETRY_DELAY);
-                load()
-            })
-            .map_err(|e| step_failed(Step::Load, Some(&error_text(&e)), hints))?;
-        Ok(LoadedModel { model, qos })
+        LoadRetry::REFERENCE
+            .run(
+                PROCESS_COMPILER.clock(),
+                |e: &Retained<NSError>| is_transient_load_failure(&error_text(e)),
+                load,
+            )
+            .map_err(|gave_up| {
+                let detail = format!(
+                    "{} ({} attempts)",
+                    error_text(&gave_up.error),
+                    gave_up.attempts
+                );
+                step_failed(Step::Load, Some(&detail), hints)
+            })?;
+        Ok(LoadedModel {
+            model,
+            qos,
+            loaded: true,
+        })
+    }
+
+    /// Step 14.1, once.
+    fn unload(&mut self) {
+        if !std::mem::take(&mut self.loaded) {
+            return;
+        }
+        autoreleasepool(|_| {
+            // SAFETY: (unsigned int, NSError**) -> BOOL, checked at open. A failed unload
+            // cannot be reported (it runs as the kernel drops); the model is released either
+            // way.
+            let _: Result<(), Retained<NSError>> =
+                unsafe { msg_send![&*self.model, unloadWithQoS: self.qos, error: _] };
+        });
     }
 
     /// Step 13.2: one synchronous evaluation; the outputs are ready when it returns.
@@ -492,29 +621,27 @@ impl LoadedModel {
 
 impl Drop for LoadedModel {
     fn drop(&mut self) {
-        autoreleasepool(|_| {
-            // SAFETY: (unsigned int, NSError**) -> BOOL, checked at open. A failed unload
-            // cannot be reported from a drop; the model is released either way.
-            let _: Result<(), Retained<NSError>> =
-                unsafe { msg_send![&*self.model, unloadWithQoS: self.qos, error: _] };
-        });
+        self.unload();
     }
 }
 
 /// Steps 10–12: one surface per input and output, wrapped, and the request that binds them,
-/// built once and reused for every eval.
+/// built once and reused for every eval. Surfaces are in the order the ANE binds them (by
+/// name); callers' buffers come in declaration order, mapped by `*_of_declared`.
 struct Binding {
     request: Retained<AnyObject>,
     /// The surface wrappers, held as the request's arrays hold them (spec 1.8).
     _surface_objects: [Retained<NSArray<AnyObject>>; 2],
     inputs: Vec<Surface>,
     outputs: Vec<Surface>,
+    input_of_declared: Vec<usize>,
+    output_of_declared: Vec<usize>,
 }
 
 impl Binding {
     fn new(classes: &Classes, plan: &CompilePlan<'_>) -> Result<Binding, DeviceError> {
-        let inputs = surfaces(&plan.inputs)?;
-        let outputs = surfaces(&plan.outputs)?;
+        let inputs = surfaces(&plan.inputs.layouts)?;
+        let outputs = surfaces(&plan.outputs.layouts)?;
         let input_objects = surface_objects(classes, &inputs)?;
         let output_objects = surface_objects(classes, &outputs)?;
         let request = build_request(
@@ -529,6 +656,8 @@ impl Binding {
             _surface_objects: [input_objects, output_objects],
             inputs,
             outputs,
+            input_of_declared: plan.inputs.binding_of_declared.clone(),
+            output_of_declared: plan.outputs.binding_of_declared.clone(),
         })
     }
 }
@@ -596,8 +725,8 @@ impl KernelExec for AneKernel {
     /// Writes the inputs, evaluates, reads the outputs.
     fn eval(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), DeviceError> {
         let binding = &self.binding;
-        for (surface, values) in binding.inputs.iter().zip(inputs) {
-            surface.write(values)?;
+        for (values, &bound) in inputs.iter().zip(&binding.input_of_declared) {
+            binding.inputs[bound].write(values)?;
         }
         autoreleasepool(|_| {
             self.model
@@ -608,8 +737,8 @@ impl KernelExec for AneKernel {
                     step_failed(Step::Eval, Some(&detail), &hints)
                 })
         })?;
-        for (surface, values) in binding.outputs.iter().zip(outputs.iter_mut()) {
-            surface.read(values)?;
+        for (values, &bound) in outputs.iter_mut().zip(&binding.output_of_declared) {
+            binding.outputs[bound].read(values)?;
         }
         Ok(())
     }

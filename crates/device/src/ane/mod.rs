@@ -14,6 +14,7 @@ pub mod budget;
 pub mod chip;
 pub mod failure;
 pub mod model_dir;
+pub mod pacing;
 pub mod plan;
 pub mod surface;
 pub mod version;

@@ -4,7 +4,7 @@
 
 use super::chip::{self, Chip, Quirk};
 use super::failure::{compile_hints, ProgramFacts};
-use super::surface::SurfaceLayout;
+use super::surface::{share_largest_allocation, BoundSurfaces, SurfaceLayout};
 use super::weights::WeightsDictionary;
 use crate::DeviceError;
 use anetrain_mil::blob::WeightFiles;
@@ -17,8 +17,10 @@ pub struct CompilePlan<'a> {
     /// The program as the compiler gets it: the printer's text, UTF-8, no trailing NUL.
     pub mil_text: String,
     pub weights: WeightsDictionary<'a>,
-    pub inputs: Vec<SurfaceLayout>,
-    pub outputs: Vec<SurfaceLayout>,
+    /// The surfaces in the order the ANE binds them, mapped to the signature's order, all of
+    /// one allocation size.
+    pub inputs: BoundSurfaces,
+    pub outputs: BoundSurfaces,
     /// What to add to a compile failure's message.
     pub hints: Vec<String>,
 }
@@ -44,8 +46,9 @@ impl<'a> CompilePlan<'a> {
                 })
                 .collect()
         };
-        let inputs = layouts(&checked.signature.inputs)?;
-        let outputs = layouts(&checked.signature.outputs)?;
+        let mut inputs = BoundSurfaces::in_binding_order(layouts(&checked.signature.inputs)?);
+        let mut outputs = BoundSurfaces::in_binding_order(layouts(&checked.signature.outputs)?);
+        share_largest_allocation(&mut [&mut inputs, &mut outputs]);
         let chip_name = chip.map_or("this chip", |c| c.name);
         let hints = compile_hints(
             chip_name,
@@ -135,9 +138,9 @@ mod tests {
         assert!(plan.mil_text.starts_with("program(1.3)\n"));
         assert_eq!(plan.weights.entries.len(), 1);
         assert_eq!(plan.inputs.len(), 1);
-        assert_eq!(plan.inputs[0].io_type, IoType::Fp32);
-        assert_eq!(plan.inputs[0].data_bytes, 64 * 32 * 4);
-        assert_eq!(plan.outputs[0].name, "y");
+        assert_eq!(plan.inputs.declared(0).io_type, IoType::Fp32);
+        assert_eq!(plan.inputs.declared(0).data_bytes, 64 * 32 * 4);
+        assert_eq!(plan.outputs.declared(0).name, "y");
         assert!(plan.hints.is_empty());
     }
 
@@ -187,5 +190,47 @@ mod tests {
         let plan = CompilePlan::new(&program, &files, identify("Apple M3 Pro")).unwrap();
         assert_eq!(plan.hints.len(), 1);
         assert!(plan.hints[0].starts_with("the M3 Pro compiles convs of only 512 channels"));
+    }
+
+    /// `y = x + bias`, declaring `x` before `bias`, `x` twice the size of `bias`.
+    fn two_inputs() -> Program {
+        use anetrain_mil::{DType, Dialect, FunctionBuilder, Style, Type};
+        let mut b = FunctionBuilder::new("main", "ios18");
+        let x = b.input("x", Type::tensor(DType::Fp16, vec![1, 768, 2, 32]));
+        let bias = b.input("bias", Type::tensor(DType::Fp16, vec![1, 768, 1, 32]));
+        let y = b
+            .typed_op("add", "y", vec![("x", (&x).into()), ("y", (&bias).into())])
+            .unwrap();
+        b.output(&y);
+        Program::single(Dialect::Ios18, Style::Compact, b.finish())
+    }
+
+    #[test]
+    fn several_inputs_are_bound_in_name_order_with_one_allocation_size() {
+        let program = two_inputs();
+        let files = WeightFiles::new();
+        let plan = CompilePlan::new(&program, &files, identify("Apple M4")).unwrap();
+        let declared: Vec<&str> = plan
+            .signature
+            .inputs
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(declared, ["x", "bias"]);
+        let bound: Vec<&str> = plan
+            .inputs
+            .layouts
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(bound, ["bias", "x"]);
+        assert_eq!(plan.inputs.binding_of_declared, [1, 0]);
+        assert_eq!(plan.inputs.declared(0).name, "x");
+        assert_eq!(plan.inputs.declared(1).name, "bias");
+        assert_eq!(plan.inputs.declared(0).data_bytes, 768 * 2 * 32 * 2);
+        assert_eq!(plan.inputs.declared(1).data_bytes, 768 * 32 * 2);
+        for l in plan.inputs.layouts.iter().chain(&plan.outputs.layouts) {
+            assert_eq!(l.alloc_bytes, 768 * 2 * 32 * 2, "`{}`", l.name);
+        }
     }
 }

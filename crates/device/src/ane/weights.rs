@@ -1,5 +1,6 @@
 //! The contents of the weights dictionary handed to the compiler (spec 1.4), as plain data:
-//! one entry per BLOBFILE path the program uses, `{"offset": 0, "data": <the whole file>}`.
+//! one entry per BLOBFILE path the program uses, `{"data": <the whole file>, "offset": 0}`,
+//! the inner dictionary's keys in the order of [`INNER_KEYS`].
 
 use crate::DeviceError;
 use anetrain_mil::blob::WeightFiles;
@@ -21,6 +22,51 @@ pub struct WeightEntry<'a> {
     pub data: &'a [u8],
     /// Where the file goes inside the model's temp directory: the key without `@model_path/`.
     pub relative_path: &'a str,
+}
+
+/// A key of an entry's inner dictionary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InnerKey {
+    Data,
+    Offset,
+}
+
+impl InnerKey {
+    /// The key as the framework reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InnerKey::Data => "data",
+            InnerKey::Offset => "offset",
+        }
+    }
+}
+
+/// The inner dictionary's keys in the order they are inserted. The framework takes the inner
+/// dictionary's first value and calls `bytes` on it: were `offset` (a number) first, that
+/// would raise an Objective-C exception, which aborts a Rust process (ane-constraints
+/// section 3; maderix/ANE and the decompiled framework).
+pub const INNER_KEYS: [InnerKey; 2] = [InnerKey::Data, InnerKey::Offset];
+
+/// A value of an entry's inner dictionary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InnerValue<'a> {
+    /// Becomes an NSData.
+    Data(&'a [u8]),
+    /// Becomes an NSNumber.
+    Offset(u64),
+}
+
+impl<'a> WeightEntry<'a> {
+    /// The inner dictionary's keys and values, in [`INNER_KEYS`] order.
+    pub fn inner(&self) -> [(InnerKey, InnerValue<'a>); 2] {
+        INNER_KEYS.map(|key| {
+            let value = match key {
+                InnerKey::Data => InnerValue::Data(self.data),
+                InnerKey::Offset => InnerValue::Offset(self.offset),
+            };
+            (key, value)
+        })
+    }
 }
 
 /// The dictionary, in key order. Empty for a program without weights: the compiler then gets
@@ -106,6 +152,24 @@ mod tests {
             assert_eq!(e.data.len(), 128 + 64 * 64 * 2);
             assert_eq!(format!("{MODEL_PATH_PREFIX}{}", e.relative_path), e.key);
         }
+    }
+
+    #[test]
+    fn the_inner_dictionary_puts_the_data_first() {
+        assert_eq!(INNER_KEYS.map(InnerKey::name), ["data", "offset"]);
+        let entry = WeightEntry {
+            key: "@model_path/weights/wq.bin",
+            offset: 0,
+            data: b"blob bytes",
+            relative_path: "weights/wq.bin",
+        };
+        assert_eq!(
+            entry.inner(),
+            [
+                (InnerKey::Data, InnerValue::Data(b"blob bytes")),
+                (InnerKey::Offset, InnerValue::Offset(0)),
+            ]
+        );
     }
 
     #[test]
