@@ -40,7 +40,7 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rated peak, the compile budget and the chip's quirks, one per line.
+/// The rated peak, the compile budget and the chip's rules, one per line.
 fn ane_details(device: &AneDevice) -> Vec<String> {
     let info = device.ane_info();
     let mut lines = Vec::new();
@@ -52,8 +52,9 @@ fn ane_details(device: &AneDevice) -> Vec<String> {
             lines.push(format!("rated peak {:.1} TFLOPS fp16{rated}", flops / 1e12));
         }
         (Some(chip), _) => lines.push(format!("no rated peak published for the {}", chip.name)),
-        (None, _) => lines
-            .push("chip not in the table: no rated peak; only the default quirks assumed".into()),
+        (None, _) => {
+            lines.push("chip not in the table: no rated peak; the common rules assumed".into())
+        }
     }
     lines.push(format!(
         "compiles: {} of {} used by this process (QoS {})",
@@ -61,8 +62,13 @@ fn ane_details(device: &AneDevice) -> Vec<String> {
         device.config().compile_budget,
         device.config().qos
     ));
-    for quirk in info.quirks() {
-        lines.push(format!("quirk: {quirk} ({})", quirk.source()));
+    for rule in info.rules().rules {
+        lines.push(format!(
+            "rule {}: {} ({})",
+            rule.rule.name(),
+            rule.rule,
+            rule.source
+        ));
     }
     lines
 }

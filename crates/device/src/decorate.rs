@@ -7,6 +7,8 @@
 //! everything else. So a decorator cannot forget a method of the trait: one that says nothing
 //! about a compile, say, passes every compile through, prepared or not.
 
+use crate::ane::chip::{self, Chip};
+use crate::ane::rules::ChipRules;
 use crate::clock::Clock;
 use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
 use anetrain_mil::blob::WeightFiles;
@@ -174,6 +176,8 @@ impl<D: Device> Decorator for CompileBudget<D> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChipProfile {
     pub name: &'static str,
+    /// The chip's row in the chip table: its rules.
+    pub chip: &'static Chip,
     /// Compile time of a kernel with no weights.
     pub compile_base: Duration,
     /// Extra compile time per MB (10⁶ bytes) of baked weights, as the chip stores them.
@@ -195,6 +199,7 @@ impl ChipProfile {
     pub fn m4() -> ChipProfile {
         ChipProfile {
             name: "m4",
+            chip: chip::by_short_name("m4").expect("the M4 is in the chip table"),
             compile_base: Duration::from_micros(24_800),
             compile_per_mb: Duration::from_micros(5_700),
             bytes_per_weight: 2,
@@ -203,15 +208,28 @@ impl ChipProfile {
         }
     }
 
-    /// The names of the chips with a profile.
-    pub const NAMES: [&'static str; 1] = ["m4"];
+    /// The names of the chips with a profile: the base chip of each generation.
+    pub const NAMES: [&'static str; 5] = ["m1", "m2", "m3", "m4", "m5"];
 
-    /// Profiles by name, for `--simulate NAME`.
+    /// Profiles by name, for `--simulate NAME`. Only the M4's timings are fitted to
+    /// measurements; the others take the M4's compile times and scale its eval throughput by
+    /// their rated fp16 figure (the M5, with none published, keeps the M4's). Each checks its
+    /// own chip's rules.
     pub fn by_name(name: &str) -> Option<ChipProfile> {
-        match name {
-            "m4" => Some(ChipProfile::m4()),
-            _ => None,
-        }
+        let name = *Self::NAMES.iter().find(|n| **n == name)?;
+        let chip = chip::by_short_name(name)?;
+        let m4 = ChipProfile::m4();
+        let m4_rated = m4.chip.rated.map(|r| r.fp16_flops());
+        let scale = match (chip.rated, m4_rated) {
+            (Some(r), Some(m4_flops)) => r.fp16_flops() / m4_flops,
+            _ => 1.0,
+        };
+        Some(ChipProfile {
+            name,
+            chip,
+            eval_flops: m4.eval_flops * scale,
+            ..m4
+        })
     }
 
     /// Compile time of a kernel baking `weights` values.
@@ -222,6 +240,41 @@ impl ChipProfile {
 
     pub fn eval_time(&self, flops: u64) -> Duration {
         self.eval_base + Duration::from_secs_f64(flops as f64 / self.eval_flops)
+    }
+}
+
+/// Refuses what a chip's Neural Engine would refuse, before the wrapped device compiles it: a
+/// simulated chip checks the rules the ANE device checks.
+pub struct RuleCheck<D> {
+    inner: D,
+    rules: ChipRules,
+}
+
+impl<D: Device> RuleCheck<D> {
+    pub fn new(inner: D, rules: ChipRules) -> Self {
+        RuleCheck { inner, rules }
+    }
+
+    pub fn rules(&self) -> &ChipRules {
+        &self.rules
+    }
+}
+
+impl<D: Device> Decorator for RuleCheck<D> {
+    fn wrapped(&self) -> &dyn Device {
+        &self.inner
+    }
+
+    fn around_compile(
+        &self,
+        program: &Program,
+        compile: impl FnOnce() -> Result<Kernel, DeviceError>,
+    ) -> Result<Kernel, DeviceError> {
+        let refusals = self.rules.refusals(program)?;
+        if !refusals.is_empty() {
+            return Err(DeviceError::Refused(refusals));
+        }
+        compile()
     }
 }
 

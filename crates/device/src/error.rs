@@ -1,6 +1,12 @@
+use crate::ane::rules::Violation;
 use anetrain_mil::blob::BlobError;
 use anetrain_mil::check::CheckError;
 use thiserror::Error;
+
+fn describe_refusals(violations: &[Violation]) -> String {
+    let lines: Vec<String> = violations.iter().map(Violation::to_string).collect();
+    lines.join("\n")
+}
 
 /// Everything a device can report. Each variant says what is wrong and where.
 #[derive(Debug, Error)]
@@ -38,6 +44,12 @@ pub enum DeviceError {
     Unavailable(String),
     #[error("compile budget exhausted: {used} of {budget} compiles used in this process")]
     BudgetExhausted { used: u64, budget: u64 },
+    /// A chip's rules refuse the program (checked before it costs a compile), or the compile
+    /// would pass a limit of the chip's.
+    #[error("{}", describe_refusals(.0))]
+    Refused(Vec<Violation>),
+    #[error("compile failed: {0}")]
+    CompileFailed(String),
     /// The loaded model lays out a surface other than densely; exchanging dense data with it
     /// would misplace every value.
     #[error(
@@ -51,8 +63,6 @@ pub enum DeviceError {
         reported: u64,
         expected: u64,
     },
-    #[error("compile failed: {0}")]
-    CompileFailed(String),
     #[error("eval failed: {0}")]
     EvalFailed(String),
 }
@@ -60,5 +70,11 @@ pub enum DeviceError {
 impl From<CheckError> for DeviceError {
     fn from(e: CheckError) -> Self {
         DeviceError::Check(Box::new(e))
+    }
+}
+
+impl From<Box<CheckError>> for DeviceError {
+    fn from(e: Box<CheckError>) -> Self {
+        DeviceError::Check(e)
     }
 }

@@ -3,9 +3,9 @@
 //! timeline). Every command that runs kernels opens its device here, so `--device ane` means
 //! the same thing to all of them.
 
-use crate::ane::AneDevice;
+use crate::ane::{self, AneDevice};
 use crate::clock::{Clock, RealClock, SimClock};
-use crate::decorate::{ChipProfile, CompileBudget, FaultInjection, LatencyModel};
+use crate::decorate::{ChipProfile, CompileBudget, FaultInjection, LatencyModel, RuleCheck};
 use crate::trace::{Traced, Tracer};
 use crate::{CpuDevice, Device, DeviceError, NumericMode};
 use std::fmt;
@@ -144,7 +144,8 @@ impl DeviceSpec {
     }
 
     /// Wraps a device already open (one shared by several runs, say) in the decorators asked
-    /// for, innermost first: the simulated chip, injected faults, the budget, the timeline.
+    /// for, innermost first: the simulated chip's timings, injected faults, the budget, the
+    /// chip's rules, the timeline.
     pub fn decorate(&self, device: Arc<dyn Device>) -> Result<OpenDevice, OpenError> {
         Ok(self.wrap(device, self.mode()?, self.chip()?))
     }
@@ -160,6 +161,7 @@ impl DeviceSpec {
             None => Arc::new(RealClock::new()),
         };
         let mut device = device;
+        let rules = chip.as_ref().map(|p| ane::chip::rules_of(Some(p.chip)));
         if let Some(profile) = chip {
             device = Arc::new(LatencyModel::new(device, profile, clock.clone()));
         }
@@ -175,6 +177,10 @@ impl DeviceSpec {
         }
         if let Some(budget) = self.compile_budget {
             device = Arc::new(CompileBudget::new(device, budget));
+        }
+        // Outside the budget: a program the chip refuses costs no compile, as on the ANE.
+        if let Some(rules) = rules {
+            device = Arc::new(RuleCheck::new(device, rules));
         }
         if let Some(tracer) = &self.tracer {
             device = Arc::new(Traced::new(device, tracer.clone(), clock.clone()));
@@ -250,7 +256,10 @@ mod tests {
             ..DeviceSpec::default()
         };
         let err = unknown.open().err().unwrap().to_string();
-        assert_eq!(err, "unknown chip `m9`: no latency profile (known: m4)");
+        assert_eq!(
+            err,
+            "unknown chip `m9`: no latency profile (known: m1, m2, m3, m4, m5)"
+        );
         let on_ane = DeviceSpec {
             kind: DeviceKind::Ane,
             simulate: Some("m4".into()),
@@ -278,9 +287,14 @@ mod tests {
         let (device, clock) = (&open.device, &open.clock);
         assert!(clock.is_simulated());
         assert!(device.info().simulated, "the latency model");
-        let program = examples::dynamic_matmul(4, 4, 8);
         let weights = WeightFiles::new();
+        // Widths 12 and 8, which the chip corrupts: refused before anything is spent.
         let start = clock.now();
+        let refused = device.compile(&examples::dynamic_matmul(4, 4, 8), &weights);
+        assert!(matches!(refused, Err(DeviceError::Refused(_))));
+        assert_eq!(clock.now(), start);
+        assert_eq!(device.compile_budget().map(|b| b.used), Some(0));
+        let program = examples::dynamic_matmul(16, 16, 32);
         let mut kernel = device.compile(&program, &weights).unwrap();
         assert!(clock.now() > start, "compiles take simulated time");
         assert_eq!(device.compile_budget().map(|b| b.used), Some(1));
@@ -294,8 +308,8 @@ mod tests {
         device.compile(&program, &weights).unwrap();
         let third = device.compile(&program, &weights);
         assert!(matches!(third, Err(DeviceError::BudgetExhausted { .. })));
-        // Two compiles and two evals made it to the timeline (the refused compile too: the
-        // budget sits inside the trace).
-        assert_eq!(tracer.spans().len(), 5);
+        // Every call made it to the timeline: the compile the chip refused, two compiles, two
+        // evals, and the compile past the budget (the rules and the budget sit inside the trace).
+        assert_eq!(tracer.spans().len(), 6);
     }
 }

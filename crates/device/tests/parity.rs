@@ -12,7 +12,6 @@
 
 mod common;
 
-use anetrain_device::ane::chip::accepts_channels;
 use anetrain_device::{AneConfig, AneDevice, CpuDevice, Device, DeviceError, NumericMode};
 use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::{examples, Arg, DType, FloatLit, Literal, Program, Var};
@@ -143,9 +142,9 @@ fn check_everywhere(case: &Case) {
         Err(reason) => return skipped(&case.name, reason),
     };
     if let Some(channels) = case.conv_channels {
-        if !accepts_channels(ane.ane_info().quirks(), channels) {
-            let chip = ane.ane_info().chip.map_or("this chip", |c| c.name);
-            let reason = format!("the {chip} does not compile {channels}-channel convs");
+        let refusals = ane.ane_info().rules().refusals(&case.program);
+        if let Some(refusal) = refusals.ok().and_then(|r| r.into_iter().next()) {
+            let reason = format!("{channels}-channel convs: {refusal}");
             return skipped(&case.name, &reason);
         }
     }

@@ -16,6 +16,7 @@ pub mod failure;
 pub mod model_dir;
 pub mod pacing;
 pub mod plan;
+pub mod rules;
 pub mod surface;
 pub mod version;
 pub mod weights;
@@ -24,7 +25,8 @@ pub mod weights;
 mod apple;
 
 pub use budget::{process_compiles, DEFAULT_COMPILE_BUDGET};
-pub use chip::{Chip, Quirk, Rated, RatedPrecision};
+pub use chip::{Chip, Rated, RatedPrecision};
+pub use rules::{ChipRule, ChipRules, Rule, Severity, Violation};
 pub use version::MacOsVersion;
 
 use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, NumericMode, PeakFlops};
@@ -68,9 +70,9 @@ pub struct AneInfo {
 }
 
 impl AneInfo {
-    /// The quirks in force on this machine.
-    pub fn quirks(&self) -> &'static [Quirk] {
-        chip::quirks_of(self.chip)
+    /// The rules in force on this machine's chip.
+    pub fn rules(&self) -> ChipRules {
+        chip::rules_of(self.chip)
     }
 
     /// Apple's rated figure in fp16 FLOP/s, when the chip has one.
@@ -219,7 +221,7 @@ mod tests {
         assert_eq!(info.peak(), PeakFlops::Rated(19e12));
         assert_eq!(AneInfo::default().describe(), "Apple Neural Engine");
         assert_eq!(AneInfo::default().peak(), PeakFlops::Unknown);
-        assert_eq!(AneInfo::default().quirks(), chip::UNKNOWN_CHIP_QUIRKS);
+        assert_eq!(AneInfo::default().rules(), chip::rules_of(None));
     }
 
     #[test]

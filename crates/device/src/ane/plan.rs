@@ -2,8 +2,8 @@
 //! signature, the MIL text, the weights dictionary, the surface layouts and the hints for a
 //! failure. Bad input is refused here, before it costs a compile out of the budget.
 
-use super::chip::{self, Chip, Quirk};
-use super::failure::{compile_hints, ProgramFacts};
+use super::chip::{self, Chip};
+use super::failure::compile_hints;
 use super::surface::{share_largest_allocation, BoundSurfaces, SurfaceLayout};
 use super::weights::WeightsDictionary;
 use crate::DeviceError;
@@ -33,28 +33,27 @@ impl<'a> CompilePlan<'a> {
         chip: Option<&Chip>,
     ) -> Result<CompilePlan<'a>, DeviceError> {
         let checked = check_program(program)?;
+        let rules = chip::rules_of(chip);
+        let (refusals, cautions) = rules
+            .check_typed(program, &checked.types)
+            .into_iter()
+            .partition::<Vec<_>, _>(|v| v.rule.refuses());
+        if !refusals.is_empty() {
+            return Err(DeviceError::Refused(refusals));
+        }
         let weights = WeightsDictionary::for_program(program, files)?;
         check_weight_files(program, files)?;
-        let quirks = chip::quirks_of(chip);
-        let alignment = chip::surface_alignment(quirks);
+        let (min_bytes, alignment) = (rules.min_surface_bytes(), rules.surface_alignment());
         let layouts = |params: &[Param]| -> Result<Vec<SurfaceLayout>, DeviceError> {
             params
                 .iter()
-                .map(|p| {
-                    check_spatial_width(p, quirks)?;
-                    SurfaceLayout::for_param(p, alignment)
-                })
+                .map(|p| SurfaceLayout::for_param(p, min_bytes, alignment))
                 .collect()
         };
         let mut inputs = BoundSurfaces::in_binding_order(layouts(&checked.signature.inputs)?);
         let mut outputs = BoundSurfaces::in_binding_order(layouts(&checked.signature.outputs)?);
         share_largest_allocation(&mut [&mut inputs, &mut outputs]);
-        let chip_name = chip.map_or("this chip", |c| c.name);
-        let hints = compile_hints(
-            chip_name,
-            quirks,
-            &ProgramFacts::of(program, &checked.types),
-        );
+        let hints = compile_hints(&cautions);
         Ok(CompilePlan {
             signature: checked.signature,
             mil_text: print_program(program),
@@ -89,28 +88,6 @@ fn check_weight_files(program: &Program, files: &WeightFiles) -> Result<(), Devi
                         path: path.clone(),
                         source: Box::new(e),
                     })?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Refuses an input or output whose spatial width the chip would corrupt silently.
-fn check_spatial_width(param: &Param, quirks: &[Quirk]) -> Result<(), DeviceError> {
-    let width = param.ty.shape().last().copied().unwrap_or(1);
-    for quirk in quirks {
-        if let Quirk::SpatialMultipleOf(n) = *quirk {
-            if width % n != 0 {
-                return Err(DeviceError::Unsupported {
-                    op: param.name.clone(),
-                    kind: "function input/output".into(),
-                    message: format!(
-                        "its spatial width {width} ({}) is not a multiple of {n}: the ANE {quirk} \
-                         and corrupts other widths silently (reported in {})",
-                        param.ty,
-                        quirk.source()
-                    ),
-                });
             }
         }
     }
@@ -161,9 +138,10 @@ mod tests {
     fn a_spatial_width_that_corrupts_data_is_refused() {
         let program = examples::dynamic_matmul(64, 64, 20); // input width 84, output width 20
         let err = CompilePlan::new(&program, &WeightFiles::new(), None).unwrap_err();
+        assert!(matches!(err, DeviceError::Refused(_)), "{err:?}");
         let text = err.to_string();
         assert!(
-            text.contains("spatial width 84") && text.contains("multiple of 16"),
+            text.contains("a width of 84") && text.contains("a multiple of 16"),
             "{text}"
         );
         assert!(CompilePlan::new(
@@ -184,12 +162,21 @@ mod tests {
     }
 
     #[test]
-    fn hints_are_prepared_for_the_chip() {
+    fn the_chips_rules_refuse_before_anything_else_and_cautions_become_hints() {
         let program = examples::conv_chain(1, 768, 32);
         let files = examples::conv_chain_weights(1, 768, 1.0);
-        let plan = CompilePlan::new(&program, &files, identify("Apple M3 Pro")).unwrap();
-        assert_eq!(plan.hints.len(), 1);
-        assert!(plan.hints[0].starts_with("the M3 Pro compiles convs of only 512 channels"));
+        let err = CompilePlan::new(&program, &files, identify("Apple M3 Pro")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the M3 Pro refuses op"),
+            "{err}"
+        );
+        assert!(CompilePlan::new(&program, &files, identify("Apple M4")).is_ok());
+
+        let heavy = examples::conv_chain(8, 768, 32);
+        let files = examples::conv_chain_weights(8, 768, 1.0);
+        let plan = CompilePlan::new(&heavy, &files, identify("Apple M4")).unwrap();
+        assert_eq!(plan.hints.len(), 1, "{:?}", plan.hints);
+        assert!(plan.hints[0].contains("program-weights"));
     }
 
     /// `y = x + bias`, declaring `x` before `bias`, `x` twice the size of `bias`.

@@ -2,19 +2,15 @@
 //! buffers and their bytes.
 //!
 //! A surface is one row of bytes holding the tensor dense and row-major in its MIL dimension
-//! order, fp16 or fp32 as the program declares, little-endian. Its allocation is at least
-//! [`MIN_SURFACE_BYTES`], rounded up to the chip's alignment; the tensor occupies the first
+//! order, fp16 or fp32 as the program declares, little-endian. Its allocation is at least the
+//! chip's smallest surface (the `surface-size` rule: smaller ones fail with status `0x1d`, and
+//! oversizing is harmless), rounded up to the chip's alignment; the tensor occupies the first
 //! `data_bytes`.
 
 use crate::DeviceError;
 use anetrain_mil::{DType, Param};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-
-/// The smallest surface allocation: smaller ones fail with status `0x1d`, and oversizing is
-/// harmless. 49,152 bytes: mechramc/Orion #4, maderix/ANE PR #16 (ironmill's 16 KB is the
-/// looser figure; ane-constraints.md section 2).
-pub const MIN_SURFACE_BYTES: usize = 49_152;
 
 /// The suffix the framework appends to output names in the model's attributes.
 const OUTPUT_NAME_SUFFIX: &str = "@output";
@@ -46,7 +42,7 @@ pub struct SurfaceLayout {
     pub elements: usize,
     /// Bytes the tensor occupies.
     pub data_bytes: usize,
-    /// Bytes allocated: `data_bytes`, at least [`MIN_SURFACE_BYTES`], rounded up to the
+    /// Bytes allocated: `data_bytes`, at least the chip's smallest surface, rounded up to the
     /// alignment (and raised to the largest surface of the kernel, see [`BoundSurfaces`]).
     pub alloc_bytes: usize,
 }
@@ -175,8 +171,13 @@ pub fn check_reported_strides(
 }
 
 impl SurfaceLayout {
-    /// The layout of `param`'s surface, aligned to `alignment` bytes (a power of two).
-    pub fn for_param(param: &Param, alignment: usize) -> Result<SurfaceLayout, DeviceError> {
+    /// The layout of `param`'s surface, of at least `min_bytes`, aligned to `alignment` bytes
+    /// (a power of two).
+    pub fn for_param(
+        param: &Param,
+        min_bytes: usize,
+        alignment: usize,
+    ) -> Result<SurfaceLayout, DeviceError> {
         let unsupported = |why: String| DeviceError::Unsupported {
             op: param.name.clone(),
             kind: "function input/output".into(),
@@ -197,7 +198,7 @@ impl SurfaceLayout {
             .checked_mul(io_type.bytes())
             .ok_or_else(too_large)?;
         let alloc_bytes = data_bytes
-            .max(MIN_SURFACE_BYTES)
+            .max(min_bytes)
             .checked_next_multiple_of(alignment)
             .ok_or_else(too_large)?;
         Ok(SurfaceLayout {
@@ -287,6 +288,9 @@ fn for_each_f16_chunk(n: usize, mut f: impl FnMut(std::ops::Range<usize>, &mut [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The common `surface-size` rule.
+    const MIN_SURFACE_BYTES: usize = 49_152;
     use anetrain_mil::Type;
 
     fn param(dtype: DType, shape: &[usize]) -> Param {
@@ -301,27 +305,53 @@ mod tests {
             name: name.into(),
             ty: Type::tensor(dtype, shape.to_vec()),
         };
-        SurfaceLayout::for_param(&p, 128).unwrap()
+        SurfaceLayout::for_param(&p, MIN_SURFACE_BYTES, 128).unwrap()
     }
 
     #[test]
     fn sizes_follow_the_declared_type_with_the_smallest_allocation_as_a_floor() {
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 64, 1, 32]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp16, &[1, 64, 1, 32]), MIN_SURFACE_BYTES, 128)
+                .unwrap();
         assert_eq!((l.io_type, l.elements), (IoType::Fp16, 2048));
         assert_eq!((l.data_bytes, l.alloc_bytes), (4096, MIN_SURFACE_BYTES));
-        let l = SurfaceLayout::for_param(&param(DType::Fp32, &[1, 64, 1, 32]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp32, &[1, 64, 1, 32]), MIN_SURFACE_BYTES, 128)
+                .unwrap();
         assert_eq!((l.data_bytes, l.alloc_bytes), (8192, 49_152));
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 5]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 5]), MIN_SURFACE_BYTES, 128)
+                .unwrap();
         assert_eq!((l.data_bytes, l.alloc_bytes), (30, 49_152));
         // Exactly the floor stays as it is; one element more rounds up to the alignment.
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 768, 1, 32]), 128).unwrap();
+        let l = SurfaceLayout::for_param(
+            &param(DType::Fp16, &[1, 768, 1, 32]),
+            MIN_SURFACE_BYTES,
+            128,
+        )
+        .unwrap();
         assert_eq!((l.data_bytes, l.alloc_bytes), (49_152, 49_152));
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 768, 1, 33]), 128).unwrap();
+        let l = SurfaceLayout::for_param(
+            &param(DType::Fp16, &[1, 768, 1, 33]),
+            MIN_SURFACE_BYTES,
+            128,
+        )
+        .unwrap();
         assert_eq!((l.data_bytes, l.alloc_bytes), (50_688, 50_688));
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 8193]), 256).unwrap();
+        let l = SurfaceLayout::for_param(
+            &param(DType::Fp16, &[1, 3, 1, 8193]),
+            MIN_SURFACE_BYTES,
+            256,
+        )
+        .unwrap();
         assert_eq!((l.data_bytes, l.alloc_bytes), (49_158, 49_408));
         // An alignment the floor is not a multiple of rounds the floor up too.
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 5]), 32_768).unwrap();
+        let l = SurfaceLayout::for_param(
+            &param(DType::Fp16, &[1, 3, 1, 5]),
+            MIN_SURFACE_BYTES,
+            32_768,
+        )
+        .unwrap();
         assert_eq!(l.alloc_bytes, 65_536);
     }
 
@@ -463,7 +493,8 @@ mod tests {
 
     #[test]
     fn other_io_types_are_refused_by_name() {
-        let err = SurfaceLayout::for_param(&param(DType::Int32, &[1, 4]), 128).unwrap_err();
+        let err = SurfaceLayout::for_param(&param(DType::Int32, &[1, 4]), MIN_SURFACE_BYTES, 128)
+            .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("x") && text.contains("int32"), "{text}");
     }
@@ -471,12 +502,14 @@ mod tests {
     #[test]
     fn a_size_that_overflows_is_refused() {
         let huge = param(DType::Fp32, &[usize::MAX / 2, 1]);
-        assert!(SurfaceLayout::for_param(&huge, 128).is_err());
+        assert!(SurfaceLayout::for_param(&huge, MIN_SURFACE_BYTES, 128).is_err());
     }
 
     #[test]
     fn fp16_round_trips_through_little_endian_bytes() {
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 700]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp16, &[1, 3, 1, 700]), MIN_SURFACE_BYTES, 128)
+                .unwrap();
         let src: Vec<f32> = (0..2100).map(|i| (i as f32 - 1000.0) / 7.0).collect();
         let mut bytes = vec![0xAA; l.alloc_bytes];
         l.encode(&src, &mut bytes);
@@ -495,7 +528,8 @@ mod tests {
 
     #[test]
     fn fp16_encoding_rounds_to_nearest_even_and_saturates_to_infinity() {
-        let l = SurfaceLayout::for_param(&param(DType::Fp16, &[4]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp16, &[4]), MIN_SURFACE_BYTES, 128).unwrap();
         // 1 + 2^-11 lies halfway between 1 and the next fp16 (1 + 2^-10): ties go to even (1).
         let src = [
             1.0 + 2f32.powi(-11),
@@ -515,7 +549,8 @@ mod tests {
 
     #[test]
     fn fp32_is_copied_exactly() {
-        let l = SurfaceLayout::for_param(&param(DType::Fp32, &[3]), 128).unwrap();
+        let l =
+            SurfaceLayout::for_param(&param(DType::Fp32, &[3]), MIN_SURFACE_BYTES, 128).unwrap();
         let src = [1.0e-30f32, -2.5, f32::MAX];
         let mut bytes = vec![0; l.alloc_bytes];
         l.encode(&src, &mut bytes);

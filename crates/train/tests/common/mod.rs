@@ -14,6 +14,7 @@ use std::time::Duration;
 pub fn profile() -> ChipProfile {
     ChipProfile {
         name: "test",
+        chip: ChipProfile::m4().chip,
         compile_base: Duration::from_millis(10),
         compile_per_mb: Duration::ZERO,
         bytes_per_weight: 2,
