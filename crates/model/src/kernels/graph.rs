@@ -302,13 +302,15 @@ impl Graph {
     }
 
     /// A float scalar constant, written as C's `%f` would (the generators' convention) where
-    /// that is exact enough, else with all the digits the value needs.
+    /// that is exact enough, else in fixed form with all the digits the value needs: never in
+    /// exponent form, which no program known to compile on the ANE uses.
     pub fn scalar(&mut self, name: &str, value: f64) -> Var {
         let six = FloatLit::fixed6(value);
         let lit = if (six.value - value).abs() <= 1e-7 * value.abs() {
             six
         } else {
-            FloatLit::from_text(&format!("{value:e}")).unwrap_or(six)
+            // `Display` of an f64 is the shortest text that reads back exactly, in fixed form.
+            FloatLit::from_text(&format!("{value}")).unwrap_or(six)
         };
         self.constant(name, Literal::float(self.dtype, lit))
     }
