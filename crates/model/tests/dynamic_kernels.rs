@@ -8,7 +8,7 @@ use anetrain_mil::DType;
 use anetrain_model::init::{init_params, SplitMix64};
 use anetrain_model::kernels::{
     generate, generate_dynamic, input_weights, stage_layer_weights, InputWeights, KernelKind,
-    StageError,
+    StageError, WIDTH_MULTIPLE,
 };
 use anetrain_model::step::{
     compile_dynamic_kernel_set, compile_kernel_set, micro_step, KernelSet, SharedKernel,
@@ -197,12 +197,23 @@ fn input_weights_list_each_kernels_trainable_tensors_in_order_of_use() {
         let weights = input_weights(kind, &c).unwrap();
         let (input, _) = kind.layout(&c);
         assert_eq!(weights.channels(), input.channels());
+        // Each tensor has its own slice of columns, in order, one matrix row (or column, when
+        // it has more rows than the input has channels) per channel.
         let mut at = 0;
         for t in weights.tensors() {
-            assert_eq!(t.offset, at, "{} {}", kind.name(), t.name);
-            at += t.len();
+            assert_eq!(t.column, at, "{} {}", kind.name(), t.name);
+            let [channels, width] = t.slice();
+            assert!(channels <= weights.channels(), "{} {}", kind.name(), t.name);
+            assert_eq!(t.transposed, t.matrix[0] > weights.channels());
+            at += width;
         }
-        assert_eq!(weights.columns(), at.div_ceil(weights.channels()));
+        let width = c.seq_len + weights.columns();
+        assert!(weights.columns() >= at && weights.columns() < at + WIDTH_MULTIPLE);
+        assert!(
+            at == 0 || width % WIDTH_MULTIPLE == 0,
+            "{}: {width}",
+            kind.name()
+        );
     }
     let attn = input_weights(KernelKind::FwdAttn, &c).unwrap();
     let wo = attn.get("wo").unwrap();
@@ -211,22 +222,40 @@ fn input_weights_list_each_kernels_trainable_tensors_in_order_of_use() {
 }
 
 #[test]
-fn the_block_holds_flat_index_c_p_plus_p_after_each_channels_activations() {
-    // Two channels, S = 3, tensors of 3 and 2 elements: P = ceil(5 / 2) = 3.
-    let weights = InputWeights::new(2, &[("a".into(), vec![3]), ("b".into(), vec![1, 2])]);
-    assert_eq!(weights.columns(), 3);
+fn each_matrix_has_a_slice_of_its_own_one_row_per_channel() {
+    // Two channels, S = 3: `a` [2, 3] puts a row in each channel; `b` [3, 2] has more rows
+    // than channels and is placed transposed (a column per channel); `v` is a vector [2]. The
+    // width 3 + 3 + 3 + 1 = 10 is padded to 16.
+    let tensors = [
+        ("a".to_string(), vec![1, 1, 2, 3]),
+        ("b".to_string(), vec![1, 1, 3, 2]),
+        ("v".to_string(), vec![1, 2, 1, 1]),
+    ];
+    let weights = InputWeights::new(2, 3, &tensors).unwrap();
+    assert_eq!(weights.columns(), 13);
+    let b = weights.get("b").unwrap().clone();
+    assert!(b.transposed && b.column == 3 && b.slice() == [2, 3]);
     let mut input = vec![0.0; weights.input_len(3)];
     weights.write_activations(&mut input, 3, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    let a = weights.get("a").unwrap().clone();
-    let b = weights.get("b").unwrap().clone();
-    weights.write_tensor(&mut input, 3, &a, &[10.0, 11.0, 12.0]);
-    weights.write_tensor(&mut input, 3, &b, &[20.0, 21.0]);
+    let (a, v) = (
+        weights.get("a").unwrap().clone(),
+        weights.get("v").unwrap().clone(),
+    );
+    weights.write_tensor(&mut input, 3, &a, &[10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+    weights.write_tensor(&mut input, 3, &b, &[20.0, 21.0, 22.0, 23.0, 24.0, 25.0]);
+    weights.write_tensor(&mut input, 3, &v, &[30.0, 31.0]);
     #[rustfmt::skip]
     let expect = [
-        1.0, 2.0, 3.0, 10.0, 11.0, 12.0,
-        4.0, 5.0, 6.0, 20.0, 21.0, 0.0,
+        1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 20.0, 22.0, 24.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        4.0, 5.0, 6.0, 13.0, 14.0, 15.0, 21.0, 23.0, 25.0, 31.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
     ];
     assert_eq!(input, expect);
+    // A matrix larger than the channels both ways has no place.
+    let err = InputWeights::new(2, 3, &[("m".into(), vec![1, 1, 3, 3])]).unwrap_err();
+    assert!(
+        err.contains("`m` (3×3) fits 2 channels neither way"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -250,7 +279,8 @@ fn staging_refuses_what_does_not_fit() {
             layers: 2
         })
     );
-    let foreign = InputWeights::new(weights.channels(), &[("embed".into(), vec![4])]);
+    let foreign =
+        InputWeights::new(weights.channels(), c.seq_len, &[("embed".into(), vec![4])]).unwrap();
     assert_eq!(
         stage_layer_weights(
             &foreign,

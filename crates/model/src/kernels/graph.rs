@@ -5,7 +5,7 @@
 //!
 //! Trainable tensors go through [`Graph::weight`], which follows the graph's [`WeightMode`]: baked
 //! as BLOBFILE constants whose files are written per layer and weight version (the program
-//! itself is the same for all of them), or read from a block of extra spatial columns of the
+//! itself is the same for all of them), or read from slices of extra spatial columns of the
 //! kernel's single input (the dynamic pipeline: compiled once, weights staged by the host).
 //! Constant tables (RoPE, the causal mask) go through [`Graph::baked`] and are baked in every
 //! mode.
@@ -40,30 +40,67 @@ pub struct BakedTensor {
     pub dtype: DType,
 }
 
-/// One trainable tensor in the weight block of a kernel's input.
+/// Input and output widths are padded to a multiple of this: the ANE corrupts other widths
+/// silently (the `spatial-multiple` rule of the chip table).
+pub const WIDTH_MULTIPLE: usize = 16;
+
+/// One trainable tensor in the weight block of a kernel's input: a matrix `[R, K]` (a vector is
+/// `[n, 1]`) in a slice of columns of its own, one matrix row per channel, never wrapped
+/// across channels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputWeight {
     pub name: String,
+    /// The shape the generator reads it in.
     pub shape: Vec<usize>,
-    /// Flat offset in the block (element `i` of the block is column `i % P` of channel `i / P`).
-    pub offset: usize,
+    /// Rows R and columns K of the tensor as stored.
+    pub matrix: [usize; 2],
+    /// The slice's first column in the block (after the activations).
+    pub column: usize,
+    /// Placed transposed: channel k holds column k of the matrix (R values), because R is more
+    /// than the input's channels. Otherwise channel r holds row r (K values).
+    pub transposed: bool,
 }
 
 impl InputWeight {
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        self.matrix[0] * self.matrix[1]
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Channels and columns of its slice: `[R, K]`, or `[K, R]` placed transposed.
+    pub fn slice(&self) -> [usize; 2] {
+        let [r, k] = self.matrix;
+        if self.transposed {
+            [k, r]
+        } else {
+            [r, k]
+        }
+    }
+}
+
+/// A shape's matrix: its axes longer than 1 as `[R, K]` (a vector as `[n, 1]`), or `None`
+/// for more than two such axes.
+fn matrix_of(shape: &[usize]) -> Option<[usize; 2]> {
+    let dims: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+    match dims[..] {
+        [] => Some([1, 1]),
+        [n] => Some([n, 1]),
+        [r, k] => Some([r, k]),
+        _ => None,
+    }
 }
 
 /// Where a dynamic kernel's trainable tensors live in its input `[1, C, 1, S + P]`.
 ///
-/// Columns `[0, S)` of every channel hold the activations; the `[1, C, 1, P]` block after them
-/// holds the tensors flattened one after another in the block's row-major order (flat index
-/// `c·P + p`), each at a fixed offset, and `P = ceil(total / C)` (the tail is padding).
+/// Columns `[0, S)` of every channel hold the activations; after them each tensor has a slice
+/// of columns of its own, as the original's dynamic pipeline lays its weights out: a matrix
+/// `[R, K]` with R ≤ C puts row r in channel r (K columns); one with more rows than channels
+/// is placed transposed (R columns). Channels past a slice's rows are padding, and so are the
+/// columns that round `S + P` up to a multiple of [`WIDTH_MULTIPLE`]. No axis of the program
+/// is longer than the input's width.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputWeights {
     channels: usize,
@@ -72,26 +109,47 @@ pub struct InputWeights {
 }
 
 impl InputWeights {
-    /// Lays out `tensors` (name, shape) in order behind `channels` channels of activations.
-    pub fn new(channels: usize, tensors: &[(String, Vec<usize>)]) -> InputWeights {
-        let mut offset = 0;
-        let tensors: Vec<InputWeight> = tensors
-            .iter()
-            .map(|(name, shape)| {
-                let t = InputWeight {
-                    name: name.clone(),
-                    shape: shape.clone(),
-                    offset,
-                };
-                offset += t.len();
-                t
-            })
-            .collect();
-        InputWeights {
-            channels,
-            columns: offset.div_ceil(channels.max(1)),
-            tensors,
+    /// Lays out `tensors` (name, shape) in order behind `channels` channels of `s` activation
+    /// columns. A tensor that is no matrix, or fits the channels neither way, is refused.
+    pub fn new(
+        channels: usize,
+        s: usize,
+        tensors: &[(String, Vec<usize>)],
+    ) -> Result<InputWeights, String> {
+        let mut column = 0;
+        let mut placed = Vec::with_capacity(tensors.len());
+        for (name, shape) in tensors {
+            let matrix = matrix_of(shape)
+                .ok_or_else(|| format!("the weight `{name}` {shape:?} is not a matrix"))?;
+            let transposed = match matrix {
+                [r, _] if r <= channels => false,
+                [_, k] if k <= channels => true,
+                [r, k] => {
+                    return Err(format!(
+                        "the weight `{name}` ({r}×{k}) fits {channels} channels neither way"
+                    ))
+                }
+            };
+            let t = InputWeight {
+                name: name.clone(),
+                shape: shape.clone(),
+                matrix,
+                column,
+                transposed,
+            };
+            column += t.slice()[1];
+            placed.push(t);
         }
+        let columns = if column == 0 {
+            0
+        } else {
+            (s + column).next_multiple_of(WIDTH_MULTIPLE) - s
+        };
+        Ok(InputWeights {
+            channels,
+            columns,
+            tensors: placed,
+        })
     }
 
     /// Channels C of the input.
@@ -99,7 +157,7 @@ impl InputWeights {
         self.channels
     }
 
-    /// Columns P of the block after the activations.
+    /// Columns P of the block after the activations, padding included.
     pub fn columns(&self) -> usize {
         self.columns
     }
@@ -131,26 +189,30 @@ impl InputWeights {
         }
     }
 
-    /// Copies a tensor's values (row-major in its shape) to its place in the weight block of a dynamic
-    /// input `[C][S + P]`. Panics when the lengths do not fit the input weights (a caller's bug).
+    /// Copies a tensor's values (row-major as stored) to its slice of a dynamic input
+    /// `[C][S + P]`. Panics when the lengths do not fit the input weights (a caller's bug).
     pub fn write_tensor(&self, input: &mut [f32], s: usize, tensor: &InputWeight, values: &[f32]) {
         assert_eq!(values.len(), tensor.len(), "values of `{}`", tensor.name);
         assert_eq!(input.len(), self.input_len(s), "dynamic input [C][S + P]");
+        let [channels, width] = tensor.slice();
         assert!(
-            tensor.offset + tensor.len() <= self.channels * self.columns,
+            channels <= self.channels && tensor.column + width <= self.columns,
             "`{}` lies outside the block",
             tensor.name
         );
-        let (p, row) = (self.columns, s + self.columns);
-        let (mut at, mut rest) = (tensor.offset, values);
-        // The tensor runs along the block's rows, wrapping from one channel to the next.
-        while !rest.is_empty() {
-            let (c, col) = (at / p, at % p);
-            let n = (p - col).min(rest.len());
-            let start = c * row + s + col;
-            input[start..start + n].copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            at += n;
+        let row = s + self.columns;
+        let [_, k] = tensor.matrix;
+        for c in 0..channels {
+            let start = c * row + s + tensor.column;
+            let dst = &mut input[start..start + width];
+            if tensor.transposed {
+                // Channel c holds column c of the matrix.
+                for (r, d) in dst.iter_mut().enumerate() {
+                    *d = values[r * k + c];
+                }
+            } else {
+                dst.copy_from_slice(&values[c * k..(c + 1) * k]);
+            }
         }
     }
 }
@@ -172,14 +234,17 @@ pub struct Graph {
     name: String,
     dtype: DType,
     mode: WeightMode,
-    /// The weight block flattened to `[1, 1, 1, C·P]` (dynamic mode, once the input exists).
-    block: Option<Var>,
+    /// The whole input and its activation columns S (dynamic mode, once the input exists).
+    input: Option<(Var, usize)>,
     /// Trainable tensors already read (dynamic and recording modes): each is read once.
     trainables: HashMap<String, Var>,
+    /// Trainable tensors as placed in the input, and whether placed transposed.
+    placed: HashMap<String, (Var, bool)>,
     /// Baked mode: the trainable tensors in order of first use.
     baked_trainables: Vec<BakedTensor>,
-    /// Recording mode: the input's channels and the trainable tensors in order of first use.
-    recorded_channels: Option<usize>,
+    /// Recording mode: the input's channels and activation columns, and the trainable tensors
+    /// in order of first use.
+    recorded_input: Option<(usize, usize)>,
     recorded: Vec<(String, Vec<usize>)>,
     b: FunctionBuilder,
     weights: WeightFiles,
@@ -200,10 +265,11 @@ impl Graph {
             name: name.to_string(),
             dtype,
             mode,
-            block: None,
+            input: None,
             trainables: HashMap::new(),
+            placed: HashMap::new(),
             baked_trainables: Vec::new(),
-            recorded_channels: None,
+            recorded_input: None,
             recorded: Vec::new(),
             b: FunctionBuilder::new("main", "ios18"),
             weights: WeightFiles::new(),
@@ -229,7 +295,7 @@ impl Graph {
         match &self.mode {
             WeightMode::Baked => self.declare_input(name, shape),
             WeightMode::Recording => {
-                self.recorded_channels = Some(channels);
+                self.recorded_input = Some((channels, s));
                 self.declare_input(name, shape)
             }
             WeightMode::Dynamic(weights) => {
@@ -244,21 +310,14 @@ impl Graph {
         }
     }
 
-    /// Declares the input `[1, C, 1, S + P]`, keeps its weight block flattened to
-    /// `[1, 1, 1, C·P]` for [`Graph::weight`], and returns its activations `[1, C, 1, S]`.
+    /// Declares the input `[1, C, 1, S + P]`, keeps it for [`Graph::weight`], and returns its
+    /// activations `[1, C, 1, S]`.
     fn dynamic_input(&mut self, name: &str, c: usize, s: usize, p: usize) -> Var {
         if p == 0 {
             return self.declare_input(name, &[1, c, 1, s]);
         }
         let full = self.declare_input(name, &[1, c, 1, s + p]);
-        let block = self.slice(
-            &format!("{name}_wblock"),
-            &full,
-            &[0, 0, 0, s],
-            &[1, c, 1, p],
-        );
-        let flat = self.reshape(&format!("{name}_wflat"), &block, &[1, 1, 1, c * p]);
-        self.block = Some(flat);
+        self.input = Some((full.clone(), s));
         self.slice(&format!("{name}_act"), &full, &[0, 0, 0, 0], &[1, c, 1, s])
     }
 
@@ -319,8 +378,8 @@ impl Graph {
     /// `transposed`), as value `name`. Baked mode reads it from the weight file
     /// `<tensor>.bin` (`<tensor>t.bin` transposed), whose data is written later for a layer and
     /// weight version (see [`KernelProgram::trainables`]); dynamic mode reads the tensor from
-    /// the input's block at the input weights' offset, and recording mode notes it. Dynamic weights
-    /// are read as stored. A tensor asked for twice is read once.
+    /// its slice of the input (see [`InputWeights`]), and recording mode notes it. Dynamic
+    /// weights are read as stored. A tensor asked for twice is read once.
     pub fn weight(&mut self, name: &str, tensor: &str, shape: &[usize], transposed: bool) -> Var {
         if self.mode == WeightMode::Baked {
             let file = format!("{tensor}{}", if transposed { "t" } else { "" });
@@ -344,37 +403,85 @@ impl Graph {
         if let Some(v) = self.trainables.get(tensor) {
             return v.clone();
         }
-        let v = match self.dynamic_read(tensor, shape) {
-            Some((block, offset, len)) => {
-                let flat = self.slice(
-                    &format!("{name}_flat"),
-                    &block,
-                    &[0, 0, 0, offset],
-                    &[1, 1, 1, len],
-                );
-                self.reshape(name, &flat, shape)
-            }
-            None => {
-                if self.mode == WeightMode::Recording {
-                    self.recorded.push((tensor.to_string(), shape.to_vec()));
+        let v = match self.placed_weight(name, tensor, shape) {
+            (m, false) => m,
+            (m, true) => {
+                let t = self.transpose_last(&format!("{name}_t"), &m);
+                if self.shape(&t) == shape {
+                    t
+                } else {
+                    self.reshape(name, &t, shape)
                 }
-                self.placeholder(name, tensor, shape)
             }
         };
         self.trainables.insert(tensor.to_string(), v.clone());
         v
     }
 
-    /// The flattened block and a trainable tensor's offset and length in it, in dynamic mode.
-    /// Failures (a tensor the input weights lack, a shape that disagrees with it, no input yet) are
-    /// generator bugs, kept for `finish`.
-    fn dynamic_read(&mut self, tensor: &str, shape: &[usize]) -> Option<(Var, usize, usize)> {
+    /// A dynamic or recorded matrix `[1, 1, R, K]` as placed in the input: the matrix itself
+    /// (`false`), or its transpose `[1, 1, K, R]` (`true`), for a matmul to flip its transpose
+    /// flag rather than the kernel transposing the matrix. Baked mode has no placement: it
+    /// reads the matrix as stored.
+    pub fn weight_matrix(
+        &mut self,
+        name: &str,
+        tensor: &str,
+        rows: usize,
+        cols: usize,
+    ) -> (Var, bool) {
+        let shape = [1, 1, rows, cols];
+        if self.mode == WeightMode::Baked {
+            return (self.weight(name, tensor, &shape, false), false);
+        }
+        self.placed_weight(name, tensor, &shape)
+    }
+
+    /// The tensor as placed (see [`Graph::weight_matrix`]), read once: in `shape` when not
+    /// transposed, as `[1, 1, K, R]` when transposed.
+    fn placed_weight(&mut self, name: &str, tensor: &str, shape: &[usize]) -> (Var, bool) {
+        if let Some(v) = self.placed.get(tensor) {
+            return v.clone();
+        }
+        let v = match self.dynamic_read(tensor, shape) {
+            Some((input, s, t)) => {
+                let [channels, width] = t.slice();
+                let sliced = [1, channels, 1, width];
+                let slice_name = if !t.transposed && sliced[..] == *shape {
+                    name.to_string()
+                } else {
+                    format!("{name}_slice")
+                };
+                let m = self.slice(&slice_name, &input, &[0, 0, 0, s + t.column], &sliced);
+                if t.transposed {
+                    let m = self.reshape(&format!("{name}_m"), &m, &[1, 1, channels, width]);
+                    (m, true)
+                } else if sliced[..] == *shape {
+                    (m, false)
+                } else {
+                    (self.reshape(name, &m, shape), false)
+                }
+            }
+            None => {
+                if self.mode == WeightMode::Recording {
+                    self.recorded.push((tensor.to_string(), shape.to_vec()));
+                }
+                (self.placeholder(name, tensor, shape), false)
+            }
+        };
+        self.placed.insert(tensor.to_string(), v.clone());
+        v
+    }
+
+    /// The input, its activation columns and a trainable tensor's placement, in dynamic mode.
+    /// Failures (a tensor the input weights lack, a shape that disagrees with it, no input yet)
+    /// are generator bugs, kept for `finish`.
+    fn dynamic_read(&mut self, tensor: &str, shape: &[usize]) -> Option<(Var, usize, InputWeight)> {
         let WeightMode::Dynamic(weights) = &self.mode else {
             return None;
         };
-        let problem = match (weights.get(tensor), &self.block) {
-            (Some(t), Some(block)) if t.shape == shape => {
-                return Some((block.clone(), t.offset, t.len()));
+        let problem = match (weights.get(tensor), &self.input) {
+            (Some(t), Some((input, s))) if t.shape == shape => {
+                return Some((input.clone(), *s, t.clone()));
             }
             (Some(t), _) if t.shape != shape => format!(
                 "the weight `{tensor}` is {shape:?} here but {:?} in the input weights",
@@ -579,14 +686,16 @@ impl Graph {
         if self.mode != WeightMode::Recording {
             self.fail("only a recording pass ends with input weights".into());
         }
-        let Some(channels) = self.recorded_channels else {
+        let Some((channels, s)) = self.recorded_input else {
             self.fail("the recorded kernel has no input".into());
             return Err(Box::new(self.error.take().expect("just failed")));
         };
-        match self.error {
-            Some(e) => Err(Box::new(e)),
-            None => Ok(InputWeights::new(channels, &self.recorded)),
+        match InputWeights::new(channels, s, &self.recorded) {
+            Err(problem) => self.fail(problem),
+            Ok(weights) if self.error.is_none() => return Ok(weights),
+            Ok(_) => {}
         }
+        Err(Box::new(self.error.take().expect("failed")))
     }
 
     pub fn finish(mut self) -> Result<KernelProgram, Box<CheckError>> {

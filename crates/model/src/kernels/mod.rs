@@ -38,7 +38,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
-pub use graph::{BakedTensor, InputWeight, InputWeights, KernelProgram};
+pub use graph::{BakedTensor, InputWeight, InputWeights, KernelProgram, WIDTH_MULTIPLE};
 
 /// Named channel ranges of a `[1, C, 1, S]` tensor that concatenates several logical tensors.
 #[derive(Clone, Debug, PartialEq)]
@@ -411,7 +411,8 @@ impl KernelGenerator<'_> {
     /// `W·x` for the layer matrix `t` (`[out, in]`) and `x` `[1, in, 1, S]`, or `Wᵀ·x` when
     /// `transposed`. Baked, it is a 1×1 conv with the weight baked as needed (transposed by
     /// the host for `Wᵀ`); dynamic, a matmul of the weight as stored `[1, 1, out, in]` with `x`
-    /// as `[1, 1, in, S]`, the transpose done by the matmul.
+    /// as `[1, 1, in, S]`, the transpose done by the matmul (which also undoes a weight placed
+    /// transposed in the input).
     fn linear(&self, g: &mut Graph, name: &str, t: LayerTensor, transposed: bool, x: &Var) -> Var {
         let short = t.short_name();
         let [rows, cols] = t.shape(self.c);
@@ -429,9 +430,15 @@ impl KernelGenerator<'_> {
         } else {
             (cols, rows)
         };
-        let w = g.weight(short, short, &[1, 1, rows, cols], false);
+        let (w, placed_transposed) = g.weight_matrix(short, short, rows, cols);
         let x4 = g.reshape(&format!("{name}_in"), x, &[1, 1, k, self.s()]);
-        let y4 = g.matmul(&format!("{name}_mm"), &w, &x4, transposed, false);
+        let y4 = g.matmul(
+            &format!("{name}_mm"),
+            &w,
+            &x4,
+            transposed != placed_transposed,
+            false,
+        );
         g.reshape(name, &y4, &[1, m, 1, self.s()])
     }
 
