@@ -532,38 +532,50 @@ impl KernelGenerator<'_> {
 
     /// Key/value heads `[1, KV, 1, S]` repeated for the query heads they serve, as
     /// `[1, NH, S, hd]`: query head h reads kv head h / ratio (each kv head's copies adjacent).
+    /// The heads are repeated whole, in their `[S, hd]` form: flattening a head to `hd·S`
+    /// would pass the ANE's axis limit (the `axis-extent` rule) at hd = 128, S = 256.
     fn kv_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
         let (nkv, ratio) = (self.c.n_kv_heads, self.c.gqa_ratio());
+        let heads = self.to_heads(g, x, nkv, &format!("{name}_kvh"));
         if ratio == 1 {
-            return self.to_heads(g, x, nkv, name);
+            return heads;
         }
-        let flat = self.c.head_dim * self.s();
-        let r = g.reshape(&format!("{name}_kv"), x, &[1, nkv, 1, flat]);
-        let copies: Vec<Var> = (0..ratio).map(|_| r.clone()).collect();
-        let tiled = g.concat(&format!("{name}_tile"), 2, &copies);
-        let full = g.reshape(
-            &format!("{name}_full"),
-            &tiled,
-            &[1, self.c.q_dim(), 1, self.s()],
-        );
-        self.to_heads(g, &full, self.c.n_heads, name)
+        let (s, hd) = (self.s(), self.c.head_dim);
+        let copies: Vec<Var> = (0..nkv)
+            .flat_map(|kv| {
+                let head = g.slice(
+                    &format!("{name}_kv{kv}"),
+                    &heads,
+                    &[0, kv, 0, 0],
+                    &[1, 1, s, hd],
+                );
+                std::iter::repeat_n(head, ratio)
+            })
+            .collect();
+        g.concat(name, 1, &copies)
     }
 
     /// The adjoint of [`KernelGenerator::kv_heads`]: `[1, NH, S, hd]` gradients summed over the query heads
     /// that share a kv head, as `[1, KV, 1, S]`.
     fn reduce_kv_heads(&self, g: &mut Graph, x: &Var, name: &str) -> Var {
         let (nkv, ratio) = (self.c.n_kv_heads, self.c.gqa_ratio());
-        let flat = self.merge_heads(g, x, &format!("{name}_flat"));
         if ratio == 1 {
-            return flat;
+            return self.merge_heads(g, x, name);
         }
-        let grouped = g.reshape(
-            &format!("{name}_grp"),
-            &flat,
-            &[1, nkv, ratio, self.c.head_dim * self.s()],
-        );
-        let summed = g.reduce_sum(&format!("{name}_sum"), &grouped, &[2]);
-        g.reshape(name, &summed, &[1, self.c.kv_dim(), 1, self.s()])
+        let (s, hd) = (self.s(), self.c.head_dim);
+        let sums: Vec<Var> = (0..nkv)
+            .map(|kv| {
+                let group = g.slice(
+                    &format!("{name}_grp{kv}"),
+                    x,
+                    &[0, kv * ratio, 0, 0],
+                    &[1, ratio, s, hd],
+                );
+                g.reduce_sum(&format!("{name}_sum{kv}"), &group, &[1])
+            })
+            .collect();
+        let summed = g.concat(&format!("{name}_kv"), 1, &sums);
+        self.merge_heads(g, &summed, name)
     }
 
     fn mask(&self, g: &mut Graph) -> Var {
