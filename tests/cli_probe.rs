@@ -12,7 +12,7 @@ const SMALL_PROBE: [&str; 14] = [
     "--channels",
     "16",
     "--spatial",
-    "8",
+    "16",
     "--warmup",
     "2",
     "--evals",
@@ -86,8 +86,8 @@ fn probe_simulates_the_m4_and_says_so() {
     assert_eq!(json["simulated"], true);
     assert_eq!(json["clock"], "virtual");
     assert_eq!(json["background_overlap"]["verdict"], "overlapped");
-    // 187 µs + 2·16·16·8 FLOP at 1 TFLOPS (4 ns).
-    assert_eq!(json["summary"]["eval"]["value"], 0.187004);
+    // 187 µs + 2·16·16·16 FLOP at 1 TFLOPS (8 ns).
+    assert_eq!(json["summary"]["eval"]["value"], 0.187008);
 }
 
 #[test]

@@ -8,14 +8,14 @@
 //! about a compile, say, passes every compile through, prepared or not.
 
 use crate::ane::chip::{self, Chip};
-use crate::ane::rules::ChipRules;
+use crate::ane::rules::{ChipRules, Rule};
 use crate::clock::Clock;
 use crate::{BudgetStatus, Device, DeviceError, DeviceInfo, Kernel, PreparedProgram};
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::{cost, Program};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,11 @@ pub trait Decorator: Send + Sync {
 
     /// This device's compile budget, given the wrapped one's.
     fn limit_budget(&self, wrapped: Option<BudgetStatus>) -> Option<BudgetStatus> {
+        wrapped
+    }
+
+    /// This device's chip rules, given the wrapped one's.
+    fn rules_in_force(&self, wrapped: Option<ChipRules>) -> Option<ChipRules> {
         wrapped
     }
 
@@ -82,6 +87,10 @@ impl<T: Decorator> Device for T {
 
     fn compile_budget(&self) -> Option<BudgetStatus> {
         self.limit_budget(self.wrapped().compile_budget())
+    }
+
+    fn chip_rules(&self) -> Option<ChipRules> {
+        self.rules_in_force(self.wrapped().chip_rules())
     }
 
     fn eval(
@@ -244,25 +253,68 @@ impl ChipProfile {
 }
 
 /// Refuses what a chip's Neural Engine would refuse, before the wrapped device compiles it: a
-/// simulated chip checks the rules the ANE device checks.
+/// simulated chip checks the rules the ANE device checks, and holds no more kernels loaded at
+/// once than the chip's `loaded-kernels` rule allows.
 pub struct RuleCheck<D> {
     inner: D,
     rules: ChipRules,
+    /// Kernels compiled through this device and not yet dropped.
+    loaded: Arc<AtomicUsize>,
 }
 
 impl<D: Device> RuleCheck<D> {
     pub fn new(inner: D, rules: ChipRules) -> Self {
-        RuleCheck { inner, rules }
+        RuleCheck {
+            inner,
+            rules,
+            loaded: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     pub fn rules(&self) -> &ChipRules {
         &self.rules
+    }
+
+    /// Kernels loaded now.
+    pub fn loaded(&self) -> usize {
+        self.loaded.load(Ordering::SeqCst)
+    }
+
+    /// Takes a slot for one more kernel, or names the rule that refuses it.
+    fn claim_slot(&self) -> Result<LoadedSlot, DeviceError> {
+        let limit = self.rules.max_loaded_kernels();
+        let claimed = self
+            .loaded
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                limit.is_none_or(|(max, _)| n < max).then_some(n + 1)
+            });
+        match (claimed, limit) {
+            (Ok(_), _) | (Err(_), None) => Ok(LoadedSlot(self.loaded.clone())),
+            (Err(n), Some(_)) => Err(DeviceError::Refused(vec![self.rules.violation(
+                |r| matches!(r, Rule::MaxLoadedKernels(_)),
+                "this compile".into(),
+                format!("a kernel beyond the {n} loaded"),
+            )])),
+        }
+    }
+}
+
+/// One loaded kernel's place in the count; given back when the kernel is dropped.
+struct LoadedSlot(Arc<AtomicUsize>);
+
+impl Drop for LoadedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl<D: Device> Decorator for RuleCheck<D> {
     fn wrapped(&self) -> &dyn Device {
         &self.inner
+    }
+
+    fn rules_in_force(&self, _wrapped: Option<ChipRules>) -> Option<ChipRules> {
+        Some(self.rules.clone())
     }
 
     fn around_compile(
@@ -274,7 +326,10 @@ impl<D: Device> Decorator for RuleCheck<D> {
         if !refusals.is_empty() {
             return Err(DeviceError::Refused(refusals));
         }
-        compile()
+        let slot = self.claim_slot()?;
+        let mut kernel = compile()?;
+        kernel.hold(slot);
+        Ok(kernel)
     }
 }
 
@@ -452,6 +507,10 @@ impl<D: Device + ?Sized> Device for Arc<D> {
         (**self).compile_budget()
     }
 
+    fn chip_rules(&self) -> Option<ChipRules> {
+        (**self).chip_rules()
+    }
+
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {
         (**self).compile(program, weights)
     }
@@ -514,6 +573,44 @@ mod tests {
     }
 
     /// Prepared or not, every compile takes one of the budget, and none is made past it.
+    #[test]
+    fn a_chip_holds_no_more_kernels_than_its_rule_allows() {
+        use crate::ane::rules::{ChipRule, Severity};
+        let two = ChipRule {
+            rule: Rule::MaxLoadedKernels(2),
+            source: "a test",
+            severity: Severity::Refused,
+        };
+        let device = RuleCheck::new(
+            CpuDevice::new(NumericMode::Fp32).with_threads(1),
+            ChipRules::new("test chip", &[two]),
+        );
+        assert_eq!(
+            device.chip_rules().and_then(|r| r.max_loaded_kernels()),
+            Some((2, "a test"))
+        );
+        let program = examples::dynamic_matmul(16, 16, 32);
+        let files = WeightFiles::new();
+        let first = device.compile(&program, &files).unwrap();
+        let _second = device.compile(&program, &files).unwrap();
+        let third = device.compile(&program, &files);
+        let Err(DeviceError::Refused(why)) = third else {
+            panic!("a third kernel was loaded");
+        };
+        let message = why[0].to_string();
+        for part in [
+            "beyond the 2 loaded",
+            "loaded-kernels",
+            "at most 2",
+            "a test",
+        ] {
+            assert!(message.contains(part), "{message}");
+        }
+        drop(first);
+        assert_eq!(device.loaded(), 1);
+        assert!(device.compile(&program, &files).is_ok(), "a slot was freed");
+    }
+
     #[test]
     fn a_budget_counts_compiles_of_prepared_programs() {
         let program = examples::dynamic_matmul(4, 4, 8);

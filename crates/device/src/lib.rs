@@ -61,6 +61,7 @@ pub use cpu::CpuDevice;
 pub use error::DeviceError;
 pub use open::{DeviceKind, DeviceSpec, OpenDevice, OpenError};
 
+use ane::rules::ChipRules;
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::Signature;
 use anetrain_mil::Program;
@@ -148,6 +149,8 @@ pub struct Kernel {
     id: usize,
     signature: Signature,
     exec: Box<dyn KernelExec>,
+    /// What decorators keep alive as long as the kernel (a slot of a loaded-kernel limit).
+    held: Vec<Box<dyn Send>>,
 }
 
 /// A program prepared for repeated compiles ([`Device::prepare`]): the program, and what the
@@ -208,7 +211,14 @@ impl Kernel {
             id,
             signature,
             exec,
+            held: Vec::new(),
         }
+    }
+
+    /// Keeps `guard` until the kernel is dropped: a decorator's way to know when a kernel
+    /// it let through is gone.
+    pub fn hold(&mut self, guard: impl Send + 'static) {
+        self.held.push(Box::new(guard));
     }
 
     /// A number unique to this kernel within the process (decorators key their state by it).
@@ -325,6 +335,12 @@ pub trait Device: Send + Sync {
     /// Compiles used and allowed in this process, where the device limits them (the ANE
     /// fails compiles after about 119 per process).
     fn compile_budget(&self) -> Option<BudgetStatus> {
+        None
+    }
+
+    /// The rules of the chip the device is, or stands for (the ANE, a simulated chip): what
+    /// its compiles refuse, and the limits of a run on it (kernels loaded at once).
+    fn chip_rules(&self) -> Option<ChipRules> {
         None
     }
 

@@ -20,8 +20,8 @@ use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::step::{
-    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, StepError,
-    WeightSnapshot,
+    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, SharedKernel,
+    StepError, WeightSnapshot,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -75,6 +75,21 @@ impl Strategy {
             }
             Strategy::Dynamic => KernelKind::WEIGHTED.len() as u64,
         }
+    }
+
+    /// Kernels a run of this strategy holds loaded at once, the shared kernel included: a
+    /// double buffer holds two sets while the next compiles; a recompile frees its set first.
+    pub fn kernels_loaded_at_once(self, config: &ModelConfig) -> u64 {
+        let sets = match self {
+            Strategy::DoubleBuffer => 2,
+            Strategy::Recompile | Strategy::Dynamic | Strategy::Frozen => 1,
+        };
+        SharedKernel::COMPILES as u64 + sets * self.kernels_per_set(config)
+    }
+
+    /// Whether its kernels take the weights as inputs.
+    pub fn weights_as_inputs(self) -> bool {
+        self == Strategy::Dynamic
     }
 
     /// Compiles the kernel set a run starts on: the snapshot's weights baked in, or (dynamic)

@@ -7,6 +7,7 @@ use crate::checkpoint::{
 use crate::delivery::{Delivery, DeliveryStats, Strategy};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
+use anetrain_device::ane::{Rule, Violation};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::kernels::KernelKind;
@@ -14,8 +15,8 @@ use anetrain_model::optim::{
     clip_factor, grad_norm, zero_all, AdamState, AdamW, DelayCompensation, LossScaler, LrSchedule,
 };
 use anetrain_model::step::{
-    forward_loss, micro_step, KernelSet, SharedKernel, StepBuffers, StepError, StepTiming,
-    WeightSnapshot,
+    forward_loss, micro_step, run_programs, KernelSet, SharedKernel, StepBuffers, StepError,
+    StepTiming, WeightSnapshot,
 };
 use anetrain_model::{ModelConfig, Params};
 use serde::{Deserialize, Serialize};
@@ -184,6 +185,17 @@ pub enum TrainError {
     Other(String),
     #[error("training options: {0}")]
     Options(String),
+    /// The device's chip refuses a kernel of the run, or a limit of the run: nothing was
+    /// compiled.
+    #[error(
+        "`{model}` with --weights {strategy} cannot run on this device: {}",
+        describe_refusals(.refusals)
+    )]
+    ChipRefuses {
+        model: String,
+        strategy: &'static str,
+        refusals: Vec<Violation>,
+    },
     /// The gradient of `step` was not finite at the smallest loss scale: the weights or the
     /// learning rate are out of range. Nothing was written for that step.
     #[error(
@@ -464,6 +476,7 @@ pub fn train(
     let started = clock.now();
     let wall_before = state.counters.wall;
     check_budget(device, &config, strategy)?;
+    check_chip_rules(device, &config, strategy)?;
     let t = clock.now();
     let shared = SharedKernel::compile(device, &state.params)?;
     // A double-buffered run resumed from a checkpoint starts its device on the version the
@@ -535,6 +548,56 @@ pub fn train(
     })?;
     state.counters.wall = wall_before + clock.now().saturating_sub(started);
     Ok(outcome)
+}
+
+fn describe_refusals(refusals: &[Violation]) -> String {
+    let lines: Vec<String> = refusals.iter().map(Violation::to_string).collect();
+    lines.join("\n  ")
+}
+
+/// Refuses, before anything compiles, a run whose kernels or whose loaded-kernel count the
+/// device's chip would refuse (the chip's rules: `ane-constraints.md`). Every kernel's
+/// refusals are listed, each naming the kernel.
+pub fn check_chip_rules(
+    device: &dyn Device,
+    config: &ModelConfig,
+    strategy: Strategy,
+) -> Result<(), TrainError> {
+    let Some(rules) = device.chip_rules() else {
+        return Ok(());
+    };
+    let mut refusals = Vec::new();
+    for kernel in run_programs(device, config, strategy.weights_as_inputs())? {
+        let found = rules
+            .refusals(&kernel.program)
+            .map_err(|source| StepError::Generate {
+                kernel: kernel.name.clone(),
+                source,
+            })?;
+        refusals.extend(found.into_iter().map(|mut v| {
+            v.at = format!("kernel {}: {}", kernel.name, v.at);
+            v
+        }));
+    }
+    let loaded = strategy.kernels_loaded_at_once(config);
+    if let Some((limit, _)) = rules.max_loaded_kernels() {
+        if loaded > limit as u64 {
+            refusals.push(rules.violation(
+                |r| matches!(r, Rule::MaxLoadedKernels(_)),
+                format!("a run of --weights {}", strategy.name()),
+                format!("{loaded} kernels loaded at once"),
+            ));
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::ChipRefuses {
+            model: config.name.clone(),
+            strategy: strategy.name(),
+            refusals,
+        })
+    }
 }
 
 /// A process must at least afford the kernels it starts on (the shared kernel and one set);

@@ -186,6 +186,10 @@ impl Device for AneDevice {
         })
     }
 
+    fn chip_rules(&self) -> Option<ChipRules> {
+        Some(self.info.rules())
+    }
+
     /// Plans the compile in plain Rust (refusing bad input before it costs a compile), then
     /// compiles and loads on the ANE.
     fn compile(&self, program: &Program, weights: &WeightFiles) -> Result<Kernel, DeviceError> {

@@ -45,9 +45,11 @@ pub enum Rule {
     /// An input or output `[1, C, 1, S]` with more than `channels` channels needs `S` of at
     /// least `min_width`.
     WideIoWidth { channels: usize, min_width: usize },
-    /// An input that carries matmul operands (runtime weights) is at least this wide.
+    /// An input that carries runtime weights (matmul operands sliced from its spatial axis
+    /// past the activations) is at least this wide.
     RuntimeOperandWidth(usize),
-    /// A matmul operand taken straight from an input is at most this in either matrix axis.
+    /// A runtime weight (see [`Rule::RuntimeOperandWidth`]) is at most this in either matrix
+    /// axis.
     MaxRuntimeMatrix(usize),
     /// Only convs of these channel counts compile.
     OnlyConvChannels(&'static [usize]),
@@ -125,10 +127,10 @@ impl fmt::Display for Rule {
                 "inputs and outputs of more than {channels} channels at least {min_width} wide"
             ),
             Rule::RuntimeOperandWidth(n) => {
-                write!(f, "inputs carrying matmul operands at least {n} wide")
+                write!(f, "inputs carrying runtime weights at least {n} wide")
             }
             Rule::MaxRuntimeMatrix(n) => {
-                write!(f, "matmul operands from an input at most {n}×{n}")
+                write!(f, "runtime weights at most {n}×{n}")
             }
             Rule::OnlyConvChannels(counts) => {
                 let list: Vec<String> = counts.iter().map(usize::to_string).collect();
@@ -370,6 +372,23 @@ impl ChipRules {
         found
     }
 
+    /// A violation of the first rule `which` picks, at `at` with `value`: for the rules of a
+    /// run, which the device and the trainer apply.
+    pub fn violation(&self, which: impl Fn(&Rule) -> bool, at: String, value: String) -> Violation {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| which(&r.rule))
+            .copied()
+            .expect("the rule asked for is in the table");
+        Violation {
+            chip: self.chip.clone(),
+            rule,
+            at,
+            value,
+        }
+    }
+
     /// The refusals of [`ChipRules::check`] only.
     pub fn refusals(&self, program: &Program) -> Result<Vec<Violation>, Box<CheckError>> {
         let mut found = self.check(program)?;
@@ -409,8 +428,9 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Ops that move data without computing: a matmul operand reached from an input through these
-/// alone is the input's data, as a runtime weight is.
+/// Ops that move data without computing: a matmul operand reached through these alone from a
+/// slice of an input's spatial axis past its first column is a runtime weight, as the dynamic
+/// pipeline lays them out (the activations fill the first columns).
 const DATA_MOVES: &[&str] = &[
     "slice_by_size",
     "slice_by_index",
@@ -470,27 +490,59 @@ fn const_bool(program: &Program, op: &Op, key: &str) -> bool {
     )
 }
 
-/// For each matmul operand reached from a function input by data moves alone: the input.
+/// The value of a `const` op named `name`, as integers.
+fn const_ints(program: &Program, name: &str) -> Option<Vec<i64>> {
+    program
+        .functions
+        .iter()
+        .flat_map(|f| &f.ops)
+        .find(|o| o.kind == "const" && o.output == name)
+        .and_then(|o| o.attr("val"))
+        .and_then(Literal::as_ints)
+}
+
+/// Whether `op` slices its input's last (spatial) axis from past its first column.
+fn slices_past_the_first_column(program: &Program, op: &Op) -> bool {
+    if op.kind != "slice_by_size" && op.kind != "slice_by_index" {
+        return false;
+    }
+    let begin = match op.arg("begin") {
+        Some(Arg::Var(v)) => const_ints(program, v),
+        Some(Arg::Literal(l)) => l.as_ints(),
+        _ => None,
+    };
+    begin.and_then(|b| b.last().copied()).is_some_and(|c| c > 0)
+}
+
+/// For each matmul operand that is a runtime weight (see [`DATA_MOVES`]): the matmul, the
+/// operand and the input it comes from.
 fn runtime_operands(program: &Program) -> Vec<(&Op, &str, &str)> {
     let mut found = Vec::new();
     for function in &program.functions {
-        let mut origin: HashMap<&str, &str> = function
-            .inputs
-            .iter()
-            .map(|p| (p.name.as_str(), p.name.as_str()))
-            .collect();
+        let inputs: BTreeSet<&str> = function.inputs.iter().map(|p| p.name.as_str()).collect();
+        // Values that are a runtime weight, with the input they come from.
+        let mut weight_of: HashMap<&str, &str> = HashMap::new();
         for op in &function.ops {
             if DATA_MOVES.contains(&op.kind.as_str()) {
                 if let Some(Arg::Var(x)) = op.arg("x") {
-                    if let Some(&input) = origin.get(x.as_str()) {
-                        origin.insert(&op.output, input);
+                    let from = match weight_of.get(x.as_str()) {
+                        Some(&input) => Some(input),
+                        None if inputs.contains(x.as_str())
+                            && slices_past_the_first_column(program, op) =>
+                        {
+                            inputs.get(x.as_str()).copied()
+                        }
+                        None => None,
+                    };
+                    if let Some(input) = from {
+                        weight_of.insert(&op.output, input);
                     }
                 }
             }
             if op.kind == "matmul" {
                 for key in ["x", "y"] {
                     if let Some(Arg::Var(v)) = op.arg(key) {
-                        if let Some(&input) = origin.get(v.as_str()) {
+                        if let Some(&input) = weight_of.get(v.as_str()) {
                             found.push((op, v.as_str(), input));
                         }
                     }
@@ -614,7 +666,7 @@ fn check_rule(
                     if width < min {
                         at(
                             format!("input `{}` ({})", p.name, p.ty),
-                            format!("matmul operands in a width of {width}"),
+                            format!("runtime weights in a width of {width}"),
                         );
                     }
                 }

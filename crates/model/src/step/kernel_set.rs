@@ -177,6 +177,35 @@ impl KernelSet {
     }
 }
 
+/// Every distinct program a run on `device` compiles, each once: the shared kernel's and the
+/// weight-bearing kernels', baked or (`dynamic`) taking their weights as inputs. What a
+/// chip's rules are checked against before a run starts.
+pub fn run_programs(
+    device: &dyn Device,
+    c: &ModelConfig,
+    dynamic: bool,
+) -> Result<Vec<KernelProgram>, StepError> {
+    let dtype = kernel_dtype(device);
+    let generate_error = |kind: KernelKind| {
+        move |source| StepError::Generate {
+            kernel: kind.name().into(),
+            source,
+        }
+    };
+    KernelKind::ALL
+        .into_iter()
+        .map(|kind| {
+            if dynamic && kind != KernelKind::BwdAttn2 {
+                generate_dynamic(kind, c, dtype)
+                    .map(|(program, _)| program)
+                    .map_err(generate_error(kind))
+            } else {
+                generate_baked(kind, c, dtype).map_err(generate_error(kind))
+            }
+        })
+        .collect()
+}
+
 /// The float type a device's kernels compute in.
 fn kernel_dtype(device: &dyn Device) -> DType {
     match device.info().numeric {

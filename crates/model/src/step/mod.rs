@@ -15,7 +15,8 @@ mod weight_grads;
 
 pub use buffers::StepBuffers;
 pub use kernel_set::{
-    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, SharedKernel,
+    compile_dynamic_kernel_set, compile_kernel_set, run_programs, BakedPrograms, KernelSet,
+    SharedKernel,
 };
 pub use timing::{HostSpan, HostTimer, StepTiming};
 

@@ -1,0 +1,163 @@
+//! Every preset × weight delivery × simulated chip: each kernel a run would compile passes the
+//! chip's rules, or the run is refused before anything compiles, naming the kernel and the rule.
+//! The verdicts are checked against the chip table applied here directly, and the refused
+//! combinations against the list of what is known not to fit yet.
+
+mod common;
+
+use anetrain_device::ane::chip::{by_short_name, rules_of};
+use anetrain_device::decorate::ChipProfile;
+use anetrain_device::{Device, DeviceSpec, NumericMode};
+use anetrain_model::init::init_params;
+use anetrain_model::step::run_programs;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::{check_chip_rules, train, TrainError, TrainOptions, TrainState};
+use common::{test_env, Cycle};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const STRATEGIES: [Strategy; 4] = [
+    Strategy::Recompile,
+    Strategy::DoubleBuffer,
+    Strategy::Dynamic,
+    Strategy::Frozen,
+];
+
+fn simulated(chip: &str) -> Arc<dyn Device> {
+    DeviceSpec {
+        precision: Some(NumericMode::Fp16),
+        threads: Some(1),
+        simulate: Some(chip.into()),
+        ..DeviceSpec::default()
+    }
+    .open()
+    .unwrap()
+    .device
+}
+
+/// The rules each refused combination breaks, by the chip table applied to the programs.
+fn expected_rules(
+    device: &dyn Device,
+    c: &ModelConfig,
+    s: Strategy,
+    chip: &str,
+) -> BTreeSet<String> {
+    let rules = rules_of(by_short_name(chip));
+    let mut broken: BTreeSet<String> = run_programs(device, c, s.weights_as_inputs())
+        .unwrap()
+        .iter()
+        .flat_map(|k| rules.refusals(&k.program).unwrap())
+        .map(|v| v.rule.rule.name().to_string())
+        .collect();
+    let (limit, _) = rules.max_loaded_kernels().unwrap();
+    if s.kernels_loaded_at_once(c) > limit as u64 {
+        broken.insert("loaded-kernels".into());
+    }
+    broken
+}
+
+#[test]
+fn every_preset_strategy_and_chip_passes_the_rules_or_is_refused_naming_them() {
+    let mut refused = Vec::new();
+    for chip in ChipProfile::NAMES {
+        let device = simulated(chip);
+        for preset in ModelConfig::PRESETS {
+            let c = ModelConfig::named(preset).unwrap();
+            for s in STRATEGIES {
+                let expected = expected_rules(&*device, &c, s, chip);
+                match check_chip_rules(&*device, &c, s) {
+                    Ok(()) => assert!(
+                        expected.is_empty(),
+                        "{preset} {} on {chip} passed, breaking {expected:?}",
+                        s.name()
+                    ),
+                    Err(e @ TrainError::ChipRefuses { .. }) => {
+                        let message = e.to_string();
+                        assert!(
+                            !expected.is_empty(),
+                            "{preset} {} on {chip}: {message}",
+                            s.name()
+                        );
+                        for rule in &expected {
+                            assert!(message.contains(&format!("`{rule}`")), "{message}");
+                        }
+                        if !expected.contains("loaded-kernels") {
+                            assert!(message.contains("kernel "), "{message}");
+                        }
+                        let rules: Vec<&str> = expected.iter().map(String::as_str).collect();
+                        refused.push(format!("{chip} {preset} {}: {}", s.name(), rules.join(" ")));
+                    }
+                    Err(other) => panic!("{preset} {} on {chip}: {other}", s.name()),
+                }
+            }
+        }
+    }
+    // What does not fit yet, and why: the M1 wants the ios16 dialect; stories42m's bwd_attn1
+    // output has 2·8·1024 score channels; whole baked sets (two for a double buffer) of the
+    // larger models pass the loaded-kernel limit.
+    println!("{}", refused.join("\n"));
+    for line in &refused {
+        let chip = &line[..2];
+        let fits = |rules: &str| line.ends_with(rules) || line.contains(&format!("{rules} "));
+        let known = (chip == "m1" && fits("dialect"))
+            || (line.contains("stories42m") && fits("axis-extent"))
+            || (!line.contains(" dynamic:") && fits("loaded-kernels"));
+        assert!(known, "unexpected refusal: {line}");
+    }
+    for chip in ["m2", "m3", "m4", "m5"] {
+        for s in STRATEGIES {
+            let tiny = format!("{chip} tiny {}", s.name());
+            assert!(
+                !refused.iter().any(|l| l.starts_with(&tiny)),
+                "tiny must train on every chip but the M1: {refused:?}"
+            );
+        }
+    }
+    // The dynamic kernels and the GQA kernels fit every chip but the M1 (the axis limit and
+    // the width multiple once refused them all).
+    for chip in ["m2", "m3", "m4", "m5"] {
+        for preset in ["stories110m", "qwen3-0.6b"] {
+            let line = format!("{chip} {preset} dynamic");
+            assert!(!refused.iter().any(|l| l.starts_with(&line)), "{refused:?}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_run_compiles_nothing() {
+    let device = DeviceSpec {
+        precision: Some(NumericMode::Fp16),
+        threads: Some(1),
+        simulate: Some("m1".into()),
+        compile_budget: Some(1000),
+        ..DeviceSpec::default()
+    }
+    .open()
+    .unwrap();
+    let c = ModelConfig::tiny();
+    let options = TrainOptions {
+        steps: 1,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    };
+    let mut state = TrainState::new(
+        init_params(Arc::new(ParamLayout::new(&c)), 1),
+        &options,
+        NumericMode::Fp16,
+    );
+    let env = test_env(&*device.device, &*device.clock, Strategy::Dynamic);
+    let err = train(&env, &options, &mut state, &mut Cycle(0), None, &mut |_| {}).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, TrainError::ChipRefuses { .. }), "{message}");
+    assert!(
+        message
+            .starts_with("`tiny` with --weights dynamic cannot run on this device: the M1 refuses"),
+        "{message}"
+    );
+    assert!(message.contains("rule `dialect`"), "{message}");
+    assert_eq!(device.device.compile_budget().map(|b| b.used), Some(0));
+    assert_eq!(state.step, 0);
+}
