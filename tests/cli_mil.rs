@@ -181,3 +181,80 @@ fn fmt_prints_canonical_text() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }
+
+/// `mil kernels` writes every kernel of a run as the ANE compiler reads it, and `mil check
+/// --chip` applies a chip's rules to one of them: the dynamic kernels fit the M4 and are
+/// refused by the M1 (ios16 dialect), naming the rule.
+#[test]
+fn kernels_of_a_run_are_written_and_checked_against_a_chip() {
+    let dir = Dir::new();
+    let out = dir.s("kernels");
+    let written = anetrain(&[
+        "mil",
+        "kernels",
+        "--model",
+        "tiny",
+        "--weights",
+        "dynamic",
+        "--out",
+        &out,
+        "--chip",
+        "m4",
+    ]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    assert!(stdout(&written).contains("6 kernels of `tiny` with --weights dynamic"));
+    assert!(stdout(&written).contains("the M4 accepts every one"));
+    let kernel = format!("{out}/fwd_attn.dynamic/model.mil");
+    assert!(std::path::Path::new(&format!("{out}/fwd_attn.dynamic/weights/mask.bin")).exists());
+    let m4 = anetrain(&["mil", "check", "--chip", "m4", &kernel]);
+    assert!(m4.status.success(), "{}", stderr(&m4));
+    assert!(stdout(&m4).contains("the M4 accepts it"), "{}", stdout(&m4));
+    let m1 = anetrain(&["mil", "check", "--chip", "M1", &kernel]);
+    assert!(!m1.status.success());
+    assert!(stdout(&m1).contains("rule `dialect`"), "{}", stdout(&m1));
+    assert!(
+        stderr(&m1).contains("the M1 refuses 1 part(s)"),
+        "{}",
+        stderr(&m1)
+    );
+
+    // Baked: a kernel per layer, with that layer's weight files.
+    let baked = dir.s("baked");
+    let written = anetrain(&["mil", "kernels", "--model", "tiny", "--out", &baked]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    assert!(stdout(&written).contains("21 kernels of `tiny` with --weights double-buffer"));
+    assert!(std::path::Path::new(&format!("{baked}/fwd_ffn.3/weights/w1.bin")).exists());
+    // The folder is not overwritten.
+    let again = anetrain(&["mil", "kernels", "--model", "tiny", "--out", &baked]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("is not empty"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn a_program_a_chip_would_corrupt_is_refused_by_mil_check() {
+    let dir = Dir::new();
+    // Example C at 1024 channels and 8 columns: a width the chips corrupt, and too narrow for
+    // so many channels.
+    let text = std::fs::read_to_string(fixture("example_c.mil"))
+        .unwrap()
+        .replace("768", "1024")
+        .replace("256]", "8]");
+    let file = dir.write("narrow.mil", text);
+    let out = anetrain(&["mil", "check", "--chip", "m4", &file]);
+    assert!(!out.status.success());
+    let report = stdout(&out);
+    for rule in ["`spatial-multiple`", "`wide-io-width`"] {
+        assert!(report.contains(rule), "{report}");
+    }
+    let unknown = anetrain(&["mil", "check", "--chip", "m9", &file]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("unknown chip `m9` (known: M1,"),
+        "{}",
+        stderr(&unknown)
+    );
+}

@@ -2,21 +2,58 @@
 
 use super::devices;
 use crate::npy;
+use anetrain_device::ane::{chip, ChipRules};
 use anetrain_device::DeviceSpec;
 use anetrain_mil::blob::WeightFiles;
 use anetrain_mil::check::check_program;
 use anetrain_mil::parse::parse_program;
-use anetrain_mil::{print_program, Program};
+use anetrain_mil::{print_program, DType, Program};
+use anetrain_model::init::init_params;
+use anetrain_model::io::atomic::write_atomic;
+use anetrain_model::kernels::run_kernels;
+use anetrain_model::{ModelConfig, ParamLayout};
+use anetrain_train::delivery::Strategy;
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
 pub enum MilCommand {
-    /// Parse and type-check a program; print its signature.
-    Check { file: PathBuf },
+    /// Parse and type-check a program; print its signature. With --chip, apply that chip's
+    /// rules too: print every refusal and caution, and fail on a refusal.
+    Check {
+        file: PathBuf,
+        /// A chip of the table (m1 … m5, `M4 Pro`, `m3-max`, ...), or `unknown` for the
+        /// strictest figures known.
+        #[arg(long)]
+        chip: Option<String>,
+    },
     /// Print a program in canonical form.
     Fmt { file: PathBuf },
+    /// Write every kernel a training run compiles to a folder, as the ANE's compiler reads
+    /// them: `<kernel>/model.mil` and `<kernel>/weights/*.bin` (the initial weights of
+    /// `--seed`). With --chip, check each against that chip's rules.
+    Kernels {
+        /// A preset or a model TOML file, as `train --model` takes.
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// The weight delivery: recompile, double-buffer and frozen bake the weights into
+        /// every layer's kernels; dynamic passes them as inputs.
+        #[arg(long, default_value = "double-buffer")]
+        weights: String,
+        /// fp16 (what the ANE computes in) or fp32 (the CPU device's default).
+        #[arg(long, value_parser = ["fp16", "fp32"], default_value = "fp16")]
+        precision: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The folder to write; it must not exist or be empty.
+        #[arg(long)]
+        out: PathBuf,
+        /// Check every kernel against this chip's rules (see `mil check --chip`).
+        #[arg(long)]
+        chip: Option<String>,
+    },
     /// Evaluate a program on a device with NumPy .npy tensors in and out.
     Run {
         file: PathBuf,
@@ -42,7 +79,7 @@ pub enum MilCommand {
 
 pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
     match cmd {
-        MilCommand::Check { file } => {
+        MilCommand::Check { file, chip } => {
             let program = load(&file)?;
             let checked =
                 check_program(&program).map_err(|e| anyhow!("{}: {e}", file.display()))?;
@@ -54,12 +91,23 @@ pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
                     .join(", ")
             };
             println!("({}) -> ({})", list(&sig.inputs), list(&sig.outputs));
-            Ok(())
+            match chip {
+                Some(chip) => check_chip_rules(&file, &program, &checked.types, &chip),
+                None => Ok(()),
+            }
         }
         MilCommand::Fmt { file } => {
             print!("{}", print_program(&load(&file)?));
             Ok(())
         }
+        MilCommand::Kernels {
+            model,
+            weights,
+            precision,
+            seed,
+            out,
+            chip,
+        } => write_kernels(&model, &weights, &precision, seed, &out, chip.as_deref()),
         MilCommand::Run {
             file,
             weights,
@@ -75,6 +123,119 @@ pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
             precision.as_deref(),
             &device,
         ),
+    }
+}
+
+/// The rules of the chip called `name` (`unknown`: the common rules at their strictest).
+pub fn chip_rules(name: &str) -> anyhow::Result<ChipRules> {
+    if name.eq_ignore_ascii_case("unknown") {
+        return Ok(chip::rules_of(None));
+    }
+    let found = chip::by_name(name).ok_or_else(|| {
+        let names: Vec<&str> = chip::CHIPS.iter().map(|c| c.name).collect();
+        anyhow!(
+            "unknown chip `{name}` (known: {}, or unknown)",
+            names.join(", ")
+        )
+    })?;
+    Ok(chip::rules_of(Some(found)))
+}
+
+/// Prints what the chip's rules find in a checked program; fails on a refusal.
+fn check_chip_rules(
+    file: &Path,
+    program: &Program,
+    types: &std::collections::HashMap<String, anetrain_mil::Type>,
+    chip: &str,
+) -> anyhow::Result<()> {
+    let rules = chip_rules(chip)?;
+    let found = rules.check_typed(program, types);
+    for v in &found {
+        println!("{v}");
+    }
+    let refused = found.iter().filter(|v| v.rule.refuses()).count();
+    if refused > 0 {
+        bail!(
+            "{}: the {} refuses {refused} part(s) of the program (listed above)",
+            file.display(),
+            rules.chip
+        );
+    }
+    println!(
+        "the {} accepts it ({} rules, {} caution(s))",
+        rules.chip,
+        rules.rules.len(),
+        found.len()
+    );
+    Ok(())
+}
+
+fn write_kernels(
+    model: &str,
+    weights: &str,
+    precision: &str,
+    seed: u64,
+    out: &Path,
+    chip: Option<&str>,
+) -> anyhow::Result<()> {
+    let config = if model.ends_with(".toml") {
+        ModelConfig::from_toml_file(model)?
+    } else {
+        ModelConfig::named(model)?
+    };
+    let strategy: Strategy = weights.parse().map_err(|e: String| anyhow!(e))?;
+    let dtype = match precision {
+        "fp32" => DType::Fp32,
+        _ => DType::Fp16,
+    };
+    let rules = chip.map(chip_rules).transpose()?;
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("{} is not empty: give a new folder", out.display());
+    }
+    let params = Arc::new(init_params(Arc::new(ParamLayout::new(&config)), seed));
+    let kernels = run_kernels(&params, strategy.weights_as_inputs(), dtype)?;
+    let mut refused = 0;
+    for kernel in &kernels {
+        let dir = out.join(&kernel.name);
+        std::fs::create_dir_all(dir.join("weights"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mil = print_program(&kernel.program);
+        write_atomic(&dir.join("model.mil"), mil.as_bytes())
+            .with_context(|| format!("cannot write {}", dir.join("model.mil").display()))?;
+        for (path, bytes) in kernel.weights.iter() {
+            let relative = path.strip_prefix("@model_path/").unwrap_or(path);
+            let file = dir.join(relative);
+            write_atomic(&file, bytes)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        if let Some(rules) = &rules {
+            for v in rules
+                .check(&kernel.program)
+                .map_err(|e| anyhow!("{}: {e}", kernel.name))?
+            {
+                refused += usize::from(v.rule.refuses());
+                println!("{}: {v}", kernel.name);
+            }
+        }
+    }
+    println!(
+        "{} kernels of `{}` with --weights {} in {} written to {}",
+        kernels.len(),
+        config.name,
+        strategy.name(),
+        precision,
+        out.display()
+    );
+    match &rules {
+        Some(rules) if refused > 0 => bail!(
+            "the {} refuses {refused} part(s) of them (listed above)",
+            rules.chip
+        ),
+        Some(rules) => {
+            println!("the {} accepts every one", rules.chip);
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 

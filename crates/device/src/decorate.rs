@@ -208,7 +208,7 @@ impl ChipProfile {
     pub fn m4() -> ChipProfile {
         ChipProfile {
             name: "m4",
-            chip: chip::by_short_name("m4").expect("the M4 is in the chip table"),
+            chip: chip::by_name("m4").expect("the M4 is in the chip table"),
             compile_base: Duration::from_micros(24_800),
             compile_per_mb: Duration::from_micros(5_700),
             bytes_per_weight: 2,
@@ -226,7 +226,7 @@ impl ChipProfile {
     /// own chip's rules.
     pub fn by_name(name: &str) -> Option<ChipProfile> {
         let name = *Self::NAMES.iter().find(|n| **n == name)?;
-        let chip = chip::by_short_name(name)?;
+        let chip = chip::by_name(name)?;
         let m4 = ChipProfile::m4();
         let m4_rated = m4.chip.rated.map(|r| r.fp16_flops());
         let scale = match (chip.rated, m4_rated) {

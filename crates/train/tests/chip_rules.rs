@@ -5,7 +5,7 @@
 
 mod common;
 
-use anetrain_device::ane::chip::{by_short_name, rules_of};
+use anetrain_device::ane::chip::{by_name, rules_of};
 use anetrain_device::decorate::ChipProfile;
 use anetrain_device::{Device, DeviceSpec, NumericMode};
 use anetrain_model::init::init_params;
@@ -43,7 +43,7 @@ fn expected_rules(
     s: Strategy,
     chip: &str,
 ) -> BTreeSet<String> {
-    let rules = rules_of(by_short_name(chip));
+    let rules = rules_of(by_name(chip));
     let mut broken: BTreeSet<String> = run_programs(device, c, s.weights_as_inputs())
         .unwrap()
         .iter()

@@ -134,10 +134,11 @@ pub fn rules_of(chip: Option<&Chip>) -> ChipRules {
     }
 }
 
-/// The chip a simulated run stands for: `m1` … `m5` name the base chip of each generation.
-pub fn by_short_name(name: &str) -> Option<&'static Chip> {
-    let upper = name.to_ascii_uppercase();
-    CHIPS.iter().find(|c| c.name == upper)
+/// The chip of the table called `name`, in any case, with `-` or `_` for spaces: `m4`,
+/// `M4 Pro`, `m3-max`. `m1` … `m5` name the base chip of each generation.
+pub fn by_name(name: &str) -> Option<&'static Chip> {
+    let name = name.trim().replace(['-', '_'], " ");
+    CHIPS.iter().find(|c| c.name.eq_ignore_ascii_case(&name))
 }
 
 #[cfg(test)]
@@ -201,9 +202,11 @@ mod tests {
     }
 
     #[test]
-    fn short_names_pick_each_generations_base_chip() {
-        assert_eq!(by_short_name("m4").map(|c| c.name), Some("M4"));
-        assert_eq!(by_short_name("M1").map(|c| c.name), Some("M1"));
-        assert_eq!(by_short_name("m9"), None);
+    fn chips_are_found_by_name_in_any_case() {
+        assert_eq!(by_name("m4").map(|c| c.name), Some("M4"));
+        assert_eq!(by_name("M1").map(|c| c.name), Some("M1"));
+        assert_eq!(by_name("m3-max").map(|c| c.name), Some("M3 Max"));
+        assert_eq!(by_name("M4 pro").map(|c| c.name), Some("M4 Pro"));
+        assert_eq!(by_name("m9"), None);
     }
 }

@@ -220,6 +220,30 @@ pub fn generate_baked(
     g.finish()
 }
 
+/// Every kernel a run compiles, each with the weight files its compile reads: with weights
+/// baked, each weight-bearing kernel of each layer (`fwd_attn.3`) with that layer's weights
+/// from `params`; with weights as inputs, each weight-bearing kernel once
+/// (`fwd_attn.dynamic`); and the kernel the layers share (`bwd_attn2`).
+pub fn run_kernels(
+    params: &Arc<Params>,
+    weights_as_inputs: bool,
+    dtype: DType,
+) -> Result<Vec<KernelProgram>, GenerateError> {
+    let c = &params.layout.config;
+    let mut kernels = Vec::new();
+    for kind in KernelKind::WEIGHTED {
+        if weights_as_inputs {
+            kernels.push(generate_dynamic(kind, c, dtype)?.0);
+        } else {
+            for layer in 0..c.n_layers {
+                kernels.push(generate(kind, c, params, layer, dtype)?);
+            }
+        }
+    }
+    kernels.push(generate_baked(KernelKind::BwdAttn2, c, dtype)?);
+    Ok(kernels)
+}
+
 #[derive(Debug, Error)]
 pub enum GenerateError {
     #[error(transparent)]
