@@ -20,8 +20,8 @@ use anetrain_mil::Program;
 use anetrain_model::config::ModelConfig;
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::step::{
-    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, SharedKernel,
-    StepError, WeightSnapshot,
+    compile_dynamic_kernel_set, compile_kernel_set, BakedPrograms, KernelSet, LayerGroup,
+    SharedKernel, StepError, WeightSnapshot,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -77,14 +77,15 @@ impl Strategy {
         }
     }
 
-    /// Kernels a run of this strategy holds loaded at once, the shared kernel included: a
-    /// double buffer holds two sets while the next compiles; a recompile frees its set first.
-    pub fn kernels_loaded_at_once(self, config: &ModelConfig) -> u64 {
-        let sets = match self {
-            Strategy::DoubleBuffer => 2,
-            Strategy::Recompile | Strategy::Dynamic | Strategy::Frozen => 1,
+    /// Kernels a run of this strategy holds loaded at once, the shared kernel included, when
+    /// a double buffer swaps in `unit`s: it holds a whole set beside the next unit compiling;
+    /// a recompile frees its set first.
+    pub fn kernels_loaded_at_once(self, config: &ModelConfig, unit: SwapUnit) -> u64 {
+        let next = match self {
+            Strategy::DoubleBuffer => unit.kernels(config),
+            Strategy::Recompile | Strategy::Dynamic | Strategy::Frozen => 0,
         };
-        SharedKernel::COMPILES as u64 + sets * self.kernels_per_set(config)
+        SharedKernel::COMPILES as u64 + self.kernels_per_set(config) + next
     }
 
     /// Whether its kernels take the weights as inputs.
@@ -108,6 +109,67 @@ impl Strategy {
     }
 }
 
+/// What a double buffer compiles in the background and swaps in at once: a whole kernel set,
+/// or the kernels of a group of consecutive layers when two whole sets pass the chip's
+/// loaded-kernel limit or the process's compile budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapUnit {
+    WholeSet,
+    /// Groups of this many layers (the last may hold fewer).
+    Layers(usize),
+}
+
+impl SwapUnit {
+    /// The largest unit a run of `config` can swap with at most `loaded_limit` kernels loaded
+    /// and `budget` compiles per process (`None`: no limit), beside its shared kernel and a
+    /// whole set: `None` when not even one layer fits.
+    pub fn largest(
+        config: &ModelConfig,
+        loaded_limit: Option<u64>,
+        budget: Option<u64>,
+    ) -> Option<SwapUnit> {
+        let per_layer = KernelKind::WEIGHTED.len() as u64;
+        let set = config.n_layers as u64 * per_layer;
+        let fixed = SharedKernel::COMPILES as u64 + set;
+        let room = [loaded_limit, budget]
+            .into_iter()
+            .flatten()
+            .map(|limit| limit.saturating_sub(fixed))
+            .min();
+        match room {
+            None => Some(SwapUnit::WholeSet),
+            Some(room) if room >= set => Some(SwapUnit::WholeSet),
+            Some(room) if room >= per_layer => Some(SwapUnit::Layers((room / per_layer) as usize)),
+            Some(_) => None,
+        }
+    }
+
+    /// Kernels one unit compiles.
+    pub fn kernels(self, config: &ModelConfig) -> u64 {
+        let layers = match self {
+            SwapUnit::WholeSet => config.n_layers,
+            SwapUnit::Layers(g) => g.min(config.n_layers),
+        };
+        (layers * KernelKind::WEIGHTED.len()) as u64
+    }
+
+    /// Units that make up a whole set.
+    pub fn per_set(self, config: &ModelConfig) -> u64 {
+        match self {
+            SwapUnit::WholeSet => 1,
+            SwapUnit::Layers(g) => config.n_layers.div_ceil(g.max(1)) as u64,
+        }
+    }
+}
+
+/// A group of layers swapped in: which, the weights version it was compiled from, and the
+/// master version when it went in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSwap {
+    pub layers: std::ops::Range<usize>,
+    pub version: u64,
+}
+
 /// What delivery cost and did, for the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -124,16 +186,27 @@ pub struct DeliveryStats {
     pub staging: Duration,
     /// Compiles used, a failed set's up to the kernel that failed.
     pub kernels_compiled: u64,
+    /// Swaps of the active kernels, whole sets and layer groups alike.
     pub swaps: u64,
+    /// Of those, swaps of a group of layers, and the layers per group.
+    pub group_swaps: u64,
+    pub layers_per_group: Option<usize>,
     pub failed_compiles: u64,
     /// Steps by how many updates the device weights lagged the master weights.
     pub staleness: BTreeMap<u64, u64>,
 }
 
+/// What a background compile made: a whole set, or a group of layers to swap into the active
+/// set.
+enum Compiled {
+    Set(KernelSet),
+    Group(LayerGroup),
+}
+
 /// A finished compile: the set (or why there is none), how long it took and when it ended on
 /// the clock, and the CPU time its thread used where that can be measured.
 struct CompileResult {
-    set: Result<KernelSet, StepError>,
+    set: Result<Compiled, StepError>,
     /// Compiles it used (a failed set's up to the kernel that failed).
     kernels: u64,
     took: Duration,
@@ -163,6 +236,8 @@ enum JobState<'scope> {
 
 struct Job<'scope> {
     snapshot: WeightSnapshot,
+    /// The layers it compiles (all, for a whole set).
+    layers: std::ops::Range<usize>,
     state: JobState<'scope>,
     /// The compile runs at idle priority until the trainer waits for it.
     priority: BackgroundThread,
@@ -183,10 +258,20 @@ pub struct Delivery<'scope, 'env> {
     max_staleness: u64,
     max_failures: u32,
     consecutive_failures: u32,
-    /// Kernels in one set: what one more compile of the weights costs of the budget.
+    /// What the background compiles and swaps in at once.
+    unit: SwapUnit,
+    /// Kernels in one unit: what one more compile of the weights costs of the budget.
     set_size: u64,
-    /// The device's compile budget cannot pay for the next set: the process must restart.
-    restart_needed: bool,
+    /// The newest weights published (swapping in groups, the groups still older than them
+    /// are compiled from them in turn).
+    newest: Option<WeightSnapshot>,
+    /// Groups swapped in since the caller last looked (for the record).
+    pub group_swaps: Vec<GroupSwap>,
+    /// The device's compile budget cannot pay for the next set or group.
+    budget_blocked: bool,
+    /// Swapping groups, the last step acquired found the oldest layer past the staleness
+    /// bound: it can only go on once a group compiles.
+    past_bound: bool,
     /// On a virtual clock, whether host work (staging) also spends virtual time.
     count_host_time: bool,
     pub stats: DeliveryStats,
@@ -204,12 +289,27 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         max_staleness: u64,
         max_failures: u32,
     ) -> Self {
-        let set_size = initial.compiled_kernels() as u64;
+        let config = initial.snapshot().params.layout.config.clone();
+        let unit = match strategy {
+            Strategy::DoubleBuffer => double_buffer_unit(device, &config),
+            _ => SwapUnit::WholeSet,
+        };
+        let set_size = match unit {
+            SwapUnit::WholeSet => initial.compiled_kernels() as u64,
+            SwapUnit::Layers(_) => unit.kernels(&config),
+        };
+        let mut stats = DeliveryStats::default();
+        if let SwapUnit::Layers(g) = unit {
+            stats.layers_per_group = Some(g);
+        }
         Delivery {
             strategy,
             scope,
             device,
             clock,
+            unit,
+            newest: None,
+            group_swaps: Vec::new(),
             programs: initial.baked_programs(),
             active: initial,
             job: None,
@@ -218,9 +318,10 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             max_failures,
             consecutive_failures: 0,
             set_size,
-            restart_needed: false,
+            budget_blocked: false,
+            past_bound: false,
             count_host_time: false,
-            stats: DeliveryStats::default(),
+            stats,
             failures: Vec::new(),
         }
     }
@@ -256,7 +357,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         match self.strategy {
             Strategy::Recompile => {
                 if !self.budget_allows_a_set() {
-                    self.restart_needed = true;
+                    self.budget_blocked = true;
                     return Ok(());
                 }
                 let start = self.clock.now();
@@ -289,20 +390,48 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         }
     }
 
+    /// The weights and layers the next background compile is for, if there is one to make:
+    /// the newest published weights, for the whole set or for the group of the stalest layer.
+    fn next_compile(&mut self) -> Option<(WeightSnapshot, std::ops::Range<usize>)> {
+        let layers = self.active.snapshot().params.layout.config.n_layers;
+        match self.unit {
+            SwapUnit::WholeSet => self.latest.take().map(|s| (s, 0..layers)),
+            SwapUnit::Layers(g) => {
+                if let Some(latest) = self.latest.take() {
+                    self.newest = Some(latest);
+                }
+                let newest = self.newest.clone()?;
+                let versions = self.active.layer_versions();
+                let (stalest, &version) = versions.iter().enumerate().min_by_key(|(_, v)| **v)?;
+                if version >= newest.version {
+                    return None;
+                }
+                let first = stalest / g * g;
+                Some((newest, first..(first + g).min(layers)))
+            }
+        }
+    }
+
     fn start_if_idle(&mut self) {
         if self.job.is_some() {
             return;
         }
-        if self.latest.is_none() {
+        let pending = match self.unit {
+            SwapUnit::WholeSet => self.latest.is_some(),
+            SwapUnit::Layers(_) => self.latest.is_some() || self.newest.is_some(),
+        };
+        if !pending {
             return;
         }
         if !self.budget_allows_a_set() {
-            self.restart_needed = true;
+            self.budget_blocked = true;
             return;
         }
-        let Some(snapshot) = self.latest.take() else {
+        let Some((snapshot, layers)) = self.next_compile() else {
             return;
         };
+        let whole = layers.len() == self.active.snapshot().params.layout.config.n_layers;
+        let group = (!whole).then(|| layers.clone());
         let (device, clock, programs) = (self.device, self.clock, self.programs.clone());
         let submitted = clock.now();
         let snap = snapshot.clone();
@@ -324,7 +453,17 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
                 let cpu_start = thread_cpu_time();
                 clock.advance_to(submitted);
                 let start = clock.now();
-                let (set, kernels) = compile_baked(programs.as_ref(), device, snap);
+                let (set, kernels) = match group {
+                    None => {
+                        let (set, kernels) = compile_baked(programs.as_ref(), device, snap);
+                        (set.map(Compiled::Set), kernels)
+                    }
+                    Some(layers) => {
+                        let (group, kernels) =
+                            compile_group(programs.as_ref(), device, snap, layers);
+                        (group.map(Compiled::Group), kernels)
+                    }
+                };
                 let ended = clock.now();
                 CompileResult {
                     set,
@@ -351,6 +490,7 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         };
         self.job = Some(Job {
             snapshot,
+            layers,
             state,
             priority,
         });
@@ -411,17 +551,35 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         self.stats.background_compile += took;
         self.stats.background_compile_cpu += cpu.unwrap_or_default();
         match set {
-            Ok(set) => {
+            Ok(Compiled::Set(set)) => {
                 // A set becomes active only whole: every kernel of it compiled.
                 self.active = set;
                 self.stats.swaps += 1;
                 self.consecutive_failures = 0;
             }
+            Ok(Compiled::Group(group)) => {
+                // Likewise a group: every kernel of its layers compiled.
+                let swap = GroupSwap {
+                    layers: group.layers(),
+                    version: group.version(),
+                };
+                self.active.swap_in(group)?;
+                self.group_swaps.push(swap);
+                self.stats.swaps += 1;
+                self.stats.group_swaps += 1;
+                self.consecutive_failures = 0;
+            }
             Err(e) => {
                 self.stats.failed_compiles += 1;
                 self.consecutive_failures += 1;
+                let layers = self.active.snapshot().params.layout.config.n_layers;
+                let what = if job.layers.len() == layers {
+                    String::new()
+                } else {
+                    format!(" (layers {}..{})", job.layers.start, job.layers.end)
+                };
                 self.failures.push(format!(
-                    "compile of weights version {} failed: {e}",
+                    "compile of weights version {}{what} failed: {e}",
                     job.snapshot.version
                 ));
                 if self.consecutive_failures >= self.max_failures {
@@ -442,12 +600,16 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     pub fn acquire(&mut self, master: u64) -> Result<&mut KernelSet, StepError> {
         if self.strategy == Strategy::DoubleBuffer {
             let mut waited = Duration::ZERO;
-            let caught_up = self.wait_until_lag(master, self.max_staleness, &mut waited);
+            let caught_up = self.wait_until_lag(master, self.staleness_bound(), &mut waited);
             self.stats.stall += waited;
             caught_up?;
         }
         let lag = master.saturating_sub(self.active.version());
-        *self.stats.staleness.entry(lag).or_default() += 1;
+        self.past_bound = lag > self.staleness_bound();
+        // A step the budget stops runs in the next process, and is counted there.
+        if !self.restart_needed() {
+            *self.stats.staleness.entry(lag).or_default() += 1;
+        }
         Ok(&mut self.active)
     }
 
@@ -494,11 +656,23 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     /// checkpoint cannot keep.)
     pub fn next_weights(&self, master: u64) -> &WeightSnapshot {
         match &self.job {
-            Some(job) if master.saturating_sub(self.active.version()) > self.max_staleness => {
+            Some(job) if master.saturating_sub(self.active.version()) > self.staleness_bound() => {
                 &job.snapshot
             }
             _ => self.active.snapshot(),
         }
+    }
+
+    /// How far the oldest layer may lag the master weights before a step waits: the allowed
+    /// staleness, and in group swaps the updates a round of groups takes beyond one.
+    fn staleness_bound(&self) -> u64 {
+        let config = &self.active.snapshot().params.layout.config;
+        self.max_staleness + self.unit.per_set(config) - 1
+    }
+
+    /// What the background swaps in at once.
+    pub fn unit(&self) -> SwapUnit {
+        self.unit
     }
 
     fn budget_allows_a_set(&self) -> bool {
@@ -507,10 +681,13 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             .is_none_or(|b| b.remaining() >= self.set_size)
     }
 
-    /// True once the compile budget cannot pay for another kernel set: the trainer must
-    /// checkpoint and restart the process to go on.
+    /// True once the compile budget cannot pay for another kernel set, or, swapping groups,
+    /// for the group the next step would wait for: the trainer must checkpoint and restart
+    /// the process to go on. (A group swap restarts only when it must: the checkpoint keeps
+    /// one weights version for the device, not one per layer, so a restarted run is not the
+    /// one it continues bit for bit anyway.)
     pub fn restart_needed(&self) -> bool {
-        self.restart_needed
+        self.budget_blocked && (self.unit == SwapUnit::WholeSet || self.past_bound)
     }
 
     /// Waits for any background compile (at the end of a run, or before a restart). Its set
@@ -555,6 +732,38 @@ fn compile_baked(
         None => compile_kernel_set(&counted, snapshot),
     };
     (set, counted.count.load(Ordering::Relaxed))
+}
+
+/// The kernels of `layers` compiled from the snapshot, with the compiles used.
+fn compile_group(
+    programs: Option<&Arc<BakedPrograms>>,
+    device: &dyn Device,
+    snapshot: WeightSnapshot,
+    layers: std::ops::Range<usize>,
+) -> (Result<LayerGroup, StepError>, u64) {
+    let counted = CountedCompiles {
+        device,
+        count: AtomicU64::new(0),
+    };
+    let group = match programs {
+        Some(programs) => programs.compile_layers(&counted, snapshot, layers),
+        None => Err(StepError::BakedWeights {
+            version: snapshot.version,
+        }),
+    };
+    (group, counted.count.load(Ordering::Relaxed))
+}
+
+/// The unit a double buffer on `device` swaps in: whole sets, unless two pass the chip's
+/// loaded-kernel limit or the process's compile budget.
+pub fn double_buffer_unit(device: &dyn Device, config: &ModelConfig) -> SwapUnit {
+    let loaded = device
+        .chip_rules()
+        .and_then(|r| r.max_loaded_kernels())
+        .map(|(n, _)| n as u64);
+    let budget = device.compile_budget().map(|b| b.budget);
+    // Where not even one layer fits, the run was refused before it started.
+    SwapUnit::largest(config, loaded, budget).unwrap_or(SwapUnit::Layers(1))
 }
 
 /// Counts the compiles it passes to a device.

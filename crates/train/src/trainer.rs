@@ -4,7 +4,7 @@
 use crate::checkpoint::{
     list_checkpoints, save_rotating, Checkpoint, CheckpointError, CheckpointHeader,
 };
-use crate::delivery::{Delivery, DeliveryStats, Strategy};
+use crate::delivery::{Delivery, DeliveryStats, Strategy, SwapUnit};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
 use anetrain_device::ane::{Rule, Violation};
@@ -246,6 +246,10 @@ pub struct Counters {
     /// Host work: staging new weights into the kernels' inputs (dynamic delivery).
     pub staging: Duration,
     pub swaps: u64,
+    /// Of the swaps, those of a group of layers, and the layers per group (a double buffer
+    /// that swaps groups because two whole sets do not fit the chip or the budget).
+    pub group_swaps: u64,
+    pub layers_per_group: Option<usize>,
     pub failed_compiles: u64,
     /// Steps by how many updates the device weights lagged.
     pub staleness: std::collections::BTreeMap<u64, u64>,
@@ -285,6 +289,13 @@ pub enum Event {
     },
     /// A background compile failed; the active kernels stay in place and it is retried.
     CompileFailed(String),
+    /// A group of layers was swapped in (a double buffer that swaps groups): before update
+    /// `step`, those layers run on weights version `version`.
+    GroupSwap {
+        step: u64,
+        layers: std::ops::Range<usize>,
+        version: u64,
+    },
     /// A stretch of the training thread's own work between steps or inside one (the
     /// optimizer update, a validation, the host math between a step's evals), on the run's
     /// clock: for timelines.
@@ -579,13 +590,25 @@ pub fn check_chip_rules(
             v
         }));
     }
-    let loaded = strategy.kernels_loaded_at_once(config);
     if let Some((limit, _)) = rules.max_loaded_kernels() {
+        // A double buffer swaps groups of layers when two whole sets do not fit; one layer's
+        // group beside a whole set is the least it needs.
+        let unit = match strategy {
+            Strategy::DoubleBuffer => {
+                SwapUnit::largest(config, Some(limit as u64), None).unwrap_or(SwapUnit::Layers(1))
+            }
+            _ => SwapUnit::WholeSet,
+        };
+        let loaded = strategy.kernels_loaded_at_once(config, unit);
         if loaded > limit as u64 {
+            let unit = match unit {
+                SwapUnit::Layers(_) => ", swapping one layer at a time",
+                SwapUnit::WholeSet => "",
+            };
             refusals.push(rules.violation(
                 |r| matches!(r, Rule::MaxLoadedKernels(_)),
                 format!("a run of --weights {}", strategy.name()),
-                format!("{loaded} kernels loaded at once"),
+                format!("{loaded} kernels loaded at once{unit}"),
             ));
         }
     }
@@ -600,18 +623,24 @@ pub fn check_chip_rules(
     }
 }
 
-/// A process must at least afford the kernels it starts on (the shared kernel and one set);
-/// otherwise every restart would fail the same way.
+/// A process must at least afford the kernels it starts on (the shared kernel and one set)
+/// and, double-buffered, the compile of one layer group beside them, which a run resumed on
+/// older weights needs before its next update; otherwise every restart would fail the same
+/// way.
 fn check_budget(
     device: &dyn Device,
     config: &ModelConfig,
     strategy: Strategy,
 ) -> Result<(), TrainError> {
-    let needed = SharedKernel::COMPILES as u64 + strategy.kernels_per_set(config);
+    let needed = strategy.kernels_loaded_at_once(config, SwapUnit::Layers(1));
+    let what = match strategy {
+        Strategy::DoubleBuffer => "starts on and one layer's background compile",
+        _ => "starts on",
+    };
     match device.compile_budget() {
         Some(budget) if budget.remaining() < needed => Err(TrainError::Other(format!(
             "the compile budget ({} of {} compiles left in this process) cannot pay for the \
-             kernels a run of `{}` starts on ({needed} with --weights {}): raise \
+             kernels a run of `{}` {what} ({needed} with --weights {}): raise \
              --compile-budget",
             budget.remaining(),
             budget.budget,
@@ -699,6 +728,13 @@ impl<'r> Run<'r, '_, '_> {
         let acquired = self.delivery.acquire(self.state.step).map(|_| ());
         for failure in std::mem::take(&mut self.delivery.failures) {
             (self.on_event)(&Event::CompileFailed(failure));
+        }
+        for swap in std::mem::take(&mut self.delivery.group_swaps) {
+            (self.on_event)(&Event::GroupSwap {
+                step: self.state.step,
+                layers: swap.layers,
+                version: swap.version,
+            });
         }
         if let Err(source) = acquired {
             // Compiles failed too often in a row: keep what was trained before stopping.
@@ -1015,6 +1051,8 @@ fn with_delivery(c: &Counters, stats: &DeliveryStats) -> Counters {
     c.staging += stats.staging;
     c.compiles += stats.kernels_compiled;
     c.swaps += stats.swaps;
+    c.group_swaps += stats.group_swaps;
+    c.layers_per_group = stats.layers_per_group.or(c.layers_per_group);
     c.failed_compiles += stats.failed_compiles;
     for (lag, n) in &stats.staleness {
         *c.staleness.entry(*lag).or_default() += n;

@@ -11,9 +11,15 @@ use crate::params::Params;
 use anetrain_device::{Device, DeviceError, Kernel, NumericMode, PreparedProgram};
 use anetrain_mil::blob::MatrixShare;
 use anetrain_mil::DType;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 /// The weight-bearing kernels of every layer and the snapshot whose weights they run on.
+///
+/// A baked set whose layers were replaced group by group ([`KernelSet::swap_in`]) runs each
+/// layer on the version its group was compiled from: its [`KernelSet::version`] is the oldest
+/// of them, and its snapshot (what the host parts of a step read: the embedding, the final
+/// norm, the classifier) the newest group's.
 pub struct KernelSet {
     snapshot: WeightSnapshot,
     kernels: SetKernels,
@@ -21,12 +27,38 @@ pub struct KernelSet {
 
 enum SetKernels {
     /// `layers[l][i]` is kernel `KernelKind::WEIGHTED[i]` of layer l, its weights baked in,
-    /// compiled from `programs` (which the set's successors reuse).
+    /// compiled from `programs` (which the set's successors reuse) at weights version
+    /// `versions[l]`.
     Baked {
         programs: Arc<BakedPrograms>,
         layers: Vec<Vec<Kernel>>,
+        versions: Vec<u64>,
     },
     Dynamic(DynamicKernels),
+}
+
+/// The baked kernels of some consecutive layers, compiled from one snapshot, to replace
+/// those layers of a set ([`KernelSet::swap_in`]).
+pub struct LayerGroup {
+    snapshot: WeightSnapshot,
+    first: usize,
+    layers: Vec<Vec<Kernel>>,
+}
+
+impl LayerGroup {
+    /// The layers it holds.
+    pub fn layers(&self) -> Range<usize> {
+        self.first..self.first + self.layers.len()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    /// Kernels it compiled.
+    pub fn compiled_kernels(&self) -> usize {
+        self.layers.iter().map(Vec::len).sum()
+    }
 }
 
 /// Kernels that take their weights as inputs: compiled once and shared by every layer, with
@@ -45,8 +77,12 @@ impl KernelSet {
     /// synchronous recompile never holds two sets' weights at once. The set cannot be
     /// evaluated afterwards; it must be replaced.
     pub fn release_baked(&mut self) {
-        if let SetKernels::Baked { layers, .. } = &mut self.kernels {
+        if let SetKernels::Baked {
+            layers, versions, ..
+        } = &mut self.kernels
+        {
             layers.clear();
+            versions.clear();
         }
     }
 
@@ -63,8 +99,49 @@ impl KernelSet {
         });
     }
 
+    /// The weights version the set runs on: of its oldest layer, when its layers differ.
     pub fn version(&self) -> u64 {
-        self.snapshot.version
+        match &self.kernels {
+            SetKernels::Baked { versions, .. } => versions.iter().copied().min(),
+            SetKernels::Dynamic(_) => None,
+        }
+        .unwrap_or(self.snapshot.version)
+    }
+
+    /// The weights version of each layer's kernels.
+    pub fn layer_versions(&self) -> Vec<u64> {
+        match &self.kernels {
+            SetKernels::Baked { versions, .. } if !versions.is_empty() => versions.clone(),
+            _ => vec![self.snapshot.version; self.snapshot.params.layout.config.n_layers],
+        }
+    }
+
+    /// Replaces the layers of `group` with its kernels, dropping theirs (which frees them on
+    /// the device). The set's snapshot becomes the group's when the group is newer.
+    pub fn swap_in(&mut self, group: LayerGroup) -> Result<(), StepError> {
+        let SetKernels::Baked {
+            layers, versions, ..
+        } = &mut self.kernels
+        else {
+            return Err(StepError::BakedWeights {
+                version: self.snapshot.version,
+            });
+        };
+        let range = group.layers();
+        if range.end > layers.len() {
+            return Err(StepError::Layers {
+                range,
+                layers: layers.len(),
+            });
+        }
+        for (l, kernels) in range.clone().zip(group.layers) {
+            layers[l] = kernels;
+            versions[l] = group.snapshot.version;
+        }
+        if group.snapshot.version > self.snapshot.version {
+            self.snapshot = group.snapshot;
+        }
+        Ok(())
     }
 
     /// The weights the set runs on.
@@ -283,11 +360,36 @@ impl BakedPrograms {
         device: &dyn Device,
         snapshot: WeightSnapshot,
     ) -> Result<KernelSet, StepError> {
+        let group = self.compile_layers(device, snapshot, 0..self.config.n_layers)?;
+        Ok(KernelSet {
+            kernels: SetKernels::Baked {
+                programs: self.clone(),
+                versions: vec![group.snapshot.version; group.layers.len()],
+                layers: group.layers,
+            },
+            snapshot: group.snapshot,
+        })
+    }
+
+    /// Compiles the weight-bearing kernels of `layers` with the snapshot's weights, to swap
+    /// into a set of these programs.
+    pub fn compile_layers(
+        &self,
+        device: &dyn Device,
+        snapshot: WeightSnapshot,
+        layers: Range<usize>,
+    ) -> Result<LayerGroup, StepError> {
         let found = &snapshot.params.layout.config;
         if *found != self.config {
             return Err(StepError::ModelMismatch {
                 expected: self.config.name.clone(),
                 found: found.name.clone(),
+            });
+        }
+        if layers.end > self.config.n_layers || layers.is_empty() {
+            return Err(StepError::Layers {
+                range: layers,
+                layers: self.config.n_layers,
             });
         }
         if kernel_dtype(device) != self.dtype {
@@ -300,15 +402,16 @@ impl BakedPrograms {
                 )),
             });
         }
-        // One share for the set: a layer's kernels that read a matrix and those that read its
-        // transpose get one derived form of it (the CPU device packs it once). Dropped with
-        // this call, so nothing of the set's weights outlives it there.
+        // One share for the group: a layer's kernels that read a matrix and those that read
+        // its transpose get one derived form of it (the CPU device packs it once). Dropped with
+        // this call, so nothing of the group's weights outlives it there.
         let share = MatrixShare::new();
         let prepared = self.prepared.get_or_init(|| {
             let programs = self.programs.iter();
             programs.map(|p| device.prepare(&p.program)).collect()
         });
-        let layers = (0..self.config.n_layers)
+        let first = layers.start;
+        let kernels = layers
             .map(|l| {
                 (self.programs.iter().zip(prepared))
                     .map(|(p, prepared)| {
@@ -317,12 +420,10 @@ impl BakedPrograms {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(KernelSet {
+        Ok(LayerGroup {
             snapshot,
-            kernels: SetKernels::Baked {
-                programs: self.clone(),
-                layers,
-            },
+            first,
+            layers: kernels,
         })
     }
 }

@@ -16,7 +16,7 @@ mod weight_grads;
 pub use buffers::StepBuffers;
 pub use kernel_set::{
     compile_dynamic_kernel_set, compile_kernel_set, run_programs, BakedPrograms, KernelSet,
-    SharedKernel,
+    LayerGroup, SharedKernel,
 };
 pub use timing::{HostSpan, HostTimer, StepTiming};
 
@@ -78,6 +78,11 @@ pub enum StepError {
     Stage { kernel: String, source: StageError },
     #[error("the kernel set of weights version {version} has released its weights")]
     Released { version: u64 },
+    #[error("layers {}..{} are not layers of a model of {layers}", .range.start, .range.end)]
+    Layers {
+        range: std::ops::Range<usize>,
+        layers: usize,
+    },
 }
 
 fn check_tokens(config: &ModelConfig, tokens: &[u32], targets: &[u32]) -> Result<(), StepError> {

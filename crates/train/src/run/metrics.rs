@@ -32,6 +32,14 @@ pub enum MetricsRow {
         step: u64,
         path: String,
     },
+    /// Layers `first_layer..end_layer` swapped in on weights version `version`, before update
+    /// `step`.
+    GroupSwap {
+        step: u64,
+        first_layer: usize,
+        end_layer: usize,
+        version: u64,
+    },
 }
 
 impl MetricsRow {
@@ -59,6 +67,16 @@ impl MetricsRow {
                 step: *step,
                 path: path.display().to_string(),
             },
+            Event::GroupSwap {
+                step,
+                layers,
+                version,
+            } => MetricsRow::GroupSwap {
+                step: *step,
+                first_layer: layers.start,
+                end_layer: layers.end,
+                version: *version,
+            },
             Event::HostWork { .. } => return None,
         })
     }
@@ -67,7 +85,9 @@ impl MetricsRow {
     pub fn step(&self) -> Option<u64> {
         match self {
             MetricsRow::Step(r) => Some(r.step),
-            MetricsRow::Val { step, .. } | MetricsRow::Checkpoint { step, .. } => Some(*step),
+            MetricsRow::Val { step, .. }
+            | MetricsRow::Checkpoint { step, .. }
+            | MetricsRow::GroupSwap { step, .. } => Some(*step),
             MetricsRow::Compile { .. } | MetricsRow::CompileFailed { .. } => None,
         }
     }

@@ -197,9 +197,13 @@ impl fmt::Display for EfficiencyReport {
             "compiles            {} in the run; budget: {budget}",
             c.compiles
         )?;
+        let groups = match c.layers_per_group {
+            Some(g) => format!(" ({} of groups of {g} layers)", c.group_swaps),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "swaps               {}   failed compiles {}",
+            "swaps               {}{groups}   failed compiles {}",
             c.swaps, c.failed_compiles
         )?;
         let lags: Vec<String> = self
