@@ -193,7 +193,13 @@ fn write_kernels(
         bail!("{} is not empty: give a new folder", out.display());
     }
     let params = Arc::new(init_params(Arc::new(ParamLayout::new(&config)), seed));
-    let kernels = run_kernels(&params, strategy.weights_as_inputs(), dtype)?;
+    let mut kernels = run_kernels(&params, strategy.weights_as_inputs(), dtype)?;
+    // In the dialect the chip needs (the M1 generation's ios16), as a run on it compiles them.
+    if let Some(dialect) = rules.as_ref().and_then(ChipRules::dialect) {
+        for kernel in &mut kernels {
+            kernel.program = kernel.program.clone().into_dialect(dialect);
+        }
+    }
     let mut refused = 0;
     for kernel in &kernels {
         let dir = out.join(&kernel.name);

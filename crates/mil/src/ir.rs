@@ -473,6 +473,24 @@ impl Program {
         }
     }
 
+    /// The same program written in `dialect`: its header, buildInfo and every function's
+    /// opset follow the dialect; the ops are the same (every op the kernels use is in both).
+    pub fn into_dialect(mut self, dialect: Dialect) -> Program {
+        if self.dialect == dialect {
+            return self;
+        }
+        self.dialect = dialect;
+        self.build_info = Program::default_build_info(dialect);
+        let opset = match dialect {
+            Dialect::Ios18 => "ios18",
+            Dialect::Ios16 => "ios16",
+        };
+        for f in &mut self.functions {
+            f.opset = opset.to_string();
+        }
+        self
+    }
+
     /// The function named `main`, or the first one.
     pub fn main(&self) -> Option<&Function> {
         self.functions

@@ -430,3 +430,21 @@ fn utf8_strings_and_raw_newlines_round_trip() {
     );
     assert_eq!(print_program(&p), text);
 }
+
+/// A program moved to the M1's ios16 dialect prints as `program(1.0)` with the ios16 opset and
+/// rank-0 scalars, reads back to the same program, and type-checks as before.
+#[test]
+fn a_program_moves_to_the_ios16_dialect_and_back() {
+    let ios18 = examples::final_rmsnorm(64, 32);
+    let ios16 = ios18.clone().into_dialect(Dialect::Ios16);
+    let text = print_program(&ios16);
+    assert!(text.starts_with("program(1.0)\n"), "{text}");
+    assert!(text.contains("func main<ios16>"), "{text}");
+    assert!(text.contains("tensor<fp16, []>"), "{text}");
+    assert!(!text.contains("coremltools-version"), "{text}");
+    assert_eq!(parse(&text), ios16);
+    let check = anetrain_mil::check::check_program;
+    let (a, b) = (check(&ios18).unwrap(), check(&ios16).unwrap());
+    assert_eq!(a.signature, b.signature);
+    assert_eq!(ios16.into_dialect(Dialect::Ios18), ios18);
+}

@@ -274,13 +274,24 @@ pub fn run_programs(
         .map(|kind| {
             if dynamic && kind != KernelKind::BwdAttn2 {
                 generate_dynamic(kind, c, dtype)
-                    .map(|(program, _)| program)
+                    .map(|(program, _)| in_device_dialect(device, program))
                     .map_err(generate_error(kind))
             } else {
-                generate_baked(kind, c, dtype).map_err(generate_error(kind))
+                generate_baked(kind, c, dtype)
+                    .map(|program| in_device_dialect(device, program))
+                    .map_err(generate_error(kind))
             }
         })
         .collect()
+}
+
+/// A kernel in the MIL dialect the device's chip needs (the M1 generation's `ios16`), or as
+/// generated (`ios18`).
+fn in_device_dialect(device: &dyn Device, mut kernel: KernelProgram) -> KernelProgram {
+    if let Some(dialect) = device.chip_rules().and_then(|r| r.dialect()) {
+        kernel.program = kernel.program.into_dialect(dialect);
+    }
+    kernel
 }
 
 /// The float type a device's kernels compute in.
@@ -346,12 +357,17 @@ impl BakedPrograms {
         })
     }
 
-    /// The programs in the float type `device` computes in.
+    /// The programs in the float type `device` computes in, in the dialect its chip needs.
     pub fn for_device(
         device: &dyn Device,
         config: &ModelConfig,
     ) -> Result<BakedPrograms, StepError> {
-        BakedPrograms::generate(config, kernel_dtype(device))
+        let mut programs = BakedPrograms::generate(config, kernel_dtype(device))?;
+        programs.programs = std::mem::take(&mut programs.programs)
+            .into_iter()
+            .map(|p| in_device_dialect(device, p))
+            .collect();
+        Ok(programs)
     }
 
     /// Compiles every weight-bearing kernel of every layer with the snapshot's weights.
@@ -455,6 +471,7 @@ pub fn compile_dynamic_kernel_set(
                     source,
                 }
             })?;
+        let program = in_device_dialect(device, program);
         let compiled = device
             .compile(&program.program, &program.weights)
             .map_err(|source| StepError::Compile { kernel, source })?;
@@ -498,6 +515,7 @@ impl SharedKernel {
                 source,
             },
         )?;
+        let program = in_device_dialect(device, program);
         // It reads no trainable weights: the program's own tables are all its files.
         let bwd_attn2 = device
             .compile(&program.program, &program.weights)
