@@ -176,10 +176,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         _ => {}
     });
     bar.finish_and_clear();
-    if let TrainOutcome::Restart { step, checkpoint } = outcome? {
+    if let TrainOutcome::Restart {
+        step,
+        checkpoint,
+        reason,
+    } = outcome?
+    {
         if !quiet {
             println!(
-                "compile budget spent after step {step}: restarting from {}",
+                "{reason} after step {step}: restarting from {}",
                 checkpoint.display()
             );
         }

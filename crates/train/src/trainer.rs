@@ -230,6 +230,9 @@ pub struct Counters {
     /// start and every restart): there is nothing to evaluate yet, whatever the strategy.
     pub startup_compile: Duration,
     pub compiles: u64,
+    /// The update whose failed eval last restarted the process: failing again there stops
+    /// the run.
+    pub eval_failure_restart: Option<u64>,
     pub train: Duration,
     pub device_eval: Duration,
     pub host_math: Duration,
@@ -466,9 +469,33 @@ pub struct TrainSetup<'a> {
 pub enum TrainOutcome {
     /// The schedule, or `stop_after`, is done.
     Finished,
-    /// The device's compile budget is spent: the run was checkpointed after `step` and goes
-    /// on in a new process (`--resume checkpoint`).
-    Restart { step: u64, checkpoint: PathBuf },
+    /// The run was checkpointed after `step` and goes on in a new process (`--resume
+    /// checkpoint`), for `reason`.
+    Restart {
+        step: u64,
+        checkpoint: PathBuf,
+        reason: RestartReason,
+    },
+}
+
+/// Why a run goes on in a new process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// The device's compile budget cannot pay for the next compile.
+    CompileBudget,
+    /// An eval failed: on the ANE a failed request can latch, failing every later one until
+    /// the process exits. The update it was part of runs again in the new process; a second
+    /// failure there stops the run.
+    EvalFailed(String),
+}
+
+impl std::fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartReason::CompileBudget => f.write_str("compile budget spent"),
+            RestartReason::EvalFailed(why) => write!(f, "an eval failed ({why})"),
+        }
+    }
 }
 
 /// Runs the loop from `state.step` to `options.steps` (or `setup.stop_after`).
@@ -705,7 +732,14 @@ impl<'r> Run<'r, '_, '_> {
             if let Some(restart) = self.acquire()? {
                 return Ok(restart);
             }
-            let gradients = self.compute_gradients()?;
+            let sampler = self.data.state();
+            let gradients = match self.compute_gradients() {
+                Ok(gradients) => gradients,
+                Err(TrainError::Step(e @ StepError::Eval { .. })) => {
+                    return self.restart_after_failed_eval(e, sampler);
+                }
+                Err(e) => return Err(e),
+            };
             let update = self.update(gradients.ran_on)?;
             self.record(&gradients, &update, step_start, stall_before);
             let last = self.state.step == end;
@@ -769,6 +803,7 @@ impl<'r> Run<'r, '_, '_> {
         Ok(Some(TrainOutcome::Restart {
             step: self.state.step,
             checkpoint,
+            reason: RestartReason::CompileBudget,
         }))
     }
 
@@ -1018,7 +1053,34 @@ impl<'r> Run<'r, '_, '_> {
 
     /// Writes a checkpoint of the run as it stands, with the weights the device runs the next
     /// step on when they lag the master's, and reports it. Only called with a run folder.
+    /// A failed eval ends the process: the update it was part of is checkpointed undone (the
+    /// data source as it was before the update's windows) and runs again in a new process,
+    /// unless it already failed in the last one, or there is no run folder.
+    fn restart_after_failed_eval(
+        &mut self,
+        failure: StepError,
+        sampler_before: serde_json::Value,
+    ) -> Result<TrainOutcome, TrainError> {
+        let step = self.state.step;
+        if self.checkpoints.is_none() || self.state.counters.eval_failure_restart == Some(step) {
+            return Err(TrainError::Step(failure));
+        }
+        self.state.counters.eval_failure_restart = Some(step);
+        let checkpoint = self.checkpoint_with(sampler_before)?;
+        Ok(TrainOutcome::Restart {
+            step,
+            checkpoint,
+            reason: RestartReason::EvalFailed(failure.to_string()),
+        })
+    }
+
     fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        let sampler = self.data.state();
+        self.checkpoint_with(sampler)
+    }
+
+    /// Writes a checkpoint with the data source in state `sampler`.
+    fn checkpoint_with(&mut self, sampler: serde_json::Value) -> Result<PathBuf, TrainError> {
         let Some(folder) = self.checkpoints else {
             return Err(TrainError::Other("no run folder to checkpoint to".into()));
         };
@@ -1027,7 +1089,7 @@ impl<'r> Run<'r, '_, '_> {
         state.device_weights = (next.version < state.step).then(|| next.clone());
         let mut ckpt = state.checkpoint(
             self.options,
-            self.data.state(),
+            sampler,
             folder.tokenizer_kind,
             folder.tokenizer.clone(),
         );

@@ -255,3 +255,92 @@ fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrup
     assert_eq!(state.params.data, reference.params.data);
     assert_eq!(state.adam, reference.adam);
 }
+
+/// A failed eval may latch the ANE for the life of the process: the run checkpoints the update
+/// it was part of undone and restarts. The new process runs that update again and ends exactly
+/// like an uninterrupted run; a second failure at the same update stops the run.
+#[test]
+fn a_failed_eval_restarts_the_process_and_the_update_runs_again() {
+    use anetrain_device::decorate::FaultInjection;
+    use anetrain_train::trainer::{RestartReason, TrainError};
+    let c = config();
+    let opts = options();
+    let clock = RealClock::new();
+    let fresh = || {
+        TrainState::new(
+            init_params(Arc::new(ParamLayout::new(&c)), 5),
+            &opts,
+            NumericMode::Fp32,
+        )
+    };
+    let run = |device: &dyn anetrain_device::Device,
+               state: &mut TrainState,
+               data: &mut Cycle,
+               checkpoints: Option<&CheckpointFolder>,
+               losses: &mut Vec<f32>| {
+        let env = test_env(device, &clock, Strategy::Recompile);
+        train(&env, &opts, state, data, checkpoints, &mut |e| {
+            if let Event::Step(r) = e {
+                losses.push(r.loss)
+            }
+        })
+    };
+    let mut reference = fresh();
+    let mut ref_losses = Vec::new();
+    let cpu = || CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let outcome = run(&cpu(), &mut reference, &mut Cycle(0), None, &mut ref_losses);
+    assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
+
+    // Eval 40 falls in the 4th update (2 windows of 6 evals each per update).
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoint_folder(dir.path());
+    let (mut state, mut data, mut losses) = (fresh(), Cycle(0), Vec::new());
+    let faulty = FaultInjection::new(cpu()).fail_eval(40);
+    let outcome = run(
+        &faulty,
+        &mut state,
+        &mut data,
+        Some(&checkpoints),
+        &mut losses,
+    );
+    let Ok(TrainOutcome::Restart {
+        step,
+        checkpoint,
+        reason: RestartReason::EvalFailed(why),
+    }) = outcome
+    else {
+        panic!("expected a restart for the failed eval, got {outcome:?}");
+    };
+    assert_eq!(step, 3);
+    assert!(why.contains("evaluating kernel"), "{why}");
+    assert_eq!(losses.len(), 3);
+    // The new process: everything from the checkpoint, a device that works.
+    let ckpt = Checkpoint::load(&checkpoint).unwrap();
+    let mut data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
+    let mut state = TrainState::from_checkpoint(ckpt).unwrap();
+    assert_eq!(state.counters.eval_failure_restart, Some(3));
+    let outcome = run(
+        &cpu(),
+        &mut state,
+        &mut data,
+        Some(&checkpoints),
+        &mut losses,
+    );
+    assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
+    assert_eq!(losses, ref_losses);
+    assert_eq!(state.params.data, reference.params.data);
+
+    // Failing again at the update that restarted the process stops the run.
+    let ckpt = Checkpoint::load(&checkpoint).unwrap();
+    let mut data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
+    let mut state = TrainState::from_checkpoint(ckpt).unwrap();
+    let faulty = FaultInjection::new(cpu()).fail_eval(1);
+    let outcome = run(
+        &faulty,
+        &mut state,
+        &mut data,
+        Some(&checkpoints),
+        &mut Vec::new(),
+    );
+    assert!(matches!(outcome, Err(TrainError::Step(_))), "{outcome:?}");
+}
