@@ -13,6 +13,7 @@ use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::kernels::run_kernels;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::Strategy;
+use anetrain_train::trainer::loaded_kernels_refusal;
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -224,6 +225,14 @@ fn write_kernels(
             }
         }
     }
+    // What a run holds loaded at once, as `train` checks it.
+    if let Some(v) = rules
+        .as_ref()
+        .and_then(|r| loaded_kernels_refusal(r, &config, strategy))
+    {
+        refused += 1;
+        println!("{v}");
+    }
     println!(
         "{} kernels of `{}` with --weights {} in {} written to {}",
         kernels.len(),
@@ -238,7 +247,10 @@ fn write_kernels(
             rules.chip
         ),
         Some(rules) => {
-            println!("the {} accepts every one", rules.chip);
+            println!(
+                "the {} accepts every one, and a run holding them",
+                rules.chip
+            );
             Ok(())
         }
         None => Ok(()),

@@ -258,8 +258,9 @@ impl ChipProfile {
 pub struct RuleCheck<D> {
     inner: D,
     rules: ChipRules,
-    /// Kernels compiled through this device and not yet dropped.
+    /// Kernels compiled through this device and not yet dropped, and the most there were.
     loaded: Arc<AtomicUsize>,
+    peak: AtomicUsize,
 }
 
 impl<D: Device> RuleCheck<D> {
@@ -268,6 +269,7 @@ impl<D: Device> RuleCheck<D> {
             inner,
             rules,
             loaded: Arc::new(AtomicUsize::new(0)),
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -280,6 +282,11 @@ impl<D: Device> RuleCheck<D> {
         self.loaded.load(Ordering::SeqCst)
     }
 
+    /// The most kernels that were loaded at once.
+    pub fn peak_loaded(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
     /// Takes a slot for one more kernel, or names the rule that refuses it.
     fn claim_slot(&self) -> Result<LoadedSlot, DeviceError> {
         let limit = self.rules.max_loaded_kernels();
@@ -289,7 +296,11 @@ impl<D: Device> RuleCheck<D> {
                 limit.is_none_or(|(max, _)| n < max).then_some(n + 1)
             });
         match (claimed, limit) {
-            (Ok(_), _) | (Err(_), None) => Ok(LoadedSlot(self.loaded.clone())),
+            (Ok(before), _) => {
+                self.peak.fetch_max(before + 1, Ordering::SeqCst);
+                Ok(LoadedSlot(self.loaded.clone()))
+            }
+            (Err(_), None) => Ok(LoadedSlot(self.loaded.clone())),
             (Err(n), Some(_)) => Err(DeviceError::Refused(vec![self.rules.violation(
                 |r| matches!(r, Rule::MaxLoadedKernels(_)),
                 "this compile".into(),
@@ -572,7 +583,6 @@ mod tests {
         clock.now() - start
     }
 
-    /// Prepared or not, every compile takes one of the budget, and none is made past it.
     #[test]
     fn a_chip_holds_no_more_kernels_than_its_rule_allows() {
         use crate::ane::rules::{ChipRule, Severity};
@@ -611,6 +621,7 @@ mod tests {
         assert!(device.compile(&program, &files).is_ok(), "a slot was freed");
     }
 
+    /// Prepared or not, every compile takes one of the budget, and none is made past it.
     #[test]
     fn a_budget_counts_compiles_of_prepared_programs() {
         let program = examples::dynamic_matmul(4, 4, 8);

@@ -290,8 +290,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         max_failures: u32,
     ) -> Self {
         let config = initial.snapshot().params.layout.config.clone();
+        // Sized by what this process has left: the initial set and the shared kernel are
+        // compiled already, and are what `SwapUnit::largest` sets aside.
+        let started = SharedKernel::COMPILES as u64 + initial.compiled_kernels() as u64;
         let unit = match strategy {
-            Strategy::DoubleBuffer => double_buffer_unit(device, &config),
+            Strategy::DoubleBuffer => swap_unit(device, &config, started),
             _ => SwapUnit::WholeSet,
         };
         let set_size = match unit {
@@ -392,10 +395,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
 
     /// The weights and layers the next background compile is for, if there is one to make:
     /// the newest published weights, for the whole set or for the group of the stalest layer.
+    /// Nothing is taken: [`Delivery::start_if_idle`] takes it once the budget allows.
     fn next_compile(&mut self) -> Option<(WeightSnapshot, std::ops::Range<usize>)> {
         let layers = self.active.snapshot().params.layout.config.n_layers;
         match self.unit {
-            SwapUnit::WholeSet => self.latest.take().map(|s| (s, 0..layers)),
+            SwapUnit::WholeSet => self.latest.clone().map(|s| (s, 0..layers)),
             SwapUnit::Layers(g) => {
                 if let Some(latest) = self.latest.take() {
                     self.newest = Some(latest);
@@ -416,20 +420,22 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
         if self.job.is_some() {
             return;
         }
-        let pending = match self.unit {
-            SwapUnit::WholeSet => self.latest.is_some(),
-            SwapUnit::Layers(_) => self.latest.is_some() || self.newest.is_some(),
-        };
-        if !pending {
-            return;
-        }
-        if !self.budget_allows_a_set() {
-            self.budget_blocked = true;
-            return;
-        }
         let Some((snapshot, layers)) = self.next_compile() else {
             return;
         };
+        // What this compile costs: a whole set, or the group's own layers (the last group may
+        // be short).
+        let cost = match self.unit {
+            SwapUnit::WholeSet => self.set_size,
+            SwapUnit::Layers(_) => (layers.len() * KernelKind::WEIGHTED.len()) as u64,
+        };
+        if !self.budget_allows(cost) {
+            self.budget_blocked = true;
+            return;
+        }
+        if self.unit == SwapUnit::WholeSet {
+            self.latest = None;
+        }
         let whole = layers.len() == self.active.snapshot().params.layout.config.n_layers;
         let group = (!whole).then(|| layers.clone());
         let (device, clock, programs) = (self.device, self.clock, self.programs.clone());
@@ -605,7 +611,13 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
             caught_up?;
         }
         let lag = master.saturating_sub(self.active.version());
-        self.past_bound = lag > self.staleness_bound();
+        // Past the bound only counts where a compile could help: behind the newest weights
+        // published (updates skipped for fp16 overflow publish none).
+        let newest = match (self.unit, &self.newest) {
+            (SwapUnit::Layers(_), Some(newest)) => newest.version.min(master),
+            _ => master,
+        };
+        self.past_bound = newest.saturating_sub(self.active.version()) > self.staleness_bound();
         // A step the budget stops runs in the next process, and is counted there.
         if !self.restart_needed() {
             *self.stats.staleness.entry(lag).or_default() += 1;
@@ -655,6 +667,11 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     /// else the active set's. (A compile that lands sooner is a matter of timing, which a
     /// checkpoint cannot keep.)
     pub fn next_weights(&self, master: u64) -> &WeightSnapshot {
+        // Swapping groups, the layers run on several versions, which a checkpoint cannot keep:
+        // a new process starts on the newest weights, all layers alike.
+        if let (SwapUnit::Layers(_), Some(newest)) = (self.unit, &self.newest) {
+            return newest;
+        }
         match &self.job {
             Some(job) if master.saturating_sub(self.active.version()) > self.staleness_bound() => {
                 &job.snapshot
@@ -676,9 +693,13 @@ impl<'scope, 'env> Delivery<'scope, 'env> {
     }
 
     fn budget_allows_a_set(&self) -> bool {
+        self.budget_allows(self.set_size)
+    }
+
+    fn budget_allows(&self, compiles: u64) -> bool {
         self.device
             .compile_budget()
-            .is_none_or(|b| b.remaining() >= self.set_size)
+            .is_none_or(|b| b.remaining() >= compiles)
     }
 
     /// True once the compile budget cannot pay for another kernel set, or, swapping groups,
@@ -754,14 +775,20 @@ fn compile_group(
     (group, counted.count.load(Ordering::Relaxed))
 }
 
-/// The unit a double buffer on `device` swaps in: whole sets, unless two pass the chip's
-/// loaded-kernel limit or the process's compile budget.
+/// The unit a double buffer on `device` swaps in, before the run compiles anything: whole
+/// sets, unless two pass the chip's loaded-kernel limit or what is left of the process's
+/// compile budget.
 pub fn double_buffer_unit(device: &dyn Device, config: &ModelConfig) -> SwapUnit {
+    swap_unit(device, config, 0)
+}
+
+/// [`double_buffer_unit`] once the process has made `compiled` compiles for its start.
+fn swap_unit(device: &dyn Device, config: &ModelConfig, compiled: u64) -> SwapUnit {
     let loaded = device
         .chip_rules()
         .and_then(|r| r.max_loaded_kernels())
         .map(|(n, _)| n as u64);
-    let budget = device.compile_budget().map(|b| b.budget);
+    let budget = device.compile_budget().map(|b| b.remaining() + compiled);
     // Where not even one layer fits, the run was refused before it started.
     SwapUnit::largest(config, loaded, budget).unwrap_or(SwapUnit::Layers(1))
 }

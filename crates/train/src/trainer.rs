@@ -7,7 +7,7 @@ use crate::checkpoint::{
 use crate::delivery::{Delivery, DeliveryStats, Strategy, SwapUnit};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
-use anetrain_device::ane::{Rule, Violation};
+use anetrain_device::ane::{ChipRules, Rule, Violation};
 use anetrain_device::clock::Clock;
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::kernels::KernelKind;
@@ -617,28 +617,7 @@ pub fn check_chip_rules(
             v
         }));
     }
-    if let Some((limit, _)) = rules.max_loaded_kernels() {
-        // A double buffer swaps groups of layers when two whole sets do not fit; one layer's
-        // group beside a whole set is the least it needs.
-        let unit = match strategy {
-            Strategy::DoubleBuffer => {
-                SwapUnit::largest(config, Some(limit as u64), None).unwrap_or(SwapUnit::Layers(1))
-            }
-            _ => SwapUnit::WholeSet,
-        };
-        let loaded = strategy.kernels_loaded_at_once(config, unit);
-        if loaded > limit as u64 {
-            let unit = match unit {
-                SwapUnit::Layers(_) => ", swapping one layer at a time",
-                SwapUnit::WholeSet => "",
-            };
-            refusals.push(rules.violation(
-                |r| matches!(r, Rule::MaxLoadedKernels(_)),
-                format!("a run of --weights {}", strategy.name()),
-                format!("{loaded} kernels loaded at once{unit}"),
-            ));
-        }
-    }
+    refusals.extend(loaded_kernels_refusal(&rules, config, strategy));
     if refusals.is_empty() {
         Ok(())
     } else {
@@ -648,6 +627,47 @@ pub fn check_chip_rules(
             refusals,
         })
     }
+}
+
+/// The `loaded-kernels` rule's refusal of a run of `strategy`, if the chip cannot hold the
+/// kernels it needs loaded at once: one set and the shared kernel, and for a double buffer one
+/// layer's group beside them at least (it swaps groups of layers when two whole sets do not
+/// fit).
+pub fn loaded_kernels_refusal(
+    rules: &ChipRules,
+    config: &ModelConfig,
+    strategy: Strategy,
+) -> Option<Violation> {
+    let (limit, _) = rules.max_loaded_kernels()?;
+    let limit = limit as u64;
+    let one_set = strategy.kernels_loaded_at_once(config, SwapUnit::WholeSet)
+        - match strategy {
+            Strategy::DoubleBuffer => strategy.kernels_per_set(config),
+            _ => 0,
+        };
+    let value = if one_set > limit {
+        format!(
+            "{one_set} kernels loaded at once for one set of {} and the shared kernel",
+            strategy.kernels_per_set(config)
+        )
+    } else {
+        let unit = match strategy {
+            Strategy::DoubleBuffer => {
+                SwapUnit::largest(config, Some(limit), None).unwrap_or(SwapUnit::Layers(1))
+            }
+            _ => SwapUnit::WholeSet,
+        };
+        let loaded = strategy.kernels_loaded_at_once(config, unit);
+        if loaded <= limit {
+            return None;
+        }
+        format!("{loaded} kernels loaded at once, beside one set a group of one layer")
+    };
+    Some(rules.violation(
+        |r| matches!(r, Rule::MaxLoadedKernels(_)),
+        format!("a run of --weights {}", strategy.name()),
+        value,
+    ))
 }
 
 /// A process must at least afford the kernels it starts on (the shared kernel and one set)
@@ -760,16 +780,7 @@ impl<'r> Run<'r, '_, '_> {
     /// bound asks. Returns the restart the compile budget asks for instead, if it does.
     fn acquire(&mut self) -> Result<Option<TrainOutcome>, TrainError> {
         let acquired = self.delivery.acquire(self.state.step).map(|_| ());
-        for failure in std::mem::take(&mut self.delivery.failures) {
-            (self.on_event)(&Event::CompileFailed(failure));
-        }
-        for swap in std::mem::take(&mut self.delivery.group_swaps) {
-            (self.on_event)(&Event::GroupSwap {
-                step: self.state.step,
-                layers: swap.layers,
-                version: swap.version,
-            });
-        }
+        self.report_delivery();
         if let Err(source) = acquired {
             // Compiles failed too often in a row: keep what was trained before stopping.
             let checkpoint = match self.checkpoints {
@@ -805,6 +816,21 @@ impl<'r> Run<'r, '_, '_> {
             checkpoint,
             reason: RestartReason::CompileBudget,
         }))
+    }
+
+    /// Reports what delivery did since the last look: failed compiles, and layer groups
+    /// swapped in before the next update.
+    fn report_delivery(&mut self) {
+        for failure in std::mem::take(&mut self.delivery.failures) {
+            (self.on_event)(&Event::CompileFailed(failure));
+        }
+        for swap in std::mem::take(&mut self.delivery.group_swaps) {
+            (self.on_event)(&Event::GroupSwap {
+                step: self.state.step + 1,
+                layers: swap.layers,
+                version: swap.version,
+            });
+        }
     }
 
     /// The update's gradient: one micro-step per window on the active kernels, summed in
@@ -1021,11 +1047,11 @@ impl<'r> Run<'r, '_, '_> {
     fn validate(&mut self) -> Result<(), TrainError> {
         let (device, clock) = (self.setup.device, self.setup.clock);
         let step = self.state.step;
-        let set = if step == self.options.steps {
-            self.delivery.catch_up(step)?
-        } else {
-            self.delivery.active()
-        };
+        if step == self.options.steps {
+            self.delivery.catch_up(step)?;
+            self.report_delivery();
+        }
+        let set = self.delivery.active();
         let weights_version = set.version();
         let start = clock.now();
         let s = self.state.config.seq_len;

@@ -125,7 +125,12 @@ fn a_chip_that_cannot_hold_two_sets_gets_groups_of_layers_within_its_limit() {
     assert_eq!(out.outcome, TrainOutcome::Finished);
     // A compile past the limit would have been refused, and reported here.
     assert!(out.failures.is_empty(), "{:?}", out.failures);
-    assert!(device.loaded() <= 32);
+    // A group beside the whole set and the shared kernel: more than one set, never past 32.
+    assert!(
+        (22..=32).contains(&device.peak_loaded()),
+        "{}",
+        device.peak_loaded()
+    );
     assert_eq!(out.steps.len(), 12);
     assert!(out.swaps.len() >= 4, "{:?}", out.swaps);
     for (layers, version, step) in &out.swaps {
@@ -188,7 +193,13 @@ fn a_budget_that_cannot_pay_for_two_sets_still_moves_on_in_each_process() {
         match out.outcome {
             TrainOutcome::Finished => break,
             TrainOutcome::Restart { step, .. } => {
-                assert!(step > before, "a process made no update (at step {before})");
+                // It starts on the newest weights, so it runs until its oldest layer passes
+                // the bound (4 updates) and the next group cannot be paid for.
+                assert!(
+                    step >= before + 4,
+                    "only {} updates in a process",
+                    step - before
+                );
                 assert!(out.swaps.iter().all(|(l, ..)| l.len() == 1));
             }
         }
