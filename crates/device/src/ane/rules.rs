@@ -1000,4 +1000,92 @@ mod tests {
         assert!(found[0].to_string().contains("may refuse"));
         assert!(common().refusals(&program).unwrap().is_empty());
     }
+
+    /// `main(x) -> (y)` with `body` (statements, one a line), for the rules' tests.
+    fn program(input: &str, body: &[&str]) -> Program {
+        let mut text = String::from(
+            "program(1.3)\n[buildInfo = dict<string, string>({{\"coremlc-version\", \"3505.4.1\"}})]\n{\n",
+        );
+        text.push_str(&format!("    func main<ios18>({input} x) {{\n"));
+        for line in body {
+            text.push_str(&format!("        {line}\n"));
+        }
+        text.push_str("    } -> (y);\n}\n");
+        parse_program(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn a_matmul_past_the_inner_limit_is_named() {
+        // x·xᵀ: the inner dimension is x's last axis, 16,400 long (so the axis rule breaks too).
+        let p = program(
+            "tensor<fp16, [1, 1, 16, 16400]>",
+            &[
+                "bool f = const()[name=string(\"f\"), val=bool(false)];",
+                "bool t = const()[name=string(\"t\"), val=bool(true)];",
+                "tensor<fp16, [1,1,16,16]> y = matmul(transpose_x=f,transpose_y=t,x=x,y=x)[name=string(\"mm\")];",
+            ],
+        );
+        let found = common().refusals(&p).unwrap();
+        let inner = found.iter().find(|v| v.rule.rule.name() == "matmul-inner");
+        let inner = inner.unwrap_or_else(|| panic!("{found:?}"));
+        assert!(inner
+            .to_string()
+            .contains("op `mm` (matmul): an inner dimension of 16400"));
+        assert!(names(&found).contains(&"axis-extent"));
+    }
+
+    #[test]
+    fn a_conv_kernel_past_16_by_16_is_named() {
+        let p = program(
+            "tensor<fp16, [1, 16, 32, 32]>",
+            &[
+                "string pt = const()[name=string(\"pt\"), val=string(\"valid\")];",
+                "tensor<int32, [2]> st = const()[name=string(\"st\"), val=tensor<int32, [2]>([1,1])];",
+                "tensor<int32, [4]> pd = const()[name=string(\"pd\"), val=tensor<int32, [4]>([0,0,0,0])];",
+                "tensor<int32, [2]> dl = const()[name=string(\"dl\"), val=tensor<int32, [2]>([1,1])];",
+                "int32 gr = const()[name=string(\"gr\"), val=int32(1)];",
+                "tensor<fp16, [16,16,17,17]> W = const()[name=string(\"W\"), val=tensor<fp16, [16,16,17,17]>(BLOBFILE(path=string(\"@model_path/weights/w.bin\"), offset=uint64(64)))];",
+                "tensor<fp16, [1,16,16,16]> y = conv(dilations=dl,groups=gr,pad=pd,pad_type=pt,strides=st,weight=W,x=x)[name=string(\"conv\")];",
+            ],
+        );
+        let found = common().refusals(&p).unwrap();
+        assert_eq!(names(&found), vec!["conv-kernel"]);
+        assert!(
+            found[0].to_string().contains("a 17×17 kernel"),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
+    fn sdpa_is_refused_and_int8_is_for_storage_only() {
+        let sdpa = program(
+            "tensor<fp16, [1, 2, 32, 16]>",
+            &["tensor<fp16, [1,2,32,16]> y = scaled_dot_product_attention(key=x,query=x,value=x)[name=string(\"sdpa\")];"],
+        );
+        let found = common().refusals(&sdpa).unwrap();
+        assert_eq!(names(&found), vec!["refused-op"]);
+        assert!(
+            found[0].to_string().contains("ignores its mask"),
+            "{}",
+            found[0]
+        );
+
+        let int8 = program(
+            "tensor<fp16, [1, 16, 1, 32]>",
+            &[
+                "string to8 = const()[name=string(\"to8\"), val=string(\"int8\")];",
+                "tensor<int8, [1,16,1,32]> q = cast(dtype=to8,x=x)[name=string(\"q\")];",
+                "tensor<int8, [1,16,1,32]> y = add(x=q,y=q)[name=string(\"sum\")];",
+            ],
+        );
+        let found = common().refusals(&int8).unwrap();
+        assert_eq!(names(&found), vec!["int8-storage", "int8-storage"]);
+        let text: Vec<String> = found.iter().map(Violation::to_string).collect();
+        assert!(text[0].contains("an int8 output"), "{text:?}");
+        assert!(
+            text[1].contains("op `sum` (add): computes on the int8 value `q`"),
+            "{text:?}"
+        );
+    }
 }
