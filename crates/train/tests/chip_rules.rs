@@ -36,6 +36,25 @@ fn simulated(chip: &str) -> Arc<dyn Device> {
     .device
 }
 
+fn options(steps: u64) -> TrainOptions {
+    TrainOptions {
+        steps,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..TrainOptions::default()
+    }
+}
+
+/// A run of `c` from its initial weights, computing in fp16 as on the ANE.
+fn fresh_state(c: &ModelConfig, options: &TrainOptions) -> TrainState {
+    TrainState::new(
+        init_params(Arc::new(ParamLayout::new(c)), 1),
+        options,
+        NumericMode::Fp16,
+    )
+}
+
 /// The rules each refused combination breaks, by the chip table applied to the programs.
 fn expected_rules(
     device: &dyn Device,
@@ -139,18 +158,8 @@ fn a_refused_run_compiles_nothing() {
     .open()
     .unwrap();
     let c = ModelConfig::named("stories42m").unwrap();
-    let options = TrainOptions {
-        steps: 1,
-        eval_every: 0,
-        checkpoint_every: 0,
-        threads: 1,
-        ..TrainOptions::default()
-    };
-    let mut state = TrainState::new(
-        init_params(Arc::new(ParamLayout::new(&c)), 1),
-        &options,
-        NumericMode::Fp16,
-    );
+    let options = options(1);
+    let mut state = fresh_state(&c, &options);
     let env = test_env(&*device.device, &*device.clock, Strategy::Dynamic);
     let err = train(&env, &options, &mut state, &mut Cycle(0), None, &mut |_| {}).unwrap_err();
     let message = err.to_string();
@@ -186,18 +195,8 @@ fn a_run_on_the_m1_writes_its_kernels_in_the_ios16_dialect_and_trains() {
             assert!(text.contains("func main<ios16>"), "{}", kernel.name);
         }
     }
-    let options = TrainOptions {
-        steps: 2,
-        eval_every: 0,
-        checkpoint_every: 0,
-        threads: 1,
-        ..TrainOptions::default()
-    };
-    let mut state = TrainState::new(
-        init_params(Arc::new(ParamLayout::new(&c)), 1),
-        &options,
-        NumericMode::Fp16,
-    );
+    let options = options(2);
+    let mut state = fresh_state(&c, &options);
     let env = test_env(&*device.device, &*device.clock, Strategy::Dynamic);
     let mut losses = Vec::new();
     train(&env, &options, &mut state, &mut Cycle(0), None, &mut |e| {
