@@ -470,19 +470,24 @@ fn var_shape<'t>(types: &'t HashMap<String, Type>, op: &Op, key: &str) -> Option
     }
 }
 
-fn const_bool(program: &Program, op: &Op, key: &str) -> bool {
-    let value = match op.arg(key) {
-        Some(Arg::Literal(l)) => Some(l),
-        Some(Arg::Var(v)) => program
+/// The literal an op's argument `key` holds: written in place, or the value of the `const`
+/// op it names.
+fn arg_literal<'p>(program: &'p Program, op: &'p Op, key: &str) -> Option<&'p Literal> {
+    match op.arg(key)? {
+        Arg::Literal(l) => Some(l),
+        Arg::Var(v) => program
             .functions
             .iter()
             .flat_map(|f| &f.ops)
             .find(|o| o.kind == "const" && &o.output == v)
             .and_then(|o| o.attr("val")),
-        _ => None,
-    };
+        Arg::Tuple(_) => None,
+    }
+}
+
+fn const_bool(program: &Program, op: &Op, key: &str) -> bool {
     matches!(
-        value,
+        arg_literal(program, op, key),
         Some(Literal::Scalar {
             value: Scalar::Bool(true),
             ..
@@ -490,27 +495,12 @@ fn const_bool(program: &Program, op: &Op, key: &str) -> bool {
     )
 }
 
-/// The value of a `const` op named `name`, as integers.
-fn const_ints(program: &Program, name: &str) -> Option<Vec<i64>> {
-    program
-        .functions
-        .iter()
-        .flat_map(|f| &f.ops)
-        .find(|o| o.kind == "const" && o.output == name)
-        .and_then(|o| o.attr("val"))
-        .and_then(Literal::as_ints)
-}
-
 /// Whether `op` slices its input's last (spatial) axis from past its first column.
 fn slices_past_the_first_column(program: &Program, op: &Op) -> bool {
     if op.kind != "slice_by_size" && op.kind != "slice_by_index" {
         return false;
     }
-    let begin = match op.arg("begin") {
-        Some(Arg::Var(v)) => const_ints(program, v),
-        Some(Arg::Literal(l)) => l.as_ints(),
-        _ => None,
-    };
+    let begin = arg_literal(program, op, "begin").and_then(Literal::as_ints);
     begin.and_then(|b| b.last().copied()).is_some_and(|c| c > 0)
 }
 
