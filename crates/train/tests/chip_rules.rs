@@ -13,7 +13,7 @@ use anetrain_model::step::run_programs;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::{Strategy, SwapUnit};
 use anetrain_train::trainer::{check_chip_rules, train, TrainError, TrainOptions, TrainState};
-use common::{test_env, Cycle};
+use common::{short_run, test_env, Cycle};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -34,16 +34,6 @@ fn simulated(chip: &str) -> Arc<dyn Device> {
     .open()
     .unwrap()
     .device
-}
-
-fn options(steps: u64) -> TrainOptions {
-    TrainOptions {
-        steps,
-        eval_every: 0,
-        checkpoint_every: 0,
-        threads: 1,
-        ..TrainOptions::default()
-    }
 }
 
 /// A run of `c` from its initial weights, computing in fp16 as on the ANE.
@@ -158,7 +148,7 @@ fn a_refused_run_compiles_nothing() {
     .open()
     .unwrap();
     let c = ModelConfig::named("stories42m").unwrap();
-    let options = options(1);
+    let options = short_run(1);
     let mut state = fresh_state(&c, &options);
     let env = test_env(&*device.device, &*device.clock, Strategy::Dynamic);
     let err = train(&env, &options, &mut state, &mut Cycle(0), None, &mut |_| {}).unwrap_err();
@@ -195,7 +185,7 @@ fn a_run_on_the_m1_writes_its_kernels_in_the_ios16_dialect_and_trains() {
             assert!(text.contains("func main<ios16>"), "{}", kernel.name);
         }
     }
-    let options = options(2);
+    let options = short_run(2);
     let mut state = fresh_state(&c, &options);
     let env = test_env(&*device.device, &*device.clock, Strategy::Dynamic);
     let mut losses = Vec::new();

@@ -12,10 +12,10 @@ use anetrain_model::init::init_params;
 use anetrain_model::{ModelConfig, ParamLayout};
 use anetrain_train::delivery::{double_buffer_unit, Strategy, SwapUnit};
 use anetrain_train::trainer::{
-    train, CheckpointFolder, DeliverySettings, Event, StepRecord, TrainOptions, TrainOutcome,
-    TrainSetup, TrainState,
+    train, CheckpointFolder, DeliverySettings, Event, StepRecord, TrainOutcome, TrainSetup,
+    TrainState,
 };
-use common::{checkpoint_folder, simulated, test_env, Cycle};
+use common::{checkpoint_folder, short_run, simulated, test_env, Cycle};
 use std::sync::Arc;
 
 /// Four layers of 5 weighted kernels: a set is 20 kernels, the shared kernel one more.
@@ -33,16 +33,6 @@ fn config() -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: true,
-    }
-}
-
-fn options(steps: u64) -> TrainOptions {
-    TrainOptions {
-        steps,
-        eval_every: 0,
-        checkpoint_every: 0,
-        threads: 1,
-        ..TrainOptions::default()
     }
 }
 
@@ -81,7 +71,7 @@ fn run(
     let (mut records, mut swaps, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let outcome = train(
         &env,
-        &options(steps),
+        &short_run(steps),
         &mut state,
         &mut Cycle(0),
         checkpoints,
@@ -109,7 +99,7 @@ fn run(
 fn fresh(c: &ModelConfig) -> TrainState {
     TrainState::new(
         init_params(Arc::new(ParamLayout::new(c)), 3),
-        &options(1),
+        &short_run(1),
         NumericMode::Fp32,
     )
 }

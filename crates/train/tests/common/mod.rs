@@ -69,6 +69,18 @@ pub fn checkpoint_folder(dir: &std::path::Path) -> anetrain_train::trainer::Chec
     }
 }
 
+/// Options for a short run of `steps` updates on one thread, with no validation or
+/// checkpoint on a schedule.
+pub fn short_run(steps: u64) -> anetrain_train::trainer::TrainOptions {
+    anetrain_train::trainer::TrainOptions {
+        steps,
+        eval_every: 0,
+        checkpoint_every: 0,
+        threads: 1,
+        ..Default::default()
+    }
+}
+
 /// A run environment for tests: staleness bound 1, 3 failures in a row allowed, no stop
 /// before the schedule ends, and host work free on a virtual clock (so that its timeline is
 /// exact).
