@@ -13,25 +13,7 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Training throughput of a model: ms/step split by where the time goes, tokens/s, MFU
     /// and peak memory.
-    Train {
-        /// A model preset or TOML file.
-        #[arg(long, default_value = "stories15m")]
-        config: String,
-        /// Measured steps.
-        #[arg(long, default_value_t = 6)]
-        steps: u64,
-        /// Steps run first and not measured: they pay one-time costs (first touch of the
-        /// optimizer moments and of the buffers).
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
-        /// Windows per optimizer update (gradient accumulation).
-        #[arg(long, default_value_t = 1)]
-        accum: u32,
-        #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
-        precision: String,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-    },
+    Train(super::bench_train::TrainArgs),
     /// The weight-delivery strategies side by side on the same data and seed: ms/step, stall,
     /// staleness, final loss (and the frozen-kernel baseline).
     Weights(super::bench_train::WeightsArgs),
@@ -49,14 +31,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Device { threads, reps } => bench_device(threads, reps.max(3)),
-        BenchCommand::Train {
-            config,
-            steps,
-            warmup,
-            accum,
-            precision,
-            threads,
-        } => super::bench_train::bench_train(&config, steps, warmup, accum, &precision, threads),
+        BenchCommand::Train(bench) => super::bench_train::bench_train(&bench),
         BenchCommand::Weights(bench) => super::bench_train::bench_weights(&bench),
     }
 }

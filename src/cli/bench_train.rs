@@ -1,31 +1,122 @@
 //! `anetrain bench train` and `anetrain bench weights`: the flags of the training benchmarks
 //! (measured in `anetrain_train::bench`), and their reports printed.
 
+use anetrain_device::host_math::GemmLibrary;
 use anetrain_device::NumericMode;
 use anetrain_model::ModelConfig;
-use anetrain_train::bench::train::TrainBench;
+use anetrain_train::bench::train::{TrainBench, TrainBenchReport};
 use anetrain_train::bench::weights::WeightsBench;
 use anyhow::anyhow;
 
-pub fn bench_train(
-    config: &str,
+/// What `bench train` runs.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// A model preset or TOML file.
+    #[arg(long, default_value = "stories15m")]
+    config: String,
+    /// Measured steps.
+    #[arg(long, default_value_t = 6)]
     steps: u64,
+    /// Steps run first and not measured: they pay one-time costs (first touch of the
+    /// optimizer moments and of the buffers).
+    #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Windows per optimizer update (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
     accum: u32,
-    precision: &str,
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "fp16"])]
+    precision: String,
+    #[arg(long, default_value_t = 2)]
     threads: usize,
-) -> anyhow::Result<()> {
-    let bench = TrainBench {
-        config: ModelConfig::named(config)?,
-        steps,
-        warmup,
-        accum,
-        mode: precision.parse::<NumericMode>().map_err(|e| anyhow!(e))?,
-        threads,
+    /// Libraries of the host's matrix products to compare, comma-separated (faer, cblas).
+    /// Default: every one this build has.
+    #[arg(long, value_delimiter = ',')]
+    gemm: Vec<GemmLibrary>,
+    /// Rounds, each running every library once, alternating so that machine noise hits
+    /// all alike (medians are compared).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+}
+
+pub fn bench_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let mut libraries = args.gemm.clone();
+    if libraries.is_empty() {
+        libraries.push(GemmLibrary::Faer);
+        if GemmLibrary::CBLAS_BUILT {
+            libraries.push(GemmLibrary::Cblas);
+        }
+    }
+    for library in &libraries {
+        library
+            .available()
+            .map_err(|e| anyhow!("--gemm {}: {e}", library.name()))?;
+    }
+    let bench = |gemm| -> anyhow::Result<TrainBench> {
+        Ok(TrainBench {
+            config: ModelConfig::named(&args.config)?,
+            steps: args.steps,
+            warmup: args.warmup,
+            accum: args.accum,
+            mode: args
+                .precision
+                .parse::<NumericMode>()
+                .map_err(|e| anyhow!(e))?,
+            threads: args.threads,
+            gemm,
+        })
     };
-    println!("{}", bench.describe());
-    println!("{}", bench.run()?);
+    let mut reports: Vec<Vec<TrainBenchReport>> = vec![Vec::new(); libraries.len()];
+    for round in 0..args.rounds.max(1) {
+        for (i, &library) in libraries.iter().enumerate() {
+            let bench = bench(library)?;
+            if args.rounds > 1 {
+                println!("round {} of {}", round + 1, args.rounds);
+            }
+            println!("{}", bench.describe());
+            let report = bench.run()?;
+            println!("{report}\n");
+            reports[i].push(report);
+        }
+    }
+    if libraries.len() > 1 {
+        println!("{}", compare(&libraries, &reports));
+    }
     Ok(())
+}
+
+/// The libraries side by side: each figure the median over the rounds, and each library's
+/// step time against the first's.
+fn compare(libraries: &[GemmLibrary], reports: &[Vec<TrainBenchReport>]) -> String {
+    let median = |runs: &[TrainBenchReport], f: fn(&TrainBenchReport) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let first = median(&reports[0], |r| r.compute_ms());
+    let mut out = format!(
+        "host products side by side (medians of {} round(s), excluding compile):\n\
+         {:<20} {:>9} {:>10} {:>14} {:>9} {:>10}\n",
+        reports[0].len(),
+        "library",
+        "ms/step",
+        "host math",
+        "weight grads",
+        "tokens/s",
+        "vs first"
+    );
+    for (library, runs) in libraries.iter().zip(reports) {
+        let step = median(runs, |r| r.compute_ms());
+        out += &format!(
+            "{:<20} {:>9.1} {:>10.1} {:>14.1} {:>9.0} {:>9.2}x\n",
+            library.to_string(),
+            step,
+            median(runs, |r| r.host_ms),
+            median(runs, |r| r.weight_grads_ms),
+            median(runs, |r| r.tokens_per_s),
+            first / step
+        );
+    }
+    out.trim_end().to_string()
 }
 
 /// What `bench weights` runs.

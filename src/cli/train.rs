@@ -1,5 +1,6 @@
 //! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
 
+use anetrain_device::host_math::GemmLibrary;
 use anetrain_train::run::restart::restart_args;
 use anetrain_train::run::{
     OptionFlags, OptionsFile, ResumeFrom, Run, RunError, RunFolder, RunSettings, RunSpec,
@@ -62,6 +63,10 @@ pub struct TrainArgs {
     /// Threads for the CPU device and the host math (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// The library of the host's matrix products: cblas (Accelerate on a Mac, OpenBLAS in a
+    /// Linux build with the cblas feature) or faer. Default: cblas where built.
+    #[arg(long, value_name = "LIBRARY")]
+    gemm: Option<GemmLibrary>,
     /// No progress bar; only the report.
     #[arg(long)]
     quiet: bool,
@@ -239,6 +244,7 @@ fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
             threads: args.threads,
             delay_compensation: args.delay_compensation,
             weight_prediction: args.weight_prediction,
+            gemm: args.gemm,
         },
         simulate: args.simulate.clone(),
         compile_budget: args.compile_budget,

@@ -1,7 +1,7 @@
 //! The math that stays on the host: embedding, RMSNorm where the host needs it, the classifier
 //! and cross-entropy, and weight-gradient products. Activations are channel-first `[C][S]`.
 
-use anetrain_device::host_math::{exp, gemm, vectorised, MatLayout};
+use anetrain_device::host_math::{exp, vectorised, HostMath, MatLayout};
 use rayon::prelude::*;
 
 /// `x[d][t]` = `embed[token_t][d]`.
@@ -114,8 +114,8 @@ pub fn rrms(x: &[f32], d: usize, s: usize, eps: f32) -> Vec<f32> {
 }
 
 /// `y[m][s]` = `a[m][k]` · `x[k][s]` (`a` row-major, `x` channel-first).
-pub fn matmul(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], threads: usize) {
-    gemm(
+pub fn matmul(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], host: HostMath) {
+    host.gemm(
         m,
         s,
         k,
@@ -127,13 +127,12 @@ pub fn matmul(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32],
         MatLayout::row_major(0, s),
         false,
         1.0,
-        threads,
     );
 }
 
 /// `y[k][s]` = aᵀ · x, with `a` `[m][k]` row-major and `x` `[m][s]`.
-pub fn matmul_t(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], threads: usize) {
-    gemm(
+pub fn matmul_t(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32], host: HostMath) {
+    host.gemm(
         k,
         s,
         m,
@@ -145,7 +144,6 @@ pub fn matmul_t(a: &[f32], x: &[f32], m: usize, k: usize, s: usize, y: &mut [f32
         MatLayout::row_major(0, s),
         false,
         1.0,
-        threads,
     );
 }
 
@@ -157,9 +155,9 @@ pub fn weight_grad(
     out: usize,
     inp: usize,
     s: usize,
-    threads: usize,
+    host: HostMath,
 ) {
-    gemm(
+    host.gemm(
         out,
         inp,
         s,
@@ -171,7 +169,6 @@ pub fn weight_grad(
         MatLayout::row_major(0, inp),
         true,
         1.0,
-        threads,
     );
 }
 

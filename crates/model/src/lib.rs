@@ -12,6 +12,7 @@
 //! # One training step on the CPU device
 //!
 //! ```
+//! use anetrain_device::host_math::HostMath;
 //! use anetrain_device::{DeviceSpec, NumericMode};
 //! use anetrain_model::init::init_params;
 //! use anetrain_model::optim::{AdamState, AdamW};
@@ -37,6 +38,8 @@
 //! config.validate()?;
 //! let open = DeviceSpec { threads: Some(1), ..DeviceSpec::cpu(NumericMode::Fp32) }.open()?;
 //! let (device, clock) = (&*open.device, &*open.clock);
+//! // The host's matrix products: CBLAS where this build has it, on one thread otherwise.
+//! let host = HostMath::best_built(1);
 //!
 //! let mut params = init_params(Arc::new(ParamLayout::new(&config)), 42);
 //! let window: Vec<u32> = (0..9).map(|i| (5 * i + 1) % 32).collect();
@@ -49,7 +52,7 @@
 //! let mut buf = StepBuffers::new(&config);
 //! let mut grads = Params::zeros(params.layout.clone());
 //! let (loss, _timing) = micro_step(
-//!     device, clock, &mut set, &mut shared, &mut buf, tokens, targets, 1.0, &mut grads, 1,
+//!     device, clock, &mut set, &mut shared, &mut buf, tokens, targets, 1.0, &mut grads, host,
 //! )?;
 //! // Fresh weights predict nearly uniformly: the loss is close to ln(32).
 //! assert!((loss - 32f32.ln()).abs() < 0.1, "{loss}");
@@ -60,7 +63,7 @@
 //! AdamW::default().update(&mut params, &grads, &mut adam, 1e-2);
 //! let snapshot = WeightSnapshot { version: 1, params: Arc::new(params) };
 //! let mut set = compile_kernel_set(device, snapshot)?;
-//! let after = forward_loss(device, clock, &mut set, &mut buf, tokens, targets, 1)?;
+//! let after = forward_loss(device, clock, &mut set, &mut buf, tokens, targets, host)?;
 //! assert!(after < loss, "{after} after one update, {loss} before");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -3,6 +3,7 @@
 //! with an untied classifier.
 
 use anetrain_device::clock::RealClock;
+use anetrain_device::host_math::HostMath;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_mil::DType;
 use anetrain_model::init::{init_params, SplitMix64};
@@ -329,7 +330,16 @@ fn loss_and_grads(
     let mut grads = Params::zeros(params.layout.clone());
     let clock = RealClock::new();
     let (loss, _) = micro_step(
-        device, &clock, set, shared, &mut buf, &tokens, &targets, 1.0, &mut grads, 1,
+        device,
+        &clock,
+        set,
+        shared,
+        &mut buf,
+        &tokens,
+        &targets,
+        1.0,
+        &mut grads,
+        HostMath::best_built(1),
     )
     .unwrap();
     (loss, grads)
@@ -417,7 +427,7 @@ fn a_set_that_released_its_weights_refuses_to_run_until_restaged() {
         &tokens,
         1.0,
         &mut grads,
-        1,
+        HostMath::best_built(1),
     );
     assert!(
         matches!(result, Err(StepError::Released { version: 4 })),

@@ -2,6 +2,7 @@
 //! on a tiny GQA config in fp32 mode (a quick self-consistency check; the independent reference
 //! model is checked in `step_reference.rs`).
 
+use anetrain_device::host_math::HostMath;
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_model::generate::Decoder;
 use anetrain_model::step::{
@@ -64,7 +65,16 @@ fn gradients_match_finite_differences() {
             };
             let mut set = compile_kernel_set(&device, snap).unwrap();
             let mut buf = StepBuffers::new(&config);
-            forward_loss(&device, &clock, &mut set, &mut buf, &tokens, &targets, 1).unwrap() as f64
+            forward_loss(
+                &device,
+                &clock,
+                &mut set,
+                &mut buf,
+                &tokens,
+                &targets,
+                HostMath::best_built(1),
+            )
+            .unwrap() as f64
         };
         let snap = WeightSnapshot {
             version: 0,
@@ -84,7 +94,7 @@ fn gradients_match_finite_differences() {
             &targets,
             1.0,
             &mut grads,
-            1,
+            HostMath::best_built(1),
         )
         .unwrap();
         assert!((loss as f64 - loss_at(&params)).abs() < 1e-5);
@@ -124,7 +134,15 @@ fn kernel_forward_matches_the_host_decoder() {
         };
         let mut set = compile_kernel_set(&device, snap).unwrap();
         let mut buf = StepBuffers::new(&config);
-        let logits = forward_logits(&device, &clock, &mut set, &mut buf, &tokens, 1).unwrap();
+        let logits = forward_logits(
+            &device,
+            &clock,
+            &mut set,
+            &mut buf,
+            &tokens,
+            HostMath::best_built(1),
+        )
+        .unwrap();
         let mut dec = Decoder::new(&params);
         for (t, &tok) in tokens.iter().enumerate() {
             let row = dec.step(tok);
@@ -166,7 +184,16 @@ fn a_failed_eval_mid_backward_is_an_error_and_leaves_nothing_behind() {
                 let mut grads = Params::zeros(params.layout.clone());
                 let (set, shared, buf) = (&mut set, &mut shared, &mut buf);
                 micro_step(
-                    device, &clock, set, shared, buf, &tokens, &targets, 1.0, &mut grads, 2,
+                    device,
+                    &clock,
+                    set,
+                    shared,
+                    buf,
+                    &tokens,
+                    &targets,
+                    1.0,
+                    &mut grads,
+                    HostMath::best_built(2),
                 )
                 .map(|_| grads)
             })

@@ -4,6 +4,7 @@
 mod reference;
 
 use anetrain_device::clock::RealClock;
+use anetrain_device::host_math::HostMath;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::step::{
@@ -82,7 +83,7 @@ fn step_grads(
         targets,
         scale,
         &mut grads,
-        1,
+        HostMath::best_built(1),
     )
     .unwrap();
     grads.data.iter_mut().for_each(|g| *g /= scale);

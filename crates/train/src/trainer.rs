@@ -9,6 +9,7 @@ use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
 use anetrain_device::ane::{ChipRules, Rule, Violation};
 use anetrain_device::clock::Clock;
+use anetrain_device::host_math::{GemmLibrary, HostMath};
 use anetrain_device::{Device, NumericMode};
 use anetrain_model::kernels::KernelKind;
 use anetrain_model::optim::{
@@ -72,6 +73,26 @@ pub struct TrainOptions {
     /// See [`AdamW::predict`].
     pub weight_prediction: bool,
     pub threads: usize,
+    /// The library of the host's matrix products (TOML: `"faer"` or `"cblas"`). Like
+    /// `threads` it belongs to the machine: a resumed run does not take the checkpoint's.
+    #[serde(with = "gemm_name")]
+    pub gemm: GemmLibrary,
+}
+
+/// [`GemmLibrary`] as its name in TOML and in checkpoints.
+mod gemm_name {
+    use anetrain_device::host_math::GemmLibrary;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(library: &GemmLibrary, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(library.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GemmLibrary, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for TrainOptions {
@@ -93,6 +114,7 @@ impl Default for TrainOptions {
             delay_compensation: 3.0,
             weight_prediction: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            gemm: GemmLibrary::best_built(),
         }
     }
 }
@@ -102,6 +124,14 @@ impl TrainOptions {
     /// that a run configured with only `lr` decays in proportion).
     pub fn min_lr(&self) -> f32 {
         self.min_lr.unwrap_or(self.lr / 10.0)
+    }
+
+    /// How the host runs its matrix products.
+    pub fn host_math(&self) -> HostMath {
+        HostMath {
+            threads: self.threads,
+            library: self.gemm,
+        }
     }
 
     /// Refuses options no run can use, naming the option (as its TOML key) and the value. A
@@ -153,6 +183,9 @@ impl TrainOptions {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        self.gemm
+            .available()
+            .map_err(|e| format!("gemm {}: {e}", self.gemm.name()))?;
         if self.eval_every > 0 && self.eval_windows == 0 {
             return Err("eval_windows must be at least 1 when eval_every is set".into());
         }
@@ -857,7 +890,7 @@ impl<'r> Run<'r, '_, '_> {
                 &self.window[1..],
                 self.state.scaler.scale,
                 &mut self.grads,
-                self.options.threads,
+                self.options.host_math(),
             )?;
             loss_sum += loss as f64;
             timing.add(&t);
@@ -1235,7 +1268,7 @@ pub fn validation_loss(
             buf,
             &window[..s],
             &window[1..],
-            options.threads,
+            options.host_math(),
         )? as f64;
     }
     Ok((sum / n as f64) as f32)

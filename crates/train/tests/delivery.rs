@@ -10,6 +10,7 @@ mod common;
 
 use anetrain_device::clock::{Clock, RealClock, SimClock};
 use anetrain_device::decorate::{FaultInjection, LatencyModel};
+use anetrain_device::host_math::HostMath;
 use anetrain_device::{CpuDevice, Device, NumericMode};
 use anetrain_model::init::init_params;
 use anetrain_model::optim::{clip_factor, grad_norm, AdamState, LrSchedule};
@@ -522,7 +523,7 @@ fn window_gradient(
         &window[1..],
         1.0,
         &mut grads,
-        1,
+        HostMath::best_built(1),
     )
     .unwrap();
     grads

@@ -32,7 +32,7 @@ impl MatLayout {
     }
 
     /// One past the largest index a `rows × cols` view touches.
-    pub(super) fn extent(&self, rows: usize, cols: usize) -> usize {
+    pub(crate) fn extent(&self, rows: usize, cols: usize) -> usize {
         if rows == 0 || cols == 0 {
             return self.offset;
         }

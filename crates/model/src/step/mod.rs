@@ -25,6 +25,7 @@ use crate::host;
 use crate::kernels::{KernelKind, StageError};
 use crate::params::{LayerTensor, Params};
 use anetrain_device::clock::Clock;
+use anetrain_device::host_math::HostMath;
 use anetrain_device::{Device, DeviceError};
 use anetrain_mil::check::CheckError;
 use buffers::{BackwardBuffers, LayerTape};
@@ -322,7 +323,7 @@ fn head_loss(
     buf: &mut StepBuffers,
     targets: &[u32],
     scale: f32,
-    threads: usize,
+    host: HostMath,
 ) -> (host::CrossEntropy, Vec<f32>) {
     let c = &buf.config;
     let (d, v, s) = (c.dim, c.vocab, c.seq_len);
@@ -341,7 +342,7 @@ fn head_loss(
         d,
         s,
         &mut buf.logits,
-        threads,
+        host,
     );
     let ce = host::cross_entropy(&buf.logits, targets, v, scale, &mut buf.dlogits);
     (ce, rrms)
@@ -355,13 +356,13 @@ pub fn forward_loss(
     buf: &mut StepBuffers,
     tokens: &[u32],
     targets: &[u32],
-    threads: usize,
+    host: HostMath,
 ) -> Result<f32, StepError> {
     check_tokens(&buf.config, tokens, targets)?;
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot().params.clone();
-    Ok(head_loss(&params, buf, targets, 1.0, threads).0.loss)
+    Ok(head_loss(&params, buf, targets, 1.0, host).0.loss)
 }
 
 /// The logits `[V][S]` of one window, forward only.
@@ -371,13 +372,13 @@ pub fn forward_logits(
     set: &mut KernelSet,
     buf: &mut StepBuffers,
     tokens: &[u32],
-    threads: usize,
+    host: HostMath,
 ) -> Result<Vec<f32>, StepError> {
     check_tokens(&buf.config, tokens, tokens)?;
     let mut timing = StepTiming::new(clock);
     forward(device, set, buf, tokens, &mut timing)?;
     let params = set.snapshot().params.clone();
-    head_loss(&params, buf, tokens, 1.0, threads);
+    head_loss(&params, buf, tokens, 1.0, host);
     Ok(buf.logits.clone())
 }
 
@@ -394,7 +395,7 @@ pub fn micro_step<'c>(
     targets: &[u32],
     loss_scale: f32,
     grads: &mut Params,
-    threads: usize,
+    host: HostMath,
 ) -> Result<(f32, StepTiming<'c>), StepError> {
     check_tokens(&buf.config, tokens, targets)?;
     let mut timing = StepTiming::new(clock);
@@ -406,7 +407,7 @@ pub fn micro_step<'c>(
 
     // Head: loss, classifier and final-norm backward.
     let t = timing.host_start();
-    let (ce, rrms_final) = head_loss(&params, buf, targets, loss_scale, threads);
+    let (ce, rrms_final) = head_loss(&params, buf, targets, loss_scale, host);
     let loss = ce.loss;
     host::matmul_t(
         params.get(layout.classifier()),
@@ -415,12 +416,12 @@ pub fn micro_step<'c>(
         d,
         s,
         &mut buf.back.dx,
-        threads,
+        host,
     );
     host::scale_columns(&mut buf.back.dx, &ce.column);
     timing.host_end(t, Some("loss and classifier"));
 
-    let pool = buf.wgrad_pool(threads);
+    let pool = buf.wgrad_pool(host.threads);
     let wgrad_pool = pool.as_ref().map(|p| &p.pool);
     let StepBuffers {
         tapes,
@@ -434,7 +435,7 @@ pub fn micro_step<'c>(
     let tapes: &[LayerTape] = tapes;
     let busy = std::thread::scope(|scope| {
         let mut grad = GradSlots::new(grads);
-        let mut wgrad = WeightGradWorker::start(scope, spare, wgrad_pool, threads);
+        let mut wgrad = WeightGradWorker::start(scope, spare, wgrad_pool, host);
         // dW = dlogits·diag(column)·x_finalᵀ: the column scales go on the small side.
         let mut x_scaled = wgrad.copy(x_final);
         if let WgradInput::Copied(x) = &mut x_scaled {

@@ -4,6 +4,7 @@
 
 use crate::host;
 use crate::params::{ParamLayout, Params};
+use anetrain_device::host_math::HostMath;
 use std::ops::Range;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,6 +104,7 @@ pub(super) struct WeightGradWorker<'scope, 'env> {
     pub(super) queue: Arc<Mutex<mpsc::Receiver<WgradJob<'env>>>>,
     pub(super) done: std::thread::ScopedJoinHandle<'scope, Duration>,
     pub(super) spare: &'env Mutex<Vec<Vec<f32>>>,
+    pub(super) host: HostMath,
 }
 
 impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
@@ -110,7 +112,7 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
         scope: &'scope std::thread::Scope<'scope, 'env>,
         spare: &'env Mutex<Vec<Vec<f32>>>,
         pool: Option<&'env rayon::ThreadPool>,
-        threads: usize,
+        host: HostMath,
     ) -> Self {
         let (jobs, queue) = mpsc::channel::<WgradJob<'env>>();
         let queue = Arc::new(Mutex::new(queue));
@@ -124,7 +126,7 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
                     // ends at once.
                     let job = lock(&helper_queue).recv();
                     let Ok(job) = job else { break };
-                    busy += run_wgrad_job(job, threads, spare);
+                    busy += run_wgrad_job(job, host, spare);
                 }
                 busy
             })
@@ -134,6 +136,7 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
             queue,
             done,
             spare,
+            host,
         }
     }
 
@@ -182,7 +185,7 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
         loop {
             let job = lock(&self.queue).try_recv();
             match job {
-                Ok(job) => busy += run_wgrad_job(job, 1, self.spare),
+                Ok(job) => busy += run_wgrad_job(job, self.host.with_threads(1), self.spare),
                 Err(_) => break,
             }
         }
@@ -197,20 +200,12 @@ impl<'scope, 'env> WeightGradWorker<'scope, 'env> {
 /// time it took.
 pub(super) fn run_wgrad_job(
     job: WgradJob,
-    threads: usize,
+    host: HostMath,
     spare: &Mutex<Vec<Vec<f32>>>,
 ) -> Duration {
     let t = Instant::now();
     let [out, inp, s] = job.dims;
-    host::weight_grad(
-        job.dw,
-        job.dy.values(),
-        job.x.values(),
-        out,
-        inp,
-        s,
-        threads,
-    );
+    host::weight_grad(job.dw, job.dy.values(), job.x.values(), out, inp, s, host);
     let took = t.elapsed();
     let mut spare = lock(spare);
     for input in [job.dy, job.x] {
@@ -257,7 +252,7 @@ mod tests {
         let mut dws = vec![vec![1.0f32; out * inp]; jobs];
         let spare = Mutex::default();
         std::thread::scope(|scope| {
-            let mut worker = WeightGradWorker::start(scope, &spare, None, 1);
+            let mut worker = WeightGradWorker::start(scope, &spare, None, HostMath::best_built(1));
             for ((dw, dy), x) in dws.iter_mut().zip(&dys).zip(&xs) {
                 worker.submit(dw, Kept(dy), WgradInput::Copied(x.clone()), [out, inp, s]);
             }

@@ -7,6 +7,7 @@ use crate::run::RunError;
 use crate::trainer::{StepRecord, TrainOptions};
 use anetrain_device::clock::RealClock;
 use anetrain_device::cpu::best_fma_peak;
+use anetrain_device::host_math::GemmLibrary;
 use anetrain_device::{CpuDevice, NumericMode};
 use anetrain_mil::check::check_program;
 use anetrain_mil::{cost, DType};
@@ -28,6 +29,8 @@ pub struct TrainBench {
     pub accum: u32,
     pub mode: NumericMode,
     pub threads: usize,
+    /// The library of the host's matrix products.
+    pub gemm: GemmLibrary,
 }
 
 /// Where one kernel's share of a step goes.
@@ -80,7 +83,7 @@ impl TrainBench {
     pub fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "bench train: {} ({:.1}M parameters), {} steps of {}×{} tokens after {} warm-up step(s), CPU device {}, {} threads, synthetic tokens",
+            "bench train: {} ({:.1}M parameters), {} steps of {}×{} tokens after {} warm-up step(s), CPU device {}, {} threads, host products {}, synthetic tokens",
             c.name,
             ParamLayout::new(c).len as f64 / 1e6,
             self.steps.max(1),
@@ -88,7 +91,8 @@ impl TrainBench {
             c.seq_len,
             self.warmup,
             self.mode,
-            self.threads
+            self.threads,
+            self.gemm
         )
     }
 
@@ -110,6 +114,7 @@ impl TrainBench {
             eval_every: 0,
             checkpoint_every: 0,
             threads,
+            gemm: self.gemm.available().map_err(RunError::Invalid)?,
             ..TrainOptions::default()
         };
         let mut data = SyntheticWindows {

@@ -16,6 +16,7 @@ use crate::trainer::{
     train, CheckpointFolder, DeliverySettings, Event, TrainError, TrainOptions, TrainOutcome,
     TrainSetup, TrainState,
 };
+use anetrain_device::host_math::GemmLibrary;
 use anetrain_device::trace::{Tracer, Track};
 use anetrain_device::{DeviceSpec, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
@@ -53,6 +54,7 @@ pub struct OptionFlags {
     pub threads: Option<usize>,
     pub delay_compensation: Option<f32>,
     pub weight_prediction: Option<bool>,
+    pub gemm: Option<GemmLibrary>,
 }
 
 /// Everything a user asks of a run.
@@ -378,7 +380,8 @@ impl Run {
 }
 
 /// The run's options: a resumed run's own (the schedule, optimizer, evaluation and
-/// correction it was started with; not its thread count, which is the machine's), then the
+/// correction it was started with; not its thread count and matrix library, which are the
+/// machine's), then the
 /// config file's `[train]` keys over them, then the flags.
 pub fn resolve_options(
     saved: Option<&TrainOptions>,
@@ -391,6 +394,7 @@ pub fn resolve_options(
     };
     if let Some(saved) = value.as_object_mut() {
         saved.remove("threads");
+        saved.remove("gemm");
     }
     let source = match file {
         Some(f) => f.source.clone(),
@@ -421,6 +425,9 @@ pub fn resolve_options(
     }
     if let Some(v) = flags.weight_prediction {
         options.weight_prediction = v;
+    }
+    if let Some(v) = flags.gemm {
+        options.gemm = v;
     }
     Ok(options)
 }
