@@ -164,7 +164,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, String> {
     Ok(Tensor { shape, data })
 }
 
-/// A version 1.0 file (2.0 if the header outgrows a u16), data aligned to [`ALIGN`] as NumPy
+/// A version 1.0 file (2.0 if the header outgrows a u16), data aligned to 64 bytes as NumPy
 /// writes it.
 pub fn encode(dtype: DType, shape: &[usize], data: &[f32]) -> Vec<u8> {
     let element = if dtype == DType::Fp16 {
