@@ -43,6 +43,18 @@ impl MatLayout {
 /// Products below this many multiply-adds run on one thread: spawning costs more than it saves.
 pub(super) const PARALLEL_MIN_MACS: usize = 1 << 18;
 
+/// Panics unless every index the views of a `[m, n, k]` product address lies within its slice.
+pub(crate) fn assert_views_in_bounds(
+    [m, n, k]: [usize; 3],
+    (a, la): (&[f32], MatLayout),
+    (b, lb): (&[f32], MatLayout),
+    (c, lc): (&[f32], MatLayout),
+) {
+    assert!(la.extent(m, k) <= a.len(), "gemm: lhs view out of bounds");
+    assert!(lb.extent(k, n) <= b.len(), "gemm: rhs view out of bounds");
+    assert!(lc.extent(m, n) <= c.len(), "gemm: dst view out of bounds");
+}
+
 /// c[m×n] (+)= scale · a[m×k] · b[k×n], accumulating in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
@@ -59,9 +71,7 @@ pub fn gemm(
     scale: f32,
     threads: usize,
 ) {
-    assert!(la.extent(m, k) <= a.len(), "gemm: lhs view out of bounds");
-    assert!(lb.extent(k, n) <= b.len(), "gemm: rhs view out of bounds");
-    assert!(lc.extent(m, n) <= c.len(), "gemm: dst view out of bounds");
+    assert_views_in_bounds([m, n, k], (a, la), (b, lb), (c, lc));
     if m == 0 || n == 0 {
         return;
     }

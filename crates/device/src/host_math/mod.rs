@@ -135,9 +135,7 @@ impl HostMath {
     ) {
         #[cfg(any(target_vendor = "apple", feature = "cblas"))]
         if self.library == GemmLibrary::Cblas && m > 0 && n > 0 && k > 0 {
-            assert!(la.extent(m, k) <= a.len(), "gemm: lhs view out of bounds");
-            assert!(lb.extent(k, n) <= b.len(), "gemm: rhs view out of bounds");
-            assert!(lc.extent(m, n) <= c.len(), "gemm: dst view out of bounds");
+            crate::cpu::matmul::assert_views_in_bounds([m, n, k], (a, la), (b, lb), (c, lc));
             if cblas::try_gemm(m, n, k, a, la, b, lb, c, lc, accumulate, scale) {
                 return;
             }
