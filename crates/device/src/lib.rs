@@ -54,6 +54,7 @@ pub mod fp16;
 pub mod host_math;
 pub mod memory;
 pub mod open;
+pub mod parity;
 pub mod trace;
 
 pub use ane::{AneConfig, AneDevice, AneInfo};
