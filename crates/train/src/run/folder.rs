@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const METRICS: &str = "metrics.jsonl";
 pub const LOSS_PLOT: &str = "loss.svg";
 pub const REPORT: &str = "report.txt";
+/// The efficiency report's figures.
+pub const REPORT_JSON: &str = "report.json";
 
 /// A run's folder (`--out`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +121,7 @@ impl RunFolder {
             .map(|(_, p)| p)
             .collect();
         files.extend(
-            [METRICS, LOSS_PLOT, REPORT]
+            [METRICS, LOSS_PLOT, REPORT, REPORT_JSON]
                 .iter()
                 .map(|name| self.file(name))
                 .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0)),

@@ -100,6 +100,52 @@ impl EfficiencyReport {
     pub fn staleness(&self) -> &BTreeMap<u64, u64> {
         &self.counters.staleness
     }
+
+    /// The report's figures as `report.json` holds them, each key naming its unit.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let s = |d: Duration| d.as_secs_f64();
+        let (later, later_share) = self.stall_after_startup;
+        let lags: serde_json::Map<String, serde_json::Value> = self
+            .staleness()
+            .iter()
+            .map(|(lag, n)| (lag.to_string(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "device": self.device,
+            "precision": self.mode.name(),
+            "simulated": self.simulated,
+            "weights": self.strategy.name(),
+            "steps": self.steps,
+            "wall_s": s(c.wall),
+            "compile_stall_s": s(c.compile_stall),
+            "startup_compile_s": s(c.startup_compile),
+            "stall_after_startup_s": s(later),
+            "stall_after_startup_percent": later_share,
+            "background_compile_s": s(c.background_compile),
+            "background_compile_cpu_s": s(c.background_compile_cpu),
+            "train_s": s(c.train),
+            "device_eval_s": s(c.device_eval),
+            "host_math_s": s(c.host_math),
+            "weight_grads_s": s(c.weight_grads),
+            "optimizer_s": s(c.optimizer),
+            "staging_s": s(c.staging),
+            "ms_per_step": self.ms_per_step,
+            "train_ms_per_step": self.train_ms_per_step,
+            "tokens_per_s": self.tokens_per_s,
+            "device_tflops": self.device_tflops,
+            "total_tflops": self.total_tflops,
+            "fma_peak_gflops": self.fma_peak_flops.map(|f| f / 1e9),
+            "mfu_percent": self.mfu(),
+            "compiles": c.compiles,
+            "compile_budget": self.budget.map(|b| b.budget),
+            "swaps": c.swaps,
+            "group_swaps": c.group_swaps,
+            "failed_compiles": c.failed_compiles,
+            "skipped_updates": c.skipped_updates,
+            "staleness": lags,
+        })
+    }
 }
 
 impl fmt::Display for EfficiencyReport {
@@ -307,6 +353,27 @@ mod tests {
             })
         );
         assert_eq!(report.staleness(), &state.counters.staleness);
+
+        // The JSON carries the same figures, under names with their units.
+        let json = report.to_json();
+        assert_eq!(json["weights"], "double-buffer");
+        assert_eq!(json["precision"], "fp32");
+        assert_eq!(json["simulated"], true);
+        assert_eq!(json["steps"], 100);
+        assert_eq!(json["wall_s"], 10.0);
+        assert_eq!(json["compile_stall_s"], 2.0);
+        assert_eq!(json["startup_compile_s"], 0.5);
+        assert_eq!(json["stall_after_startup_s"], 1.5);
+        assert_eq!(json["ms_per_step"], report.ms_per_step);
+        assert_eq!(json["device_tflops"], device_tflops);
+        assert_eq!(
+            (json["compiles"].as_u64(), json["swaps"].as_u64()),
+            (Some(42), Some(37))
+        );
+        assert_eq!(json["failed_compiles"], 2);
+        assert_eq!(json["compile_budget"], 100);
+        assert_eq!(json["mfu_percent"], serde_json::Value::Null);
+        assert_eq!(json["staleness"], serde_json::json!({ "0": 60, "1": 40 }));
 
         // The text shows each figure as users read it.
         let text = report.to_string();

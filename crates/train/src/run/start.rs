@@ -4,7 +4,7 @@
 //! [`Run::finish`] writes the plot and the report.
 
 use super::data::load_data;
-use super::folder::{EarlierRun, LOSS_PLOT, METRICS, REPORT};
+use super::folder::{EarlierRun, LOSS_PLOT, METRICS, REPORT, REPORT_JSON};
 use super::plot::loss_svg;
 use super::trace::continue_trace;
 use super::{EfficiencyReport, MetricsLog, MetricsRow, RunError, RunFolder, RunSettings};
@@ -355,6 +355,9 @@ impl Run {
             self.delivery.strategy,
         );
         self.write(REPORT, report.to_string().as_bytes())?;
+        let mut json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
+        json.push(b'\n');
+        self.write(REPORT_JSON, &json)?;
         Ok(report)
     }
 
