@@ -6,8 +6,10 @@ mod data;
 pub mod devices;
 mod mil;
 mod model_io;
+mod parity;
 mod peak;
 mod probe;
+pub mod report;
 mod sample;
 mod tokenizer;
 mod train;
@@ -54,6 +56,13 @@ enum Command {
     Data(data::DataCommand),
     /// List the devices of this machine: the CPU, and the ANE or why it is unavailable.
     Devices,
+    /// The kernel parity suite: each case on the CPU device in fp32 and fp16 against a naive
+    /// f64 reference, and on the ANE against the CPU's fp16 result.
+    Parity(parity::ParityArgs),
+    /// A field report for a first run on a Mac: the machine and its ANE, the parity suite, the
+    /// probe, the peak sweep and a short training run per delivery strategy on each device,
+    /// as report.json and report.md.
+    Report(report::ReportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -69,6 +78,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenizer(cmd) => tokenizer::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Devices => devices::run(),
+        Command::Parity(args) => parity::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 
