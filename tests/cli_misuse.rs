@@ -336,3 +336,83 @@ fn a_diverged_run_stops_with_an_error_naming_the_step() {
         "stopped before its first checkpoint; start it over with --overwrite",
     );
 }
+
+/// A model file's sizes are checked, by name, before anything is sized from them: these used
+/// to grow to gigabytes and abort, or wrap into a nonsense error.
+#[test]
+fn a_model_file_with_absurd_sizes_is_refused_naming_the_file_and_the_field() {
+    let dir = Dir::new();
+    let model = |lines: &[(&str, &str)]| {
+        let mut text = String::from("name = \"big\"\n");
+        for (key, default) in [
+            ("dim", "128"),
+            ("hidden", "384"),
+            ("n_layers", "2"),
+            ("n_heads", "4"),
+            ("n_kv_heads", "4"),
+            ("head_dim", "32"),
+            ("vocab", "1024"),
+            ("seq_len", "128"),
+        ] {
+            let value = lines
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(default, |l| l.1);
+            text += &format!("{key} = {value}\n");
+        }
+        for (key, value) in lines
+            .iter()
+            .filter(|(k, _)| k.starts_with("norm") || k.starts_with("rope"))
+        {
+            text += &format!("{key} = {value}\n");
+        }
+        dir.write("m.toml", text)
+    };
+    let out = dir.s("run");
+    for (lines, message) in [
+        (
+            vec![("n_layers", "1000000000000")],
+            "n_layers = 1000000000000 is beyond the largest supported, 4096",
+        ),
+        (
+            vec![("hidden", "4611686018427387904")],
+            "hidden = 4611686018427387904 is beyond the largest supported",
+        ),
+        (
+            vec![("dim", "4294967168")],
+            "dim = 4294967168 is beyond the largest supported",
+        ),
+        (
+            vec![("vocab", "4294967295")],
+            "vocab = 4294967295 is beyond the largest supported",
+        ),
+        (vec![("dim", "0")], "dim must be positive"),
+        (
+            vec![("norm_eps", "nan")],
+            "norm_eps must be a positive number, not NaN",
+        ),
+        (
+            vec![("rope_theta", "-1.0")],
+            "rope_theta must be a positive number, not -1",
+        ),
+    ] {
+        let path = model(&lines);
+        refused(
+            &["train", "--model", &path, "--steps", "1", "--out", &out],
+            &format!("error: config file {path}: {message}"),
+        );
+    }
+    // Each size within its bound, the whole far beyond any machine's memory.
+    let path = model(&[
+        ("dim", "1048576"),
+        ("hidden", "4194304"),
+        ("n_layers", "4096"),
+    ]);
+    if anetrain_device::memory::physical_memory().is_some() {
+        refused(
+            &["train", "--model", &path, "--steps", "1", "--out", &out],
+            "error: model `big` needs at least ",
+        );
+    }
+    assert!(!dir.path("run").join("metrics.jsonl").exists());
+}

@@ -42,6 +42,36 @@ pub fn advise_huge_pages<T>(v: &[T]) {
 #[cfg(not(target_os = "linux"))]
 pub fn advise_huge_pages<T>(_: &[T]) {}
 
+/// The machine's physical memory in bytes, where the system says (Linux: `MemTotal` of
+/// `/proc/meminfo`; Apple: `hw.memsize`).
+pub fn physical_memory() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        let mut bytes: u64 = 0;
+        let mut len = std::mem::size_of::<u64>();
+        // SAFETY: a valid NUL-terminated name and a buffer of the u64 the call writes.
+        let rc = unsafe {
+            libc::sysctlbyname(
+                c"hw.memsize".as_ptr(),
+                (&mut bytes as *mut u64).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (rc == 0 && len == std::mem::size_of::<u64>()).then_some(bytes)
+    }
+    #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +125,13 @@ mod tests {
         let kb = huge_kb_at(v.as_ptr() as usize + HUGE_PAGE).expect("the buffer's mapping");
         assert!(kb >= 2048, "{kb} kB of huge pages behind a 16 MB buffer");
         assert_eq!(v[HUGE_PAGE], HUGE_PAGE as f32);
+    }
+
+    #[test]
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    fn the_physical_memory_is_known_and_holds_what_this_process_uses() {
+        let total = physical_memory().expect("the system reports its memory");
+        // No machine this runs on has less than 256 MiB or more than a petabyte.
+        assert!((256 << 20..1 << 50).contains(&total), "{total}");
     }
 }

@@ -128,11 +128,33 @@ impl ModelConfig {
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        config.validate()?;
+        // The file, not the name inside it, is what a user fixes.
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { message, .. } => ConfigError::Parse {
+                path: path.to_string(),
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
-    /// Checks the relations the kernels rely on.
+    /// The sizes, by field name.
+    fn sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("dim", self.dim),
+            ("hidden", self.hidden),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab", self.vocab),
+            ("seq_len", self.seq_len),
+        ]
+    }
+
+    /// Checks the relations the kernels rely on, and that every size is within
+    /// [`ModelConfig::LIMITS`], before anything is sized from them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |message: String| {
             Err(ConfigError::Invalid {
@@ -140,19 +162,27 @@ impl ModelConfig {
                 message,
             })
         };
-        if [
-            self.dim,
-            self.hidden,
-            self.n_layers,
-            self.n_heads,
-            self.n_kv_heads,
-            self.head_dim,
-            self.vocab,
-            self.seq_len,
-        ]
-        .contains(&0)
-        {
-            return fail("every size must be positive".into());
+        for ((field, value), (_, limit)) in self.sizes().into_iter().zip(Self::LIMITS) {
+            if value == 0 {
+                return fail(format!("{field} must be positive"));
+            }
+            if value > limit {
+                return fail(format!(
+                    "{field} = {value} is beyond the largest supported, {limit}"
+                ));
+            }
+        }
+        if self.q_dim() > Self::LIMITS[0].1 {
+            return fail(format!(
+                "n_heads × head_dim = {} is beyond the largest supported width, {}",
+                self.q_dim(),
+                Self::LIMITS[0].1
+            ));
+        }
+        for (field, value) in [("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(value.is_finite() && value > 0.0) {
+                return fail(format!("{field} must be a positive number, not {value}"));
+            }
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return fail(format!(
@@ -164,6 +194,46 @@ impl ModelConfig {
             return fail(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         Ok(())
+    }
+
+    /// The largest value of each size, in the order of [`ModelConfig::sizes`]: beyond every
+    /// published decoder, and small enough that every product of sizes the code forms (the
+    /// parameter count, a tensor's bytes) fits in 64 bits.
+    pub const LIMITS: [(&'static str, usize); 8] = [
+        ("dim", 1 << 20),
+        ("hidden", 1 << 22),
+        ("n_layers", 1 << 12),
+        ("n_heads", 1 << 14),
+        ("n_kv_heads", 1 << 14),
+        ("head_dim", 1 << 14),
+        ("vocab", 1 << 24),
+        ("seq_len", 1 << 20),
+    ];
+
+    /// Parameters of the model (of a valid config: within the limits it cannot overflow).
+    pub fn parameter_count(&self) -> u64 {
+        let (d, h, l, v) = (
+            self.dim as u64,
+            self.hidden as u64,
+            self.n_layers as u64,
+            self.vocab as u64,
+        );
+        let (q, kv) = (self.q_dim() as u64, self.kv_dim() as u64);
+        let per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * h;
+        let classifier = if self.tied_embedding { 0 } else { v * d };
+        v * d + l * per_layer + d + classifier
+    }
+
+    /// The f32 copies of its parameters a training run holds at least: the weights, their
+    /// gradients, AdamW's two moments, and the weights of the kernel sets and their snapshots.
+    /// A lower bound: a double-buffered `stories110m` peaks at about 15 copies' worth.
+    pub const TRAINING_COPIES: u64 = 8;
+
+    /// The least memory training this model takes, in bytes: [`Self::TRAINING_COPIES`] f32
+    /// copies of the parameters (activations and kernels come on top).
+    pub fn training_bytes(&self) -> u64 {
+        self.parameter_count()
+            .saturating_mul(4 * Self::TRAINING_COPIES)
     }
 
     /// Q_DIM = n_heads · head_dim.
@@ -213,5 +283,131 @@ impl ModelConfig {
     /// Query heads per key/value head.
     pub fn gqa_ratio(&self) -> usize {
         self.n_heads / self.n_kv_heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ParamLayout;
+
+    fn small() -> ModelConfig {
+        ModelConfig::tiny()
+    }
+
+    fn refusal(config: &ModelConfig) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_limits_name_the_sizes_in_their_order() {
+        let names: Vec<&str> = small().sizes().iter().map(|(n, _)| *n).collect();
+        let limits: Vec<&str> = ModelConfig::LIMITS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, limits);
+    }
+
+    #[test]
+    fn a_zero_or_oversized_field_is_refused_by_name() {
+        let set = |field: &str, value: usize| {
+            let mut c = small();
+            match field {
+                "dim" => c.dim = value,
+                "hidden" => c.hidden = value,
+                "n_layers" => c.n_layers = value,
+                "n_heads" => c.n_heads = value,
+                "n_kv_heads" => c.n_kv_heads = value,
+                "head_dim" => c.head_dim = value,
+                "vocab" => c.vocab = value,
+                "seq_len" => c.seq_len = value,
+                _ => unreachable!(),
+            }
+            c
+        };
+        for (field, limit) in ModelConfig::LIMITS {
+            assert_eq!(
+                refusal(&set(field, 0)),
+                format!("config `tiny`: {field} must be positive")
+            );
+            assert_eq!(
+                refusal(&set(field, limit + 1)),
+                format!(
+                    "config `tiny`: {field} = {} is beyond the largest supported, {limit}",
+                    limit + 1
+                )
+            );
+        }
+        assert!(refusal(&set("n_layers", 1_000_000_000_000)).contains("n_layers = 1000000000000"));
+        assert!(refusal(&set("hidden", 1 << 62)).contains("hidden = 4611686018427387904"));
+        // Each within its limit, but heads × head_dim wider than any width.
+        let mut wide = small();
+        (wide.n_heads, wide.n_kv_heads, wide.head_dim) = (1 << 10, 1 << 10, 1 << 12);
+        assert!(
+            refusal(&wide).contains("n_heads × head_dim = 4194304"),
+            "{}",
+            refusal(&wide)
+        );
+    }
+
+    #[test]
+    fn norm_eps_and_rope_theta_must_be_positive_numbers() {
+        for (eps, theta) in [
+            (f32::NAN, 1e4),
+            (0.0, 1e4),
+            (-1e-5, 1e4),
+            (1e-5, f32::INFINITY),
+            (1e-5, 0.0),
+        ] {
+            let c = ModelConfig {
+                norm_eps: eps,
+                rope_theta: theta,
+                ..small()
+            };
+            let text = refusal(&c);
+            let field = if eps.is_finite() && eps > 0.0 {
+                "rope_theta"
+            } else {
+                "norm_eps"
+            };
+            assert!(
+                text.contains(&format!("{field} must be a positive number")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_layouts_length() {
+        for name in ModelConfig::PRESETS {
+            let c = ModelConfig::named(name).unwrap();
+            c.validate().unwrap();
+            for tied in [true, false] {
+                let c = ModelConfig {
+                    tied_embedding: tied,
+                    ..c.clone()
+                };
+                assert_eq!(
+                    c.parameter_count(),
+                    ParamLayout::new(&c).len as u64,
+                    "{name}"
+                );
+            }
+        }
+        // The largest config the limits allow still counts without overflow.
+        let mut huge = small();
+        for (i, (_, limit)) in ModelConfig::LIMITS.iter().enumerate() {
+            match i {
+                0 => huge.dim = *limit,
+                1 => huge.hidden = *limit,
+                2 => huge.n_layers = *limit,
+                6 => huge.vocab = *limit,
+                _ => {}
+            }
+        }
+        (huge.n_heads, huge.n_kv_heads, huge.head_dim) = (1 << 6, 1 << 6, 1 << 14);
+        huge.validate().unwrap();
+        let d = 1u128 << 20;
+        let want = (1u128 << 24) * d + (1 << 12) * (2 * d + 4 * d * d + 3 * d * (1 << 22)) + d;
+        assert_eq!(u128::from(huge.parameter_count()), want);
+        assert_eq!(u128::from(huge.training_bytes()), want * 32);
     }
 }

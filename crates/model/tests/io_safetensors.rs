@@ -544,8 +544,15 @@ fn a_damaged_recorded_configuration_is_refused_before_allocating() {
         save(&path, &entries(&exported), Some(m));
         st::read(&path, None).unwrap_err()
     };
-    // Two billion layers: the first absent one is reported; nothing that size is allocated.
+    // Two billion layers: beyond the bound, refused by name before anything is sized.
     let err = with_config("n_layers = 2", "n_layers = 2000000000");
+    assert!(matches!(err, SafetensorsError::BadConfig { .. }), "{err}");
+    assert!(
+        err.to_string().contains("n_layers = 2000000000 is beyond"),
+        "{err}"
+    );
+    // Within the bound: the first absent layer is reported.
+    let err = with_config("n_layers = 2", "n_layers = 4000");
     assert!(err.to_string().contains("model.layers.2."), "{err}");
     let err = with_config("vocab = 13", "vocab = 1300000000000");
     assert!(matches!(err, SafetensorsError::BadConfig { .. }), "{err}");

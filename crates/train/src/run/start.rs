@@ -17,6 +17,7 @@ use crate::trainer::{
     TrainSetup, TrainState,
 };
 use anetrain_device::host_math::GemmLibrary;
+use anetrain_device::memory::physical_memory;
 use anetrain_device::trace::{Tracer, Track};
 use anetrain_device::{DeviceSpec, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
@@ -190,6 +191,7 @@ impl Run {
             (None, Some(p)) => p.layout.config.clone(),
             (None, None) => ModelConfig::named(model)?,
         };
+        check_memory(&config, physical_memory())?;
         let data = load_data(
             settings.data.as_deref(),
             spec.tokenizer.as_deref(),
@@ -447,9 +449,57 @@ fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
+/// Refuses a model whose training cannot fit this machine's memory (`total`, when known),
+/// before anything is sized from it: an allocation that fails aborts the process.
+pub(crate) fn check_memory(config: &ModelConfig, total: Option<u64>) -> Result<(), RunError> {
+    let need = config.training_bytes();
+    match total {
+        Some(total) if need > total => Err(RunError::Invalid(format!(
+            "model `{}` needs at least {} to train ({} parameters, {} f32 copies: weights, \
+             gradients, AdamW's moments, the kernels' weights), and this machine has {}",
+            config.name,
+            gib(need),
+            config.parameter_count(),
+            ModelConfig::TRAINING_COPIES,
+            gib(total)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_larger_than_the_memory_is_refused_with_what_it_needs() {
+        let c = ModelConfig::named("stories110m").unwrap();
+        let need = c.training_bytes();
+        assert_eq!(need, c.parameter_count() * 32);
+        assert!(check_memory(&c, Some(need)).is_ok());
+        assert!(
+            check_memory(&c, None).is_ok(),
+            "unknown memory refuses nothing"
+        );
+        let text = check_memory(&c, Some(need - 1)).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!(
+                "model `stories110m` needs at least {} to train ({} parameters, 8 f32 copies",
+                gib(need),
+                c.parameter_count()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(&format!("this machine has {}", gib(need - 1))),
+            "{text}"
+        );
+        assert_eq!(gib(3 << 29), "1.5 GiB");
+    }
 
     /// Flags over the file's keys over the checkpoint's options; the thread count is the
     /// machine's, never the checkpoint's; a bad key names where it comes from.
