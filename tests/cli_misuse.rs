@@ -416,3 +416,20 @@ fn a_model_file_with_absurd_sizes_is_refused_naming_the_file_and_the_field() {
     }
     assert!(!dir.path("run").join("metrics.jsonl").exists());
 }
+
+/// `lr = nan` in a run configuration was reported as "invalid type: null".
+#[test]
+fn a_run_configuration_with_a_float_that_is_not_finite_names_the_key() {
+    let dir = Dir::new();
+    let out = dir.s("run");
+    for (line, shown) in [
+        ("lr = nan", "lr = NaN"),
+        ("delay_compensation = inf", "delay_compensation = inf"),
+    ] {
+        let config = dir.write("run.toml", format!("[train]\nsteps = 2\n{line}\n"));
+        refused(
+            &["train", "--config", &config, "--out", &out],
+            &format!("error: [train] in {config}: {shown} is not a finite number"),
+        );
+    }
+}

@@ -203,6 +203,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first key of a table whose value is a float that is not finite.
+fn non_finite_float(table: &toml::Table) -> Option<(&str, f64)> {
+    table.iter().find_map(|(key, value)| match value {
+        toml::Value::Float(f) if !f.is_finite() => Some((key.as_str(), *f)),
+        _ => None,
+    })
+}
+
 /// The run the flags and the config file ask for (flags first).
 fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
     let model = args.model.clone().or(file.model);
@@ -211,10 +219,18 @@ fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
         PathBuf::from("runs").join(name.trim_end_matches(".toml"))
     });
     let options_file = match (file.train, &args.config) {
-        (Some(table), Some(path)) => Some(OptionsFile {
-            keys: serde_json::to_value(table)?,
-            source: format!("[train] in {}", path.display()),
-        }),
+        (Some(table), Some(path)) => {
+            let source = format!("[train] in {}", path.display());
+            // JSON, which the options pass through, has no NaN or infinity: it would make
+            // them null and the error a riddle.
+            if let Some((key, value)) = non_finite_float(&table) {
+                anyhow::bail!("{source}: {key} = {value} is not a finite number");
+            }
+            Some(OptionsFile {
+                keys: serde_json::to_value(table)?,
+                source,
+            })
+        }
         _ => None,
     };
     Ok(RunSpec {
