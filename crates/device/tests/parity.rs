@@ -118,28 +118,39 @@ fn a_reference_that_disagrees_fails_the_case_at_its_worst_element() {
 
 #[test]
 fn another_device_is_judged_against_the_cpu_fp16_result() {
-    // The CPU device in fp32 mode as the other device passes within the device tolerance
-    // (fp32 and fp16 results differ by fp16 rounding only) ...
     let case = case_named("causal attention");
-    let fp32 = CpuDevice::new(NumericMode::Fp32);
-    let target = Target {
-        name: "cpu-fp32-as-device".into(),
-        device: &fp32,
-        rules: None,
+    let judged_by = |device: &dyn Device, tolerance: Option<Tolerance>| {
+        let mut case = case_named("causal attention");
+        if let Some(t) = tolerance {
+            case.tolerances.device = t;
+        }
+        let target = Target {
+            name: "other".into(),
+            device,
+            rules: None,
+        };
+        let mut results = run_case(&case, Some(&target));
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[2].against, "cpu-fp16");
+        results.remove(2).outcome
     };
-    let results = run_case(&case, Some(&target));
-    assert_eq!(results.len(), 3);
-    assert_eq!(results[2].against, "cpu-fp16");
-    assert!(results[2].outcome.passed(), "{}", results[2]);
-    // ... and fails against a tolerance tighter than that rounding.
-    let mut strict = case_named("causal attention");
-    strict.tolerances.device = Tolerance::new(1e-7, 0.0);
-    let results = run_case(&strict, Some(&target));
-    assert!(
-        matches!(results[2].outcome, Outcome::Failed(_)),
-        "{}",
-        results[2]
-    );
+    // The CPU device in fp16 as the other device computes exactly the fp16 result ...
+    let fp16 = CpuDevice::new(NumericMode::Fp16);
+    let Outcome::Passed(d) = judged_by(&fp16, Some(Tolerance::new(0.0, 0.0))) else {
+        panic!("fp16 against itself")
+    };
+    assert_eq!(d.max_abs_error, 0.0);
+    // ... and in fp32 differs from it by fp16's rounding: within the device tolerance, beyond
+    // a tighter one.
+    let fp32 = CpuDevice::new(NumericMode::Fp32);
+    let Outcome::Passed(d) = judged_by(&fp32, None) else {
+        panic!("fp32 within the device tolerance")
+    };
+    assert!(d.max_abs_error > 0.0 && d.max_abs_error < case.tolerances.device.atol);
+    assert!(matches!(
+        judged_by(&fp32, Some(Tolerance::new(1e-7, 0.0))),
+        Outcome::Failed(_)
+    ));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! What the report says about the machine and its Neural Engine.
 
+use anetrain_device::ane;
 use anetrain_device::{AneDevice, PeakFlops};
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +20,13 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn here(ane: &AneStatus) -> Machine {
+    pub fn here() -> Machine {
+        let (mac_cpu, macos) = ane::mac_host();
         Machine {
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
-            os_version: ane.macos.clone().or_else(linux_version),
-            cpu: ane.cpu_brand.clone().or_else(linux_cpu),
+            os_version: macos.map(|v| v.to_string()).or_else(linux_version),
+            cpu: mac_cpu.or_else(linux_cpu),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -117,10 +119,10 @@ impl AneStatus {
         }
     }
 
-    /// The chip as `--simulate` names it (`m4-pro`), when the table knows it.
-    pub fn chip_key(&self) -> Option<String> {
-        self.chip
-            .as_ref()
-            .map(|name| name.to_lowercase().replace(' ', "-"))
+    /// The chip's generation as `--simulate` names it (`m4` for an M4 Pro), when the table
+    /// knows the chip: latency models exist for the base chip of each generation.
+    pub fn chip_generation(&self) -> Option<String> {
+        let name = self.chip.as_ref()?;
+        Some(name.split_whitespace().next()?.to_lowercase())
     }
 }

@@ -18,7 +18,7 @@ pub use parts::{Part, PartStatus};
 pub use render::render_markdown;
 pub use train_summary::TrainSummary;
 
-use anetrain_device::ane::chip;
+use anetrain_device::decorate::ChipProfile;
 use anetrain_device::{AneDevice, DeviceError};
 use anetrain_model::io::atomic::write_atomic;
 use anyhow::Context;
@@ -104,10 +104,16 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     };
     let simulate = match &args.simulate {
         Some(name) => name.clone(),
-        None => ane.chip_key().unwrap_or_else(|| "m4".into()),
+        None => ane
+            .chip_generation()
+            .filter(|g| ChipProfile::by_name(g).is_some())
+            .unwrap_or_else(|| "m4".into()),
     };
-    if chip::by_name(&simulate).is_none() {
-        anyhow::bail!("--simulate: no chip `{simulate}` in the table (m1 … m5, m4-pro, …)");
+    if ChipProfile::by_name(&simulate).is_none() {
+        anyhow::bail!(
+            "--simulate: no latency model of `{simulate}` (there are {})",
+            ChipProfile::NAMES.join(", ")
+        );
     }
     let settings = Settings {
         quick: args.quick,
@@ -118,10 +124,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             .max(1),
         simulate,
     };
-    // The report's own handle would count against nothing, but a part's process opens its own.
+    // Each part's process opens the ANE for itself; the report holds no session meanwhile.
     drop(ane_device);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    parts::clear_earlier(&args.out);
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let plan = parts::plan(&settings, ane.available);
     println!(
@@ -146,7 +153,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             i + 1,
             plan.len(),
             part.label,
-            part.status.describe(part.exit_code),
+            part.describe_status(),
             part.seconds
         );
         done.push(part);
@@ -157,7 +164,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         anetrain: env!("CARGO_PKG_VERSION").into(),
         created_unix,
         seconds: started.elapsed().as_secs_f64(),
-        machine: Machine::here(&ane),
+        machine: Machine::here(),
         ane,
         settings,
         parts: done,

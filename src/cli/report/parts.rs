@@ -4,6 +4,7 @@ use super::train_summary::TrainSummary;
 use super::Settings;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -23,19 +24,24 @@ pub enum PartStatus {
     TimedOut,
     /// The process could not be started.
     NotStarted,
+    /// Exit status 0, but the figures it should have written are missing or unreadable.
+    BadOutput,
 }
 
-impl PartStatus {
+impl PartStatus {}
+
+impl Part {
     /// `ok`, `failed (exit 1)`, `crashed (signal 11)`, …
-    pub fn describe(self, code: Option<i32>) -> String {
-        match (self, code) {
-            (PartStatus::Ok, _) => "ok".into(),
-            (PartStatus::Failed, Some(c)) => format!("failed (exit {c})"),
-            (PartStatus::Crashed, Some(s)) => format!("crashed (signal {s})"),
-            (PartStatus::Failed, None) => "failed".into(),
-            (PartStatus::Crashed, None) => "crashed".into(),
-            (PartStatus::TimedOut, _) => "timed out".into(),
-            (PartStatus::NotStarted, _) => "not started".into(),
+    pub fn describe_status(&self) -> String {
+        match (self.status, self.exit_code, self.signal) {
+            (PartStatus::Ok, ..) => "ok".into(),
+            (PartStatus::Failed, Some(c), _) => format!("failed (exit {c})"),
+            (PartStatus::Failed, None, _) => "failed".into(),
+            (PartStatus::Crashed, _, Some(s)) => format!("crashed (signal {s})"),
+            (PartStatus::Crashed, _, None) => "crashed".into(),
+            (PartStatus::TimedOut, ..) => "timed out".into(),
+            (PartStatus::NotStarted, ..) => "not started".into(),
+            (PartStatus::BadOutput, ..) => "no figures".into(),
         }
     }
 }
@@ -54,8 +60,10 @@ pub struct Part {
     /// The command's arguments after `anetrain`.
     pub command: Vec<String>,
     pub status: PartStatus,
-    /// The exit status, or the signal of a crash.
+    /// The exit status, when the process exited.
     pub exit_code: Option<i32>,
+    /// The signal that ended a crashed process.
+    pub signal: Option<i32>,
     pub seconds: f64,
     /// The command's stdout and stderr, relative to the report folder.
     pub log: String,
@@ -206,12 +214,12 @@ pub fn run(
     planned: &PlannedPart,
     timeout: Duration,
 ) -> anyhow::Result<Part> {
-    let args: Vec<String> = planned
+    let args: Vec<OsString> = planned
         .args
         .iter()
         .map(|a| match a {
-            Arg::Plain(s) => s.clone(),
-            Arg::InReport(rel) => out.join(rel).display().to_string(),
+            Arg::Plain(s) => OsString::from(s),
+            Arg::InReport(rel) => out.join(rel).into_os_string(),
         })
         .collect();
     let log = format!("logs/{}.log", planned.label);
@@ -237,17 +245,18 @@ pub fn run(
         .stdout(log_file)
         .stderr(stderr)
         .spawn();
-    let (status, exit_code, spawn_error) = match spawned {
+    let (status, exit_code, signal, spawn_error) = match spawned {
         Err(e) => (
             PartStatus::NotStarted,
+            None,
             None,
             Some(format!("cannot start {}: {e}", exe.display())),
         ),
         Ok(mut child) => {
             let ended = wait_with_timeout(&mut child, timeout)
                 .with_context(|| format!("cannot wait for part {}", planned.label))?;
-            let (status, code) = classify(ended);
-            (status, code, None)
+            let (status, code, signal) = classify(ended);
+            (status, code, signal, None)
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -273,7 +282,7 @@ pub fn run(
         remove_checkpoints(&dir);
     }
     let status = if status == PartStatus::Ok && !notes.is_empty() {
-        PartStatus::Failed
+        PartStatus::BadOutput
     } else {
         status
     };
@@ -298,6 +307,7 @@ pub fn run(
             .collect(),
         status,
         exit_code,
+        signal,
         seconds,
         log,
         run_folder: planned.run_folder.clone(),
@@ -325,23 +335,26 @@ fn wait_with_timeout(
     }
 }
 
-fn classify(ended: Option<ExitStatus>) -> (PartStatus, Option<i32>) {
+/// How a process ended: its status, exit code and signal.
+fn classify(ended: Option<ExitStatus>) -> (PartStatus, Option<i32>, Option<i32>) {
     let Some(status) = ended else {
-        return (PartStatus::TimedOut, None);
+        return (PartStatus::TimedOut, None, None);
     };
-    if status.success() {
-        return (PartStatus::Ok, Some(0));
-    }
     if let Some(code) = status.code() {
-        return (PartStatus::Failed, Some(code));
+        let ok = if code == 0 {
+            PartStatus::Ok
+        } else {
+            PartStatus::Failed
+        };
+        return (ok, Some(code), None);
     }
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
-        (PartStatus::Crashed, status.signal())
+        (PartStatus::Crashed, None, status.signal())
     }
     #[cfg(not(unix))]
-    (PartStatus::Crashed, None)
+    (PartStatus::Crashed, None, None)
 }
 
 /// The last `n` lines of a log that say something.
@@ -354,14 +367,264 @@ fn log_tail(path: &Path, n: usize) -> String {
 /// A report's training runs keep their metrics, plot and efficiency report, not their
 /// checkpoints (12 MB each for `tiny`).
 fn remove_checkpoints(dir: &Path) {
+    remove_files(dir, |name| {
+        name.starts_with("ckpt-") && name.ends_with(".bin")
+    });
+}
+
+/// Removes the files of `dir` whose names `matches` takes (none if `dir` is not a folder).
+fn remove_files(dir: &Path, matches: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("ckpt-") && name.ends_with(".bin") {
+        if entry.file_name().to_str().is_some_and(&matches) {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The files a training run writes in its folder.
+const RUN_FILES: [&str; 4] = ["metrics.jsonl", "loss.svg", "report.txt", "report.json"];
+
+/// Removes what an earlier report left in `out`: its two files, every part's JSON and log,
+/// and the files of its training runs (then their folders, if that empties them), so that
+/// nothing of it passes for this report's, even if this one stops halfway. Anything else in
+/// `out` stays.
+pub fn clear_earlier(out: &Path) {
+    remove_files(out, |name| name == "report.json" || name == "report.md");
+    remove_files(&out.join("parts"), |name| name.ends_with(".json"));
+    remove_files(&out.join("logs"), |name| name.ends_with(".log"));
+    let Ok(runs) = std::fs::read_dir(out.join("runs")) else {
+        return;
+    };
+    for run in runs.flatten() {
+        if run
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("train-"))
+        {
+            let dir = run.path();
+            remove_files(&dir, |name| {
+                RUN_FILES.contains(&name) || (name.starts_with("ckpt-") && name.ends_with(".bin"))
+            });
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            quick: true,
+            model: "tiny".into(),
+            steps: 7,
+            simulate: "m3".into(),
+        }
+    }
+
+    fn command(p: &PlannedPart) -> String {
+        let words: Vec<&str> = p
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Plain(s) | Arg::InReport(s) => s.as_str(),
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    #[test]
+    fn with_an_ane_every_part_runs_there_too_and_parity_runs_on_it() {
+        let ane = plan(&settings(), true);
+        let labels: Vec<&str> = ane.iter().map(|p| p.label.as_str()).collect();
+        let mut want = vec!["parity-ane".to_string()];
+        for device in ["ane", "cpu", "sim-m3"] {
+            want.push(format!("probe-{device}"));
+            want.push(format!("peak-{device}"));
+        }
+        for device in ["ane", "cpu", "sim-m3"] {
+            for s in STRATEGIES {
+                want.push(format!("train-{device}-{s}"));
+            }
+        }
+        assert_eq!(labels, want);
+        assert_eq!(
+            command(&ane[0]),
+            "parity --device ane --json parts/parity-ane.json"
+        );
+        let probe_ane = ane.iter().find(|p| p.label == "probe-ane").unwrap();
+        assert!(command(probe_ane)
+            .starts_with("probe --device ane --json parts/probe-ane.json --evals 100"));
+        let train = ane
+            .iter()
+            .find(|p| p.label == "train-sim-m3-dynamic")
+            .unwrap();
+        assert_eq!(
+            command(train),
+            "train --simulate m3 --precision fp16 --model tiny --steps 7 --weights dynamic \
+             --quiet --overwrite --out runs/train-sim-m3-dynamic"
+        );
+        assert_eq!(
+            train.run_folder.as_deref(),
+            Some("runs/train-sim-m3-dynamic")
+        );
+        // Without --quick the probe and peak keep their own defaults.
+        let full = plan(
+            &Settings {
+                quick: false,
+                ..settings()
+            },
+            false,
+        );
+        assert_eq!(
+            command(&full[1]),
+            "probe --device cpu --json parts/probe-cpu.json"
+        );
+        assert_eq!(full[0].label, "parity-cpu");
+        assert_eq!(full.len(), 11);
+    }
+
+    /// A part whose command is `sh -c SCRIPT`.
+    #[cfg(unix)]
+    fn shell(script: &str, timeout: Duration) -> Part {
+        let out = tempfile::tempdir().unwrap();
+        let planned = PlannedPart {
+            label: "shell".into(),
+            kind: "probe",
+            device: "cpu".into(),
+            strategy: None,
+            args: vec![Arg::Plain("-c".into()), Arg::Plain(script.into())],
+            json: None,
+            run_folder: None,
+        };
+        run(Path::new("/bin/sh"), out.path(), &planned, timeout).unwrap()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn how_a_process_ends_is_told_apart() {
+        let long = Duration::from_secs(60);
+        let ok = shell("echo fine", long);
+        assert_eq!(
+            (ok.status, ok.exit_code, ok.signal, ok.error),
+            (PartStatus::Ok, Some(0), None, None)
+        );
+
+        let failed = shell("echo first; echo 'it broke' >&2; exit 3", long);
+        assert_eq!(
+            (failed.status, failed.exit_code),
+            (PartStatus::Failed, Some(3))
+        );
+        assert_eq!(failed.describe_status(), "failed (exit 3)");
+        assert_eq!(failed.error.as_deref(), Some("first\nit broke"));
+
+        let crashed = shell("kill -SEGV $$", long);
+        assert_eq!(
+            (crashed.status, crashed.signal, crashed.exit_code),
+            (PartStatus::Crashed, Some(11), None)
+        );
+        assert_eq!(crashed.describe_status(), "crashed (signal 11)");
+
+        let slow = shell("sleep 30", Duration::from_millis(200));
+        assert_eq!(slow.status, PartStatus::TimedOut);
+        assert!(slow.seconds < 20.0, "{}", slow.seconds);
+    }
+
+    #[test]
+    fn a_missing_program_is_not_started_and_missing_figures_are_bad_output() {
+        let out = tempfile::tempdir().unwrap();
+        let mut planned = PlannedPart {
+            label: "p".into(),
+            kind: "probe",
+            device: "cpu".into(),
+            strategy: None,
+            args: vec![],
+            json: Some("parts/p.json".into()),
+            run_folder: None,
+        };
+        let missing = run(
+            Path::new("/no/such/program"),
+            out.path(),
+            &planned,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(missing.status, PartStatus::NotStarted);
+        assert!(missing
+            .error
+            .unwrap()
+            .contains("cannot start /no/such/program"));
+
+        #[cfg(unix)]
+        {
+            planned.args = vec![Arg::Plain("-c".into()), Arg::Plain("true".into())];
+            let silent = run(
+                Path::new("/bin/sh"),
+                out.path(),
+                &planned,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            assert_eq!(
+                (silent.status, silent.exit_code),
+                (PartStatus::BadOutput, Some(0))
+            );
+            assert!(silent
+                .error
+                .unwrap()
+                .contains("parts/p.json was not written"));
+        }
+    }
+
+    #[test]
+    fn an_earlier_reports_files_are_cleared_and_nothing_else() {
+        let out = tempfile::tempdir().unwrap();
+        let at = |rel: &str| out.path().join(rel);
+        for dir in [
+            "parts",
+            "logs",
+            "runs/train-cpu-recompile",
+            "runs/train-kept",
+            "runs/mine",
+        ] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        for file in [
+            "report.json",
+            "report.md",
+            "notes.txt",
+            "parts/probe-ane.json",
+            "logs/probe-ane.log",
+            "runs/train-cpu-recompile/metrics.jsonl",
+            "runs/train-cpu-recompile/report.json",
+            "runs/train-cpu-recompile/ckpt-00000010.bin",
+            "runs/train-kept/metrics.jsonl",
+            "runs/train-kept/mine.txt",
+            "runs/mine/metrics.jsonl",
+        ] {
+            std::fs::write(at(file), "x").unwrap();
+        }
+        clear_earlier(out.path());
+        for gone in [
+            "report.json",
+            "report.md",
+            "parts/probe-ane.json",
+            "logs/probe-ane.log",
+            "runs/train-cpu-recompile",
+            "runs/train-kept/metrics.jsonl",
+        ] {
+            assert!(!at(gone).exists(), "{gone}");
+        }
+        for kept in [
+            "notes.txt",
+            "runs/train-kept/mine.txt",
+            "runs/mine/metrics.jsonl",
+        ] {
+            assert!(at(kept).exists(), "{kept}");
         }
     }
 }

@@ -72,11 +72,7 @@ fn parity(md: &mut String, r: &FieldReport) {
     let _ = writeln!(md, "## Kernel parity\n");
     for part in of_kind(r, "parity") {
         let Some(rows) = part.result.as_ref().and_then(|v| v["results"].as_array()) else {
-            let _ = writeln!(
-                md,
-                "No results: {}.\n",
-                part.status.describe(part.exit_code)
-            );
+            let _ = writeln!(md, "No results: {}.\n", part.describe_status());
             continue;
         };
         let mut targets: Vec<&str> = Vec::new();
@@ -150,12 +146,7 @@ fn probe(md: &mut String, r: &FieldReport) {
     );
     for part in of_kind(r, "probe") {
         let Some(v) = &part.result else {
-            let _ = writeln!(
-                md,
-                "| {} | {} |||||||",
-                part.device,
-                part.status.describe(part.exit_code)
-            );
+            let _ = writeln!(md, "| {} | {} |||||||", part.device, part.describe_status());
             continue;
         };
         let s = &v["summary"];
@@ -172,7 +163,7 @@ fn probe(md: &mut String, r: &FieldReport) {
             num(&s["compile"]["value"], 4),
             num(&s["eval"]["value"], 4),
             num(&s["compile_to_eval"]["value"], 1),
-            s["kernels_loaded_at_once"]["value"],
+            num(&s["kernels_loaded_at_once"]["value"], 0),
             num(&s["ping_pong_overhead"]["value"], 1),
         );
     }
@@ -186,12 +177,7 @@ fn peak(md: &mut String, r: &FieldReport) {
     );
     for part in of_kind(r, "peak") {
         let Some(v) = &part.result else {
-            let _ = writeln!(
-                md,
-                "| {} | {} |||||",
-                part.device,
-                part.status.describe(part.exit_code)
-            );
+            let _ = writeln!(md, "| {} | {} |||||", part.device, part.describe_status());
             continue;
         };
         let rows = v["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -249,7 +235,7 @@ fn training(md: &mut String, r: &FieldReport) {
     );
     for part in of_kind(r, "train") {
         let strategy = part.strategy.as_deref().unwrap_or("?");
-        let status = part.status.describe(part.exit_code);
+        let status = part.describe_status();
         let summary: Option<TrainSummary> = part
             .result
             .clone()
@@ -267,7 +253,7 @@ fn training(md: &mut String, r: &FieldReport) {
                     s.val_loss.map_or_else(|| "—".into(), |v| format!("{v:.4}")),
                     s.stall_ms,
                     s.mean_staleness,
-                    s.efficiency.as_ref().map_or_else(|| "—".into(), |e| e["compiles"].to_string())
+                    s.efficiency.as_ref().map_or_else(|| "—".into(), |e| num(&e["compiles"], 0))
                 );
             }
             None => {
@@ -288,7 +274,7 @@ fn parts(md: &mut String, r: &FieldReport) {
             md,
             "| {} | {} | {:.1} | `anetrain {}` |",
             p.label,
-            p.status.describe(p.exit_code),
+            p.describe_status(),
             p.seconds,
             p.command.join(" ")
         );
@@ -301,13 +287,14 @@ fn parts(md: &mut String, r: &FieldReport) {
     if !failed.is_empty() {
         let _ = writeln!(md, "\n### What went wrong\n");
         for p in failed {
+            let error = p.error.as_deref().unwrap_or("");
+            let fence = fence_for(error);
             let _ = writeln!(
                 md,
-                "**{}** ({}; log `{}`):\n\n```\n{}\n```\n",
+                "**{}** ({}; log `{}`):\n\n{fence}\n{error}\n{fence}\n",
                 p.label,
-                p.status.describe(p.exit_code),
+                p.describe_status(),
                 p.log,
-                p.error.as_deref().unwrap_or("")
             );
         }
     }
@@ -322,6 +309,12 @@ fn text(v: &Value) -> &str {
 fn num(v: &Value, decimals: usize) -> String {
     v.as_f64()
         .map_or_else(|| "—".into(), |x| format!("{x:.decimals$}"))
+}
+
+/// A code fence longer than any run of backticks in `text`, so that the text cannot close it.
+fn fence_for(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
 }
 
 /// Text that cannot break a table row.
@@ -353,6 +346,13 @@ fn utc_date_time(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fence_outlasts_the_backticks_it_holds() {
+        assert_eq!(fence_for("plain"), "```");
+        assert_eq!(fence_for("a ``` b"), "````");
+        assert_eq!(fence_for("`````"), "``````");
+    }
 
     #[test]
     fn dates_are_those_of_the_calendar() {

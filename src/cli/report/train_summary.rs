@@ -8,23 +8,35 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
     pub steps: u64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub first_loss: f64,
     /// The mean over the last ten steps (all of a shorter run).
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss: f64,
     /// The last validation loss.
     pub val_loss: Option<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub median_ms_per_step: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub median_tokens_per_s: f64,
     /// Steps' time waiting for a compile, summed.
+    #[serde(deserialize_with = "nan_if_null")]
     pub stall_ms: f64,
     /// Updates skipped for fp16 overflow.
     pub skipped_updates: u64,
     /// How many updates the device's weights lagged, over the steps.
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_staleness: f64,
     pub max_staleness: u64,
     /// The run's efficiency report (its `report.json`): wall time, where it went, compiles,
     /// swaps, failed compiles.
     pub efficiency: Option<Value>,
+}
+
+/// JSON has no NaN: a figure that was NaN (a diverged loss) is written as `null`, and read
+/// back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Steps the final loss is the mean of.
@@ -121,6 +133,16 @@ mod tests {
         assert_eq!(s.stall_ms, 4.5);
         assert_eq!(s.skipped_updates, 1);
         assert_eq!((s.mean_staleness, s.max_staleness), (1.0, 2));
+    }
+
+    #[test]
+    fn a_diverged_loss_survives_the_trip_through_json_as_nan() {
+        let text = "{\"type\":\"step\",\"loss\":null,\"ms\":2}\n";
+        let s = TrainSummary::of_metrics(text).unwrap();
+        assert!(s.first_loss.is_nan() && s.final_loss.is_nan());
+        let back: TrainSummary = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert!(back.first_loss.is_nan());
+        assert_eq!(back.median_ms_per_step, 2.0);
     }
 
     #[test]

@@ -180,6 +180,14 @@ fn missing_method(class: &AnyClass, kind: char, sel: Sel) -> DeviceError {
     ))
 }
 
+/// The CPU brand string and the macOS version, as the system reports them.
+pub(crate) fn host_facts() -> (Option<String>, Option<MacOsVersion>) {
+    (
+        sysctl_string(c"machdep.cpu.brand_string"),
+        sysctl_string(c"kern.osproductversion").and_then(|v| v.parse::<MacOsVersion>().ok()),
+    )
+}
+
 /// What this machine is: its chip, the ANE's subtype and the macOS version. Each is `None`
 /// when the system does not say.
 fn probe_info() -> AneInfo {

@@ -101,6 +101,19 @@ impl AneInfo {
     }
 }
 
+/// The CPU brand string and the macOS version of this Mac, whether or not its ANE opens (an
+/// Intel Mac has no ANE but says what it is); `None` off Apple platforms.
+pub fn mac_host() -> (Option<String>, Option<MacOsVersion>) {
+    #[cfg(target_vendor = "apple")]
+    {
+        apple::host_facts()
+    }
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        (None, None)
+    }
+}
+
 /// Why the ANE device cannot exist on this build.
 pub fn off_apple_silicon_reason() -> String {
     format!(

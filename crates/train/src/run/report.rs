@@ -128,6 +128,7 @@ impl EfficiencyReport {
             "device_eval_s": s(c.device_eval),
             "host_math_s": s(c.host_math),
             "weight_grads_s": s(c.weight_grads),
+            "weight_grad_wait_s": s(c.weight_grad_wait),
             "optimizer_s": s(c.optimizer),
             "staging_s": s(c.staging),
             "ms_per_step": self.ms_per_step,
@@ -139,6 +140,7 @@ impl EfficiencyReport {
             "mfu_percent": self.mfu(),
             "compiles": c.compiles,
             "compile_budget": self.budget.map(|b| b.budget),
+            "compile_budget_used": self.budget.map(|b| b.used),
             "swaps": c.swaps,
             "group_swaps": c.group_swaps,
             "failed_compiles": c.failed_compiles,
@@ -372,6 +374,7 @@ mod tests {
         );
         assert_eq!(json["failed_compiles"], 2);
         assert_eq!(json["compile_budget"], 100);
+        assert_eq!(json["compile_budget_used"], 0);
         assert_eq!(json["mfu_percent"], serde_json::Value::Null);
         assert_eq!(json["staleness"], serde_json::json!({ "0": 60, "1": 40 }));
 
