@@ -206,9 +206,12 @@ impl ModelConfig {
         ("n_heads", 1 << 14),
         ("n_kv_heads", 1 << 14),
         ("head_dim", 1 << 14),
-        ("vocab", 1 << 24),
+        ("vocab", Self::MAX_VOCAB),
         ("seq_len", 1 << 20),
     ];
+
+    /// The largest vocabulary a model may have (and so a tokenizer that trains for one).
+    pub const MAX_VOCAB: usize = 1 << 24;
 
     /// Parameters of the model (of a valid config: within the limits it cannot overflow).
     pub fn parameter_count(&self) -> u64 {

@@ -6,6 +6,7 @@ use crate::error::ProbeError;
 use crate::kernels::ConvChain;
 use crate::stats::{self, Spread};
 use crate::testbed::Testbed;
+use anetrain_device::memory::physical_memory;
 use anetrain_device::{DeviceInfo, PeakFlops};
 use std::fmt;
 use std::str::FromStr;
@@ -45,6 +46,29 @@ impl ChainShape {
         self.chain().weight_bytes() as f64 / (1u64 << 20) as f64
     }
 
+    /// FLOPs of one eval, `None` where they overflow 64 bits.
+    fn checked_flops(&self) -> Option<u64> {
+        let per_conv = (self.channels as u64)
+            .checked_mul(self.channels as u64)?
+            .checked_mul(self.spatial as u64)?
+            .checked_mul(2)?;
+        per_conv.checked_mul(self.depth as u64)
+    }
+
+    /// The least memory the chain takes on a device, in bytes: each weight as an fp16 blob
+    /// and an f32 copy in the kernel, and an input and an output in f32. `None` where that
+    /// overflows 64 bits.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let weights = (self.channels as u64)
+            .checked_mul(self.channels as u64)?
+            .checked_mul(self.depth as u64)?
+            .checked_mul(2 + 4)?;
+        let buffers = (self.channels as u64)
+            .checked_mul(self.spatial as u64)?
+            .checked_mul(2 * 4)?;
+        weights.checked_add(buffers)
+    }
+
     /// The same row with its depth divided by `divisor` (rounded up, at least one conv).
     pub fn scaled_down(&self, divisor: usize) -> ChainShape {
         ChainShape {
@@ -81,11 +105,13 @@ impl FromStr for ChainShape {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(bad()),
         };
-        Ok(ChainShape::new(
-            number(depth)?,
-            number(channels)?,
-            number(spatial)?,
-        ))
+        let shape = ChainShape::new(number(depth)?, number(channels)?, number(spatial)?);
+        if shape.memory_bytes().is_none() || shape.checked_flops().is_none() {
+            return Err(format!(
+                "`{text}`: a chain this large overflows its byte and FLOP counts"
+            ));
+        }
+        Ok(shape)
     }
 }
 
@@ -170,6 +196,23 @@ pub fn run_peak(
             message: "the sweep needs at least one row, one warm-up eval and one timed eval".into(),
         });
     }
+    if let Some(total) = physical_memory() {
+        for nominal in &config.rows {
+            let shape = nominal.scaled_down(config.depth_divisor);
+            let need = shape.memory_bytes().unwrap_or(u64::MAX);
+            if need > total {
+                return Err(ProbeError::Settings {
+                    stage: STAGE,
+                    message: format!(
+                        "row {shape} needs at least {:.1} GiB for its weights and buffers, and \
+                         this machine has {:.1} GiB",
+                        need as f64 / f64::from(1u32 << 30),
+                        total as f64 / f64::from(1u32 << 30)
+                    ),
+                });
+            }
+        }
+    }
     let mut rows = Vec::with_capacity(config.rows.len());
     for nominal in &config.rows {
         let row = measure_row(bed, config, *nominal)?;
@@ -224,6 +267,13 @@ mod tests {
         assert!("96x512".parse::<ChainShape>().is_err());
         assert!("ax512sp64".parse::<ChainShape>().is_err());
         assert!("0x512sp64".parse::<ChainShape>().is_err());
+        // 2·D·C²·S past 64 bits is refused by the parser, not wrapped.
+        let err = "1000000x1000000sp1000000"
+            .parse::<ChainShape>()
+            .unwrap_err();
+        assert!(err.contains("overflows its byte and FLOP counts"), "{err}");
+        let row: ChainShape = "2x3sp5".parse().unwrap();
+        assert_eq!(row.memory_bytes(), Some(2 * 3 * 3 * 6 + 3 * 5 * 8));
     }
 
     #[test]

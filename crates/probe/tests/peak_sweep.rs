@@ -134,6 +134,22 @@ fn failures_end_the_sweep() {
         run_peak(&bed, &config(vec![], 1, PeakFlops::Unknown), &mut |_| {}),
         Err(ProbeError::Settings { .. })
     ));
+    // A row beyond the machine's memory is refused before any row runs, saying what it
+    // needs: 2^20 channels, 2^10 deep, 6 bytes a weight is 6 PiB.
+    if anetrain_device::memory::physical_memory().is_some() {
+        let huge = vec![ChainShape::new(1 << 10, 1 << 20, 16)];
+        let mut ran = 0;
+        let err = run_peak(&bed, &config(huge, 1, PeakFlops::Unknown), &mut |_| {
+            ran += 1
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("row 1024x conv 1048576ch sp16 needs at least 6291456.1 GiB"),
+            "{err}"
+        );
+        assert_eq!(ran, 0);
+    }
 }
 
 #[test]

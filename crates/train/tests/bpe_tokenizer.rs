@@ -143,11 +143,32 @@ fn bad_requests_and_files_are_errors() {
              (3 special + 256 bytes)"
         )
     );
-    let err = train_bpe("tiny corpus, tiny corpus", 1000)
+    let err = train_bpe("tiny corpus, tiny corpus", 280)
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with("BPE training: the corpus (24 bytes) supports only"),
+        "{err}"
+    );
+    // Sizes no corpus or model can have are refused before the trainer sizes anything.
+    let err = train_bpe("tiny corpus, tiny corpus", 4_294_967_295)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "BPE training: a vocabulary of 4294967295 is more than {}, the most a corpus of 24 \
+             bytes can teach (one token per merge)",
+            BPE_MIN_VOCAB + 24
+        )
+    );
+    let big = "a".repeat(1 << 25);
+    let err = train_bpe(&big, usize::MAX).unwrap_err().to_string();
+    assert!(
+        err.ends_with(&format!(
+            "is more than {}, the most a model may have",
+            1 << 24
+        )),
         "{err}"
     );
     let t = trained_1024();

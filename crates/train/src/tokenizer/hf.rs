@@ -11,6 +11,7 @@
 //! (`<s>`, say) encodes as that special token.
 
 use super::TokenizerError;
+use anetrain_model::ModelConfig;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -107,6 +108,24 @@ impl HfTokenizer {
                 "a vocabulary of {vocab_size} is smaller than the {BPE_MIN_VOCAB} base tokens \
                  ({} special + 256 bytes)",
                 BPE_SPECIAL_TOKENS.len()
+            )));
+        }
+        // Each merge joins two adjacent symbols of the corpus into one, so a corpus of n bytes
+        // teaches at most n merges; a larger request would only size the trainer's tables.
+        let most = BPE_MIN_VOCAB
+            .saturating_add(corpus.len())
+            .min(ModelConfig::MAX_VOCAB);
+        if vocab_size > most {
+            return Err(TokenizerError::Training(format!(
+                "a vocabulary of {vocab_size} is more than {most}, the most {}",
+                if most == ModelConfig::MAX_VOCAB {
+                    "a model may have".to_string()
+                } else {
+                    format!(
+                        "a corpus of {} bytes can teach (one token per merge)",
+                        corpus.len()
+                    )
+                }
             )));
         }
         let mut inner = tokenizers::Tokenizer::new(BPE::default());
