@@ -721,15 +721,34 @@ pub fn read_chunk(bytes: &[u8], mil_offset: u64) -> Result<BlobChunk, BlobError>
 
 /// [`read_chunk`] without copying the chunk's data out of the file.
 pub(crate) fn chunk_ref(bytes: &[u8], mil_offset: u64) -> Result<ChunkRef<'_>, BlobError> {
-    // The count is not checked: it says nothing about the chunk at `mil_offset`.
-    read_header(bytes)?;
+    let declared = read_header(bytes)?;
     if mil_offset < BLOCK {
         return Err(BlobError::OffsetInHeader { offset: mil_offset });
     }
     if mil_offset % BLOCK != 0 {
         return Err(BlobError::MisalignedOffset { offset: mil_offset });
     }
-    chunk_ref_at(bytes, mil_offset)
+    let chunk = chunk_ref_at(bytes, mil_offset)?;
+    // The whole file is held to the count rule, as `BlobFile::parse` holds it: a count that
+    // disagrees with the chunks means a damaged file, whichever chunk is asked for.
+    check_count(declared, count_chunks(bytes)?)?;
+    Ok(chunk)
+}
+
+/// The chunks of a file after its header, each validated in place.
+fn count_chunks(bytes: &[u8]) -> Result<u64, BlobError> {
+    let len = bytes.len() as u64;
+    let (mut offset, mut count) = (BLOCK, 0u64);
+    while offset < len {
+        let chunk = chunk_ref_at(bytes, offset).map_err(|e| BlobError::InChunk {
+            index: count,
+            error: Box::new(e),
+        })?;
+        // Cannot overflow: the data was checked to end inside the file.
+        offset = align_up(offset + BLOCK + chunk.data.len() as u64);
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Reads and validates the chunk whose metadata starts at `offset`.

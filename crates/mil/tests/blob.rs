@@ -344,6 +344,17 @@ fn count_rule() {
         BlobFile::parse(&bytes),
         Err(BlobError::CountMismatch { declared: 0, .. })
     ));
+    // A chunk looked up by its offset is held to the same rule: count 0 or 2^31 in a file of
+    // two chunks is a damaged file, not a chunk to read.
+    for declared in [0, 1 << 31] {
+        set_u32(&mut bytes, 0, declared);
+        assert_eq!(
+            read_chunk(&bytes, 64).unwrap_err(),
+            BlobError::CountMismatch { declared, found: 2 }
+        );
+    }
+    set_u32(&mut bytes, 0, 2);
+    assert_eq!(read_chunk(&bytes, 64).unwrap(), two_chunks().chunks[0]);
     // A bare header that promises a chunk.
     let mut header = BlobFile::new().to_bytes();
     set_u32(&mut header, 0, 1);

@@ -992,14 +992,36 @@ fn reshape_mistakes() {
         "shape",
         &["more than one -1"],
     );
-    // Shapes whose element count overflows are errors, not panics.
-    assert_rejects(
+    // Shapes whose byte count overflows are refused where they are declared: an input, or an
+    // op's declared type (checked before its arguments).
+    let f = function(
         &[("x", f16(&[usize::MAX, 2]))],
         &[],
         "reshape",
         vec![("shape", ints(&[-1])), ("x", var("x"))],
-        "x",
-        &["element count overflows"],
+        Type::Scalar(DType::Bool),
+    );
+    assert_eq!(
+        check_function(&f).unwrap_err().to_string(),
+        format!(
+            "function main, value x: input `x`: tensor<fp16, [{}, 2]> holds more bytes than any \
+             buffer can ({} at most)",
+            usize::MAX,
+            isize::MAX
+        )
+    );
+    let f = function(
+        &[("x", f16(&[4, 4]))],
+        &[],
+        "reshape",
+        vec![("shape", ints(&[1 << 31, 1 << 31])), ("x", var("x"))],
+        f16(&[1 << 31, 1 << 31, 1 << 31]),
+    );
+    let text = check_function(&f).unwrap_err().to_string();
+    assert!(
+        text.starts_with("function main, op \"the_op\" (reshape → y)")
+            && text.ends_with("holds more bytes than any buffer can (9223372036854775807 at most)"),
+        "{text}"
     );
 }
 

@@ -199,6 +199,13 @@ pub fn infer_op_type(
 fn check_inputs(f: &Function) -> Result<HashMap<String, Type>, CheckError> {
     let mut types = HashMap::new();
     for input in &f.inputs {
+        if let Some(why) = shape::unbuffered(&input.ty) {
+            return Err(CheckError::in_function(
+                &f.name,
+                Some(&input.name),
+                format!("input `{}`: {why}", input.name),
+            ));
+        }
         if types.insert(input.name.clone(), input.ty.clone()).is_some() {
             return Err(CheckError::in_function(
                 &f.name,
@@ -235,6 +242,9 @@ fn check_op(
             "value `{}` is already defined earlier in the function",
             op.output
         )));
+    }
+    if let Some(why) = shape::unbuffered(&op.ty) {
+        return Err(OpError::whole_op(why));
     }
     let inferred = infer(op, types, consts)?;
     if inferred.dtype() != op.ty.dtype() || inferred.shape() != op.ty.shape() {

@@ -8,6 +8,21 @@ pub(super) fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }
 
+/// Why no buffer can hold a value of `ty`, if none can: its byte count passes `isize::MAX`,
+/// the most any allocation may hold (the count itself may overflow).
+pub(super) fn unbuffered(ty: &Type) -> Option<String> {
+    let bytes = element_count(ty.shape())
+        .and_then(|n| n.checked_mul(ty.dtype().size_bytes().unwrap_or(1)))
+        .filter(|&b| isize::try_from(b).is_ok());
+    match bytes {
+        Some(_) => None,
+        None => Some(format!(
+            "{ty} holds more bytes than any buffer can ({} at most)",
+            isize::MAX
+        )),
+    }
+}
+
 /// Where two shapes fail to broadcast: the axis counted from the end (-1 is the last) and the
 /// two sizes there.
 #[derive(Debug, PartialEq)]
