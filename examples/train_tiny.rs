@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         delivery: DeliverySettings::new(Strategy::DoubleBuffer),
         simulate_host_time: false,
         stop_after: None,
+        halt: None,
     };
 
     println!(

@@ -433,3 +433,42 @@ fn a_run_configuration_with_a_float_that_is_not_finite_names_the_key() {
         );
     }
 }
+
+/// A metrics log that cannot be written (here /dev/full, as a full disk) used to go unnoticed
+/// until the end of the run, every row lost. The run now stops after the update it is in, with
+/// a checkpoint, and resumes once there is room.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_metrics_log_that_cannot_be_written_stops_the_run_with_a_checkpoint() {
+    let dir = Dir::new();
+    let out = dir.s("run");
+    std::fs::create_dir_all(dir.path("run")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path("run/metrics.jsonl")).unwrap();
+    let run = anetrain(&["train", "--steps", "6", "--out", &out, "--quiet"]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    let checkpoint = dir.path("run/ckpt-00000001.bin");
+    assert!(
+        err.contains("No space left on device")
+            && err.contains(&format!(
+                "the run stopped after update 1, its checkpoint {}: make room, then continue \
+                 it with --resume",
+                checkpoint.display()
+            )),
+        "{err}"
+    );
+    assert!(checkpoint.is_file());
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Room again: the run continues from its checkpoint to the end of the schedule.
+    std::fs::remove_file(dir.path("run/metrics.jsonl")).unwrap();
+    ok(&anetrain(&["train", "--out", &out, "--resume", "--quiet"]));
+    let metrics = std::fs::read_to_string(dir.path("run/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["type"] == "step")
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 3, 4, 5, 6]);
+}

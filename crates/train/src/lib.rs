@@ -85,6 +85,7 @@
 //!     delivery: DeliverySettings::new(Strategy::DoubleBuffer),
 //!     simulate_host_time: false,
 //!     stop_after: None,
+//!     halt: None,
 //! };
 //!
 //! let (mut losses, mut val_loss) = (Vec::new(), None);

@@ -23,6 +23,7 @@ use anetrain_model::{ModelConfig, Params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -495,6 +496,9 @@ pub struct TrainSetup<'a> {
     /// Stop (with a checkpoint) once this many updates are done, though the schedule is
     /// longer; `--resume` continues it.
     pub stop_after: Option<u64>,
+    /// Set by the caller once it cannot keep the run's records (its metrics log on a full
+    /// disk): the run stops after the update it is in, with a checkpoint.
+    pub halt: Option<&'a AtomicBool>,
 }
 
 /// How a call to [`train`] ended.
@@ -508,6 +512,12 @@ pub enum TrainOutcome {
         step: u64,
         checkpoint: PathBuf,
         reason: RestartReason,
+    },
+    /// The caller raised [`TrainSetup::halt`]: the run stopped after update `step`, with a
+    /// checkpoint when it has a folder (`--resume` continues it).
+    Halted {
+        step: u64,
+        checkpoint: Option<PathBuf>,
     },
 }
 
@@ -802,8 +812,20 @@ impl<'r> Run<'r, '_, '_> {
             self.state.counters.wall = self.wall_before + clock.now().saturating_sub(self.started);
             let due =
                 options.checkpoint_every > 0 && self.state.step % options.checkpoint_every == 0;
+            let mut saved = None;
             if self.checkpoints.is_some() && (due || last) {
-                self.checkpoint()?;
+                saved = Some(self.checkpoint()?);
+            }
+            if !last && self.setup.halt.is_some_and(|h| h.load(Ordering::SeqCst)) {
+                let checkpoint = match saved {
+                    Some(path) => Some(path),
+                    None if self.checkpoints.is_some() => Some(self.checkpoint()?),
+                    None => None,
+                };
+                return Ok(TrainOutcome::Halted {
+                    step: self.state.step,
+                    checkpoint,
+                });
             }
         }
         Ok(TrainOutcome::Finished)

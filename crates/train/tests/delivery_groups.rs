@@ -192,6 +192,7 @@ fn a_budget_that_cannot_pay_for_two_sets_still_moves_on_in_each_process() {
                 );
                 assert!(out.swaps.iter().all(|(l, ..)| l.len() == 1));
             }
+            other => panic!("{other:?}"),
         }
     }
     assert_eq!(state.step, 8);

@@ -106,6 +106,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
                 data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
                 state = TrainState::from_checkpoint(ckpt).unwrap();
             }
+            Ok(other) => panic!("{other:?}"),
             Err(e) => panic!("{e}"),
         }
     }
@@ -147,6 +148,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
             let device = simulated(&clock, NumericMode::Fp32);
             let env = TrainSetup {
                 stop_after,
+                halt: None,
                 ..test_env(&device, &*clock, Strategy::DoubleBuffer)
             };
             train(&env, &opts, state, data, checkpoints, &mut |e| {

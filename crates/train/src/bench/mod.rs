@@ -94,6 +94,7 @@ pub(crate) fn measured_run(
         },
         simulate_host_time: true,
         stop_after: None,
+        halt: None,
     };
     let mut steps = Vec::new();
     let mut val = None;

@@ -203,6 +203,11 @@ impl MetricsLog {
         }
     }
 
+    /// Whether a write has failed.
+    pub fn failed(&self) -> bool {
+        self.write_error.is_some()
+    }
+
     /// The losses of the whole run so far.
     pub fn curves(&self) -> &LossCurves {
         &self.curves

@@ -57,4 +57,14 @@ pub enum RunError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The run's records could not be written: it stopped, with a checkpoint where it has one.
+    #[error(
+        "{error}; the run stopped after update {step}{}: make room, then continue it with --resume",
+        checkpoint.as_ref().map_or(String::new(), |p| format!(", its checkpoint {}", p.display()))
+    )]
+    RecordsLost {
+        error: Box<MetricsError>,
+        step: u64,
+        checkpoint: Option<PathBuf>,
+    },
 }

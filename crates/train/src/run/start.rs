@@ -26,6 +26,7 @@ use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::io::load_model_file;
 use anetrain_model::{ModelConfig, ParamLayout};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -278,12 +279,16 @@ impl Run {
     /// metrics row for each event and, with a trace, the timeline; `on_event` sees every
     /// event too (for progress). A restart the compile budget asks for is an outcome.
     pub fn train(&mut self, on_event: &mut dyn FnMut(&Event)) -> Result<TrainOutcome, RunError> {
+        // A metrics log that cannot be written stops the run after the update it is in, with
+        // a checkpoint, rather than losing the rows of every step until the end.
+        let halt = AtomicBool::new(false);
         let setup = TrainSetup {
             device: &*self.device.device,
             clock: &*self.device.clock,
             delivery: self.delivery,
             simulate_host_time: true,
             stop_after: self.stop_after,
+            halt: Some(&halt),
         };
         let tracer = self.tracer.as_ref().map(|(t, _)| t);
         let metrics = &mut self.metrics;
@@ -303,6 +308,9 @@ impl Run {
             }
             if let Some(row) = MetricsRow::of(e) {
                 metrics.append(&row);
+                if metrics.failed() {
+                    halt.store(true, Ordering::SeqCst);
+                }
             }
             on_event(e);
         };
@@ -315,7 +323,16 @@ impl Run {
             &mut record,
         );
         self.write_trace()?;
-        Ok(outcome?)
+        match outcome? {
+            TrainOutcome::Halted { step, checkpoint } => Err(RunError::RecordsLost {
+                error: Box::new(self.metrics.finish().err().ok_or_else(|| {
+                    RunError::Invalid("the run was halted with its metrics intact".into())
+                })?),
+                step,
+                checkpoint,
+            }),
+            other => Ok(other),
+        }
     }
 
     /// Writes the timeline; a resumed run (a budget restart among them) continues the one it

@@ -95,5 +95,6 @@ pub fn test_env<'a>(
         delivery: anetrain_train::trainer::DeliverySettings::new(strategy),
         simulate_host_time: false,
         stop_after: None,
+        halt: None,
     }
 }
