@@ -258,3 +258,34 @@ fn a_program_a_chip_would_corrupt_is_refused_by_mil_check() {
         stderr(&unknown)
     );
 }
+
+/// A damaged weight file is named by the file on disk, not only by its BLOBFILE path twice.
+#[test]
+fn run_names_the_damaged_weight_file_on_disk() {
+    let dir = Dir::new();
+    let mut bytes = BlobFile::fp16(&[0.0; 4096]).to_bytes();
+    bytes[4] = 7; // the header's version
+    std::fs::write(dir.path("w.bin"), bytes).unwrap();
+    let out = anetrain(&[
+        "mil",
+        "run",
+        &fixture("example_a.mil"),
+        "--weights",
+        &format!("@model_path/weights/weight.bin={}", dir.s("w.bin")),
+        "--input",
+        &format!("x={}", dir.s("x.npy")),
+        "--output",
+        &dir.s("y.npy"),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "--weights @model_path/weights/weight.bin={w}: {w}: blob file header, byte 4: \
+             version is 7, expected 2",
+            w = dir.s("w.bin")
+        )),
+        "{err}"
+    );
+    assert!(!dir.path("y.npy").exists());
+}

@@ -4,7 +4,7 @@ use super::devices;
 use crate::npy;
 use anetrain_device::ane::{chip, ChipRules};
 use anetrain_device::DeviceSpec;
-use anetrain_mil::blob::WeightFiles;
+use anetrain_mil::blob::{BlobFile, WeightFiles};
 use anetrain_mil::check::check_program;
 use anetrain_mil::parse::parse_program;
 use anetrain_mil::{print_program, DType, Program};
@@ -291,6 +291,8 @@ fn run_program(
     for w in weight_args {
         let (path, f) = split_pair("--weights", w)?;
         let bytes = std::fs::read(f).with_context(|| format!("cannot read weight file {f}"))?;
+        // Checked here, where the file on disk is known; the device knows only its path.
+        BlobFile::parse(&bytes).map_err(|e| anyhow!("--weights {path}={f}: {f}: {e}"))?;
         weights.insert(path, bytes);
     }
     let device = devices::open(&spec)?.device;

@@ -13,7 +13,7 @@ fn describe_refusals(violations: &[Violation]) -> String {
 pub enum DeviceError {
     #[error("the program does not type-check: {0}")]
     Check(Box<CheckError>),
-    #[error("weight file `{path}`: {source}")]
+    #[error("{}", weights_message(path, source))]
     Weights {
         path: String,
         source: Box<BlobError>,
@@ -76,5 +76,13 @@ impl From<CheckError> for DeviceError {
 impl From<Box<CheckError>> for DeviceError {
     fn from(e: Box<CheckError>) -> Self {
         DeviceError::Check(e)
+    }
+}
+
+/// A weight file's error, naming the file once (the blob error may name it already).
+fn weights_message(path: &str, source: &BlobError) -> String {
+    match source {
+        BlobError::InFile { .. } => source.to_string(),
+        _ => format!("weight file `{path}`: {source}"),
     }
 }

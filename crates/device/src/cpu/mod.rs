@@ -628,7 +628,15 @@ mod tests {
         let mut truncated = good.clone();
         truncated.insert(path.clone(), bytes[..bytes.len() - 4].to_vec());
         match device.compile(&program, &truncated) {
-            Err(DeviceError::Weights { path: p, .. }) => assert_eq!(p, path),
+            Err(e @ DeviceError::Weights { .. }) => {
+                let DeviceError::Weights { path: p, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(*p, path);
+                // The message names the weight file once.
+                let text = e.to_string();
+                assert_eq!(text.matches(path.as_str()).count(), 1, "{text}");
+            }
             other => panic!("expected a weights error, got {:?}", other.err()),
         }
         let mut wrong_dtype = good.clone();
