@@ -102,6 +102,26 @@ fn generate_refuses_a_tokenizer_larger_than_the_models_vocabulary() {
         &["generate", "--model", &model, "--tokenizer", &big_tok],
         "has a vocabulary of 300",
     );
+    // `train --init` with that pair blamed the embedded corpus ("token 22 is 412, outside the
+    // vocabulary"); it names the mismatch, before any data is read.
+    let out = t.dir.s("init-run");
+    refused(
+        &[
+            "train",
+            "--init",
+            &model,
+            "--tokenizer",
+            &big_tok,
+            "--steps",
+            "1",
+            "--out",
+            &out,
+        ],
+        &format!(
+            "the tokenizer has {} tokens but model `llama2c` has a vocabulary of 300",
+            big.vocab_size()
+        ),
+    );
     // The model's own tokenizer still samples.
     let out = anetrain(&[
         "generate",
@@ -471,4 +491,66 @@ fn a_metrics_log_that_cannot_be_written_stops_the_run_with_a_checkpoint() {
         .map(|r| r["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [2, 3, 4, 5, 6]);
+}
+
+/// A llama2.c tokenizer.bin cut on a record boundary loaded as a smaller vocabulary without a
+/// word (the format has no count). Its model's vocabulary says how many records it must hold.
+#[test]
+fn a_llama2c_tokenizer_cut_on_a_record_boundary_is_refused_against_its_model() {
+    use anetrain_train::tokenizer::{Llama2cTokenizer, Tokenizer};
+    let t = trained();
+    let model = t.dir.s("model.bin");
+    ok(&anetrain(&[
+        "export",
+        "--checkpoint",
+        &t.checkpoint,
+        "--format",
+        "llama2c",
+        "--output",
+        &model,
+    ]));
+    // 300 records, one per id of the model: the three specials, 256 byte tokens, 41 more.
+    let mut pieces: Vec<(Vec<u8>, f32)> = ["<unk>", "\n<s>\n", "\n</s>\n"]
+        .iter()
+        .map(|p| (p.as_bytes().to_vec(), 0.0))
+        .collect();
+    pieces.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>").into_bytes(), 0.0)));
+    pieces.extend((0..41).map(|i| (format!("w{i}").into_bytes(), -(i as f32))));
+    let whole = Tokenizer::Llama2c(Llama2cTokenizer::new(pieces).unwrap());
+    let whole_path = t.dir.path("tokenizer.bin");
+    whole.save(&whole_path).unwrap();
+    let bytes = std::fs::read(&whole_path).unwrap();
+    // The first 100 records: 4 header bytes, then per record 8 bytes and its piece.
+    let mut end = 4;
+    for id in 0..100u32 {
+        let Tokenizer::Llama2c(l) = &whole else {
+            unreachable!()
+        };
+        end += 8 + l.piece(id).unwrap().len();
+    }
+    let cut = t.dir.write("cut.bin", &bytes[..end]);
+    refused(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--tokenizer",
+            &cut,
+            "--max-tokens",
+            "3",
+        ],
+        "the llama2.c tokenizer has 100 tokens but model `llama2c` has a vocabulary of 300: a \
+         tokenizer.bin holds one record per id of its model, so this one is cut short or belongs \
+         to another model",
+    );
+    // The whole file serves the model.
+    ok(&anetrain(&[
+        "generate",
+        "--model",
+        &model,
+        "--tokenizer",
+        &t.dir.s("tokenizer.bin"),
+        "--max-tokens",
+        "3",
+    ]));
 }

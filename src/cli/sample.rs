@@ -97,13 +97,8 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     warn_if_not_finite(&params);
     let config = &params.layout.config;
-    if tok.vocab_size() > config.vocab {
-        bail!(
-            "the tokenizer has {} tokens but model `{}` has a vocabulary of {}",
-            tok.vocab_size(),
-            config.name,
-            config.vocab
-        );
+    if let Some(why) = anetrain_train::tokenizer::mismatch(&tok, config) {
+        bail!(why);
     }
     let mut prompt = tok.bos_id().into_iter().collect::<Vec<_>>();
     prompt.extend(tok.encode(&args.prompt)?);

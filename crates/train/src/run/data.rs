@@ -32,6 +32,11 @@ pub fn load_data(
         (None, Some(path)) => Tokenizer::load(path)?,
         (None, None) => default_tokenizer()?,
     };
+    // Before any data is read in the tokenizer's ids: an id past the model's vocabulary
+    // would otherwise be blamed on the data.
+    if let Some(why) = crate::tokenizer::mismatch(&tokenizer, config) {
+        return Err(RunError::Invalid(why));
+    }
     let kind = tokenizer.kind();
     let bytes = tokenizer.to_bytes()?;
     let dataset = match data {

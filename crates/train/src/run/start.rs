@@ -202,14 +202,6 @@ impl Run {
             &config,
             notice,
         )?;
-        if data.tokenizer.vocab_size() > config.vocab {
-            return Err(RunError::Invalid(format!(
-                "the tokenizer has {} tokens but model `{}` has a vocabulary of {}",
-                data.tokenizer.vocab_size(),
-                config.name,
-                config.vocab
-            )));
-        }
         let windows = match &checkpoint {
             Some(c) => TrainingWindows::restore(data.dataset, &c.header.sampler)?,
             None => TrainingWindows::new(data.dataset, options.seed)?,

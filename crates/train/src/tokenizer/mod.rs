@@ -12,6 +12,7 @@ pub use hf::HfTokenizer;
 pub use llama2c::Llama2cTokenizer;
 
 use anetrain_model::io::atomic::write_atomic;
+use anetrain_model::ModelConfig;
 use std::path::Path;
 use std::sync::OnceLock;
 use thiserror::Error;
@@ -169,6 +170,28 @@ fn sniff_kind(bytes: &[u8]) -> TokenizerKind {
         Some(b'{') => TokenizerKind::HuggingFace,
         _ => TokenizerKind::Llama2c,
     }
+}
+
+/// Why `tokenizer` cannot serve `config`, if it cannot: it has ids past the model's
+/// vocabulary, or it is a llama2.c `tokenizer.bin`, which holds one record per id of its model
+/// and so must be exactly as large (a file cut on a record boundary loads, shorter).
+pub fn mismatch(tokenizer: &Tokenizer, config: &ModelConfig) -> Option<String> {
+    let (n, vocab) = (tokenizer.vocab_size(), config.vocab);
+    if n > vocab {
+        return Some(format!(
+            "the tokenizer has {n} tokens but model `{}` has a vocabulary of {vocab}",
+            config.name
+        ));
+    }
+    if tokenizer.kind() == TokenizerKind::Llama2c && n < vocab {
+        return Some(format!(
+            "the llama2.c tokenizer has {n} tokens but model `{}` has a vocabulary of {vocab}: \
+             a tokenizer.bin holds one record per id of its model, so this one is cut short or \
+             belongs to another model",
+            config.name
+        ));
+    }
+    None
 }
 
 /// Trains the project's byte-level BPE (see [`hf`]) on `corpus` to `vocab_size` tokens.
