@@ -164,7 +164,18 @@ fn check_prints_the_signature_and_fails_with_line_and_column() {
     .unwrap();
     let out = anetrain(&["mil", "check", &dir.s("bad.mil")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("slise"), "{}", stderr(&out));
+    // A type error points at the statement, as a syntax error does.
+    let bad = text.replacen("mm_act = slice", "mm_act = slise", 1);
+    let at = bad.find("mm_act = slise").unwrap();
+    let line = bad[..at].matches('\n').count() + 1;
+    let statement = bad[..at].rfind('\n').map_or(0, |n| n + 1);
+    let column = bad[statement..].find(|c: char| !c.is_whitespace()).unwrap() + 1;
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("bad.mil:{line}:{column}: function main, op "))
+            && err.contains("slise"),
+        "{err}"
+    );
     std::fs::write(dir.path("cut.mil"), &text[..200]).unwrap();
     let out = anetrain(&["mil", "check", &dir.s("cut.mil")]);
     assert_eq!(out.status.code(), Some(1));

@@ -3,10 +3,10 @@
 use super::devices;
 use crate::npy;
 use anetrain_device::ane::{chip, ChipRules};
-use anetrain_device::DeviceSpec;
+use anetrain_device::{DeviceError, DeviceSpec};
 use anetrain_mil::blob::{BlobFile, WeightFiles};
-use anetrain_mil::check::check_program;
-use anetrain_mil::parse::parse_program;
+use anetrain_mil::check::{check_program, CheckError};
+use anetrain_mil::parse::{parse_program_mapped, SourceMap};
 use anetrain_mil::{print_program, DType, Program};
 use anetrain_model::init::init_params;
 use anetrain_model::io::atomic::write_atomic;
@@ -81,9 +81,8 @@ pub enum MilCommand {
 pub fn run(cmd: MilCommand) -> anyhow::Result<()> {
     match cmd {
         MilCommand::Check { file, chip } => {
-            let program = load(&file)?;
-            let checked =
-                check_program(&program).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let (program, map) = load_mapped(&file)?;
+            let checked = check_program(&program).map_err(|e| located(&file, &map, &e))?;
             let sig = &checked.signature;
             let list = |ps: &[anetrain_mil::Param]| {
                 ps.iter()
@@ -259,9 +258,22 @@ fn write_kernels(
 
 /// Reads and parses a program, with `file:line:col` on a syntax error.
 fn load(file: &Path) -> anyhow::Result<Program> {
+    load_mapped(file).map(|(program, _)| program)
+}
+
+/// [`load`], with where each part of the program stands in the file.
+fn load_mapped(file: &Path) -> anyhow::Result<(Program, SourceMap)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    parse_program(&text).map_err(|e| anyhow!("{}:{e}", file.display()))
+    parse_program_mapped(&text).map_err(|e| anyhow!("{}:{e}", file.display()))
+}
+
+/// A checker's error as `file:line:col: …`, pointing at the argument, op or input it is about.
+fn located(file: &Path, map: &SourceMap, e: &CheckError) -> anyhow::Error {
+    match map.locate(e) {
+        Some((line, column)) => anyhow!("{}:{line}:{column}: {e}", file.display()),
+        None => anyhow!("{}: {e}", file.display()),
+    }
 }
 
 fn split_pair<'a>(flag: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -286,7 +298,7 @@ fn run_program(
             .map_err(|e: String| anyhow!(e))?,
         ..DeviceSpec::default()
     };
-    let program = load(file)?;
+    let (program, map) = load_mapped(file)?;
     let mut weights = WeightFiles::new();
     for w in weight_args {
         let (path, f) = split_pair("--weights", w)?;
@@ -296,9 +308,10 @@ fn run_program(
         weights.insert(path, bytes);
     }
     let device = devices::open(&spec)?.device;
-    let mut kernel = device
-        .compile(&program, &weights)
-        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let mut kernel = device.compile(&program, &weights).map_err(|e| match e {
+        DeviceError::Check(check) => located(file, &map, &check),
+        e => anyhow!("{}: {e}", file.display()),
+    })?;
     let signature = kernel.signature().clone();
 
     let mut given = std::collections::HashMap::new();

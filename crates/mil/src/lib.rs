@@ -62,6 +62,6 @@ pub use check::{
 pub use ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
 };
-pub use parse::{parse_program, ParseError};
+pub use parse::{parse_program, parse_program_mapped, ParseError, SourceMap};
 pub use print::print_program;
 pub use weights::WeightFiles;

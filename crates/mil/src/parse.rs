@@ -9,6 +9,7 @@
 //! The grammar has no recursive productions (literals hold scalars, never literals), so no
 //! input can exhaust the stack.
 
+use crate::check::CheckError;
 use crate::ir::{
     Arg, DType, Dialect, FloatLit, Function, Literal, Op, Param, Program, Scalar, Style, Type,
 };
@@ -42,13 +43,62 @@ impl ParseError {
 /// The spacing style is taken from the first keyword `=` inside a statement: whitespace on both
 /// sides means [`Style::Spaced`], anything else (or no statement with a keyword) [`Style::Compact`].
 pub fn parse_program(text: &str) -> Result<Program, ParseError> {
-    Parser::new(lex(text)).program()
+    parse_program_mapped(text).map(|(program, _)| program)
+}
+
+/// [`parse_program`], with where each function, input, op and argument stands in the text,
+/// so that an error the checker finds later can point at its line and column.
+pub fn parse_program_mapped(text: &str) -> Result<(Program, SourceMap), ParseError> {
+    let mut parser = Parser::new(lex(text));
+    let program = parser.program()?;
+    Ok((program, parser.map))
+}
+
+/// Where the parts of a parsed program stand in its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceMap {
+    functions: Vec<FunctionSpans>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FunctionSpans {
+    name: String,
+    start: Pos,
+    inputs: Vec<(String, Pos)>,
+    /// Per op, in order: where its statement starts, and where each argument and attribute
+    /// key stands.
+    ops: Vec<(Pos, Vec<(String, Pos)>)>,
+}
+
+impl SourceMap {
+    /// The 1-based line and column of what `error` is about: the argument (or attribute) of
+    /// its op, else the op, else the function input it names, else the function.
+    pub fn locate(&self, error: &CheckError) -> Option<(usize, usize)> {
+        let f = self.functions.iter().find(|f| f.name == error.function)?;
+        let pos = match (error.op_index, &error.output) {
+            (Some(i), _) => {
+                let (start, keys) = f.ops.get(i)?;
+                error
+                    .arg
+                    .as_ref()
+                    .and_then(|arg| keys.iter().find(|(k, _)| k == arg))
+                    .map_or(*start, |(_, pos)| *pos)
+            }
+            (None, Some(value)) => f
+                .inputs
+                .iter()
+                .find(|(name, _)| name == value)
+                .map_or(f.start, |(_, pos)| *pos),
+            (None, None) => f.start,
+        };
+        Some((pos.line, pos.column))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Lexer
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Pos {
     line: usize,
     column: usize,
@@ -273,6 +323,7 @@ struct Parser {
     next: usize,
     /// Decided by the first keyword `=` seen in a statement.
     style: Option<Style>,
+    map: SourceMap,
 }
 
 impl Parser {
@@ -281,12 +332,13 @@ impl Parser {
             tokens,
             next: 0,
             style: None,
+            map: SourceMap::default(),
         }
     }
 
     // --- program structure
 
-    fn program(mut self) -> Result<Program, ParseError> {
+    fn program(&mut self) -> Result<Program, ParseError> {
         self.expect_word("program", "`program` at the start of the input")?;
         let dialect = self.version()?;
         // The printer always writes buildInfo, but a program without it is still a program.
@@ -378,8 +430,14 @@ impl Parser {
 
     /// `func main<ios18>(<params>) { <statements> } -> (<outputs>);`
     fn function(&mut self) -> Result<Function, ParseError> {
+        let start = self.peek().pos;
         self.expect_word("func", "`func` or the `}` closing the program")?;
         let name = self.expect_ident("the function name after `func`")?;
+        self.map.functions.push(FunctionSpans {
+            name: name.clone(),
+            start,
+            ..FunctionSpans::default()
+        });
         self.expect_punct(
             '<',
             &format!("`<` and the opset after the function name `{name}`"),
@@ -410,13 +468,33 @@ impl Parser {
 
     /// `tensor<fp16, [1, 64, 1, 32]> x`
     fn param(&mut self) -> Result<Param, ParseError> {
+        let start = self.peek().pos;
         let ty = self.ty("a parameter type")?;
         let name = self.expect_ident(&format!("the parameter name after its type `{ty}`"))?;
+        self.spans().inputs.push((name.clone(), start));
         Ok(Param { name, ty })
+    }
+
+    /// Where an argument or attribute key of the op being parsed stands.
+    fn note_key(&mut self, key: &str, at: Pos) {
+        if let Some((_, keys)) = self.spans().ops.last_mut() {
+            keys.push((key.to_string(), at));
+        }
+    }
+
+    /// The spans of the function being parsed.
+    fn spans(&mut self) -> &mut FunctionSpans {
+        if self.map.functions.is_empty() {
+            self.map.functions.push(FunctionSpans::default());
+        }
+        let last = self.map.functions.len() - 1;
+        &mut self.map.functions[last]
     }
 
     /// `<type> <output> = <op>(<args>)[<attrs>];`
     fn statement(&mut self, function: &str) -> Result<Op, ParseError> {
+        let start = self.peek().pos;
+        self.spans().ops.push((start, Vec::new()));
         let ty = self.ty(&format!(
             "a statement's output type or the `}}` closing function `{function}`"
         ))?;
@@ -442,7 +520,9 @@ impl Parser {
 
     /// `key=value`, where the value is a variable, a tuple `(a,b)` or a literal.
     fn argument(&mut self) -> Result<(String, Arg), ParseError> {
+        let at = self.peek().pos;
         let key = self.expect_ident("an argument name")?;
+        self.note_key(&key, at);
         self.keyword_eq(&key)?;
         let expected = format!("a variable, a tuple or a typed literal as the value of `{key}`");
         let value = match &self.peek().tok {
@@ -476,7 +556,9 @@ impl Parser {
 
     /// `key=<typed literal>`
     fn attribute(&mut self) -> Result<(String, Literal), ParseError> {
+        let at = self.peek().pos;
         let key = self.expect_ident("an attribute name")?;
+        self.note_key(&key, at);
         self.keyword_eq(&key)?;
         let value = self.literal(&format!("a typed literal as the value of `{key}`"))?;
         Ok((key, value))

@@ -196,7 +196,7 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The largest value of each size, in the order of [`ModelConfig::sizes`]: beyond every
+    /// The largest value of each size, in the order of the fields: beyond every
     /// published decoder, and small enough that every product of sizes the code forms (the
     /// parameter count, a tensor's bytes) fits in 64 bits.
     pub const LIMITS: [(&'static str, usize); 8] = [
