@@ -83,3 +83,34 @@ fn written_arrays_read_back_exactly_in_fp32_and_to_the_nearest_fp16() {
         assert_eq!(t.data, expected, "{dtype:?}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// A damaged `.npy` (bytes overwritten, half of them in the header; then maybe cut) is an
+    /// error or an array whose data fills its shape: never a panic, never an allocation by
+    /// what the header claims.
+    #[test]
+    fn a_damaged_array_is_an_error_or_an_array_that_fills_its_shape(
+        edits in proptest::collection::vec((0u32.., proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 0..6),
+        cut in proptest::option::of(0u32..),
+        fp16 in proptest::prelude::any::<bool>(),
+    ) {
+        let dtype = if fp16 { DType::Fp16 } else { DType::Fp32 };
+        let mut bytes = npy::encode(dtype, &[2, 3, 4], &ramp(24));
+        for (at, value, in_header) in edits {
+            let span = if in_header { 128.min(bytes.len()) } else { bytes.len() };
+            bytes[at as usize % span] = value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut as usize % (bytes.len() + 1));
+        }
+        if let Ok(t) = npy::decode(&bytes) {
+            proptest::prop_assert_eq!(t.data.len(), t.shape.iter().product::<usize>());
+        }
+    }
+}

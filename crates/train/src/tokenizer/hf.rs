@@ -67,7 +67,21 @@ fn hf_error(source: &str, e: impl std::fmt::Display) -> TokenizerError {
 impl HfTokenizer {
     /// Parses a `tokenizer.json`; `source` names it in errors.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<HfTokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| hf_error(source, e))?;
+        // The tokenizers crate panics on some damaged files (its decoder reader `expect`s a
+        // well-formed stream): the syntax is checked first, for an error with its line and
+        // column, and a panic that still escapes the crate becomes an error.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+            TokenizerError::Invalid {
+                file: source.to_string(),
+                message: format!("not JSON: {e}"),
+            }
+        })?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| TokenizerError::Invalid {
+                file: source.to_string(),
+                message: "the tokenizers crate could not read it (it panicked)".into(),
+            })?;
+        let inner = parsed.map_err(|e| hf_error(source, e))?;
         Self::wrap(inner, source)
     }
 
