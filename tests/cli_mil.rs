@@ -243,6 +243,15 @@ fn kernels_of_a_run_are_written_and_checked_against_a_chip() {
         "{}",
         stderr(&again)
     );
+    // A file where the folder should be is named ("Not a directory" named nothing).
+    let file = dir.write("a-file", "x");
+    let onto = anetrain(&["mil", "kernels", "--model", "tiny", "--out", &file]);
+    assert!(!onto.status.success());
+    assert!(
+        stderr(&onto).contains(&format!("--out {file}: Not a directory")),
+        "{}",
+        stderr(&onto)
+    );
 }
 
 #[test]

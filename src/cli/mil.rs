@@ -189,8 +189,12 @@ fn write_kernels(
         _ => DType::Fp16,
     };
     let rules = chip.map(chip_rules).transpose()?;
-    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
-        bail!("{} is not empty: give a new folder", out.display());
+    if out.exists() {
+        let mut entries =
+            std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?;
+        if entries.next().is_some() {
+            bail!("{} is not empty: give a new folder", out.display());
+        }
     }
     let params = Arc::new(init_params(Arc::new(ParamLayout::new(&config)), seed));
     let mut kernels = run_kernels(&params, strategy.weights_as_inputs(), dtype)?;
