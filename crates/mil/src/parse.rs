@@ -74,7 +74,12 @@ impl SourceMap {
     /// The 1-based line and column of what `error` is about: the argument (or attribute) of
     /// its op, else the op, else the function input it names, else the function.
     pub fn locate(&self, error: &CheckError) -> Option<(usize, usize)> {
-        let f = self.functions.iter().find(|f| f.name == error.function)?;
+        // The last of a name: an error about a name given twice is about its second use.
+        let f = self
+            .functions
+            .iter()
+            .rev()
+            .find(|f| f.name == error.function)?;
         let pos = match (error.op_index, &error.output) {
             (Some(i), _) => {
                 let (start, keys) = f.ops.get(i)?;
@@ -87,6 +92,7 @@ impl SourceMap {
             (None, Some(value)) => f
                 .inputs
                 .iter()
+                .rev()
                 .find(|(name, _)| name == value)
                 .map_or(f.start, |(_, pos)| *pos),
             (None, None) => f.start,
