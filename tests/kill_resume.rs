@@ -10,7 +10,7 @@ use anetrain_train::checkpoint::{list_checkpoints, Checkpoint};
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const STEPS: u64 = 150;
 
@@ -40,6 +40,17 @@ fn train_args<'a>(inputs: &'a Inputs, steps: &'a str, out: &'a str) -> Vec<&'a s
         out,
         "--quiet",
     ]
+}
+
+/// The latest update `metrics.jsonl` in `dir` records (0 before there is one).
+fn latest_step(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "step")
+        .filter_map(|r| r["step"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Every checkpoint in `dir` loads; the names of the temporary files there.
@@ -82,9 +93,7 @@ fn a_run_killed_at_random_points_resumes_to_the_uninterrupted_result() {
     ]));
     let steps = STEPS.to_string();
     let reference = dir.s("reference");
-    let started = std::time::Instant::now();
     ok(&anetrain(&train_args(&inputs, &steps, &reference)));
-    let span = started.elapsed().as_millis() as u64;
     let last = |folder: &str| {
         let (step, path) = list_checkpoints(Path::new(folder))
             .pop()
@@ -94,33 +103,28 @@ fn a_run_killed_at_random_points_resumes_to_the_uninterrupted_result() {
     let (ref_step, ref_ckpt) = last(&reference);
     assert_eq!(ref_step, STEPS);
 
-    // From a fixed seed, so that a failure can be rerun.
+    // Four kills, each a few updates (drawn from a fixed seed) past the last checkpoint, seen
+    // in metrics.jsonl: by progress, not by time, so that a slow or fast machine kills at
+    // the same points; the kill lands somewhere in the update after, a checkpoint write
+    // among them now and then.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    // Each between a tenth and nine tenths of what an uninterrupted run from the last
-    // checkpoint would take.
-    let mut next_ms = |from_step: u64| {
+    let mut draw = |n: u64| {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let remaining = span * (STEPS - from_step) / STEPS;
-        remaining / 10 + state % (remaining * 8 / 10).max(1)
+        state % n
     };
     let out = dir.s("killed");
-    let (mut kills, mut resumes) = (0, 0);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        assert!(attempts < 20, "the run never finished");
-        let resume_from = list_checkpoints(Path::new(&out)).last().map(|c| c.0);
+    let mut from = 0;
+    for kill in 0..4 {
+        // The first past the first checkpoint (update 10), so that every restart resumes; each
+        // past the rows the killed process left, which the resumed one cuts when it starts.
+        let target = (from + 3 + draw(30))
+            .max(latest_step(Path::new(&out)) + 1)
+            .clamp(12, STEPS - 2);
         let mut args = train_args(&inputs, &steps, &out);
-        match resume_from {
-            Some(_) => {
-                resumes += 1;
-                args.push("--resume");
-            }
-            // Killed before its first checkpoint: a run that has none can only start over.
-            None if Path::new(&out).exists() => args.push("--overwrite"),
-            None => {}
+        if kill > 0 {
+            args.push("--resume");
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_anetrain"))
             .args(&args)
@@ -128,38 +132,35 @@ fn a_run_killed_at_random_points_resumes_to_the_uninterrupted_result() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        if kills < 4 {
-            std::thread::sleep(Duration::from_millis(next_ms(resume_from.unwrap_or(0))));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-                // Every checkpoint loads; a temporary file the kill left is removed by the next
-                // start (checked at the end).
-                check_folder(Path::new(&out));
-                eprintln!(
-                    "killed; checkpoints {:?}",
-                    list_checkpoints(Path::new(&out))
-                        .iter()
-                        .map(|c| c.0)
-                        .collect::<Vec<_>>()
+        let started = Instant::now();
+        while latest_step(Path::new(&out)) < target {
+            if let Some(status) = child.try_wait().unwrap() {
+                let err = child.wait_with_output().unwrap().stderr;
+                panic!(
+                    "the run ended ({status}) before update {target}: {}",
+                    String::from_utf8_lossy(&err)
                 );
-                continue;
             }
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let status = child.wait_with_output().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Every checkpoint loads; a temporary file the kill left is removed by the next
+        // start (checked at the end).
+        check_folder(Path::new(&out));
+        from = list_checkpoints(Path::new(&out))
+            .last()
+            .expect("a checkpoint")
+            .0;
         assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
+            from >= 10 && from <= target,
+            "{from} after a kill at {target}"
         );
-        break;
     }
-    assert!(
-        kills >= 2,
-        "only {kills} kills landed while the run was going"
-    );
-    assert!(resumes >= 1, "no kill landed after a checkpoint");
+    let mut args = train_args(&inputs, &steps, &out);
+    args.push("--resume");
+    ok(&anetrain(&args));
     assert_eq!(check_folder(Path::new(&out)), Vec::<String>::new());
     let (step, ckpt) = last(&out);
     assert_eq!(step, STEPS);
