@@ -204,6 +204,31 @@ proptest! {
         }
     }
 
+    /// Valid shapes of every kind (grouped-query, wide heads, tied or not): the parameter
+    /// count the memory check uses is the layout's.
+    #[test]
+    fn a_valid_models_parameter_count_is_its_layouts(
+        dim in 1usize..200, hidden in 1usize..300, layers in 1usize..5,
+        kv in 1usize..5, group in 1usize..4, half_head in 1usize..40,
+        vocab in 1usize..2000, tied in any::<bool>(),
+    ) {
+        let config = ModelConfig {
+            name: "m".into(),
+            dim,
+            hidden,
+            n_layers: layers,
+            n_heads: kv * group,
+            n_kv_heads: kv,
+            head_dim: 2 * half_head,
+            vocab,
+            seq_len: 8,
+            tied_embedding: tied,
+            ..ModelConfig::tiny()
+        };
+        prop_assert!(config.validate().is_ok());
+        prop_assert_eq!(config.parameter_count(), ParamLayout::new(&config).len as u64);
+    }
+
     /// Any sizes in a model file: refused by name, or a model whose parameter count is its
     /// layout's (computed without overflow).
     #[test]
@@ -245,6 +270,23 @@ fn a_tokenizer_json_cut_inside_its_decoder_is_an_error() {
     let text = err.to_string();
     assert!(
         text.contains("cut.json") && text.contains("not JSON: EOF while parsing"),
+        "{text}"
+    );
+}
+
+/// Valid JSON on which the tokenizers crate panics (its Precompiled normalizer `expect`s a
+/// charsmap): the panic becomes an error.
+#[test]
+fn a_tokenizer_json_the_tokenizers_crate_panics_on_is_an_error() {
+    let mut json: serde_json::Value = serde_json::from_slice(bpe_json()).unwrap();
+    json["normalizer"] = serde_json::json!({ "type": "Precompiled" });
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let Err(err) = Tokenizer::from_bytes(TokenizerKind::HuggingFace, &bytes, "odd.json") else {
+        panic!("a normalizer without its charsmap is an error");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("odd.json") && text.contains("the tokenizers crate could not read it"),
         "{text}"
     );
 }
