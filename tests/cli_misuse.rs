@@ -445,6 +445,7 @@ fn a_run_configuration_with_a_float_that_is_not_finite_names_the_key() {
     for (line, shown) in [
         ("lr = nan", "lr = NaN"),
         ("delay_compensation = inf", "delay_compensation = inf"),
+        ("[train.adam]\neps = -inf", "adam.eps = -inf"),
     ] {
         let config = dir.write("run.toml", format!("[train]\nsteps = 2\n{line}\n"));
         refused(
@@ -471,7 +472,7 @@ fn a_metrics_log_that_cannot_be_written_stops_the_run_with_a_checkpoint() {
     assert!(
         err.contains("No space left on device")
             && err.contains(&format!(
-                "the run stopped after update 1, its checkpoint {}: make room, then continue \
+                "the run stopped after update 1, its newest checkpoint {}: make room, then continue \
                  it with --resume",
                 checkpoint.display()
             )),
@@ -491,6 +492,21 @@ fn a_metrics_log_that_cannot_be_written_stops_the_run_with_a_checkpoint() {
         .map(|r| r["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [2, 3, 4, 5, 6]);
+
+    // Failing in the last update, the run has nothing left to stop, and says the same.
+    let last = dir.s("last");
+    std::fs::create_dir_all(dir.path("last")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path("last/metrics.jsonl")).unwrap();
+    let run = anetrain(&["train", "--steps", "1", "--out", &last, "--quiet"]);
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(
+        err.contains(&format!(
+            "the run stopped after update 1, its newest checkpoint {}",
+            dir.path("last/ckpt-00000001.bin").display()
+        )),
+        "{err}"
+    );
 }
 
 /// A llama2.c tokenizer.bin cut on a record boundary loaded as a smaller vocabulary without a

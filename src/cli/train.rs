@@ -203,12 +203,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first key of a table whose value is a float that is not finite.
-fn non_finite_float(table: &toml::Table) -> Option<(&str, f64)> {
-    table.iter().find_map(|(key, value)| match value {
-        toml::Value::Float(f) if !f.is_finite() => Some((key.as_str(), *f)),
-        _ => None,
-    })
+/// The first key, dotted (`adam.eps`), whose value is a float that is not finite, in a table
+/// and the tables and arrays inside it.
+fn non_finite_float(table: &toml::Table) -> Option<(String, f64)> {
+    fn find(key: String, value: &toml::Value) -> Option<(String, f64)> {
+        match value {
+            toml::Value::Float(f) if !f.is_finite() => Some((key, *f)),
+            toml::Value::Table(t) => t.iter().find_map(|(k, v)| find(format!("{key}.{k}"), v)),
+            toml::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(format!("{key}[{i}]"), v)),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| find(k.clone(), v))
 }
 
 /// The run the flags and the config file ask for (flags first).

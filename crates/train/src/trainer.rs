@@ -817,9 +817,11 @@ impl<'r> Run<'r, '_, '_> {
                 saved = Some(self.checkpoint()?);
             }
             if !last && self.setup.halt.is_some_and(|h| h.load(Ordering::SeqCst)) {
+                // On a full disk the checkpoint may fail too; the caller names the newest one
+                // that was written.
                 let checkpoint = match saved {
                     Some(path) => Some(path),
-                    None if self.checkpoints.is_some() => Some(self.checkpoint()?),
+                    None if self.checkpoints.is_some() => self.checkpoint().ok(),
                     None => None,
                 };
                 return Ok(TrainOutcome::Halted {

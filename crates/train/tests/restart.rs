@@ -346,3 +346,81 @@ fn a_failed_eval_restarts_the_process_and_the_update_runs_again() {
     );
     assert!(matches!(outcome, Err(TrainError::Step(_))), "{outcome:?}");
 }
+
+/// A caller that raises the halt (its metrics log failed) stops the run after the update it
+/// is in, with a checkpoint that resumes to the uninterrupted result; a halt raised during
+/// the last update lets the run finish.
+#[test]
+fn a_halt_stops_after_the_update_with_a_checkpoint_that_resumes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = config();
+    let opts = options();
+    let clock = RealClock::new();
+    let fresh = || {
+        TrainState::new(
+            init_params(Arc::new(ParamLayout::new(&c)), 5),
+            &opts,
+            NumericMode::Fp32,
+        )
+    };
+    let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
+    let mut reference = fresh();
+    let env = test_env(&cpu, &clock, Strategy::Recompile);
+    let outcome = train(
+        &env,
+        &opts,
+        &mut reference,
+        &mut Cycle(0),
+        None,
+        &mut |_| {},
+    );
+    assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoint_folder(dir.path());
+    let halt = AtomicBool::new(false);
+    let halting = TrainSetup {
+        halt: Some(&halt),
+        ..test_env(&cpu, &clock, Strategy::Recompile)
+    };
+    let mut state = fresh();
+    let outcome = train(
+        &halting,
+        &opts,
+        &mut state,
+        &mut Cycle(0),
+        Some(&checkpoints),
+        &mut |e| {
+            if matches!(e, Event::Step(r) if r.step == 5) {
+                halt.store(true, Ordering::SeqCst);
+            }
+        },
+    );
+    let Ok(TrainOutcome::Halted {
+        step: 5,
+        checkpoint: Some(path),
+    }) = outcome
+    else {
+        panic!("expected a halt after update 5, got {outcome:?}");
+    };
+    let ckpt = Checkpoint::load(&path).unwrap();
+    assert_eq!(ckpt.header.step, 5);
+    let mut data = Cycle(ckpt.header.sampler.as_u64().unwrap().try_into().unwrap());
+    let mut state = TrainState::from_checkpoint(ckpt).unwrap();
+    // Raised again in the last update, the halt has nothing left to stop.
+    halt.store(false, Ordering::SeqCst);
+    let outcome = train(
+        &halting,
+        &opts,
+        &mut state,
+        &mut data,
+        Some(&checkpoints),
+        &mut |e| {
+            if matches!(e, Event::Step(r) if r.step == 12) {
+                halt.store(true, Ordering::SeqCst);
+            }
+        },
+    );
+    assert_eq!(outcome.unwrap(), TrainOutcome::Finished);
+    assert_eq!(state.params.data, reference.params.data);
+}

@@ -57,10 +57,10 @@ pub enum RunError {
     },
     #[error("{0}")]
     Invalid(String),
-    /// The run's records could not be written: it stopped, with a checkpoint where it has one.
+    /// The run's records could not be written: it stopped, and names its newest checkpoint.
     #[error(
         "{error}; the run stopped after update {step}{}: make room, then continue it with --resume",
-        checkpoint.as_ref().map_or(String::new(), |p| format!(", its checkpoint {}", p.display()))
+        checkpoint.as_ref().map_or(String::new(), |p| format!(", its newest checkpoint {}", p.display()))
     )]
     RecordsLost {
         error: Box<MetricsError>,

@@ -8,7 +8,7 @@ use super::folder::{EarlierRun, LOSS_PLOT, METRICS, REPORT, REPORT_JSON};
 use super::plot::loss_svg;
 use super::trace::continue_trace;
 use super::{EfficiencyReport, MetricsLog, MetricsRow, RunError, RunFolder, RunSettings};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{list_checkpoints, Checkpoint};
 use crate::data::TrainingWindows;
 use crate::delivery::Strategy;
 use crate::tokenizer::Tokenizer;
@@ -314,17 +314,35 @@ impl Run {
             Some(&self.checkpoints),
             &mut record,
         );
-        self.write_trace()?;
-        match outcome? {
-            TrainOutcome::Halted { step, checkpoint } => Err(RunError::RecordsLost {
-                error: Box::new(self.metrics.finish().err().ok_or_else(|| {
-                    RunError::Invalid("the run was halted with its metrics intact".into())
-                })?),
+        let outcome = outcome?;
+        if self.metrics.failed() {
+            // Whatever else ended the call (the schedule, a restart, the halt), the records
+            // are what was lost: say so, and name the checkpoint to continue from. A trace
+            // written to the same full disk would fail too, and hide this.
+            let _ = self.write_trace();
+            let (step, checkpoint) = match outcome {
+                TrainOutcome::Halted { step, checkpoint } => (step, checkpoint),
+                TrainOutcome::Restart {
+                    step, checkpoint, ..
+                } => (step, Some(checkpoint)),
+                TrainOutcome::Finished => (self.state.step, None),
+            };
+            let checkpoint = checkpoint.or_else(|| {
+                list_checkpoints(&self.checkpoints.dir)
+                    .pop()
+                    .map(|(_, p)| p)
+            });
+            let error = self.metrics.finish().err().ok_or_else(|| {
+                RunError::Invalid("the metrics log failed, then reported no error".into())
+            })?;
+            return Err(RunError::RecordsLost {
+                error: Box::new(error),
                 step,
                 checkpoint,
-            }),
-            other => Ok(other),
+            });
         }
+        self.write_trace()?;
+        Ok(outcome)
     }
 
     /// Writes the timeline; a resumed run (a budget restart among them) continues the one it
@@ -465,7 +483,7 @@ pub(crate) fn check_memory(config: &ModelConfig, total: Option<u64>) -> Result<(
     match total {
         Some(total) if need > total => Err(RunError::Invalid(format!(
             "model `{}` needs at least {} to train ({} parameters, {} f32 copies: weights, \
-             gradients, AdamW's moments, the kernels' weights), and this machine has {}",
+             gradients and AdamW's two moments), and this machine has {}",
             config.name,
             gib(need),
             config.parameter_count(),
@@ -488,7 +506,7 @@ mod tests {
     fn a_model_larger_than_the_memory_is_refused_with_what_it_needs() {
         let c = ModelConfig::named("stories110m").unwrap();
         let need = c.training_bytes();
-        assert_eq!(need, c.parameter_count() * 32);
+        assert_eq!(need, c.parameter_count() * 16);
         assert!(check_memory(&c, Some(need)).is_ok());
         assert!(
             check_memory(&c, None).is_ok(),
@@ -497,7 +515,7 @@ mod tests {
         let text = check_memory(&c, Some(need - 1)).unwrap_err().to_string();
         assert!(
             text.contains(&format!(
-                "model `stories110m` needs at least {} to train ({} parameters, 8 f32 copies",
+                "model `stories110m` needs at least {} to train ({} parameters, 4 f32 copies",
                 gib(need),
                 c.parameter_count()
             )),
