@@ -19,11 +19,13 @@ pub struct GenerateArgs {
     /// An anetrain checkpoint (weights and tokenizer).
     #[arg(long, required_unless_present = "model", conflicts_with_all = ["model", "tokenizer", "config"])]
     checkpoint: Option<PathBuf>,
-    /// Or a published model file (llama2.c .bin or .safetensors) with --tokenizer.
-    #[arg(long, requires = "tokenizer")]
-    model: Option<PathBuf>,
-    /// The model's tokenizer (tokenizer.json or llama2.c tokenizer.bin), with --model.
+    /// Or a published model: a llama2.c .bin or a .safetensors file with --tokenizer, or a
+    /// Hugging Face model folder (config.json, weights, tokenizer.json).
     #[arg(long)]
+    model: Option<PathBuf>,
+    /// The model's tokenizer (tokenizer.json or llama2.c tokenizer.bin), with --model [default:
+    /// a model folder's tokenizer.json].
+    #[arg(long, requires = "model")]
     tokenizer: Option<PathBuf>,
     /// The shape of a --model safetensors file without anetrain's metadata (a Hugging Face
     /// Llama export): a preset or a TOML file, as `train --model` takes.
@@ -82,7 +84,14 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             let (ckpt, tok) = load(c)?;
             (ckpt.params, tok)
         }
-        (None, Some(m), Some(t)) => {
+        (None, Some(m), t) => {
+            // A Hugging Face folder holds its tokenizer.
+            let folder_tokenizer = m.is_dir().then(|| m.join("tokenizer.json"));
+            let Some(t) = t.clone().or(folder_tokenizer) else {
+                bail!(
+                    "give --checkpoint, or --model with --tokenizer (a model folder holds its own)"
+                );
+            };
             let config = args
                 .config
                 .as_deref()
@@ -90,10 +99,10 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
                 .transpose()?;
             (
                 anetrain_model::io::load_model_file(m, config.as_ref())?,
-                Tokenizer::load(t)?,
+                Tokenizer::load(&t)?,
             )
         }
-        _ => bail!("give --checkpoint, or --model with --tokenizer"),
+        _ => bail!("give --checkpoint, or --model with --tokenizer (a model folder holds its own)"),
     };
     warn_if_not_finite(&params);
     let config = &params.layout.config;

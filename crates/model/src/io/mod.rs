@@ -3,6 +3,7 @@
 //! atomically.
 
 pub mod atomic;
+pub mod hf;
 pub mod llama2c;
 pub mod safetensors;
 
@@ -17,16 +18,23 @@ pub enum ModelFileError {
     Llama2c(#[from] llama2c::Llama2cError),
     #[error(transparent)]
     Safetensors(#[from] safetensors::SafetensorsError),
-    #[error("{0}: expected a llama2.c model (.bin) or a .safetensors file")]
+    #[error(transparent)]
+    HfFolder(#[from] hf::HfError),
+    #[error(
+        "{0}: expected a llama2.c model (.bin), a .safetensors file or a Hugging Face model folder"
+    )]
     UnknownKind(String),
 }
 
-/// Weights from a model file: llama2.c `.bin`, or `.safetensors` (whose configuration comes
-/// from its own metadata, else from `config`).
+/// Weights from a model file: llama2.c `.bin`, `.safetensors` (whose configuration comes from
+/// its own metadata, else from `config`), or a Hugging Face model folder (see [`hf`]).
 pub fn load_model_file(
     path: &Path,
     config: Option<&ModelConfig>,
 ) -> Result<Params, ModelFileError> {
+    if path.is_dir() {
+        return Ok(hf::read_folder(path)?);
+    }
     match path.extension().and_then(|e| e.to_str()) {
         Some("bin") => Ok(llama2c::read(path)?),
         Some("safetensors") => Ok(safetensors::read(path, config)?),

@@ -293,30 +293,62 @@ fn write_tensor(dst: &mut dyn Write, t: &HfTensor, params: &Params) -> io::Resul
 /// silently), except the `rotary_emb.inv_freq` buffers old checkpoints carry, which RoPE
 /// recomputes. A tied configuration accepts an `lm_head.weight` only if it equals the embedding.
 pub fn read(path: &Path, config: Option<&ModelConfig>) -> Result<Params, SafetensorsError> {
-    let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| SafetensorsError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    read_shards(&[path.to_path_buf()], config)
+}
+
+/// [`read`] of a model whose tensors are spread over several files (the shards a Hugging Face
+/// `model.safetensors.index.json` lists); the configuration recorded in the first is used when
+/// none is given.
+pub fn read_shards(
+    paths: &[PathBuf],
+    config: Option<&ModelConfig>,
+) -> Result<Params, SafetensorsError> {
+    let Some(first) = paths.first() else {
+        return Err(SafetensorsError::Format {
+            path: PathBuf::new(),
+            message: "no files to read".into(),
+        });
+    };
+    let mut bytes = Vec::with_capacity(paths.len());
+    for path in paths {
+        bytes.push(
+            std::fs::read(path).map_err(|source| SafetensorsError::Read {
+                path: path.clone(),
+                source,
+            })?,
+        );
+    }
+    let mut files = Vec::with_capacity(paths.len());
+    for (path, bytes) in paths.iter().zip(&bytes) {
+        files.push(
+            SafeTensors::deserialize(bytes).map_err(|e| SafetensorsError::Format {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+        );
+    }
     let config = match config {
         Some(c) => c.clone(),
-        None => recorded_config(path, &bytes)?,
+        None => recorded_config(first, &bytes[0])?,
     };
     config.validate().map_err(|e| SafetensorsError::BadConfig {
-        path: path.to_path_buf(),
+        path: first.clone(),
         message: e.to_string(),
     })?;
+    // The file that holds a tensor (the first, for a tensor none holds: it is reported there).
+    let names: Vec<Vec<&str>> = files.iter().map(|f| f.names()).collect();
+    let holder = |name: &str| names.iter().position(|n| n.contains(&name)).unwrap_or(0);
     // Check before allocating: every tensor present, shaped and typed as expected. The table
-    // stops at the first missing tensor, so its length is bounded by the file's.
+    // stops at the first missing tensor, so its length is bounded by the files'.
     let mut tensors = Vec::new();
     for t in hf_tensors(&config) {
-        let view = checked_view(path, &file, &t.name, &t.shape)?;
+        let i = holder(&t.name);
+        let view = checked_view(&paths[i], &files[i], &t.name, &t.shape)?;
         tensors.push((t, view));
     }
-    reject_unexpected(path, &file, &tensors)?;
+    for (path, file) in paths.iter().zip(&files) {
+        reject_unexpected(path, file, &tensors)?;
+    }
 
     let mut params = Params::zeros(Arc::new(ParamLayout::new(&config)));
     for (t, view) in &tensors {
@@ -328,12 +360,13 @@ pub fn read(path: &Path, config: Option<&ModelConfig>) -> Result<Params, Safeten
         let range = t.slot.range(&params.layout);
         params.get_mut(range).copy_from_slice(&values);
     }
-    if config.tied_embedding && file.names().contains(&"lm_head.weight") {
+    let head = holder("lm_head.weight");
+    if config.tied_embedding && names[head].contains(&"lm_head.weight") {
         let shape = [config.vocab, config.dim];
-        let head = to_f32(&checked_view(path, &file, "lm_head.weight", &shape)?);
-        if head != params.get(params.layout.embed()) {
+        let view = checked_view(&paths[head], &files[head], "lm_head.weight", &shape)?;
+        if to_f32(&view) != params.get(params.layout.embed()) {
             return Err(SafetensorsError::UntiedHead {
-                path: path.to_path_buf(),
+                path: paths[head].clone(),
             });
         }
     }

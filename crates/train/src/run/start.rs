@@ -193,9 +193,15 @@ impl Run {
             (None, None) => ModelConfig::named(model)?,
         };
         check_memory(&config, physical_memory())?;
+        // A Hugging Face folder given to --init holds its tokenizer.
+        let folder_tokenizer = spec
+            .init
+            .as_ref()
+            .filter(|p| checkpoint.is_none() && p.is_dir())
+            .map(|p| p.join("tokenizer.json"));
         let data = load_data(
             settings.data.as_deref(),
-            spec.tokenizer.as_deref(),
+            spec.tokenizer.as_deref().or(folder_tokenizer.as_deref()),
             checkpoint
                 .as_ref()
                 .map(|c| (c.header.tokenizer_kind, c.tokenizer.as_slice())),

@@ -1,0 +1,227 @@
+//! Hugging Face model folders, as `save_pretrained` writes them: `config.json`, the weights in
+//! `model.safetensors` or in the shards `model.safetensors.index.json` lists, and (read by the
+//! tokenizer code, not here) `tokenizer.json`.
+//!
+//! `LlamaForCausalLM` is read. Whatever else a config asks for that the model does not compute
+//! (another architecture, rope scaling, biases, an activation other than SiLU) is refused,
+//! naming the field and its value, rather than loaded into a model that would compute
+//! something else.
+
+use super::safetensors::{read_shards, SafetensorsError};
+use crate::config::ModelConfig;
+use crate::params::Params;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The training window of a model read from a folder: its context, up to this many tokens.
+pub const MAX_WINDOW: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum HfError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: {field} = {value}: {why}", path.display())]
+    Unsupported {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{}: no model.safetensors and no model.safetensors.index.json", dir.display())]
+    NoWeights { dir: PathBuf },
+    #[error(transparent)]
+    Weights(#[from] SafetensorsError),
+}
+
+/// The fields of `config.json` that decide the model; the others are left alone.
+#[derive(Deserialize)]
+struct HfConfig {
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    /// transformers 4: scaling beside a top-level `rope_theta`.
+    rope_scaling: Option<serde_json::Value>,
+    /// transformers 5: `{"rope_theta": …, "rope_type": "default", …}`.
+    rope_parameters: Option<serde_json::Value>,
+    tie_word_embeddings: Option<bool>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+}
+
+/// The model `dir/config.json` describes, named after the folder.
+pub fn read_config(dir: &Path) -> Result<ModelConfig, HfError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| HfError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| HfError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let unsupported = |field: &'static str, value: String, why: &str| HfError::Unsupported {
+        path: path.clone(),
+        field,
+        value,
+        why: why.to_string(),
+    };
+    let architecture = hf
+        .architectures
+        .as_ref()
+        .and_then(|a| a.first())
+        .map_or("none", String::as_str);
+    match architecture {
+        "LlamaForCausalLM" => {}
+        "Qwen3ForCausalLM" => {
+            return Err(unsupported(
+                "architectures",
+                architecture.into(),
+                "Qwen3's per-head norms of q and k (q_norm, k_norm) are not computed yet",
+            ))
+        }
+        other => {
+            return Err(unsupported(
+                "architectures",
+                other.into(),
+                "only LlamaForCausalLM is read",
+            ))
+        }
+    }
+    // Plain RoPE only: a scaling of any kind (linear, dynamic, yarn, llama3, …) is refused.
+    let is_default = |v: &serde_json::Value| {
+        let kind = v.get("rope_type").or_else(|| v.get("type"));
+        kind.is_none_or(|k| k == "default")
+    };
+    if let Some(scaling) = hf.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+        return Err(unsupported(
+            "rope_scaling",
+            scaling.to_string(),
+            "rotary scaling is not computed",
+        ));
+    }
+    if let Some(parameters) = hf.rope_parameters.as_ref().filter(|v| !is_default(v)) {
+        return Err(unsupported(
+            "rope_parameters",
+            parameters.to_string(),
+            "rotary scaling is not computed",
+        ));
+    }
+    let rope_theta = hf.rope_theta.or_else(|| {
+        hf.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .map(|t| t as f32)
+    });
+    if let Some(act) = hf.hidden_act.as_ref().filter(|a| a.as_str() != "silu") {
+        return Err(unsupported(
+            "hidden_act",
+            act.clone(),
+            "the feed-forward is SwiGLU (silu)",
+        ));
+    }
+    for (field, on) in [
+        ("attention_bias", hf.attention_bias),
+        ("mlp_bias", hf.mlp_bias),
+    ] {
+        if on == Some(true) {
+            return Err(unsupported(field, "true".into(), "the model has no biases"));
+        }
+    }
+    let heads = hf.num_attention_heads;
+    if heads == 0 {
+        return Err(HfError::Config {
+            path,
+            message: "num_attention_heads must be positive".into(),
+        });
+    }
+    let config = ModelConfig {
+        name: dir
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+        dim: hf.hidden_size,
+        hidden: hf.intermediate_size,
+        n_layers: hf.num_hidden_layers,
+        n_heads: heads,
+        n_kv_heads: hf.num_key_value_heads.unwrap_or(heads),
+        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / heads),
+        vocab: hf.vocab_size,
+        seq_len: hf
+            .max_position_embeddings
+            .unwrap_or(MAX_WINDOW)
+            .min(MAX_WINDOW),
+        norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+        rope_theta: rope_theta.unwrap_or(10_000.0),
+        // transformers' Llama default.
+        tied_embedding: hf.tie_word_embeddings.unwrap_or(false),
+    };
+    config.validate().map_err(|e| HfError::Config {
+        path,
+        message: e.to_string(),
+    })?;
+    Ok(config)
+}
+
+/// The weight files of a folder: `model.safetensors`, or the shards of its index.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(HfError::NoWeights {
+            dir: dir.to_path_buf(),
+        });
+    }
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| HfError::Read {
+        path: index.clone(),
+        source,
+    })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| HfError::Config {
+        path: index.clone(),
+        message: e.to_string(),
+    })?;
+    let mut shards: Vec<&String> = parsed.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut files = Vec::with_capacity(shards.len());
+    for shard in shards {
+        // A shard is a file beside the index, never a path elsewhere.
+        let name = Path::new(shard);
+        if name.components().count() != 1 {
+            return Err(HfError::Config {
+                path: index.clone(),
+                message: format!("shard `{shard}` is not a file name in the folder"),
+            });
+        }
+        files.push(dir.join(name));
+    }
+    Ok(files)
+}
+
+/// The model of a Hugging Face folder: its configuration and weights (bf16, fp16 or fp32).
+pub fn read_folder(dir: &Path) -> Result<Params, HfError> {
+    let config = read_config(dir)?;
+    Ok(read_shards(&weight_files(dir)?, Some(&config))?)
+}

@@ -1,0 +1,169 @@
+//! Hugging Face model folders against transformers itself: the fixtures in
+//! `tests/fixtures/hf/` were saved by `save_pretrained`, with the logits and losses transformers
+//! computed for a few token windows (`make_fixtures.py`, run once; CI needs no torch).
+
+mod common;
+
+use anetrain::npy;
+use anetrain_model::generate::Decoder;
+use anetrain_model::io::load_model_file;
+use common::*;
+use std::path::PathBuf;
+
+fn folder(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+/// Mean cross-entropy of each next token under `logits` (`[seq][vocab]`), in f64.
+fn next_token_loss(logits: &[Vec<f32>], ids: &[u32]) -> f64 {
+    let mut total = 0.0;
+    for (row, &next) in logits.iter().zip(&ids[1..]) {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        total += max + sum.ln() - row[next as usize] as f64;
+    }
+    total / (ids.len() - 1) as f64
+}
+
+#[test]
+fn a_llama_folder_gives_the_logits_and_losses_transformers_computed() {
+    let dir = folder("llama");
+    let params = load_model_file(&dir, None).unwrap();
+    let c = &params.layout.config;
+    assert_eq!(
+        (
+            c.dim,
+            c.hidden,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.vocab
+        ),
+        (64, 160, 2, 4, 2, 16, 300)
+    );
+    assert!(!c.tied_embedding);
+    // transformers 5 writes the base of the rotation under `rope_parameters`.
+    assert_eq!((c.rope_theta, c.norm_eps, c.seq_len), (10_000.0, 1e-5, 64));
+    let windows = npy::read(&dir.join("windows.npy")).unwrap();
+    let want = npy::read(&dir.join("logits.npy")).unwrap();
+    let losses = npy::read(&dir.join("loss.npy")).unwrap();
+    let (n, seq, vocab) = (want.shape[0], want.shape[1], want.shape[2]);
+    assert_eq!(
+        (windows.shape.as_slice(), vocab),
+        ([n, seq].as_slice(), 300)
+    );
+    let mut worst = 0.0f64;
+    for w in 0..n {
+        let ids: Vec<u32> = windows.data[w * seq..(w + 1) * seq]
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        let mut decoder = Decoder::new(&params);
+        let mut got = Vec::new();
+        for (t, &id) in ids.iter().enumerate() {
+            let row = decoder.step(id);
+            let expected = &want.data[(w * seq + t) * vocab..(w * seq + t + 1) * vocab];
+            for (v, (&g, &e)) in row.iter().zip(expected).enumerate() {
+                let error = (g - e).abs() as f64;
+                worst = worst.max(error);
+                assert!(
+                    error <= 1e-4 + 1e-4 * e.abs() as f64,
+                    "window {w}, position {t}, token {v}: {g} against transformers' {e}"
+                );
+            }
+            got.push(row);
+        }
+        let loss = next_token_loss(&got, &ids);
+        assert!(
+            (loss - losses.data[w] as f64).abs() < 1e-4,
+            "window {w}: loss {loss} against transformers' {}",
+            losses.data[w]
+        );
+    }
+    // The logits are far from zero, so a wrong weight would show.
+    let spread = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(spread > 1.0, "{spread}");
+    eprintln!("largest logit error against transformers: {worst:e}");
+}
+
+#[test]
+fn a_qwen3_folder_is_refused_until_its_norms_are_computed() {
+    let err = load_model_file(&folder("qwen3"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json: architectures = Qwen3ForCausalLM: Qwen3's per-head norms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn what_a_config_asks_that_the_model_does_not_compute_is_refused_by_field() {
+    let source = folder("llama");
+    let text = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = Dir::new();
+    for (field, value, message) in [
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            "rope_scaling = {\"factor\":8.0,\"rope_type\":\"llama3\"}: rotary scaling is not computed",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}),
+            "rope_parameters = {\"factor\":8.0,\"rope_theta\":500000.0,\"rope_type\":\"llama3\"}: rotary scaling is not computed",
+        ),
+        ("hidden_act", serde_json::json!("gelu"), "hidden_act = gelu: the feed-forward is SwiGLU"),
+        ("attention_bias", serde_json::json!(true), "attention_bias = true: the model has no biases"),
+        (
+            "architectures",
+            serde_json::json!(["MistralForCausalLM"]),
+            "architectures = MistralForCausalLM: only LlamaForCausalLM is read",
+        ),
+        ("num_hidden_layers", serde_json::json!(0), "n_layers must be positive"),
+    ] {
+        let mut changed = config.clone();
+        changed[field] = value;
+        let model = dir.path(field);
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.json"), changed.to_string()).unwrap();
+        std::fs::copy(source.join("model.safetensors"), model.join("model.safetensors")).unwrap();
+        let err = load_model_file(&model, None).unwrap_err().to_string();
+        assert!(err.contains(message), "{field}: {err}");
+    }
+    let empty = dir.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("config.json"), text).unwrap();
+    let err = load_model_file(&empty, None).unwrap_err().to_string();
+    assert!(
+        err.contains("no model.safetensors and no model.safetensors.index.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_and_train_take_a_folder_and_its_tokenizer() {
+    let model = folder("llama").display().to_string();
+    let out = anetrain(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "It is",
+        "--max-tokens",
+        "5",
+    ]);
+    ok(&out);
+    assert!(stdout(&out).starts_with("It is"), "{}", stdout(&out));
+    let dir = Dir::new();
+    let run = dir.s("run");
+    ok(&anetrain(&[
+        "train", "--init", &model, "--steps", "2", "--out", &run, "--quiet",
+    ]));
+    let eval = anetrain(&["eval", "--checkpoint", &dir.s("run/ckpt-00000002.bin")]);
+    ok(&eval);
+}
