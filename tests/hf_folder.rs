@@ -167,3 +167,37 @@ fn generate_and_train_take_a_folder_and_its_tokenizer() {
     let eval = anetrain(&["eval", "--checkpoint", &dir.s("run/ckpt-00000002.bin")]);
     ok(&eval);
 }
+
+/// `eval --model DIR` on a token file of one 64-token window (the folder's context) gives the
+/// loss the host decoder computes for it: the kernels and the decoder are separate code.
+#[test]
+fn eval_takes_a_folder_and_gives_the_decoders_loss() {
+    let dir_model = folder("llama");
+    let params = load_model_file(&dir_model, None).unwrap();
+    let ids: Vec<u32> = (0..65u32).map(|i| (i * 37 + 11) % 300).collect();
+    let dir = Dir::new();
+    let tokens = dir.path("window.bin");
+    anetrain_train::data::token_file::write_token_file(&tokens, &ids, 300).unwrap();
+    let mut decoder = Decoder::new(&params);
+    let logits: Vec<Vec<f32>> = ids[..64].iter().map(|&id| decoder.step(id)).collect();
+    let want = next_token_loss(&logits, &ids);
+    let out = anetrain(&[
+        "eval",
+        "--model",
+        &dir_model.display().to_string(),
+        "--data",
+        &tokens.display().to_string(),
+    ]);
+    ok(&out);
+    let text = stdout(&out);
+    let got: f64 = text
+        .strip_prefix("mean loss ")
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        (got - want).abs() < 1e-3,
+        "eval {got} against the decoder's {want}: {text}"
+    );
+    assert!(text.contains("over 1 windows of 64 tokens"), "{text}");
+}

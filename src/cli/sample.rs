@@ -51,10 +51,19 @@ pub struct GenerateArgs {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// An anetrain checkpoint (weights and tokenizer).
+    #[arg(long, required_unless_present = "model", conflicts_with_all = ["model", "tokenizer", "config"])]
+    checkpoint: Option<PathBuf>,
+    /// Or a published model, as `generate --model` takes it.
     #[arg(long)]
-    checkpoint: PathBuf,
+    model: Option<PathBuf>,
+    /// The model's tokenizer, with --model [default: a model folder's tokenizer.json].
+    #[arg(long, requires = "model")]
+    tokenizer: Option<PathBuf>,
+    /// The shape of a --model safetensors file without anetrain's metadata.
+    #[arg(long, requires = "model")]
+    config: Option<String>,
     /// A token file, evaluated whole; default: the validation split of the data the
-    /// checkpoint's run trained on.
+    /// checkpoint's run trained on (the embedded corpus for a --model).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Windows to average over.
@@ -70,6 +79,23 @@ fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
         "the checkpoint's tokenizer",
     )?;
     Ok((ckpt, tok))
+}
+
+/// A published model and its tokenizer (`--tokenizer`, else a model folder's own).
+fn load_published(
+    model: &std::path::Path,
+    tokenizer: Option<&std::path::Path>,
+    config: Option<&str>,
+) -> anyhow::Result<(anetrain_model::Params, Tokenizer)> {
+    let folder_tokenizer = model.is_dir().then(|| model.join("tokenizer.json"));
+    let Some(t) = tokenizer.map(PathBuf::from).or(folder_tokenizer) else {
+        bail!("give --checkpoint, or --model with --tokenizer (a model folder holds its own)");
+    };
+    let config = config.map(anetrain_model::ModelConfig::named).transpose()?;
+    Ok((
+        anetrain_model::io::load_model_file(model, config.as_ref())?,
+        Tokenizer::load(&t)?,
+    ))
 }
 
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -147,14 +173,30 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.batches == 0 {
         bail!("--batches must be at least 1");
     }
-    let (ckpt, tok) = load(&args.checkpoint)?;
-    warn_if_not_finite(&ckpt.params);
-    let config = ckpt.header.config.clone();
+    let (params, tok, header) = match (&args.checkpoint, &args.model) {
+        (Some(c), _) => {
+            let (ckpt, tok) = load(c)?;
+            (ckpt.params, tok, Some(ckpt.header))
+        }
+        (None, Some(m)) => {
+            let (params, tok) =
+                load_published(m, args.tokenizer.as_deref(), args.config.as_deref())?;
+            (params, tok, None)
+        }
+        (None, None) => bail!("give --checkpoint, or --model"),
+    };
+    warn_if_not_finite(&params);
+    let config = params.layout.config.clone();
+    if let Some(why) = anetrain_train::tokenizer::mismatch(&tok, &config) {
+        bail!(why);
+    }
     // A given file is evaluated whole; by default, the validation split of the data the run
     // trained on (its file, as its checkpoints name it, or the embedded corpus).
     let (windows, source) = match (
         &args.data,
-        anetrain_train::run::settings::trained_on(&ckpt.header),
+        header
+            .as_ref()
+            .and_then(anetrain_train::run::settings::trained_on),
     ) {
         (Some(p), _) => (
             TokenSplit::validation_only(
@@ -184,8 +226,8 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut set = compile_kernel_set(
         &*device,
         WeightSnapshot {
-            version: ckpt.header.step,
-            params: Arc::new(ckpt.params.clone()),
+            version: header.as_ref().map_or(0, |h| h.step),
+            params: Arc::new(params),
         },
     )?;
     let mut buf = StepBuffers::new(&config);
