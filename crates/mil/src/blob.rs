@@ -552,20 +552,8 @@ impl BlobFile {
     /// See the module documentation for what is accepted.
     pub fn parse(bytes: &[u8]) -> Result<BlobFile, BlobError> {
         let declared = read_header(bytes)?;
-        let len = bytes.len() as u64;
         let mut chunks = Vec::new();
-        let mut offset = BLOCK;
-        // Bytes past the last chunk's data but before the next 64-byte boundary are padding;
-        // anything at or beyond that boundary must be another chunk.
-        while offset < len {
-            let chunk = read_chunk_at(bytes, offset).map_err(|e| BlobError::InChunk {
-                index: chunks.len() as u64,
-                error: Box::new(e),
-            })?;
-            // Cannot overflow: the data was checked to end inside the file.
-            offset = align_up(offset + BLOCK + chunk.data.len() as u64);
-            chunks.push(chunk);
-        }
+        walk_chunks(bytes, |chunk| chunks.push(chunk.to_owned()))?;
         check_count(declared, chunks.len() as u64)?;
         Ok(BlobFile { chunks })
     }
@@ -731,14 +719,17 @@ pub(crate) fn chunk_ref(bytes: &[u8], mil_offset: u64) -> Result<ChunkRef<'_>, B
     let chunk = chunk_ref_at(bytes, mil_offset)?;
     // The whole file is held to the count rule, as `BlobFile::parse` holds it: a count that
     // disagrees with the chunks means a damaged file, whichever chunk is asked for.
-    check_count(declared, count_chunks(bytes)?)?;
+    check_count(declared, walk_chunks(bytes, |_| {})?)?;
     Ok(chunk)
 }
 
-/// The chunks of a file after its header, each validated in place.
-fn count_chunks(bytes: &[u8]) -> Result<u64, BlobError> {
+/// Validates every chunk of a file after its header, in place, passing each to `each`;
+/// returns how many there are.
+fn walk_chunks<'a>(bytes: &'a [u8], mut each: impl FnMut(ChunkRef<'a>)) -> Result<u64, BlobError> {
     let len = bytes.len() as u64;
     let (mut offset, mut count) = (BLOCK, 0u64);
+    // Bytes past the last chunk's data but before the next 64-byte boundary are padding;
+    // anything at or beyond that boundary must be another chunk.
     while offset < len {
         let chunk = chunk_ref_at(bytes, offset).map_err(|e| BlobError::InChunk {
             index: count,
@@ -747,13 +738,9 @@ fn count_chunks(bytes: &[u8]) -> Result<u64, BlobError> {
         // Cannot overflow: the data was checked to end inside the file.
         offset = align_up(offset + BLOCK + chunk.data.len() as u64);
         count += 1;
+        each(chunk);
     }
     Ok(count)
-}
-
-/// Reads and validates the chunk whose metadata starts at `offset`.
-fn read_chunk_at(bytes: &[u8], offset: u64) -> Result<BlobChunk, BlobError> {
-    Ok(chunk_ref_at(bytes, offset)?.to_owned())
 }
 
 /// Validates the chunk whose metadata starts at `offset` and returns it in place.
