@@ -2,6 +2,8 @@
 
 use super::train_summary::TrainSummary;
 use super::Settings;
+use anetrain_train::checkpoint::list_checkpoints;
+use anetrain_train::run::RunFolder;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
@@ -367,9 +369,9 @@ fn log_tail(path: &Path, n: usize) -> String {
 /// A report's training runs keep their metrics, plot and efficiency report, not their
 /// checkpoints (12 MB each for `tiny`).
 fn remove_checkpoints(dir: &Path) {
-    remove_files(dir, |name| {
-        name.starts_with("ckpt-") && name.ends_with(".bin")
-    });
+    for (_, path) in list_checkpoints(dir) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Removes the files of `dir` whose names `matches` takes (none if `dir` is not a folder).
@@ -383,9 +385,6 @@ fn remove_files(dir: &Path, matches: impl Fn(&str) -> bool) {
         }
     }
 }
-
-/// The files a training run writes in its folder.
-const RUN_FILES: [&str; 4] = ["metrics.jsonl", "loss.svg", "report.txt", "report.json"];
 
 /// Removes what an earlier report left in `out`: its two files, every part's JSON and log,
 /// and the files of its training runs (then their folders, if that empties them), so that
@@ -405,9 +404,9 @@ pub fn clear_earlier(out: &Path) {
             .is_some_and(|n| n.starts_with("train-"))
         {
             let dir = run.path();
-            remove_files(&dir, |name| {
-                RUN_FILES.contains(&name) || (name.starts_with("ckpt-") && name.ends_with(".bin"))
-            });
+            for file in RunFolder::new(&dir).run_files() {
+                let _ = std::fs::remove_file(file);
+            }
             let _ = std::fs::remove_dir(&dir);
         }
     }

@@ -1,5 +1,6 @@
 //! A training part's figures, read from its run's `metrics.jsonl` and `report.json`.
 
+use anetrain_train::run::folder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -46,12 +47,12 @@ impl TrainSummary {
     /// The summary of the run in `dir`, from its `metrics.jsonl` (a line torn by a crash is
     /// passed over) and its efficiency report.
     pub fn of_run(dir: &Path) -> Result<TrainSummary, String> {
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(folder::METRICS);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut summary = TrainSummary::of_metrics(&text)
             .ok_or_else(|| format!("{} has no steps", path.display()))?;
-        let path = dir.join("report.json");
+        let path = dir.join(folder::REPORT_JSON);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         summary.efficiency = Some(
