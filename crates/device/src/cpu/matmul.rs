@@ -126,6 +126,26 @@ pub fn gemm(
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, scale, par);
 }
 
+/// Test reference: row `i` of `a` times column `j` of `b`, through their views, in f64.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_dot(
+    a: &[f32],
+    la: MatLayout,
+    b: &[f32],
+    lb: MatLayout,
+    i: usize,
+    j: usize,
+    k: usize,
+) -> f64 {
+    (0..k)
+        .map(|p| {
+            f64::from(a[la.offset + i * la.rs + p * la.cs])
+                * f64::from(b[lb.offset + p * lb.rs + j * lb.cs])
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -712,12 +712,7 @@ mod tests {
         let mut c = c0.to_vec();
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| {
-                        a[la.offset + i * la.rs + p * la.cs] as f64
-                            * b[lb.offset + p * lb.rs + j * lb.cs] as f64
-                    })
-                    .sum();
+                let dot = crate::cpu::matmul::reference_dot(a, la, b, lb, i, j, k);
                 c[i * n + j] += scale * dot;
             }
         }

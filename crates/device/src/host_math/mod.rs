@@ -178,12 +178,7 @@ mod tests {
     ) {
         for i in 0..m {
             for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| {
-                        a[la.offset + i * la.rs + p * la.cs] as f64
-                            * b[lb.offset + p * lb.rs + j * lb.cs] as f64
-                    })
-                    .sum();
+                let dot = crate::cpu::matmul::reference_dot(a, la, b, lb, i, j, k);
                 let at = lc.offset + i * lc.rs + j * lc.cs;
                 let old = if accumulate { c[at] as f64 } else { 0.0 };
                 c[at] = (old + scale as f64 * dot) as f32;
