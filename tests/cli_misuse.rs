@@ -60,6 +60,23 @@ fn trained() -> Trained {
     }
 }
 
+impl Trained {
+    /// The trained checkpoint exported as a llama2.c model file; its path.
+    fn llama2c_model(&self) -> String {
+        let model = self.dir.s("model.bin");
+        ok(&anetrain(&[
+            "export",
+            "--checkpoint",
+            &self.checkpoint,
+            "--format",
+            "llama2c",
+            "--output",
+            &model,
+        ]));
+        model
+    }
+}
+
 fn refused(args: &[&str], message: &str) {
     let out = anetrain(args);
     assert!(!out.status.success(), "{args:?} should fail");
@@ -73,16 +90,7 @@ fn refused(args: &[&str], message: &str) {
 #[test]
 fn generate_refuses_a_tokenizer_larger_than_the_models_vocabulary() {
     let t = trained();
-    let model = t.dir.s("model.bin");
-    ok(&anetrain(&[
-        "export",
-        "--checkpoint",
-        &t.checkpoint,
-        "--format",
-        "llama2c",
-        "--output",
-        &model,
-    ]));
+    let model = t.llama2c_model();
     let big = train_bpe(&t.text, 600).unwrap();
     big.save(&t.dir.path("big.json")).unwrap();
     let big_tok = t.dir.s("big.json");
@@ -515,16 +523,7 @@ fn a_metrics_log_that_cannot_be_written_stops_the_run_with_a_checkpoint() {
 fn a_llama2c_tokenizer_cut_on_a_record_boundary_is_refused_against_its_model() {
     use anetrain_train::tokenizer::{Llama2cTokenizer, Tokenizer};
     let t = trained();
-    let model = t.dir.s("model.bin");
-    ok(&anetrain(&[
-        "export",
-        "--checkpoint",
-        &t.checkpoint,
-        "--format",
-        "llama2c",
-        "--output",
-        &model,
-    ]));
+    let model = t.llama2c_model();
     // 300 records, one per id of the model: the three specials, 256 byte tokens, 41 more.
     let mut pieces: Vec<(Vec<u8>, f32)> = ["<unk>", "\n<s>\n", "\n</s>\n"]
         .iter()
