@@ -35,6 +35,15 @@ fn config() -> ModelConfig {
     }
 }
 
+/// The run's state before its first update: the weights of seed 5.
+fn fresh_state(c: &ModelConfig, opts: &TrainOptions) -> TrainState {
+    TrainState::new(
+        init_params(Arc::new(ParamLayout::new(c)), 5),
+        opts,
+        NumericMode::Fp32,
+    )
+}
+
 fn options() -> TrainOptions {
     TrainOptions {
         steps: 12,
@@ -53,13 +62,7 @@ fn restarts_on_a_spent_budget_end_exactly_like_an_uninterrupted_run() {
     let clock = RealClock::new();
     let checkpoint_dir = tempfile::tempdir().unwrap();
     let checkpoints = checkpoint_folder(checkpoint_dir.path());
-    let fresh = || {
-        TrainState::new(
-            init_params(Arc::new(ParamLayout::new(&c)), 5),
-            &opts,
-            NumericMode::Fp32,
-        )
-    };
+    let fresh = || fresh_state(&c, &opts);
 
     // Uninterrupted: a budget that never runs out.
     let mut reference = fresh();
@@ -131,13 +134,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
             delay_compensation: compensation,
             ..options()
         };
-        let fresh = || {
-            TrainState::new(
-                init_params(Arc::new(ParamLayout::new(&c)), 5),
-                &opts,
-                NumericMode::Fp32,
-            )
-        };
+        let fresh = || fresh_state(&c, &opts);
         // Each "process" has its own device and virtual clock.
         let run = |state: &mut TrainState,
                    data: &mut Cycle,
@@ -208,13 +205,7 @@ fn a_double_buffered_run_stopped_and_resumed_ends_exactly_like_an_uninterrupted_
 fn a_double_buffered_run_restarted_by_its_budget_ends_exactly_like_an_uninterrupted_one() {
     let c = config();
     let opts = options();
-    let fresh = || {
-        TrainState::new(
-            init_params(Arc::new(ParamLayout::new(&c)), 5),
-            &opts,
-            NumericMode::Fp32,
-        )
-    };
+    let fresh = || fresh_state(&c, &opts);
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = checkpoint_folder(dir.path());
     let run = |state: &mut TrainState,
@@ -268,13 +259,7 @@ fn a_failed_eval_restarts_the_process_and_the_update_runs_again() {
     let c = config();
     let opts = options();
     let clock = RealClock::new();
-    let fresh = || {
-        TrainState::new(
-            init_params(Arc::new(ParamLayout::new(&c)), 5),
-            &opts,
-            NumericMode::Fp32,
-        )
-    };
+    let fresh = || fresh_state(&c, &opts);
     let run = |device: &dyn anetrain_device::Device,
                state: &mut TrainState,
                data: &mut Cycle,
@@ -356,13 +341,7 @@ fn a_halt_stops_after_the_update_with_a_checkpoint_that_resumes() {
     let c = config();
     let opts = options();
     let clock = RealClock::new();
-    let fresh = || {
-        TrainState::new(
-            init_params(Arc::new(ParamLayout::new(&c)), 5),
-            &opts,
-            NumericMode::Fp32,
-        )
-    };
+    let fresh = || fresh_state(&c, &opts);
     let cpu = CpuDevice::new(NumericMode::Fp32).with_threads(1);
     let mut reference = fresh();
     let env = test_env(&cpu, &clock, Strategy::Recompile);
