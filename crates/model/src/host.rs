@@ -183,9 +183,15 @@ pub struct CrossEntropy {
     pub column: Vec<f32>,
 }
 
-/// Cross-entropy over positions of `logits` `[V][S]` at `targets` (each below V: the caller's
-/// data validation checks), with `dlogits` as [`CrossEntropy`] describes: softmax numerators
-/// exp(logit − max) with the target's share taken off.
+/// A target that is not trained on: a prompt token, padding, or the first token of a packed
+/// example. Its position adds nothing to the loss or the gradient.
+pub const IGNORED_TARGET: u32 = u32::MAX;
+
+/// Cross-entropy over positions of `logits` `[V][S]` at `targets` (each below V, or
+/// [`IGNORED_TARGET`]: the caller's data validation checks), averaged over the positions that
+/// are targets, with `dlogits` as [`CrossEntropy`] describes: softmax numerators exp(logit −
+/// max) with the target's share taken off. An ignored position's column is 0, so nothing of it
+/// reaches the gradient; with no target at all the loss is 0.
 ///
 /// Rows of the vocabulary are split across the threads, each row contiguous over positions,
 /// so that the layout is streamed rather than strided. Partial maxima and sums are combined in
@@ -230,16 +236,27 @@ pub fn cross_entropy(
         }
     }
     let mut loss = 0.0f64;
+    let counted = targets.iter().filter(|&&t| t != IGNORED_TARGET).count();
     for (t, &target) in targets.iter().enumerate() {
+        if target == IGNORED_TARGET {
+            continue;
+        }
         let i = target as usize * s + t;
         let p = dlogits[i] as f64 / sum[t] as f64;
         loss -= p.max(1e-30).ln();
         // (e/z − 1)·column = (e − z)/z·column: the one-hot comes off before normalising.
         dlogits[i] -= sum[t];
     }
-    let column = sum.iter().map(|z| scale / (z * s as f32)).collect();
+    let column = sum
+        .iter()
+        .zip(targets)
+        .map(|(z, &target)| match target {
+            IGNORED_TARGET => 0.0,
+            _ => scale / (z * counted as f32),
+        })
+        .collect();
     CrossEntropy {
-        loss: (loss / s as f64) as f32,
+        loss: (loss / counted.max(1) as f64) as f32,
         column,
     }
 }

@@ -79,4 +79,5 @@ pub mod params;
 pub mod step;
 
 pub use config::{ConfigError, ModelConfig};
+pub use host::IGNORED_TARGET;
 pub use params::{LayerTensor, ParamLayout, Params, TensorSpec};

@@ -172,3 +172,86 @@ fn fp16_gradients_are_close_to_the_reference() {
         }
     }
 }
+
+/// Positions whose target is ignored (a prompt, padding) add nothing: the loss is the mean over
+/// the others and every gradient matches the reference's for the same mask, on both kernel
+/// sets; the loss equals the mean of the per-position losses the step gives one target at a
+/// time.
+#[test]
+fn ignored_targets_are_left_out_of_the_loss_and_every_gradient() {
+    use anetrain_model::IGNORED_TARGET;
+    let c = config(2, false);
+    let p = params(&c, 11);
+    let (tokens, mut targets) = window(&c, 4);
+    let kept: Vec<usize> = (0..c.seq_len).filter(|t| t % 3 == 1 || *t == 10).collect();
+    for (t, target) in targets.iter_mut().enumerate() {
+        if !kept.contains(&t) {
+            *target = IGNORED_TARGET;
+        }
+    }
+    let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
+    for (set, compile) in KERNEL_SETS {
+        let (loss, grads) = step_grads(compile, &p, NumericMode::Fp32, &tokens, &targets, 1.0);
+        assert!(
+            ((loss as f64) - ref_loss).abs() <= 1e-5 * ref_loss,
+            "{set}: loss {loss} vs {ref_loss}"
+        );
+        for spec in &p.layout.tensors {
+            let r = spec.range.clone();
+            let max = ref_grads[r.clone()]
+                .iter()
+                .fold(0.0f64, |m, g| m.max(g.abs()));
+            assert!(max > 0.0, "{}", spec.name);
+            for i in r {
+                let (got, want) = (grads.data[i] as f64, ref_grads[i]);
+                let err = (got - want).abs() / want.abs().max(max * 1e-2).max(1e-12);
+                assert!(
+                    err <= 1e-4,
+                    "{set}: {} entry {}: {got} vs {want}",
+                    spec.name,
+                    i - spec.range.start
+                );
+            }
+        }
+    }
+    // The mean over kept positions, each loss taken with only that position kept.
+    let mut sum = 0.0f64;
+    for &t in &kept {
+        let mut one = vec![IGNORED_TARGET; c.seq_len];
+        one[t] = targets[t];
+        sum += step_grads(
+            compile_kernel_set,
+            &p,
+            NumericMode::Fp32,
+            &tokens,
+            &one,
+            1.0,
+        )
+        .0 as f64;
+    }
+    let mean = sum / kept.len() as f64;
+    let (masked, _) = step_grads(
+        compile_kernel_set,
+        &p,
+        NumericMode::Fp32,
+        &tokens,
+        &targets,
+        1.0,
+    );
+    assert!(
+        (masked as f64 - mean).abs() <= 1e-5 * mean,
+        "{masked} vs {mean}"
+    );
+    // No target at all: loss 0, no gradient.
+    let none = vec![IGNORED_TARGET; c.seq_len];
+    let (loss, grads) = step_grads(
+        compile_kernel_set,
+        &p,
+        NumericMode::Fp32,
+        &tokens,
+        &none,
+        1.0,
+    );
+    assert_eq!(loss, 0.0);
+    assert!(grads.data.iter().all(|&g| g == 0.0));
+}

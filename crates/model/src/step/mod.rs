@@ -94,11 +94,16 @@ fn check_tokens(config: &ModelConfig, tokens: &[u32], targets: &[u32]) -> Result
             targets: targets.len(),
         });
     }
-    for (position, &token) in tokens.iter().chain(targets).enumerate() {
+    let inputs = tokens.iter().enumerate();
+    let trained = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t != crate::IGNORED_TARGET);
+    for (position, &token) in inputs.chain(trained) {
         if token as usize >= config.vocab {
             return Err(StepError::Token {
                 token,
-                position: position % config.seq_len,
+                position,
                 vocab: config.vocab,
             });
         }

@@ -272,15 +272,19 @@ pub fn kv_head(c: &ModelConfig, h: usize) -> usize {
     h / (c.n_heads / c.n_kv_heads)
 }
 
-/// Mean cross-entropy over positions and its gradient with respect to the logits.
+/// Mean cross-entropy over the positions whose target is not `u32::MAX` (ignored), and its
+/// gradient with respect to the logits.
 fn cross_entropy(logits: &[Vec<f64>], targets: &[u32]) -> (f64, Vec<Vec<f64>>) {
     assert_eq!(logits.len(), targets.len());
-    let n = logits.len() as f64;
+    let n = targets.iter().filter(|&&t| t != u32::MAX).count().max(1) as f64;
     let mut loss = 0.0;
     let dlogits = logits
         .iter()
         .zip(targets)
         .map(|(lt, &target)| {
+            if target == u32::MAX {
+                return vec![0.0; lt.len()];
+            }
             let target = target as usize;
             assert!(target < lt.len(), "target {target} outside the vocabulary");
             // −ln softmax = logsumexp − logit, computed without forming a tiny probability.
