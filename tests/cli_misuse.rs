@@ -568,4 +568,34 @@ fn a_llama2c_tokenizer_cut_on_a_record_boundary_is_refused_against_its_model() {
         "--max-tokens",
         "3",
     ]));
+    // A run with it exports to llama2.c and safetensors, but not to a Hugging Face folder,
+    // which needs a tokenizer.json.
+    ok(&anetrain(&[
+        "train",
+        "--init",
+        &model,
+        "--tokenizer",
+        &t.dir.s("tokenizer.bin"),
+        "--data",
+        &t.dir.s("tokens.bin"),
+        "--steps",
+        "1",
+        "--out",
+        &t.dir.s("run2"),
+        "--quiet",
+    ]));
+    let folder = t.dir.s("folder");
+    refused(
+        &[
+            "export",
+            "--checkpoint",
+            &t.dir.s("run2/ckpt-00000001.bin"),
+            "--format",
+            "hf",
+            "--output",
+            &folder,
+        ],
+        "--format hf: the checkpoint's tokenizer is a llama2.c tokenizer.bin",
+    );
+    assert!(!std::path::Path::new(&folder).exists());
 }

@@ -201,3 +201,147 @@ fn eval_takes_a_folder_and_gives_the_decoders_loss() {
     );
     assert!(text.contains("over 1 windows of 64 tokens"), "{text}");
 }
+
+/// A trained checkpoint exported as a folder reads back to the checkpoint's weights, keeps the
+/// tokenizer files it started from, and generates what the checkpoint generates.
+#[test]
+fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
+    let source = folder("llama");
+    let dir = Dir::new();
+    ok(&anetrain(&[
+        "train",
+        "--init",
+        &source.display().to_string(),
+        "--steps",
+        "2",
+        "--out",
+        &dir.s("run"),
+        "--quiet",
+    ]));
+    let checkpoint = dir.s("run/ckpt-00000002.bin");
+    let out = dir.path("exported");
+    let export = |to: &std::path::Path| {
+        anetrain(&[
+            "export",
+            "--checkpoint",
+            &checkpoint,
+            "--format",
+            "hf",
+            "--output",
+            &to.display().to_string(),
+        ])
+    };
+    ok(&export(&out));
+    let ckpt =
+        anetrain_train::checkpoint::Checkpoint::load(std::path::Path::new(&checkpoint)).unwrap();
+    let back = load_model_file(&out, None).unwrap();
+    let (c, want) = (&back.layout.config, &ckpt.header.config);
+    assert_eq!(
+        (
+            c.dim,
+            c.hidden,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.vocab
+        ),
+        (
+            want.dim,
+            want.hidden,
+            want.n_layers,
+            want.n_heads,
+            want.n_kv_heads,
+            want.head_dim,
+            want.vocab
+        )
+    );
+    assert_eq!(
+        (c.seq_len, c.norm_eps, c.rope_theta, c.tied_embedding),
+        (
+            want.seq_len,
+            want.norm_eps,
+            want.rope_theta,
+            want.tied_embedding
+        )
+    );
+    assert_eq!(back.data, ckpt.params.data, "the weights, bit for bit");
+    assert_ne!(
+        back.data,
+        load_model_file(&source, None).unwrap().data,
+        "two steps changed the weights"
+    );
+    // The tokenizer files are the folder's own: its configuration byte for byte, and the same
+    // vocabulary, merges and special tokens.
+    let read_json = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert_eq!(
+        std::fs::read(out.join("tokenizer_config.json")).unwrap(),
+        std::fs::read(source.join("tokenizer_config.json")).unwrap()
+    );
+    let (ours, theirs) = (
+        read_json(out.join("tokenizer.json")),
+        read_json(source.join("tokenizer.json")),
+    );
+    for key in ["model", "added_tokens", "pre_tokenizer", "decoder"] {
+        assert_eq!(ours[key], theirs[key], "tokenizer.json: {key}");
+    }
+    let config = read_json(out.join("config.json"));
+    let original = read_json(source.join("config.json"));
+    for key in [
+        "architectures",
+        "model_type",
+        "bos_token_id",
+        "eos_token_id",
+        "rope_parameters",
+    ] {
+        assert_eq!(config[key], original[key], "{key}");
+    }
+    let generation = read_json(out.join("generation_config.json"));
+    assert_eq!(
+        (
+            generation["bos_token_id"].as_u64(),
+            generation["eos_token_id"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let generate = |what: &[&str]| {
+        let mut args = vec!["generate", "--prompt", "It is", "--max-tokens", "12"];
+        args.extend_from_slice(what);
+        let o = anetrain(&args);
+        ok(&o);
+        stdout(&o)
+    };
+    assert_eq!(
+        generate(&["--model", &out.display().to_string()]),
+        generate(&["--checkpoint", &checkpoint])
+    );
+
+    // Exporting again replaces the earlier export; a folder with other files is left alone.
+    ok(&export(&out));
+    assert_eq!(load_model_file(&out, None).unwrap().data, ckpt.params.data);
+    let notes = dir.path("notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
+    let refused = export(&notes);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("holds `todo.txt`, which an export does not write"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        std::fs::read_to_string(notes.join("todo.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(std::fs::read_dir(&notes).unwrap().count(), 1);
+    // No staging folder is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(anetrain_model::io::atomic::TEMP_PREFIX))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -73,11 +73,7 @@ pub struct EvalArgs {
 
 fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
     let ckpt = Checkpoint::load(path)?;
-    let tok = Tokenizer::from_bytes(
-        ckpt.header.tokenizer_kind,
-        &ckpt.tokenizer,
-        "the checkpoint's tokenizer",
-    )?;
+    let tok = ckpt.tokenizer()?;
     Ok((ckpt, tok))
 }
 

@@ -22,7 +22,7 @@
 //! synced, then renamed, so a run killed mid-write leaves the previous checkpoint intact.
 
 use crate::run::RunSettings;
-use crate::tokenizer::TokenizerKind;
+use crate::tokenizer::{Tokenizer, TokenizerError, TokenizerKind};
 use crate::trainer::{Counters, TrainOptions};
 use anetrain_model::io::atomic::write_atomic;
 use anetrain_model::optim::{AdamState, LossScaler};
@@ -64,6 +64,10 @@ pub struct CheckpointHeader {
     /// Counters carried across restarts (times, compiles, tokens).
     pub counters: Counters,
     pub tokenizer_kind: TokenizerKind,
+    /// A Hugging Face tokenizer's `tokenizer_config.json` (special tokens, chat template), as
+    /// JSON text, when it came with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_config: Option<String>,
     /// The version of the weights the device ran on, when they lagged the master weights
     /// (their values follow the optimizer state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +109,13 @@ fn f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
 }
 
 impl Checkpoint {
+    /// The tokenizer the checkpoint embeds, with its `tokenizer_config.json`.
+    pub fn tokenizer(&self) -> Result<Tokenizer, TokenizerError> {
+        let source = "the checkpoint's tokenizer";
+        Tokenizer::from_bytes(self.header.tokenizer_kind, &self.tokenizer, source)?
+            .with_config_json(self.header.tokenizer_config.as_deref(), source)
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         assert_eq!(
             self.header.device_version.is_some(),
@@ -316,6 +327,7 @@ mod tests {
                     ..Counters::default()
                 },
                 tokenizer_kind: TokenizerKind::HuggingFace,
+                tokenizer_config: None,
                 device_version: None,
                 run: Some(RunSettings {
                     precision: Some("fp16".into()),

@@ -443,6 +443,7 @@ impl TrainState {
                 loss_scale: self.scaler.clone(),
                 counters: self.counters.clone(),
                 tokenizer_kind,
+                tokenizer_config: None,
                 device_version: self.device_weights.as_ref().map(|w| w.version),
                 run: None,
             },
@@ -459,6 +460,8 @@ pub struct CheckpointFolder {
     pub dir: PathBuf,
     pub tokenizer_kind: TokenizerKind,
     pub tokenizer: Vec<u8>,
+    /// The tokenizer's `tokenizer_config.json` as JSON text, if it has one.
+    pub tokenizer_config: Option<String>,
     /// Kept in every checkpoint's header as `run` (see [`CheckpointHeader::run`]).
     pub run: RunSettings,
 }
@@ -1178,6 +1181,7 @@ impl<'r> Run<'r, '_, '_> {
         );
         ckpt.header.counters = with_delivery(&state.counters, &self.delivery.stats);
         ckpt.header.run = Some(folder.run.clone());
+        ckpt.header.tokenizer_config = folder.tokenizer_config.clone();
         let path = save_rotating(&ckpt, &folder.dir, self.options.keep_checkpoints)?;
         (self.on_event)(&Event::Checkpoint {
             step: state.step,

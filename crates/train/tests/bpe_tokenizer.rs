@@ -225,3 +225,33 @@ fn a_third_party_tokenizer_json_loads_and_encodes_by_its_merges() {
     assert_eq!(t.encode("abcab").unwrap(), [5, 4]);
     assert_eq!(t.encode("cba").unwrap(), [3, 2, 1]);
 }
+
+/// A `tokenizer.json` comes with the `tokenizer_config.json` beside it: the special tokens it
+/// names replace the guessed ones (`null` means none), and one the vocabulary lacks is an error
+/// naming the file.
+#[test]
+fn the_folder_configuration_names_the_special_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    Tokenizer::HuggingFace(trained_1024()).save(&path).unwrap();
+    let guessed = Tokenizer::load(&path).unwrap();
+    assert_eq!((guessed.bos_id(), guessed.eos_id()), (Some(1), Some(2)));
+    assert!(guessed.config().is_none());
+    let config = dir.path().join("tokenizer_config.json");
+    std::fs::write(&config, r#"{"bos_token": null, "eos_token": "<unk>"}"#).unwrap();
+    let named = Tokenizer::load(&path).unwrap();
+    assert_eq!((named.bos_id(), named.eos_id()), (None, Some(0)));
+    assert_eq!(named.config().unwrap().eos_token.as_deref(), Some("<unk>"));
+    // A tokenizer file of another name is taken alone.
+    let other = dir.path().join("other.json");
+    std::fs::copy(&path, &other).unwrap();
+    assert_eq!(Tokenizer::load(&other).unwrap().bos_id(), Some(1));
+    std::fs::write(&config, r#"{"eos_token": "<|im_end|>"}"#).unwrap();
+    let err = Tokenizer::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "tokenizer_config.json: eos_token `<|im_end|>` is not in the tokenizer's vocabulary"
+        ),
+        "{err}"
+    );
+}

@@ -1,13 +1,15 @@
 //! Hugging Face model folders, as `save_pretrained` writes them: `config.json`, the weights in
 //! `model.safetensors` or in the shards `model.safetensors.index.json` lists, and (read by the
-//! tokenizer code, not here) `tokenizer.json`.
+//! tokenizer code, not here) `tokenizer.json`. [`write_folder`] writes one that transformers
+//! loads as it is.
 //!
 //! `LlamaForCausalLM` is read. Whatever else a config asks for that the model does not compute
 //! (another architecture, rope scaling, biases, an activation other than SiLU) is refused,
 //! naming the field and its value, rather than loaded into a model that would compute
 //! something else.
 
-use super::safetensors::{read_shards, SafetensorsError};
+use super::atomic::write_atomic;
+use super::safetensors::{self, read_shards, SafetensorsError};
 use crate::config::ModelConfig;
 use crate::params::Params;
 use serde::Deserialize;
@@ -38,6 +40,16 @@ pub enum HfError {
     NoWeights { dir: PathBuf },
     #[error(transparent)]
     Weights(#[from] SafetensorsError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: holds `{file}`, which an export does not write: choose an empty or new folder",
+        dir.display()
+    )]
+    NotAnExport { dir: PathBuf, file: String },
 }
 
 /// The fields of `config.json` that decide the model; the others are left alone.
@@ -224,4 +236,144 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
 pub fn read_folder(dir: &Path) -> Result<Params, HfError> {
     let config = read_config(dir)?;
     Ok(read_shards(&weight_files(dir)?, Some(&config))?)
+}
+
+/// The files a folder export writes besides `config.json`, `generation_config.json` and
+/// `model.safetensors`: the tokenizer's, by name.
+#[derive(Clone, Debug, Default)]
+pub struct FolderExtras {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+/// The files of a model folder an export writes, besides the extras.
+const MODEL_FILES: [&str; 3] = ["config.json", "generation_config.json", "model.safetensors"];
+
+/// An f32 as the JSON number of its shortest decimal form (1e-5, not 9.999999747378752e-6).
+fn json_f32(v: f32) -> serde_json::Value {
+    let shortest: f64 = v.to_string().parse().unwrap_or(v as f64);
+    serde_json::json!(shortest)
+}
+
+/// `config.json` of a `LlamaForCausalLM` computing what `config` computes, for transformers
+/// 4 (`rope_theta`) and 5 (`rope_parameters`).
+pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.dim,
+        "intermediate_size": c.hidden,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab,
+        "max_position_embeddings": c.seq_len,
+        "rms_norm_eps": json_f32(c.norm_eps),
+        "rope_theta": json_f32(c.rope_theta),
+        "rope_parameters": {"rope_type": "default", "rope_theta": json_f32(c.rope_theta)},
+        "tie_word_embeddings": c.tied_embedding,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "use_cache": true,
+    })
+}
+
+/// Writes `params` as a Hugging Face model folder `dir` (fp32 weights), with `extras` beside
+/// them. The folder appears whole or not at all: it is written under a temporary name beside
+/// `dir`, then renamed. A `dir` that exists is replaced only if it holds nothing but the files
+/// an export writes, so that no other data is lost.
+pub fn write_folder(dir: &Path, params: &Params, extras: &FolderExtras) -> Result<(), HfError> {
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HfError::Write { path, source }
+    };
+    let ours: Vec<&str> = MODEL_FILES
+        .into_iter()
+        .chain(extras.files.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    if dir.exists() {
+        let entries = std::fs::read_dir(dir).map_err(|source| HfError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| HfError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !ours.contains(&name.as_str()) || !entry.path().is_file() {
+                return Err(HfError::NotAnExport {
+                    dir: dir.to_path_buf(),
+                    file: name,
+                });
+            }
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(super::atomic::TEMP_PREFIX)
+        .tempdir_in(parent)
+        .map_err(write_err(parent))?;
+    let file = |name: &str| staging.path().join(name);
+    let c = &params.layout.config;
+    let pretty = |v: &serde_json::Value| {
+        let mut text = serde_json::to_string_pretty(v).expect("JSON serialises");
+        text.push('\n');
+        text
+    };
+    let config = config_json(c, extras.bos_token_id, extras.eos_token_id);
+    write_atomic(&file("config.json"), pretty(&config).as_bytes())
+        .map_err(write_err(&dir.join("config.json")))?;
+    let generation = serde_json::json!({
+        "bos_token_id": extras.bos_token_id,
+        "eos_token_id": extras.eos_token_id,
+    });
+    write_atomic(
+        &file("generation_config.json"),
+        pretty(&generation).as_bytes(),
+    )
+    .map_err(write_err(&dir.join("generation_config.json")))?;
+    safetensors::write(&file("model.safetensors"), params)?;
+    for (name, bytes) in &extras.files {
+        write_atomic(&file(name), bytes).map_err(write_err(&dir.join(name)))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(write_err(staging.path()))?;
+    }
+    // The earlier export (checked above to hold only export files) is moved aside into a
+    // temporary folder, which is removed when it drops, once the new one is in place.
+    let aside = tempfile::Builder::new()
+        .prefix(super::atomic::TEMP_PREFIX)
+        .tempdir_in(parent)
+        .map_err(write_err(parent))?;
+    let earlier = aside.path().join("earlier");
+    let moved = dir.exists();
+    if moved {
+        std::fs::rename(dir, &earlier).map_err(write_err(dir))?;
+    }
+    if let Err(source) = std::fs::rename(staging.path(), dir) {
+        if moved {
+            let _ = std::fs::rename(&earlier, dir);
+        }
+        return Err(HfError::Write {
+            path: dir.to_path_buf(),
+            source,
+        });
+    }
+    super::atomic::sync_dir(parent);
+    Ok(())
 }

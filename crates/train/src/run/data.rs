@@ -1,6 +1,7 @@
 //! The data of a run: its tokenizer, and its tokens split into training and validation.
 
 use super::RunError;
+use crate::checkpoint::Checkpoint;
 use crate::data::{TokenIds, TokenSplit};
 use crate::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anetrain_model::ModelConfig;
@@ -11,6 +12,8 @@ pub struct RunData {
     pub tokenizer_kind: TokenizerKind,
     /// The tokenizer as its own file format, for checkpoints.
     pub tokenizer_bytes: Vec<u8>,
+    /// Its `tokenizer_config.json` as JSON text, if it has one.
+    pub tokenizer_config: Option<String>,
     /// The tokens, split: the last 5 % validate.
     pub dataset: TokenSplit,
 }
@@ -21,14 +24,12 @@ pub struct RunData {
 pub fn load_data(
     data: Option<&Path>,
     tokenizer: Option<&Path>,
-    from_checkpoint: Option<(TokenizerKind, &[u8])>,
+    from_checkpoint: Option<&Checkpoint>,
     config: &ModelConfig,
     notice: &mut dyn FnMut(&str),
 ) -> Result<RunData, RunError> {
     let tokenizer = match (from_checkpoint, tokenizer) {
-        (Some((kind, bytes)), _) => {
-            Tokenizer::from_bytes(kind, bytes, "the checkpoint's tokenizer")?
-        }
+        (Some(checkpoint), _) => checkpoint.tokenizer()?,
         (None, Some(path)) => Tokenizer::load(path)?,
         (None, None) => default_tokenizer()?,
     };
@@ -52,10 +53,11 @@ pub fn load_data(
         }
     };
     Ok(RunData {
-        tokenizer,
         tokenizer_kind: kind,
         tokenizer_bytes: bytes,
+        tokenizer_config: tokenizer.config().map(|c| c.to_json()),
         dataset,
+        tokenizer,
     })
 }
 

@@ -202,9 +202,7 @@ impl Run {
         let data = load_data(
             settings.data.as_deref(),
             spec.tokenizer.as_deref().or(folder_tokenizer.as_deref()),
-            checkpoint
-                .as_ref()
-                .map(|c| (c.header.tokenizer_kind, c.tokenizer.as_slice())),
+            checkpoint.as_ref(),
             &config,
             notice,
         )?;
@@ -239,6 +237,7 @@ impl Run {
             dir: folder.path().to_path_buf(),
             tokenizer_kind: data.tokenizer_kind,
             tokenizer: data.tokenizer_bytes,
+            tokenizer_config: data.tokenizer_config,
             run: RunSettings {
                 device: Some(device_name),
                 precision: Some(mode.to_string()),

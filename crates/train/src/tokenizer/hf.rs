@@ -10,6 +10,7 @@
 //! As in every Hugging Face tokenizer, a special token's text appearing literally in the input
 //! (`<s>`, say) encodes as that special token.
 
+use super::hf_config::TokenizerConfig;
 use super::TokenizerError;
 use anetrain_model::ModelConfig;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -45,6 +46,8 @@ pub struct HfTokenizer {
     eos: Option<u32>,
     /// Whether encoding chunk by chunk gives exactly the tokens of encoding the whole text.
     chunkable: bool,
+    /// The folder's `tokenizer_config.json`, when it came with one.
+    config: Option<Box<TokenizerConfig>>,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -108,7 +111,48 @@ impl HfTokenizer {
             bos,
             eos,
             chunkable,
+            config: None,
         })
+    }
+
+    /// This tokenizer with its folder's configuration: the BOS and EOS it names replace the
+    /// ones guessed from the vocabulary (a token it names must be in the vocabulary; `source`
+    /// names the configuration in errors).
+    pub fn with_config(
+        mut self,
+        config: TokenizerConfig,
+        source: &str,
+    ) -> Result<HfTokenizer, TokenizerError> {
+        let id = |token: &Option<String>, key: &str| -> Result<Option<u32>, TokenizerError> {
+            match token {
+                None => Ok(None),
+                Some(t) => {
+                    self.inner
+                        .token_to_id(t)
+                        .map(Some)
+                        .ok_or_else(|| TokenizerError::Invalid {
+                            file: source.to_string(),
+                            message: format!("{key} `{t}` is not in the tokenizer's vocabulary"),
+                        })
+                }
+            }
+        };
+        let bos = id(&config.bos_token, "bos_token")?;
+        let eos = id(&config.eos_token, "eos_token")?;
+        // `"bos_token": null` (Qwen's) says there is none; a missing key leaves the guess.
+        if config.has_field("bos_token") {
+            self.bos = bos;
+        }
+        if config.has_field("eos_token") {
+            self.eos = eos;
+        }
+        self.config = Some(Box::new(config));
+        Ok(self)
+    }
+
+    /// The folder's `tokenizer_config.json`, if the tokenizer came with one.
+    pub fn config(&self) -> Option<&TokenizerConfig> {
+        self.config.as_deref()
     }
 
     /// Trains the project's byte-level BPE (see the module doc) on `corpus` to exactly

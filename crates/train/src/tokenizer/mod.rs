@@ -6,9 +6,11 @@
 //! BOS or EOS; `decode` leaves them out.
 
 pub mod hf;
+pub mod hf_config;
 pub mod llama2c;
 
 pub use hf::HfTokenizer;
+pub use hf_config::TokenizerConfig;
 pub use llama2c::Llama2cTokenizer;
 
 use anetrain_model::io::atomic::write_atomic;
@@ -68,8 +70,26 @@ pub enum Tokenizer {
 
 impl Tokenizer {
     /// Loads a tokenizer file: `.json` is Hugging Face, `.bin` is llama2.c, any other name is
-    /// recognised by its content (JSON starts with `{`).
+    /// recognised by its content (JSON starts with `{`). A `tokenizer.json` comes with the
+    /// `tokenizer_config.json` and `chat_template.jinja` beside it, if there are any.
     pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let tokenizer = Tokenizer::load_file(path)?;
+        let folder = path
+            .parent()
+            .filter(|_| path.file_name() == Some("tokenizer.json".as_ref()));
+        match (tokenizer, folder) {
+            (Tokenizer::HuggingFace(t), Some(dir)) => match TokenizerConfig::read_folder(dir)? {
+                Some(config) => {
+                    let source = dir.join(hf_config::CONFIG_FILE).display().to_string();
+                    Ok(Tokenizer::HuggingFace(t.with_config(config, &source)?))
+                }
+                None => Ok(Tokenizer::HuggingFace(t)),
+            },
+            (tokenizer, _) => Ok(tokenizer),
+        }
+    }
+
+    fn load_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Read {
             path: name.clone(),
@@ -97,6 +117,34 @@ impl Tokenizer {
                 Tokenizer::Llama2c(Llama2cTokenizer::from_bytes(bytes, source)?)
             }
         })
+    }
+
+    /// This tokenizer with a `tokenizer_config.json` kept as JSON text (a checkpoint keeps one
+    /// so); only a Hugging Face tokenizer has one.
+    pub fn with_config_json(
+        self,
+        json: Option<&str>,
+        source: &str,
+    ) -> Result<Tokenizer, TokenizerError> {
+        match (self, json) {
+            (Tokenizer::HuggingFace(t), Some(json)) => {
+                let config = TokenizerConfig::parse(json, source)?;
+                Ok(Tokenizer::HuggingFace(t.with_config(config, source)?))
+            }
+            (Tokenizer::Llama2c(_), Some(_)) => Err(TokenizerError::Invalid {
+                file: source.to_string(),
+                message: "a llama2.c tokenizer has no tokenizer_config.json".into(),
+            }),
+            (tokenizer, None) => Ok(tokenizer),
+        }
+    }
+
+    /// The `tokenizer_config.json` a Hugging Face tokenizer came with.
+    pub fn config(&self) -> Option<&TokenizerConfig> {
+        match self {
+            Tokenizer::HuggingFace(t) => t.config(),
+            Tokenizer::Llama2c(_) => None,
+        }
     }
 
     /// The bytes of the tokenizer's file (`tokenizer.json` text or `tokenizer.bin`), for saving

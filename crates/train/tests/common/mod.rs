@@ -65,6 +65,7 @@ pub fn checkpoint_folder(dir: &std::path::Path) -> anetrain_train::trainer::Chec
         dir: dir.to_path_buf(),
         tokenizer_kind: anetrain_train::tokenizer::TokenizerKind::HuggingFace,
         tokenizer: b"{}".to_vec(),
+        tokenizer_config: None,
         run: Default::default(),
     }
 }
