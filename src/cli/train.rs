@@ -1,6 +1,7 @@
 //! `anetrain train`: train a model, by default `tiny` on the embedded corpus.
 
 use anetrain_device::host_math::GemmLibrary;
+use anetrain_train::data::examples::LongExamples;
 use anetrain_train::run::restart::restart_args;
 use anetrain_train::run::{
     OptionFlags, OptionsFile, ResumeFrom, Run, RunError, RunFolder, RunSettings, RunSpec,
@@ -40,9 +41,20 @@ pub struct TrainArgs {
     /// Seed of the initial weights and the data order (default 42).
     #[arg(long)]
     seed: Option<u64>,
-    /// A token file (llama2.c uint16, or anetrain's uint32 format); default: the embedded corpus.
+    /// A token file (llama2.c uint16, or anetrain's uint32 format), or fine-tuning examples: a
+    /// .jsonl file, or a folder with train.jsonl and valid.jsonl. Default: the embedded corpus.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Fine-tuning examples: train only on completions and assistant turns.
+    #[arg(long)]
+    mask_prompt: bool,
+    /// Fine-tuning examples: one example per window, padded, instead of packing several.
+    #[arg(long)]
+    no_pack: bool,
+    /// Fine-tuning examples longer than the model's context: truncate (keep the start) or
+    /// refuse. Default: truncate.
+    #[arg(long, value_name = "WHAT")]
+    long_examples: Option<LongExamples>,
     /// A tokenizer.json or llama2.c tokenizer.bin; default: BPE trained on the embedded corpus.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -116,6 +128,9 @@ struct RunConfig {
     tokenizer: Option<PathBuf>,
     out: Option<PathBuf>,
     weights: Option<String>,
+    mask_prompt: Option<bool>,
+    pack: Option<bool>,
+    long_examples: Option<LongExamples>,
     /// `TrainOptions` keys; read over a resumed run's own.
     #[serde(default)]
     train: Option<toml::Table>,
@@ -142,13 +157,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if !quiet {
         let (config, data) = (&run.state.config, run.windows.dataset());
         println!(
-            "training {} ({:.2}M parameters) on {} ({}), {} tokens ({} for validation), {} steps of {}×{} tokens",
+            "training {} ({:.2}M parameters) on {} ({}), {}, {} steps of {}×{} tokens",
             config.name,
             run.state.params.data.len() as f64 / 1e6,
             run.device.device.info().name,
             run.device.mode,
-            data.tokens().len(),
-            data.val_len(),
+            data.describe(),
             run.options.steps,
             run.options.accum,
             config.seq_len
@@ -258,6 +272,9 @@ fn run_spec(args: &TrainArgs, file: RunConfig) -> anyhow::Result<RunSpec> {
             weights: args.strategy.clone().or(file.weights),
             max_staleness: args.max_staleness,
             max_compile_failures: args.max_compile_failures,
+            mask_prompt: args.mask_prompt.then_some(true).or(file.mask_prompt),
+            pack: args.no_pack.then_some(false).or(file.pack),
+            long_examples: args.long_examples.or(file.long_examples),
         },
         tokenizer: args.tokenizer.clone().or(file.tokenizer),
         options_file,

@@ -4,6 +4,7 @@
 use crate::checkpoint::{
     list_checkpoints, save_rotating, Checkpoint, CheckpointError, CheckpointHeader,
 };
+use crate::data::split_window;
 use crate::delivery::{Delivery, DeliveryStats, Strategy, SwapUnit};
 use crate::run::RunSettings;
 use crate::tokenizer::TokenizerKind;
@@ -621,6 +622,8 @@ pub fn train(
             buf: StepBuffers::new(&config),
             grads: Params::zeros(layout),
             window: vec![0u32; config.seq_len + 1],
+            inputs: Vec::with_capacity(config.seq_len),
+            targets: Vec::with_capacity(config.seq_len),
             retired: RetiredVersions::default(),
             started,
             wall_before,
@@ -759,6 +762,9 @@ struct Run<'r, 'scope, 'env> {
     /// The gradient of the current update, accumulated over its windows.
     grads: Params,
     window: Vec<u32>,
+    /// The window's inputs and targets (see [`split_window`]).
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
     retired: RetiredVersions,
     /// When this process started training, and the run's wall time before it.
     started: Duration,
@@ -897,7 +903,6 @@ impl<'r> Run<'r, '_, '_> {
     /// `grads` at the loss scale.
     fn compute_gradients(&mut self) -> Result<Gradients<'r>, TrainError> {
         let (device, clock) = (self.setup.device, self.setup.clock);
-        let s = self.state.config.seq_len;
         let accum = self.options.accum.max(1);
         let set = self.delivery.active();
         let ran_on = set.version();
@@ -907,14 +912,15 @@ impl<'r> Run<'r, '_, '_> {
         let mut timing = StepTiming::new(clock);
         for _ in 0..accum {
             self.data.next_train_window(&mut self.window);
+            split_window(&self.window, &mut self.inputs, &mut self.targets);
             let (loss, t) = micro_step(
                 device,
                 clock,
                 set,
                 &mut self.shared,
                 &mut self.buf,
-                &self.window[..s],
-                &self.window[1..],
+                &self.inputs,
+                &self.targets,
                 self.state.scaler.scale,
                 &mut self.grads,
                 self.options.host_math(),
@@ -1286,16 +1292,18 @@ pub fn validation_loss(
         .min(data.validation_window_count())
         .max(1);
     let mut window = vec![0u32; s + 1];
+    let (mut inputs, mut targets) = (Vec::with_capacity(s), Vec::with_capacity(s));
     let mut sum = 0.0f64;
     for i in 0..n {
         data.validation_window(i, &mut window);
+        split_window(&window, &mut inputs, &mut targets);
         sum += forward_loss(
             device,
             clock,
             set,
             buf,
-            &window[..s],
-            &window[1..],
+            &inputs,
+            &targets,
             options.host_math(),
         )? as f64;
     }

@@ -188,7 +188,14 @@ impl WeightsBench {
         let cpu = CpuDevice::new(mode).with_threads(self.threads);
         let base: Arc<dyn Device> = Arc::new(cpu.clone());
         let corpus = if self.uses_corpus() {
-            Some(load_data(None, None, None, config, &mut |_| {})?)
+            Some(load_data(
+                None,
+                Default::default(),
+                None,
+                None,
+                config,
+                &mut |_| {},
+            )?)
         } else {
             None
         };

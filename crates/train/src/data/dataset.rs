@@ -1,5 +1,6 @@
 //! A token data set split into training and validation parts, with the windows drawn from each.
 
+use super::examples::ExampleSet;
 use super::sampler::{SamplerState, WindowSampler};
 use super::token_file::{read_token_file, TokenIds};
 use super::{DataError, ValidationSource, WindowSource};
@@ -233,37 +234,127 @@ impl ValidationSource for TokenSplit {
     }
 }
 
+/// The data of a run: a token stream whose windows start anywhere, or fine-tuning examples
+/// packed into windows.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    Tokens(TokenSplit),
+    Examples(ExampleSet),
+}
+
+impl From<TokenSplit> for Dataset {
+    fn from(d: TokenSplit) -> Dataset {
+        Dataset::Tokens(d)
+    }
+}
+
+impl From<ExampleSet> for Dataset {
+    fn from(d: ExampleSet) -> Dataset {
+        Dataset::Examples(d)
+    }
+}
+
+impl Dataset {
+    pub fn source(&self) -> &str {
+        match self {
+            Dataset::Tokens(d) => d.source(),
+            Dataset::Examples(d) => d.source(),
+        }
+    }
+
+    /// The number of training windows a sampler draws from: window starts in a stream, packed
+    /// windows of examples.
+    pub fn train_positions(&self) -> u64 {
+        match self {
+            Dataset::Tokens(d) => d.train_positions(),
+            Dataset::Examples(d) => d.train_windows() as u64,
+        }
+    }
+
+    /// Tokens for training and for validation (padding of packed windows included).
+    pub fn train_len(&self) -> usize {
+        match self {
+            Dataset::Tokens(d) => d.train_len(),
+            Dataset::Examples(d) => d.train_len(),
+        }
+    }
+
+    pub fn val_len(&self) -> usize {
+        match self {
+            Dataset::Tokens(d) => d.val_len(),
+            Dataset::Examples(d) => d.val_len(),
+        }
+    }
+
+    /// What the data is, for the line a run starts with.
+    pub fn describe(&self) -> String {
+        match self {
+            Dataset::Tokens(d) => format!(
+                "{} tokens ({} for validation)",
+                d.tokens().len(),
+                d.val_len()
+            ),
+            Dataset::Examples(d) => d.describe(),
+        }
+    }
+
+    fn copy_train_window(&self, position: usize, out: &mut [u32]) -> Option<()> {
+        match self {
+            Dataset::Tokens(d) => d.copy_train_window(position, out),
+            Dataset::Examples(d) => d.copy_train_window(position, out),
+        }
+    }
+}
+
+impl ValidationSource for Dataset {
+    fn validation_window(&self, i: usize, out: &mut [u32]) {
+        match self {
+            Dataset::Tokens(d) => d.validation_window(i, out),
+            Dataset::Examples(d) => d.validation_window(i, out),
+        }
+    }
+
+    fn validation_window_count(&self) -> usize {
+        match self {
+            Dataset::Tokens(d) => ValidationSource::validation_window_count(d),
+            Dataset::Examples(d) => d.validation_window_count(),
+        }
+    }
+}
+
 /// A data set with the sampler that draws its training windows: the window source of a run,
 /// deterministic from a seed and continued exactly from a checkpoint's state.
 #[derive(Clone, Debug)]
 pub struct TrainingWindows {
-    dataset: TokenSplit,
+    dataset: Dataset,
     sampler: WindowSampler,
 }
 
 impl TrainingWindows {
-    /// Draws from `dataset`'s training split with a sampler seeded by `seed`.
-    pub fn new(dataset: TokenSplit, seed: u64) -> Result<TrainingWindows, DataError> {
-        let sampler = dataset.sampler(seed)?;
+    /// Draws from `dataset`'s training windows with a sampler seeded by `seed`.
+    pub fn new(dataset: impl Into<Dataset>, seed: u64) -> Result<TrainingWindows, DataError> {
+        let dataset = dataset.into();
+        let sampler = WindowSampler::new(seed, dataset.train_positions())?;
         Ok(TrainingWindows { dataset, sampler })
     }
 
     /// Continues from a checkpoint's sampler state ([`WindowSource::state`]); refuses a state
     /// of another sampler or another data set.
     pub fn restore(
-        dataset: TokenSplit,
+        dataset: impl Into<Dataset>,
         state: &serde_json::Value,
     ) -> Result<TrainingWindows, DataError> {
+        let dataset = dataset.into();
         let saved: SamplerState = serde_json::from_value(state.clone()).map_err(|e| {
             DataError::SamplerMismatch(format!(
                 "the checkpoint's sampler state is not one this build writes ({e})"
             ))
         })?;
-        let sampler = dataset.restore_sampler(&saved)?;
+        let sampler = WindowSampler::restore(&saved, dataset.train_positions())?;
         Ok(TrainingWindows { dataset, sampler })
     }
 
-    pub fn dataset(&self) -> &TokenSplit {
+    pub fn dataset(&self) -> &Dataset {
         &self.dataset
     }
 }

@@ -1,19 +1,39 @@
 //! Training data: the embedded corpus, token files, the train/validation split, and the
 //! deterministic window sampler.
 
+pub mod chat;
 pub mod dataset;
+pub mod examples;
 pub mod sampler;
 pub mod token_file;
 
 /// The sampler's generator is the one that initialises the weights.
 pub use anetrain_model::init::SplitMix64;
-pub use dataset::{TokenSplit, TrainingWindows, ValidationWindows};
+pub use dataset::{Dataset, TokenSplit, TrainingWindows, ValidationWindows};
 pub use sampler::{SamplerState, WindowSampler};
 pub use token_file::{
     decode_token_file, encode_token_file, read_token_file, write_token_file, TokenFormat, TokenIds,
 };
 
 use thiserror::Error;
+
+/// A window token with this bit set is not a target: the position before it is not trained
+/// to predict it (a prompt token, padding, an example's first token). Its id is the rest.
+pub const NOT_A_TARGET: u32 = 1 << 31;
+
+/// The inputs and targets of a window of `seq_len + 1` tokens: inputs are the first
+/// `seq_len` ids, targets the last `seq_len`, [`anetrain_model::IGNORED_TARGET`] where a token
+/// is flagged [`NOT_A_TARGET`].
+pub fn split_window(window: &[u32], inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+    let s = window.len() - 1;
+    inputs.clear();
+    inputs.extend(window[..s].iter().map(|&t| t & !NOT_A_TARGET));
+    targets.clear();
+    targets.extend(window[1..].iter().map(|&t| match t & NOT_A_TARGET {
+        0 => t,
+        _ => anetrain_model::IGNORED_TARGET,
+    }));
+}
 
 /// Where validation windows come from. A window is `seq_len + 1` tokens: inputs are the first
 /// `seq_len`, targets the last `seq_len`.
@@ -48,6 +68,12 @@ pub enum DataError {
     Write {
         path: String,
         source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Example {
+        path: std::path::PathBuf,
+        line: usize,
+        message: String,
     },
     #[error(
         "{path}: truncated: {len} bytes is not a whole number of {width}-byte tokens \
@@ -117,4 +143,31 @@ pub enum DataError {
     SamplerMismatch(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flagged_token_is_an_input_but_not_a_target() {
+        let window = [5, 6 | NOT_A_TARGET, 7, 8 | NOT_A_TARGET];
+        let (mut inputs, mut targets) = (vec![99], vec![]);
+        split_window(&window, &mut inputs, &mut targets);
+        assert_eq!(inputs, [5, 6, 7]);
+        assert_eq!(
+            targets,
+            [
+                anetrain_model::IGNORED_TARGET,
+                7,
+                anetrain_model::IGNORED_TARGET
+            ]
+        );
+        // A plain window is the shifted pair it always was.
+        split_window(&[1, 2, 3], &mut inputs, &mut targets);
+        assert_eq!(
+            (inputs.as_slice(), targets.as_slice()),
+            ([1, 2].as_slice(), [2, 3].as_slice())
+        );
+    }
 }

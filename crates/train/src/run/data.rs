@@ -2,7 +2,8 @@
 
 use super::RunError;
 use crate::checkpoint::Checkpoint;
-use crate::data::{TokenIds, TokenSplit};
+use crate::data::examples::{ExampleOptions, ExampleSet};
+use crate::data::{Dataset, TokenIds, TokenSplit};
 use crate::tokenizer::{default_tokenizer, Tokenizer, TokenizerKind};
 use anetrain_model::ModelConfig;
 use std::path::Path;
@@ -14,15 +15,16 @@ pub struct RunData {
     pub tokenizer_bytes: Vec<u8>,
     /// Its `tokenizer_config.json` as JSON text, if it has one.
     pub tokenizer_config: Option<String>,
-    /// The tokens, split: the last 5 % validate.
-    pub dataset: TokenSplit,
+    /// The tokens, split (the last 5 % validate), or fine-tuning examples in windows.
+    pub dataset: Dataset,
 }
 
 /// The tokenizer (a resumed checkpoint's, a file, or the default BPE) and the tokens (a token
-/// file, or the embedded corpus encoded with that tokenizer). `notice` hears of the slow
-/// part, tokenizing the corpus.
+/// file, fine-tuning examples in JSONL packed by `examples`, or the embedded corpus encoded
+/// with that tokenizer). `notice` hears of the slow part, tokenizing.
 pub fn load_data(
     data: Option<&Path>,
+    examples: ExampleOptions,
     tokenizer: Option<&Path>,
     from_checkpoint: Option<&Checkpoint>,
     config: &ModelConfig,
@@ -41,15 +43,20 @@ pub fn load_data(
     let kind = tokenizer.kind();
     let bytes = tokenizer.to_bytes()?;
     let dataset = match data {
+        Some(path) if ExampleSet::is_examples(path) => {
+            notice(&format!("tokenizing the examples of {}...", path.display()));
+            ExampleSet::open(path, &tokenizer, config.seq_len, examples)?.into()
+        }
         Some(path) => TokenSplit::open(
             path,
             config.vocab,
             config.seq_len,
             TokenSplit::DEFAULT_VAL_FRACTION,
-        )?,
+        )?
+        .into(),
         None => {
             notice("tokenizing the embedded corpus (Jane Austen's six novels)...");
-            corpus_dataset(&tokenizer, config)?
+            corpus_dataset(&tokenizer, config)?.into()
         }
     };
     Ok(RunData {

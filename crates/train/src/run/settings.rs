@@ -4,6 +4,7 @@
 //! [`TrainOptions`]: crate::trainer::TrainOptions
 
 use crate::checkpoint::CheckpointHeader;
+use crate::data::examples::{ExampleOptions, LongExamples};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -18,6 +19,12 @@ pub struct RunSettings {
     pub weights: Option<String>,
     pub max_staleness: Option<u64>,
     pub max_compile_failures: Option<u32>,
+    /// Fine-tuning data: train only on completions and assistant turns.
+    pub mask_prompt: Option<bool>,
+    /// Fine-tuning data: several examples per window.
+    pub pack: Option<bool>,
+    /// Fine-tuning data: what to do with an example longer than a window.
+    pub long_examples: Option<LongExamples>,
 }
 
 impl RunSettings {
@@ -36,6 +43,19 @@ impl RunSettings {
             weights: self.weights.or(saved.weights),
             max_staleness: self.max_staleness.or(saved.max_staleness),
             max_compile_failures: self.max_compile_failures.or(saved.max_compile_failures),
+            mask_prompt: self.mask_prompt.or(saved.mask_prompt),
+            pack: self.pack.or(saved.pack),
+            long_examples: self.long_examples.or(saved.long_examples),
+        }
+    }
+
+    /// How fine-tuning examples become windows under these settings.
+    pub fn example_options(&self) -> ExampleOptions {
+        let default = ExampleOptions::default();
+        ExampleOptions {
+            mask_prompt: self.mask_prompt.unwrap_or(default.mask_prompt),
+            pack: self.pack.unwrap_or(default.pack),
+            long_examples: self.long_examples.unwrap_or(default.long_examples),
         }
     }
 }
@@ -58,6 +78,8 @@ mod tests {
             weights: Some("recompile".into()),
             max_staleness: Some(2),
             max_compile_failures: Some(5),
+            mask_prompt: Some(true),
+            ..RunSettings::default()
         };
         let given = RunSettings {
             weights: Some("double-buffer".into()),

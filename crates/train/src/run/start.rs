@@ -138,6 +138,28 @@ impl Run {
                 )));
             }
         }
+        let given = &spec.settings;
+        let example_flags = [
+            given.mask_prompt.map(|_| "--mask-prompt"),
+            given.pack.map(|_| "--no-pack"),
+            given.long_examples.map(|_| "--long-examples"),
+        ];
+        if let Some(flag) = example_flags.into_iter().flatten().next() {
+            let examples = settings
+                .data
+                .as_deref()
+                .is_some_and(crate::data::examples::ExampleSet::is_examples);
+            if !examples {
+                return Err(RunError::Invalid(format!(
+                    "{flag} applies to fine-tuning examples (--data with a .jsonl file or a \
+                     folder with train.jsonl), not to {}",
+                    settings
+                        .data
+                        .as_ref()
+                        .map_or("the embedded corpus".into(), |p| p.display().to_string())
+                )));
+            }
+        }
         let options = resolve_options(
             checkpoint.as_ref().map(|c| &c.header.options),
             spec.options_file.as_ref(),
@@ -201,6 +223,7 @@ impl Run {
             .map(|p| p.join("tokenizer.json"));
         let data = load_data(
             settings.data.as_deref(),
+            settings.example_options(),
             spec.tokenizer.as_deref().or(folder_tokenizer.as_deref()),
             checkpoint.as_ref(),
             &config,
@@ -245,6 +268,9 @@ impl Run {
                 weights: Some(strategy.name().to_string()),
                 max_staleness: Some(delivery.max_staleness),
                 max_compile_failures: Some(delivery.max_failures),
+                mask_prompt: settings.mask_prompt,
+                pack: settings.pack,
+                long_examples: settings.long_examples,
             },
         };
         folder.remove_leftovers()?;

@@ -19,6 +19,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
+/// Token ids and the byte range of the text each comes from.
+pub type TokenSpans = (Vec<u32>, Vec<std::ops::Range<usize>>);
+
 /// The special tokens of the BPE we train, at ids 0, 1, 2.
 pub const BPE_SPECIAL_TOKENS: [&str; 3] = ["<unk>", "<s>", "</s>"];
 
@@ -270,6 +273,16 @@ impl HfTokenizer {
             .encode_fast(text, false)
             .map_err(|e| hf_error("encode", e))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` (in one piece), with the bytes of `text` each comes from.
+    pub fn encode_with_spans(&self, text: &str) -> Result<TokenSpans, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| hf_error("encode", e))?;
+        let spans = encoding.get_offsets().iter().map(|&(a, b)| a..b).collect();
+        Ok((encoding.get_ids().to_vec(), spans))
     }
 
     /// The text of `ids`, special tokens (BOS, EOS, `<unk>`) left out. An id the vocabulary does
