@@ -27,6 +27,46 @@ fn next_token_loss(logits: &[Vec<f32>], ids: &[u32]) -> f64 {
     total / (ids.len() - 1) as f64
 }
 
+/// The largest error of the logits (relative to 1 + |logit|) and of the losses our load and
+/// the host decoder give for the fixture's windows, against transformers'.
+fn errors_against_transformers(
+    dir: &std::path::Path,
+    params: &anetrain_model::Params,
+) -> (f64, f64) {
+    let windows = npy::read(&dir.join("windows.npy")).unwrap();
+    let want = npy::read(&dir.join("logits.npy")).unwrap();
+    let losses = npy::read(&dir.join("loss.npy")).unwrap();
+    let (n, seq, vocab) = (want.shape[0], want.shape[1], want.shape[2]);
+    assert_eq!(
+        (windows.shape.as_slice(), vocab),
+        ([n, seq].as_slice(), params.layout.config.vocab)
+    );
+    let (mut logit_error, mut loss_error) = (0.0f64, 0.0f64);
+    for w in 0..n {
+        let ids: Vec<u32> = windows.data[w * seq..(w + 1) * seq]
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        let mut decoder = Decoder::new(params);
+        let mut got = Vec::new();
+        for (t, &id) in ids.iter().enumerate() {
+            let row = decoder.step(id);
+            let expected = &want.data[(w * seq + t) * vocab..(w * seq + t + 1) * vocab];
+            for (&g, &e) in row.iter().zip(expected) {
+                let error = (g - e).abs() as f64 / (1.0 + e.abs() as f64);
+                logit_error = logit_error.max(error);
+            }
+            got.push(row);
+        }
+        let loss = next_token_loss(&got, &ids);
+        loss_error = loss_error.max((loss - losses.data[w] as f64).abs());
+    }
+    // The logits are far from zero, so a wrong weight would show.
+    let spread = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(spread > 1.0, "{spread}");
+    (logit_error, loss_error)
+}
+
 #[test]
 fn a_llama_folder_gives_the_logits_and_losses_transformers_computed() {
     let dir = folder("llama");
@@ -44,59 +84,46 @@ fn a_llama_folder_gives_the_logits_and_losses_transformers_computed() {
         ),
         (64, 160, 2, 4, 2, 16, 300)
     );
-    assert!(!c.tied_embedding);
+    assert!(!c.tied_embedding && !c.qk_norm);
     // transformers 5 writes the base of the rotation under `rope_parameters`.
     assert_eq!((c.rope_theta, c.norm_eps, c.seq_len), (10_000.0, 1e-5, 64));
-    let windows = npy::read(&dir.join("windows.npy")).unwrap();
-    let want = npy::read(&dir.join("logits.npy")).unwrap();
-    let losses = npy::read(&dir.join("loss.npy")).unwrap();
-    let (n, seq, vocab) = (want.shape[0], want.shape[1], want.shape[2]);
-    assert_eq!(
-        (windows.shape.as_slice(), vocab),
-        ([n, seq].as_slice(), 300)
+    let (logits, loss) = errors_against_transformers(&dir, &params);
+    assert!(
+        logits <= 1e-4 && loss <= 1e-4,
+        "logits {logits:e}, loss {loss:e}"
     );
-    let mut worst = 0.0f64;
-    for w in 0..n {
-        let ids: Vec<u32> = windows.data[w * seq..(w + 1) * seq]
-            .iter()
-            .map(|&v| v as u32)
-            .collect();
-        let mut decoder = Decoder::new(&params);
-        let mut got = Vec::new();
-        for (t, &id) in ids.iter().enumerate() {
-            let row = decoder.step(id);
-            let expected = &want.data[(w * seq + t) * vocab..(w * seq + t + 1) * vocab];
-            for (v, (&g, &e)) in row.iter().zip(expected).enumerate() {
-                let error = (g - e).abs() as f64;
-                worst = worst.max(error);
-                assert!(
-                    error <= 1e-4 + 1e-4 * e.abs() as f64,
-                    "window {w}, position {t}, token {v}: {g} against transformers' {e}"
-                );
-            }
-            got.push(row);
-        }
-        let loss = next_token_loss(&got, &ids);
-        assert!(
-            (loss - losses.data[w] as f64).abs() < 1e-4,
-            "window {w}: loss {loss} against transformers' {}",
-            losses.data[w]
-        );
-    }
-    // The logits are far from zero, so a wrong weight would show.
-    let spread = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(spread > 1.0, "{spread}");
-    eprintln!("largest logit error against transformers: {worst:e}");
+    eprintln!("llama: largest errors against transformers: logits {logits:e}, loss {loss:e}");
 }
 
+/// Qwen3's per-head q/k norms, its tied embedding and its rotary base: the fixture's norm
+/// weights are drawn away from one, so a norm left out or permuted wrongly would show.
 #[test]
-fn a_qwen3_folder_is_refused_until_its_norms_are_computed() {
-    let err = load_model_file(&folder("qwen3"), None)
-        .unwrap_err()
-        .to_string();
+fn a_qwen3_folder_gives_the_logits_and_losses_transformers_computed() {
+    let dir = folder("qwen3");
+    let params = load_model_file(&dir, None).unwrap();
+    let c = &params.layout.config;
+    assert!(c.qk_norm && c.tied_embedding);
+    assert_eq!((c.rope_theta, c.head_dim, c.n_kv_heads), (1e6, 16, 2));
+    let (logits, loss) = errors_against_transformers(&dir, &params);
     assert!(
-        err.contains("config.json: architectures = Qwen3ForCausalLM: Qwen3's per-head norms"),
-        "{err}"
+        logits <= 1e-4 && loss <= 1e-4,
+        "logits {logits:e}, loss {loss:e}"
+    );
+    eprintln!("qwen3: largest errors against transformers: logits {logits:e}, loss {loss:e}");
+    // Leaving the norms at one computes something else.
+    let mut plain = params.clone();
+    for l in 0..c.n_layers {
+        for t in [
+            anetrain_model::LayerTensor::QNorm,
+            anetrain_model::LayerTensor::KNorm,
+        ] {
+            plain.layer_mut(l, t).fill(1.0);
+        }
+    }
+    let (plain_logits, _) = errors_against_transformers(&dir, &plain);
+    assert!(
+        plain_logits > 1e-2,
+        "the norm weights must matter: {plain_logits:e}"
     );
 }
 
@@ -122,7 +149,17 @@ fn what_a_config_asks_that_the_model_does_not_compute_is_refused_by_field() {
         (
             "architectures",
             serde_json::json!(["MistralForCausalLM"]),
-            "architectures = MistralForCausalLM: only LlamaForCausalLM is read",
+            "architectures = MistralForCausalLM: only LlamaForCausalLM and Qwen3ForCausalLM are read",
+        ),
+        (
+            "use_sliding_window",
+            serde_json::json!(true),
+            "use_sliding_window = true: attention is over the whole window",
+        ),
+        (
+            "layer_types",
+            serde_json::json!(["full_attention", "sliding_attention"]),
+            "layer_types = sliding_attention: every layer's attention is full_attention",
         ),
         ("num_hidden_layers", serde_json::json!(0), "n_layers must be positive"),
     ] {
@@ -344,4 +381,53 @@ fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
         .filter(|n| n.starts_with(anetrain_model::io::atomic::TEMP_PREFIX))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A fine-tuned Qwen3 exports as a `Qwen3ForCausalLM` folder that reads back to its weights
+/// and gives the checkpoint's loss under `eval`.
+#[test]
+fn a_qwen3_checkpoint_exports_as_a_qwen3_folder() {
+    let dir = Dir::new();
+    ok(&anetrain(&[
+        "train",
+        "--init",
+        &folder("qwen3").display().to_string(),
+        "--steps",
+        "2",
+        "--out",
+        &dir.s("run"),
+        "--quiet",
+    ]));
+    let checkpoint = dir.s("run/ckpt-00000002.bin");
+    let out = dir.path("exported");
+    ok(&anetrain(&[
+        "export",
+        "--checkpoint",
+        &checkpoint,
+        "--format",
+        "hf",
+        "--output",
+        &out.display().to_string(),
+    ]));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(config["model_type"], "qwen3");
+    assert_eq!(config["tie_word_embeddings"], true);
+    let ckpt =
+        anetrain_train::checkpoint::Checkpoint::load(std::path::Path::new(&checkpoint)).unwrap();
+    let back = load_model_file(&out, None).unwrap();
+    assert!(back.layout.config.qk_norm);
+    assert_eq!(back.data, ckpt.params.data);
+    let eval = |source: &[&str]| {
+        let mut args = vec!["eval"];
+        args.extend_from_slice(source);
+        let o = anetrain(&args);
+        ok(&o);
+        stdout(&o).split_whitespace().nth(2).unwrap().to_string()
+    };
+    assert_eq!(
+        eval(&["--model", &out.display().to_string()]),
+        eval(&["--checkpoint", &checkpoint])
+    );
 }

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A Llama-style decoder: token embedding, pre-norm RMSNorm, rotary attention (multi-head or
-/// grouped-query, causal), SwiGLU FFN, final RMSNorm, classifier tied to the embedding or not.
+/// grouped-query, causal), SwiGLU FFN, final RMSNorm, classifier tied to the embedding or not;
+/// with `qk_norm`, Qwen3's per-head RMSNorm of q and k before the rotation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -29,6 +30,10 @@ pub struct ModelConfig {
     /// The classifier reuses the embedding matrix.
     #[serde(default = "default_true")]
     pub tied_embedding: bool,
+    /// Qwen3: q and k are each RMS-normalised per head (over `head_dim`, with one learned weight
+    /// of `head_dim` shared by the heads) after their projection and before RoPE.
+    #[serde(default)]
+    pub qk_norm: bool,
 }
 
 fn default_eps() -> f32 {
@@ -89,6 +94,7 @@ impl ModelConfig {
             norm_eps: 1e-5,
             rope_theta: 10000.0,
             tied_embedding: true,
+            qk_norm: false,
         }
     }
 
@@ -106,11 +112,12 @@ impl ModelConfig {
             "stories15m" => ModelConfig::llama("stories15m", 288, 768, 6, 6, 6, 32000, 256),
             "stories42m" => ModelConfig::llama("stories42m", 512, 1376, 8, 8, 8, 32000, 1024),
             "stories110m" => ModelConfig::llama("stories110m", 768, 2048, 12, 12, 12, 32000, 256),
-            // Qwen3-0.6B's shapes (GQA 16/8, head_dim 128), with the llama conventions above.
+            // Qwen3-0.6B: GQA 16/8, head_dim 128, per-head q/k norms, tied embedding.
             "qwen3-0.6b" => ModelConfig {
                 head_dim: 128,
                 rope_theta: 1_000_000.0,
                 norm_eps: 1e-6,
+                qk_norm: true,
                 ..ModelConfig::llama("qwen3-0.6b", 1024, 3072, 28, 16, 8, 151936, 256)
             },
             path if path.ends_with(".toml") => return ModelConfig::from_toml_file(path),
@@ -222,7 +229,12 @@ impl ModelConfig {
             self.vocab as u64,
         );
         let (q, kv) = (self.q_dim() as u64, self.kv_dim() as u64);
-        let per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * h;
+        let qk_norm = if self.qk_norm {
+            2 * self.head_dim as u64
+        } else {
+            0
+        };
+        let per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * h + qk_norm;
         let classifier = if self.tied_embedding { 0 } else { v * d };
         v * d + l * per_layer + d + classifier
     }
@@ -383,9 +395,10 @@ mod tests {
         for name in ModelConfig::PRESETS {
             let c = ModelConfig::named(name).unwrap();
             c.validate().unwrap();
-            for tied in [true, false] {
+            for (tied, qk_norm) in [(true, false), (false, false), (true, true), (false, true)] {
                 let c = ModelConfig {
                     tied_embedding: tied,
+                    qk_norm,
                     ..c.clone()
                 };
                 assert_eq!(

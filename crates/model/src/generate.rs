@@ -69,6 +69,14 @@ impl<'a> Decoder<'a> {
             matvec(p.layer(l, LayerTensor::Wq), &xn, &mut q);
             matvec(p.layer(l, LayerTensor::Wk), &xn, &mut k);
             matvec(p.layer(l, LayerTensor::Wv), &xn, &mut v);
+            if c.qk_norm {
+                for (x, w) in [(&mut q, LayerTensor::QNorm), (&mut k, LayerTensor::KNorm)] {
+                    for head in x.chunks_mut(hd) {
+                        let normed = rmsnorm(head, p.layer(l, w), c.norm_eps);
+                        head.copy_from_slice(&normed);
+                    }
+                }
+            }
             rope(&mut q, hd, self.pos, c.rope_theta);
             rope(&mut k, hd, self.pos, c.rope_theta);
             self.keys[l].extend_from_slice(&k);

@@ -100,6 +100,15 @@ pub fn prenorm_backward(
     }
 }
 
+/// Adds to `dw` `[hd]` the gradient of a per-head norm's weight from `dyx` `[heads·hd][S]`,
+/// the output gradient times the normalised input: its sum over heads and positions.
+pub fn head_norm_weight_grad(dw: &mut [f32], dyx: &[f32], s: usize) {
+    let hd = dw.len();
+    for (row, values) in dyx.chunks_exact(s).enumerate() {
+        dw[row % hd] += values.iter().sum::<f32>();
+    }
+}
+
 /// The reciprocal RMS of every position (the forward's, recomputed for a backward).
 pub fn rrms(x: &[f32], d: usize, s: usize, eps: f32) -> Vec<f32> {
     let mut ms = vec![0.0f64; s];

@@ -11,7 +11,7 @@
 //!   1/√(2·n_layers), so that the residual stream's variance does not grow with depth (each layer
 //!   adds two branches).
 //!
-//! Draw order: tensors in layout order (embed, layer 0 … n−1 in [`LayerTensor::ALL`] order,
+//! Draw order: tensors in layout order (embed, layer 0 … n−1 in [`LayerTensor::of`] order,
 //! rms_final, classifier), each in its row-major order; norms draw nothing.
 
 use crate::params::{LayerTensor, ParamLayout, Params};
@@ -110,10 +110,13 @@ pub fn init_params(layout: Arc<ParamLayout>, seed: u64) -> Params {
     let residual_std = INIT_STD / (2.0 * layout.config.n_layers as f64).sqrt();
     fill(params.get_mut(layout.embed()), INIT_STD);
     for l in 0..layout.config.n_layers {
-        for t in LayerTensor::ALL {
+        for &t in LayerTensor::of(&layout.config) {
             let dst = params.layer_mut(l, t);
             match t {
-                LayerTensor::RmsAtt | LayerTensor::RmsFfn => dst.fill(1.0),
+                LayerTensor::RmsAtt
+                | LayerTensor::RmsFfn
+                | LayerTensor::QNorm
+                | LayerTensor::KNorm => dst.fill(1.0),
                 LayerTensor::Wo | LayerTensor::W2 => fill(dst, residual_std),
                 LayerTensor::Wq
                 | LayerTensor::Wk

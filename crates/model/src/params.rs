@@ -27,9 +27,14 @@ pub enum LayerTensor {
     W2,
     /// Up projection, `[H][D]`.
     W3,
+    /// Qwen3's per-head RMSNorm weight of q, `[head_dim]` (only with `qk_norm`).
+    QNorm,
+    /// Qwen3's per-head RMSNorm weight of k, `[head_dim]` (only with `qk_norm`).
+    KNorm,
 }
 
 impl LayerTensor {
+    /// The tensors every layer has, in layout order.
     pub const ALL: [LayerTensor; 9] = [
         LayerTensor::RmsAtt,
         LayerTensor::Wq,
@@ -42,6 +47,29 @@ impl LayerTensor {
         LayerTensor::W3,
     ];
 
+    /// The tensors of a layer of `c`, in layout order: [`LayerTensor::ALL`], then the q/k
+    /// norms with `qk_norm`.
+    pub fn of(c: &ModelConfig) -> &'static [LayerTensor] {
+        const WITH_QK_NORM: [LayerTensor; 11] = [
+            LayerTensor::RmsAtt,
+            LayerTensor::Wq,
+            LayerTensor::Wk,
+            LayerTensor::Wv,
+            LayerTensor::Wo,
+            LayerTensor::RmsFfn,
+            LayerTensor::W1,
+            LayerTensor::W2,
+            LayerTensor::W3,
+            LayerTensor::QNorm,
+            LayerTensor::KNorm,
+        ];
+        if c.qk_norm {
+            &WITH_QK_NORM
+        } else {
+            &LayerTensor::ALL
+        }
+    }
+
     pub fn short_name(self) -> &'static str {
         match self {
             LayerTensor::RmsAtt => "rms_att",
@@ -53,6 +81,8 @@ impl LayerTensor {
             LayerTensor::W1 => "w1",
             LayerTensor::W2 => "w2",
             LayerTensor::W3 => "w3",
+            LayerTensor::QNorm => "q_norm",
+            LayerTensor::KNorm => "k_norm",
         }
     }
 
@@ -65,11 +95,20 @@ impl LayerTensor {
             LayerTensor::Wo => [c.dim, c.q_dim()],
             LayerTensor::W1 | LayerTensor::W3 => [c.hidden, c.dim],
             LayerTensor::W2 => [c.dim, c.hidden],
+            LayerTensor::QNorm | LayerTensor::KNorm => [1, c.head_dim],
         }
     }
 
     pub fn is_matrix(self) -> bool {
-        !matches!(self, LayerTensor::RmsAtt | LayerTensor::RmsFfn)
+        !self.is_norm()
+    }
+
+    /// A norm's weight: a vector, initialised to ones and not decayed.
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            LayerTensor::RmsAtt | LayerTensor::RmsFfn | LayerTensor::QNorm | LayerTensor::KNorm
+        )
     }
 }
 
@@ -94,7 +133,7 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    /// Order: embed, then per layer the tensors in [`LayerTensor::ALL`] order, then rms_final,
+    /// Order: embed, then per layer the tensors in [`LayerTensor::of`] order, then rms_final,
     /// then the classifier when it is not tied.
     pub fn new(config: &ModelConfig) -> ParamLayout {
         let mut tensors = Vec::new();
@@ -111,7 +150,7 @@ impl ParamLayout {
         };
         push("embed".into(), [config.vocab, config.dim], true);
         for l in 0..config.n_layers {
-            for t in LayerTensor::ALL {
+            for &t in LayerTensor::of(config) {
                 push(
                     format!("layers.{l}.{}", t.short_name()),
                     t.shape(config),
@@ -144,8 +183,12 @@ impl ParamLayout {
     }
 
     pub fn layer(&self, l: usize, t: LayerTensor) -> Range<usize> {
-        let per_layer = LayerTensor::ALL.len();
-        let i = 1 + l * per_layer + LayerTensor::ALL.iter().position(|&x| x == t).unwrap_or(0);
+        let tensors = LayerTensor::of(&self.config);
+        let at = tensors
+            .iter()
+            .position(|&x| x == t)
+            .unwrap_or_else(|| panic!("model `{}` has no {}", self.config.name, t.short_name()));
+        let i = 1 + l * tensors.len() + at;
         debug_assert_eq!(
             self.tensors[i].name,
             format!("layers.{l}.{}", t.short_name())

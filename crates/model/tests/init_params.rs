@@ -81,6 +81,7 @@ fn assert_normal(name: &str, v: &[f32], std: f64) {
 fn statistics_and_norms() {
     let lay = Arc::new(ParamLayout::new(&ModelConfig {
         tied_embedding: false,
+        qk_norm: true,
         ..ModelConfig::tiny()
     }));
     let p = init_params(lay.clone(), 7);
@@ -89,13 +90,12 @@ fn statistics_and_norms() {
     assert_normal("embed", p.get(lay.embed()), INIT_STD);
     assert_normal("classifier", p.get(lay.classifier()), INIT_STD);
     for l in 0..n_layers {
-        for t in LayerTensor::ALL {
+        assert_eq!(LayerTensor::of(&lay.config).len(), 11);
+        for &t in LayerTensor::of(&lay.config) {
             let v = p.layer(l, t);
             let name = format!("layers.{l}.{}", t.short_name());
             match t {
-                LayerTensor::RmsAtt | LayerTensor::RmsFfn => {
-                    assert!(v.iter().all(|&x| x == 1.0), "{name}")
-                }
+                t if t.is_norm() => assert!(v.iter().all(|&x| x == 1.0), "{name}"),
                 LayerTensor::Wo | LayerTensor::W2 => assert_normal(&name, v, residual),
                 _ => assert_normal(&name, v, INIT_STD),
             }

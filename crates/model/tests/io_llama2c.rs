@@ -22,6 +22,7 @@ fn small(n_kv_heads: usize, tied: bool) -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: tied,
+        qk_norm: false,
     }
 }
 
@@ -339,6 +340,16 @@ fn configurations_llama2c_cannot_express_are_refused() {
     let qwen = ModelConfig::named("qwen3-0.6b").unwrap();
     let err = Header::for_config(&qwen).unwrap_err();
     assert!(err.to_string().contains("head_dim"), "{err}");
+    let norms = ModelConfig {
+        qk_norm: true,
+        ..small(4, true)
+    };
+    let err = Header::for_config(&norms).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("per-head q/k norms (Qwen3) are not part of run.c's model"),
+        "{err}"
+    );
 
     let theta = ModelConfig {
         rope_theta: 500000.0,

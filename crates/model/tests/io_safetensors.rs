@@ -31,6 +31,7 @@ fn small(n_kv_heads: usize, head_dim: usize, tied: bool) -> ModelConfig {
         norm_eps: 1e-6,
         rope_theta: 500000.0,
         tied_embedding: tied,
+        qk_norm: false,
     }
 }
 
@@ -166,12 +167,30 @@ fn permutation_turns_one_rope_convention_into_the_other() {
 #[test]
 fn round_trip_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
-    // MHA tied, GQA untied, and a head width that is not dim / n_heads (as in Qwen3).
-    for (n, c) in [small(4, 4, true), small(2, 4, false), small(2, 6, true)]
-        .into_iter()
-        .enumerate()
+    // MHA tied, GQA untied, a head width that is not dim / n_heads (as in Qwen3), and
+    // Qwen3's q/k norms.
+    let qwen3 = ModelConfig {
+        qk_norm: true,
+        ..small(2, 6, true)
+    };
+    for (n, c) in [
+        small(4, 4, true),
+        small(2, 4, false),
+        small(2, 6, true),
+        qwen3,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut params = random(&c, n as u64);
+        // Norm weights that differ, so a permutation that is not inverted would show.
+        for spec in params.layout.tensors.clone() {
+            if spec.name.ends_with("_norm") {
+                for (i, v) in params.data[spec.range].iter_mut().enumerate() {
+                    *v = i as f32;
+                }
+            }
+        }
         params.data[0] = -0.0;
         params.data[1] = f32::MIN_POSITIVE / 8.0;
         let path = dir.path().join(format!("m{n}.safetensors"));
@@ -476,6 +495,7 @@ fn tied_configuration_and_a_separate_head() {
     let untied = small(4, 4, false);
     let tied = ModelConfig {
         tied_embedding: true,
+        qk_norm: false,
         ..untied.clone()
     };
     let dir = tempfile::tempdir().unwrap();
@@ -617,4 +637,40 @@ proptest! {
             }
         }
     }
+}
+
+/// A per-head norm's weight is stored in Hugging Face's order of one head's rows: the file's
+/// `q_norm` is ours permuted like the rows of one head of Wq.
+#[test]
+fn qk_norm_weights_are_permuted_like_one_heads_rows() {
+    let c = ModelConfig {
+        qk_norm: true,
+        ..small(2, 8, false)
+    };
+    let mut params = random(&c, 3);
+    let ours: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    params
+        .layer_mut(1, LayerTensor::QNorm)
+        .copy_from_slice(&ours);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.safetensors");
+    st::write(&path, &params).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let stored = f32s(
+        &file
+            .tensor("model.layers.1.self_attn.q_norm.weight")
+            .unwrap(),
+    );
+    assert_eq!(stored, [0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]);
+    // A Llama model does not take a file with q/k norms: they would be dropped.
+    let llama = ModelConfig {
+        qk_norm: false,
+        ..c.clone()
+    };
+    let err = st::read(&path, Some(&llama)).unwrap_err().to_string();
+    assert!(
+        err.contains("_norm.weight` is not part of a Llama model"),
+        "{err}"
+    );
 }

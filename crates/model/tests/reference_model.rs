@@ -53,13 +53,15 @@ fn config(
         norm_eps: 1e-5,
         rope_theta,
         tied_embedding: tied,
+        qk_norm: false,
     };
     c.validate().unwrap();
     c
 }
 
 /// The small configurations of the finite-difference check: MHA and GQA, tied and untied, a
-/// head width that is not dim / n_heads, and a small RoPE base so the rotations are large.
+/// head width that is not dim / n_heads, a small RoPE base so the rotations are large, and
+/// Qwen3's q/k norms.
 fn small_configs() -> Vec<ModelConfig> {
     let mut out = Vec::new();
     for tied in [true, false] {
@@ -69,7 +71,21 @@ fn small_configs() -> Vec<ModelConfig> {
     }
     out.push(config(8, 12, 2, 4, 2, 2, false, 10000.0));
     out.push(config(8, 12, 2, 2, 1, 6, true, 3.0));
+    for c in [
+        config(8, 12, 2, 2, 1, 6, true, 3.0),
+        config(8, 12, 2, 4, 2, 4, false, 100.0),
+    ] {
+        out.push(qk_norm(c));
+    }
     out
+}
+
+fn qk_norm(c: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        name: format!("{}-qknorm", c.name),
+        qk_norm: true,
+        ..c
+    }
 }
 
 /// Weights large enough that every path contributes (norm weights around 1).
@@ -158,7 +174,7 @@ fn gradients_match_finite_differences() {
 /// tensor whose gradient and finite difference were both zero.
 #[test]
 fn every_tensor_gets_a_gradient() {
-    let c = config(8, 12, 2, 4, 2, 2, false, 10000.0);
+    let c = qk_norm(config(8, 12, 2, 4, 2, 4, false, 10000.0));
     let params = random_params(&c, 7);
     let mut rng = Rng(99);
     let tokens = random_tokens(&c, &mut rng);
@@ -279,6 +295,7 @@ fn tied_gradient_is_the_sum_of_both_uses() {
     let tied_config = config(8, 12, 2, 2, 1, 4, true, 10000.0);
     let untied_config = ModelConfig {
         tied_embedding: false,
+        qk_norm: false,
         ..tied_config.clone()
     };
     let tied = random_params(&tied_config, 21);

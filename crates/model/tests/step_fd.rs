@@ -26,6 +26,7 @@ fn tiny(n_kv_heads: usize, tied: bool) -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: tied,
+        qk_norm: false,
     }
 }
 
@@ -51,8 +52,11 @@ fn random_params(config: &ModelConfig, seed: u64) -> Params {
 
 #[test]
 fn gradients_match_finite_differences() {
-    for (kv, tied) in [(4, true), (2, false)] {
-        let config = tiny(kv, tied);
+    for (kv, tied, qk_norm) in [(4, true, false), (2, false, false), (2, true, true)] {
+        let config = ModelConfig {
+            qk_norm,
+            ..tiny(kv, tied)
+        };
         let params = random_params(&config, 7 + kv as u64);
         let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
         let clock = anetrain_device::clock::RealClock::new();
@@ -122,8 +126,11 @@ fn gradients_match_finite_differences() {
 /// every position's logits.
 #[test]
 fn kernel_forward_matches_the_host_decoder() {
-    for kv in [4, 2, 1] {
-        let config = tiny(kv, kv != 2);
+    for (kv, qk_norm) in [(4, false), (2, false), (1, false), (2, true)] {
+        let config = ModelConfig {
+            qk_norm,
+            ..tiny(kv, kv != 2)
+        };
         let params = random_params(&config, 11 + kv as u64);
         let device = CpuDevice::new(NumericMode::Fp32).with_threads(1);
         let clock = anetrain_device::clock::RealClock::new();

@@ -15,6 +15,10 @@ use anetrain_model::{ModelConfig, ParamLayout, Params};
 use std::sync::Arc;
 
 fn config(n_kv_heads: usize, tied: bool) -> ModelConfig {
+    with_qk_norm(n_kv_heads, tied, false)
+}
+
+fn with_qk_norm(n_kv_heads: usize, tied: bool, qk_norm: bool) -> ModelConfig {
     ModelConfig {
         name: "small".into(),
         dim: 32,
@@ -28,16 +32,20 @@ fn config(n_kv_heads: usize, tied: bool) -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: tied,
+        qk_norm,
     }
 }
 
-/// Parameters with more spread than the default init, so every path carries signal.
+/// Parameters with more spread than the default init, so every path carries signal; the q/k
+/// norm weights between 0.7 and 1.3 rather than all one, so that their order matters.
 fn params(c: &ModelConfig, seed: u64) -> Params {
     let mut p = init_params(Arc::new(ParamLayout::new(c)), seed);
     for spec in p.layout.tensors.clone() {
-        for v in &mut p.data[spec.range.clone()] {
+        for (i, v) in p.data[spec.range.clone()].iter_mut().enumerate() {
             *v = if spec.decay {
                 *v * 10.0
+            } else if spec.name.ends_with("_norm") {
+                *v + 0.3 * (i as f32 * 0.7).sin()
             } else {
                 *v + 0.1 * (*v - 1.0)
             };
@@ -106,8 +114,14 @@ fn window(c: &ModelConfig, seed: u32) -> (Vec<u32>, Vec<u32>) {
 /// that is itself rounding noise means nothing).
 #[test]
 fn fp32_loss_and_every_gradient_match_the_reference() {
-    for (kv, tied) in [(4, true), (2, false), (1, true)] {
-        let c = config(kv, tied);
+    for (kv, tied, qk) in [
+        (4, true, false),
+        (2, false, false),
+        (1, true, false),
+        (2, false, true),
+        (4, true, true),
+    ] {
+        let c = with_qk_norm(kv, tied, qk);
         let p = params(&c, 3 + kv as u64);
         let (tokens, targets) = window(&c, kv as u32);
         let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
@@ -129,7 +143,7 @@ fn fp32_loss_and_every_gradient_match_the_reference() {
                     worst = worst.max(err);
                     assert!(
                         err <= 1e-4,
-                        "{set} kv {kv} tied {tied}: {} entry {}: {got} vs {want} \
+                        "{set} kv {kv} tied {tied} qk_norm {qk}: {} entry {}: {got} vs {want} \
                          (relative {err:.2e})",
                         spec.name,
                         i - spec.range.start
@@ -145,30 +159,33 @@ fn fp32_loss_and_every_gradient_match_the_reference() {
 /// within 1 % and each tensor's gradient within 5 % of its norm (relative L2 error).
 #[test]
 fn fp16_gradients_are_close_to_the_reference() {
-    let c = config(2, true);
-    let p = params(&c, 9);
-    let (tokens, targets) = window(&c, 1);
-    let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
-    for (set, compile) in KERNEL_SETS {
-        let (loss, grads) = step_grads(compile, &p, NumericMode::Fp16, &tokens, &targets, 256.0);
-        assert!(
-            ((loss as f64) - ref_loss).abs() <= 1e-2 * ref_loss,
-            "{set}: loss {loss} vs {ref_loss}"
-        );
-        for spec in &p.layout.tensors {
-            let r = spec.range.clone();
-            let diff: f64 = r
-                .clone()
-                .map(|i| (grads.data[i] as f64 - ref_grads[i]).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let norm: f64 = r.map(|i| ref_grads[i].powi(2)).sum::<f64>().sqrt();
+    for qk in [false, true] {
+        let c = with_qk_norm(2, true, qk);
+        let p = params(&c, 9);
+        let (tokens, targets) = window(&c, 1);
+        let (ref_loss, ref_grads) = reference::loss_and_grads(&p, &tokens, &targets);
+        for (set, compile) in KERNEL_SETS {
+            let (loss, grads) =
+                step_grads(compile, &p, NumericMode::Fp16, &tokens, &targets, 256.0);
             assert!(
-                diff <= 5e-2 * norm,
-                "{set}: {}: relative L2 error {:.3}",
-                spec.name,
-                diff / norm
+                ((loss as f64) - ref_loss).abs() <= 1e-2 * ref_loss,
+                "{set}: loss {loss} vs {ref_loss}"
             );
+            for spec in &p.layout.tensors {
+                let r = spec.range.clone();
+                let diff: f64 = r
+                    .clone()
+                    .map(|i| (grads.data[i] as f64 - ref_grads[i]).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let norm: f64 = r.map(|i| ref_grads[i].powi(2)).sum::<f64>().sqrt();
+                assert!(
+                    diff <= 5e-2 * norm,
+                    "{set} qk_norm {qk}: {}: relative L2 error {:.3}",
+                    spec.name,
+                    diff / norm
+                );
+            }
         }
     }
 }

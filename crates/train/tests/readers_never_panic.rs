@@ -223,6 +223,7 @@ proptest! {
             vocab,
             seq_len: 8,
             tied_embedding: tied,
+            qk_norm: false,
             ..ModelConfig::tiny()
         };
         prop_assert!(config.validate().is_ok());

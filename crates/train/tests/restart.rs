@@ -32,6 +32,7 @@ fn config() -> ModelConfig {
         norm_eps: 1e-5,
         rope_theta: 10000.0,
         tied_embedding: false,
+        qk_norm: false,
     }
 }
 

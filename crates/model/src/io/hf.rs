@@ -3,10 +3,10 @@
 //! tokenizer code, not here) `tokenizer.json`. [`write_folder`] writes one that transformers
 //! loads as it is.
 //!
-//! `LlamaForCausalLM` is read. Whatever else a config asks for that the model does not compute
-//! (another architecture, rope scaling, biases, an activation other than SiLU) is refused,
-//! naming the field and its value, rather than loaded into a model that would compute
-//! something else.
+//! `LlamaForCausalLM` and `Qwen3ForCausalLM` are read. Whatever else a config asks for that the
+//! model does not compute (another architecture, rope scaling, biases, sliding-window
+//! attention, an activation other than SiLU) is refused, naming the field and its value, rather
+//! than loaded into a model that would compute something else.
 
 use super::atomic::write_atomic;
 use super::safetensors::{self, read_shards, SafetensorsError};
@@ -74,6 +74,9 @@ struct HfConfig {
     hidden_act: Option<String>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
+    /// Qwen3: attention over a window in some layers.
+    use_sliding_window: Option<bool>,
+    layer_types: Option<Vec<String>>,
 }
 
 /// The model `dir/config.json` describes, named after the folder.
@@ -98,22 +101,35 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, HfError> {
         .as_ref()
         .and_then(|a| a.first())
         .map_or("none", String::as_str);
-    match architecture {
-        "LlamaForCausalLM" => {}
-        "Qwen3ForCausalLM" => {
-            return Err(unsupported(
-                "architectures",
-                architecture.into(),
-                "Qwen3's per-head norms of q and k (q_norm, k_norm) are not computed yet",
-            ))
-        }
+    let qk_norm = match architecture {
+        "LlamaForCausalLM" => false,
+        "Qwen3ForCausalLM" => true,
         other => {
             return Err(unsupported(
                 "architectures",
                 other.into(),
-                "only LlamaForCausalLM is read",
+                "only LlamaForCausalLM and Qwen3ForCausalLM are read",
             ))
         }
+    };
+    if hf.use_sliding_window == Some(true) {
+        return Err(unsupported(
+            "use_sliding_window",
+            "true".into(),
+            "attention is over the whole window",
+        ));
+    }
+    if let Some(other) = hf
+        .layer_types
+        .iter()
+        .flatten()
+        .find(|t| t.as_str() != "full_attention")
+    {
+        return Err(unsupported(
+            "layer_types",
+            other.clone(),
+            "every layer's attention is full_attention",
+        ));
     }
     // Plain RoPE only: a scaling of any kind (linear, dynamic, yarn, llama3, …) is refused.
     let is_default = |v: &serde_json::Value| {
@@ -182,6 +198,7 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, HfError> {
         rope_theta: rope_theta.unwrap_or(10_000.0),
         // transformers' Llama default.
         tied_embedding: hf.tie_word_embeddings.unwrap_or(false),
+        qk_norm,
     };
     config.validate().map_err(|e| HfError::Config {
         path,
@@ -256,12 +273,16 @@ fn json_f32(v: f32) -> serde_json::Value {
     serde_json::json!(shortest)
 }
 
-/// `config.json` of a `LlamaForCausalLM` computing what `config` computes, for transformers
-/// 4 (`rope_theta`) and 5 (`rope_parameters`).
+/// `config.json` of a `LlamaForCausalLM` (or, with q/k norms, a `Qwen3ForCausalLM`) computing
+/// what `config` computes, for transformers 4 (`rope_theta`) and 5 (`rope_parameters`).
 pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+    let (architecture, model_type) = match c.qk_norm {
+        true => ("Qwen3ForCausalLM", "qwen3"),
+        false => ("LlamaForCausalLM", "llama"),
+    };
     serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": c.dim,
         "intermediate_size": c.hidden,
         "num_hidden_layers": c.n_layers,

@@ -159,6 +159,11 @@ impl Header {
                 c.n_heads, c.head_dim, c.dim
             )));
         }
+        if c.qk_norm {
+            return Err(fail(
+                "its per-head q/k norms (Qwen3) are not part of run.c's model".into(),
+            ));
+        }
         if c.rope_theta != RUN_C_ROPE_THETA {
             return Err(fail(format!(
                 "rope_theta {} is not the {RUN_C_ROPE_THETA} that run.c hard-codes",
@@ -250,6 +255,7 @@ impl Header {
             norm_eps: RUN_C_NORM_EPS,
             rope_theta: RUN_C_ROPE_THETA,
             tied_embedding: self.shared_classifier(),
+            qk_norm: false,
         }
     }
 

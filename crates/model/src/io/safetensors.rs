@@ -91,8 +91,16 @@ struct HfTensor {
     name: String,
     shape: Vec<usize>,
     slot: Slot,
-    /// `Some(heads)` for Wq and Wk, whose rows are permuted between RoPE conventions.
+    /// `Some(heads)` for Wq and Wk, whose rows are permuted between RoPE conventions (and
+    /// `Some(1)` for the q/k norms, ordered like one head's rows).
     rope_heads: Option<usize>,
+}
+
+impl HfTensor {
+    /// Values per row: a vector (a norm's weight) is one column.
+    fn columns(&self) -> usize {
+        self.shape.get(1).copied().unwrap_or(1)
+    }
 }
 
 /// Every tensor of a model under its Hugging Face name, in our layout order; export and import
@@ -113,7 +121,7 @@ fn hf_tensors(c: &ModelConfig) -> impl Iterator<Item = HfTensor> + '_ {
         None,
     );
     let layers = (0..c.n_layers).flat_map(move |l| {
-        LayerTensor::ALL.into_iter().map(move |t| {
+        LayerTensor::of(c).iter().map(move |&t| {
             let (suffix, rope_heads) = match t {
                 LayerTensor::RmsAtt => ("input_layernorm", None),
                 LayerTensor::Wq => ("self_attn.q_proj", Some(c.n_heads)),
@@ -124,6 +132,9 @@ fn hf_tensors(c: &ModelConfig) -> impl Iterator<Item = HfTensor> + '_ {
                 LayerTensor::W1 => ("mlp.gate_proj", None),
                 LayerTensor::W2 => ("mlp.down_proj", None),
                 LayerTensor::W3 => ("mlp.up_proj", None),
+                // A per-head norm's weight is ordered like the rows of one head.
+                LayerTensor::QNorm => ("self_attn.q_norm", Some(1)),
+                LayerTensor::KNorm => ("self_attn.k_norm", Some(1)),
             };
             let [rows, cols] = t.shape(c);
             let shape = if t.is_matrix() {
@@ -278,7 +289,7 @@ fn write_tensor(dst: &mut dyn Write, t: &HfTensor, params: &Params) -> io::Resul
     let data = params.get(t.slot.range(&params.layout));
     match t.rope_heads {
         Some(n_heads) => {
-            let permuted = interleaved_to_half_split(data, n_heads, t.shape[1]);
+            let permuted = interleaved_to_half_split(data, n_heads, t.columns());
             super::write_f32s(dst, &permuted)
         }
         None => super::write_f32s(dst, data),
@@ -354,7 +365,7 @@ pub fn read_shards(
     for (t, view) in &tensors {
         let values = to_f32(view);
         let values = match t.rope_heads {
-            Some(heads) => half_split_to_interleaved(&values, heads, t.shape[1]),
+            Some(heads) => half_split_to_interleaved(&values, heads, t.columns()),
             None => values,
         };
         let range = t.slot.range(&params.layout);

@@ -125,6 +125,20 @@ impl KernelKind {
         let (d, h, q, kv) = (c.dim, c.hidden, c.q_dim(), c.kv_dim());
         let sc = c.n_heads * c.seq_len;
         match self {
+            // With q/k norms the projections before the norm are kept too, for its backward.
+            KernelKind::FwdAttn if c.qk_norm => (
+                ChannelParts::new(&[("x", d)]),
+                ChannelParts::new(&[
+                    ("o", d),
+                    ("q_rope", q),
+                    ("k_rope", kv),
+                    ("v", kv),
+                    ("attn", q),
+                    ("xnorm", d),
+                    ("qf", q),
+                    ("kf", kv),
+                ]),
+            ),
             KernelKind::FwdAttn => (
                 ChannelParts::new(&[("x", d)]),
                 ChannelParts::new(&[
@@ -151,6 +165,18 @@ impl KernelKind {
             KernelKind::BwdAttn2 => (
                 ChannelParts::new(&[("probs", sc), ("dprobs", sc), ("q_rope", q), ("k_rope", kv)]),
                 ChannelParts::new(&[("dq_rope", q), ("dk_rope", kv)]),
+            ),
+            // `dqw`, `dkw`: the norm output's gradient times the normalised projection, which
+            // the host sums over heads and positions into the norm weights' gradients.
+            KernelKind::BwdQkv if c.qk_norm => (
+                ChannelParts::new(&[
+                    ("dq_rope", q),
+                    ("dk_rope", kv),
+                    ("dv", kv),
+                    ("qf", q),
+                    ("kf", kv),
+                ]),
+                ChannelParts::new(&[("dx", d), ("dq", q), ("dk", kv), ("dqw", q), ("dkw", kv)]),
             ),
             KernelKind::BwdQkv => (
                 ChannelParts::new(&[("dq_rope", q), ("dk_rope", kv), ("dv", kv)]),
@@ -363,8 +389,9 @@ pub enum StageError {
 
 /// The layer tensor of a short name (`wq`, `rms_att`, ...).
 fn layer_tensor(name: &str) -> Option<LayerTensor> {
-    LayerTensor::ALL
+    [LayerTensor::QNorm, LayerTensor::KNorm]
         .into_iter()
+        .chain(LayerTensor::ALL)
         .find(|t| t.short_name() == name)
 }
 
@@ -632,8 +659,15 @@ impl KernelGenerator<'_> {
         } else {
             self.rope_tables(g, kv_dim, 1.0, "k")
         };
-        let qr = self.rope(g, &qf, &tq, "q_rope");
-        let kr = self.rope(g, &kf, &tk, "k_rope");
+        let (qn, kn) = match self.c.qk_norm {
+            true => (
+                self.head_norm(g, &qf, LayerTensor::QNorm, "qn").y,
+                self.head_norm(g, &kf, LayerTensor::KNorm, "kn").y,
+            ),
+            false => (qf.clone(), kf.clone()),
+        };
+        let qr = self.rope(g, &qn, &tq, "q_rope");
+        let kr = self.rope(g, &kn, &tk, "k_rope");
         let qh = self.to_heads(g, &qr, self.c.n_heads, "qh");
         let kh = self.kv_heads(g, &kr, "kh");
         let vh = self.kv_heads(g, &vf, "vh");
@@ -641,7 +675,11 @@ impl KernelGenerator<'_> {
         let ah = g.matmul("ah", &p, &vh, false, false);
         let attn = self.merge_heads(g, &ah, "attn");
         let o = self.linear(g, "o", LayerTensor::Wo, false, &attn);
-        vec![o, qr, kr, vf, attn, xn]
+        let mut outputs = vec![o, qr, kr, vf, attn, xn];
+        if self.c.qk_norm {
+            outputs.extend([qf, kf]);
+        }
+        outputs
     }
 
     fn fwd_ffn(&self, g: &mut Graph, x: &Var) -> Vec<Var> {
@@ -734,16 +772,99 @@ impl KernelGenerator<'_> {
         } else {
             self.rope_tables(g, kv_dim, -1.0, "k")
         };
-        let dq = self.rope(g, &dqr, &tq, "dq");
-        let dk = self.rope(g, &dkr, &tk, "dk");
-        let dxq = self.linear(g, "dxq", LayerTensor::Wq, true, &dq);
-        let dxk = self.linear(g, "dxk", LayerTensor::Wk, true, &dk);
-        let dxv = self.linear(g, "dxv", LayerTensor::Wv, true, &dv);
+        if !self.c.qk_norm {
+            let dq = self.rope(g, &dqr, &tq, "dq");
+            let dk = self.rope(g, &dkr, &tk, "dk");
+            let dx = self.qkv_input_grad(g, &dq, &dk, &dv);
+            return vec![dx, dq, dk];
+        }
+        let dqn = self.rope(g, &dqr, &tq, "dqn");
+        let dkn = self.rope(g, &dkr, &tk, "dkn");
+        let qf = self.part(g, x, p, "qf");
+        let kf = self.part(g, x, p, "kf");
+        let (dq, dqw) = self.head_norm_backward(g, &qf, &dqn, LayerTensor::QNorm, "dq");
+        let (dk, dkw) = self.head_norm_backward(g, &kf, &dkn, LayerTensor::KNorm, "dk");
+        let dx = self.qkv_input_grad(g, &dq, &dk, &dv);
+        vec![dx, dq, dk, dqw, dkw]
+    }
+
+    /// dx = Wqᵀ·dq + Wkᵀ·dk + Wvᵀ·dv.
+    fn qkv_input_grad(&self, g: &mut Graph, dq: &Var, dk: &Var, dv: &Var) -> Var {
+        let dxq = self.linear(g, "dxq", LayerTensor::Wq, true, dq);
+        let dxk = self.linear(g, "dxk", LayerTensor::Wk, true, dk);
+        let dxv = self.linear(g, "dxv", LayerTensor::Wv, true, dv);
         let dxqk = g.binary("add", "dxqk", &dxq, &dxk);
-        let dx = g.binary("add", "dx", &dxqk, &dxv);
-        vec![dx, dq, dk]
+        g.binary("add", "dx", &dxqk, &dxv)
+    }
+
+    /// Qwen3's RMSNorm of each head of `x` `[1, heads·hd, 1, S]` over its `hd` channels, with
+    /// the weight `t` `[hd]` shared by the heads. As in [`KernelGenerator::rmsnorm`], the
+    /// mean of squares is taken of x/√hd.
+    fn head_norm(&self, g: &mut Graph, x: &Var, t: LayerTensor, prefix: &str) -> HeadNorm {
+        let (hd, s) = (self.c.head_dim, self.s());
+        let heads = g.shape(x)[1] / hd;
+        let x4 = g.reshape(&format!("{prefix}_x4"), x, &[1, heads, hd, s]);
+        let inv_sqrt = g.scalar(&format!("{prefix}_isd"), 1.0 / (hd as f64).sqrt());
+        let xs = g.binary("mul", &format!("{prefix}_xs"), &x4, &inv_sqrt);
+        let sq = g.binary("mul", &format!("{prefix}_sq"), &xs, &xs);
+        let ms = g.reduce_sum(&format!("{prefix}_ms"), &sq, &[2]);
+        let eps = g.scalar(&format!("{prefix}_eps"), self.c.norm_eps as f64);
+        let mse = g.binary("add", &format!("{prefix}_mse"), &ms, &eps);
+        let nhalf = g.scalar(&format!("{prefix}_nhalf"), -0.5);
+        let rrms = g.binary("pow", &format!("{prefix}_rrms"), &mse, &nhalf);
+        let xhat = g.binary("mul", &format!("{prefix}_xhat"), &x4, &rrms);
+        let w = g.weight(
+            &format!("{prefix}_w"),
+            t.short_name(),
+            &[1, 1, hd, 1],
+            false,
+        );
+        let y4 = g.binary("mul", &format!("{prefix}_y4"), &xhat, &w);
+        let y = g.reshape(prefix, &y4, &[1, heads * hd, 1, s]);
+        HeadNorm { y, xhat, rrms, w }
+    }
+
+    /// The backward of [`KernelGenerator::head_norm`] of `x` given the gradient `dy` at its
+    /// output: the gradient at `x`, r·(g − x̂·mean(g·x̂)) with g = dy·w, named `name`, and
+    /// dy·x̂, whose sum over heads and positions is the weight's gradient (`{name}w`).
+    fn head_norm_backward(
+        &self,
+        g: &mut Graph,
+        x: &Var,
+        dy: &Var,
+        t: LayerTensor,
+        name: &str,
+    ) -> (Var, Var) {
+        let (hd, s) = (self.c.head_dim, self.s());
+        let heads = g.shape(x)[1] / hd;
+        let n = self.head_norm(g, x, t, &format!("{name}_fwd"));
+        let dy4 = g.reshape(&format!("{name}_dy4"), dy, &[1, heads, hd, s]);
+        let gw = g.binary("mul", &format!("{name}_g"), &dy4, &n.w);
+        let gx = g.binary("mul", &format!("{name}_gx"), &gw, &n.xhat);
+        let sum = g.reduce_sum(&format!("{name}_sum"), &gx, &[2]);
+        let inv_hd = g.scalar(&format!("{name}_ihd"), 1.0 / hd as f64);
+        let mean = g.binary("mul", &format!("{name}_mean"), &sum, &inv_hd);
+        let along = g.binary("mul", &format!("{name}_along"), &n.xhat, &mean);
+        let centred = g.binary("sub", &format!("{name}_centred"), &gw, &along);
+        let dx4 = g.binary("mul", &format!("{name}_dx4"), &centred, &n.rrms);
+        let dx = g.reshape(name, &dx4, &[1, heads * hd, 1, s]);
+        let dyx = g.binary("mul", &format!("{name}_dyx"), &dy4, &n.xhat);
+        let dw = g.reshape(&format!("{name}w"), &dyx, &[1, heads * hd, 1, s]);
+        (dx, dw)
     }
 }
+
+/// What [`KernelGenerator::head_norm`] computes: the output `[1, heads·hd, 1, S]`, and in
+/// `[1, heads, hd, S]` form the normalised input, the reciprocal RMS per head and position
+/// `[1, heads, 1, S]`, and the weight `[1, 1, hd, 1]`.
+struct HeadNorm {
+    y: Var,
+    xhat: Var,
+    rrms: Var,
+    w: Var,
+}
+
+impl KernelGenerator<'_> {}
 
 #[cfg(test)]
 mod tests {

@@ -210,6 +210,13 @@ impl<'env> Backward<'_, 'env, '_, '_> {
         back.qkv_in
             .part_mut("dv")
             .copy_from_slice(back.attn1_out.part("dv"));
+        if c.qk_norm {
+            for part in ["qf", "kf"] {
+                back.qkv_in
+                    .part_mut(part)
+                    .copy_from_slice(tape.attn.part(part));
+            }
+        }
         let kind = KernelKind::BwdQkv;
         let (input, output) = (&back.qkv_in.data, &mut back.qkv_out.data);
         self.set
@@ -224,6 +231,12 @@ impl<'env> Backward<'_, 'env, '_, '_> {
         self.wgrad.submit_copied(dwk, dk, xnorm, [kv, d, s]);
         let dwv = self.grad.take(layer(LayerTensor::Wv));
         self.wgrad.submit_copied(dwv, dv, xnorm, [kv, d, s]);
+        if c.qk_norm {
+            for (t, part) in [(LayerTensor::QNorm, "dqw"), (LayerTensor::KNorm, "dkw")] {
+                let dw = self.grad.take(layer(t));
+                host::head_norm_weight_grad(dw, back.qkv_out.part(part), s);
+            }
+        }
         host::prenorm_backward(
             &mut back.dy,
             back.qkv_out.part("dx"),

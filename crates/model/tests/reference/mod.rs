@@ -12,7 +12,8 @@
 //!
 //! The model, position by position (x is one token's D-vector of the residual stream):
 //! - x = embed[token];
-//! - per layer: xn = rmsnorm(x, rms_att); q = Wq·xn, k = Wk·xn, v = Wv·xn; RoPE on q and k with
+//! - per layer: xn = rmsnorm(x, rms_att); q = Wq·xn, k = Wk·xn, v = Wv·xn; with `qk_norm`
+//!   (Qwen3) each head of q and of k is replaced by rmsnorm(head, q_norm / k_norm); RoPE on q and k with
 //!   llama2.c's interleaved pairs: pair i of each head, (v[2i], v[2i+1]), is rotated by
 //!   θ = p·theta^(−2i/head_dim) at position p; query head h attends with key/value head
 //!   h / (n_heads/n_kv_heads) (repeat-interleave, as Hugging Face does) over positions ≤ p, with
@@ -110,6 +111,9 @@ struct LayerCache {
     /// q and k after RoPE.
     q: Vec<Vec<f64>>,
     k: Vec<Vec<f64>>,
+    /// q and k as projected, before the per-head norms (`qk_norm` only).
+    qf: Vec<Vec<f64>>,
+    kf: Vec<Vec<f64>>,
     v: Vec<Vec<f64>>,
     /// probs[h][t][s] for s ≤ t.
     probs: Vec<Vec<Vec<f64>>>,
@@ -180,9 +184,16 @@ fn layer_forward(layout: &ParamLayout, w: &[f64], l: usize, x: Vec<Vec<f64>>) ->
     let mut q = Vec::with_capacity(s_len);
     let mut k = Vec::with_capacity(s_len);
     let mut v = Vec::with_capacity(s_len);
+    let (mut qf, mut kf) = (Vec::new(), Vec::new());
     for (pos, xt) in xn.iter().enumerate() {
         let mut qt = matvec(p(LayerTensor::Wq), c.q_dim(), c.dim, xt);
         let mut kt = matvec(p(LayerTensor::Wk), c.kv_dim(), c.dim, xt);
+        if c.qk_norm {
+            qf.push(qt.clone());
+            kf.push(kt.clone());
+            qt = head_norms(&qt, p(LayerTensor::QNorm), eps(c));
+            kt = head_norms(&kt, p(LayerTensor::KNorm), eps(c));
+        }
         rope(&mut qt, c.head_dim, pos, c.rope_theta as f64, 1.0);
         rope(&mut kt, c.head_dim, pos, c.rope_theta as f64, 1.0);
         q.push(qt);
@@ -238,6 +249,8 @@ fn layer_forward(layout: &ParamLayout, w: &[f64], l: usize, x: Vec<Vec<f64>>) ->
         xn,
         q,
         k,
+        qf,
+        kf,
         v,
         probs,
         o,
@@ -410,6 +423,10 @@ fn layer_back(
     for t in 0..s_len {
         rope(&mut dq[t], hd, t, c.rope_theta as f64, -1.0);
         rope(&mut dk[t], hd, t, c.rope_theta as f64, -1.0);
+        if c.qk_norm {
+            dq[t] = head_norms_back(&cache.qf[t], w, r(LayerTensor::QNorm), c, &dq[t], g);
+            dk[t] = head_norms_back(&cache.kf[t], w, r(LayerTensor::KNorm), c, &dk[t], g);
+        }
         let xn = &cache.xn[t];
         outer_acc(&mut g[r(LayerTensor::Wq)], c.q_dim(), c.dim, &dq[t], xn);
         outer_acc(&mut g[r(LayerTensor::Wk)], c.kv_dim(), c.dim, &dk[t], xn);
@@ -450,6 +467,30 @@ pub fn rope(v: &mut [f64], head_dim: usize, pos: usize, theta: f64, sign: f64) {
             head[2 * i + 1] = a * sin + b * cos;
         }
     }
+}
+
+/// rmsnorm of each head (`w.len()` values) of `x`, with the one weight `w`.
+fn head_norms(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    x.chunks(w.len()).flat_map(|h| rmsnorm(h, w, eps)).collect()
+}
+
+/// The backward of [`head_norms`] of `x` with the weight at `range` of `w`: returns the
+/// gradient at `x` and accumulates the weight's, summed over the heads, into `g`.
+fn head_norms_back(
+    x: &[f64],
+    w: &[f64],
+    range: std::ops::Range<usize>,
+    c: &ModelConfig,
+    dy: &[f64],
+    g: &mut [f64],
+) -> Vec<f64> {
+    let hd = range.len();
+    x.chunks(hd)
+        .zip(dy.chunks(hd))
+        .flat_map(|(xh, dyh)| {
+            rmsnorm_back(xh, &w[range.clone()], eps(c), dyh, &mut g[range.clone()])
+        })
+        .collect()
 }
 
 pub fn rmsnorm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
