@@ -138,6 +138,13 @@ fn a_fine_tune_resumes_exactly_generates_and_exports_with_its_chat_template() {
         generate(&["--checkpoint", &dir.s("whole/ckpt-00000006.bin")]),
         generate(&["--model", &s(&exported)])
     );
+    // As a chat: the prompt goes through the template and only the answer is printed.
+    let checkpoint_chat = generate(&["--chat", "--checkpoint", &dir.s("whole/ckpt-00000006.bin")]);
+    assert!(!checkpoint_chat.contains("2*4"), "{checkpoint_chat}");
+    assert_eq!(
+        checkpoint_chat,
+        generate(&["--chat", "--model", &s(&exported)])
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@ use anetrain_device::{DeviceSpec, NumericMode, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
+use anetrain_train::data::examples::ExampleEncoder;
 use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::TokenSplit;
 use anetrain_train::run::data::corpus_dataset;
@@ -34,6 +35,10 @@ pub struct GenerateArgs {
     /// The text to continue (after the tokenizer's BOS, if it has one).
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Take --prompt as a user's message: render it with the tokenizer's chat template (or
+    /// `user: …` lines without one), and print the assistant's answer, which ends at EOS.
+    #[arg(long)]
+    chat: bool,
     /// Tokens to generate (fewer if the model's context ends first).
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
@@ -106,24 +111,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             let (ckpt, tok) = load(c)?;
             (ckpt.params, tok)
         }
-        (None, Some(m), t) => {
-            // A Hugging Face folder holds its tokenizer.
-            let folder_tokenizer = m.is_dir().then(|| m.join("tokenizer.json"));
-            let Some(t) = t.clone().or(folder_tokenizer) else {
-                bail!(
-                    "give --checkpoint, or --model with --tokenizer (a model folder holds its own)"
-                );
-            };
-            let config = args
-                .config
-                .as_deref()
-                .map(anetrain_model::ModelConfig::named)
-                .transpose()?;
-            (
-                anetrain_model::io::load_model_file(m, config.as_ref())?,
-                Tokenizer::load(&t)?,
-            )
-        }
+        (None, Some(m), t) => load_published(m, t.as_deref(), args.config.as_deref())?,
         _ => bail!("give --checkpoint, or --model with --tokenizer (a model folder holds its own)"),
     };
     warn_if_not_finite(&params);
@@ -131,8 +119,15 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(why) = anetrain_train::tokenizer::mismatch(&tok, config) {
         bail!(why);
     }
-    let mut prompt = tok.bos_id().into_iter().collect::<Vec<_>>();
-    prompt.extend(tok.encode(&args.prompt)?);
+    let mut prompt = Vec::new();
+    if args.chat {
+        let encoder = ExampleEncoder::new(&tok, false)?;
+        let message = serde_json::json!({"role": "user", "content": args.prompt});
+        prompt = encoder.chat_prompt(&[message]).map_err(|e| anyhow!(e))?;
+    } else {
+        prompt.extend(tok.bos_id());
+        prompt.extend(tok.encode(&args.prompt)?);
+    }
     if prompt.is_empty() {
         prompt.push(0);
     }
@@ -145,7 +140,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let mut sampler =
         Sampler::new(args.temperature, args.top_p, args.seed).within(tok.vocab_size());
-    let out = generate(&params, &prompt, args.max_tokens, &mut sampler);
+    let stop = tok.eos_id().filter(|_| args.chat);
+    let out = generate(&params, &prompt, args.max_tokens, &mut sampler, stop);
+    if args.chat {
+        println!("{}", tok.decode(&out)?);
+        return Ok(());
+    }
     let mut all = prompt;
     all.extend(out);
     println!("{}", tok.decode(&all)?);

@@ -215,12 +215,14 @@ fn argmax(v: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i as u32)
 }
 
-/// Feeds the prompt, then samples `max_tokens` more (stopping at the context length).
+/// Feeds the prompt, then samples `max_tokens` more, stopping at the context length or after
+/// the token `stop` (an end of turn).
 pub fn generate(
     params: &Params,
     prompt: &[u32],
     max_tokens: usize,
     sampler: &mut Sampler,
+    stop: Option<u32>,
 ) -> Vec<u32> {
     let limit = params.layout.config.seq_len;
     let mut dec = Decoder::new(params);
@@ -236,6 +238,9 @@ pub fn generate(
             sampler.sample(&logits)
         };
         out.push(next);
+        if Some(next) == stop {
+            break;
+        }
         if dec.position() < limit {
             logits = dec.step(next);
         }
@@ -312,5 +317,38 @@ mod tests {
         };
         assert_eq!(run(11), run(11));
         assert_ne!(run(11), run(12));
+    }
+
+    /// Greedy generation is the argmax chain of the decoder; a stop token ends it after that
+    /// token, however many were asked for.
+    #[test]
+    fn generation_stops_after_the_stop_token() {
+        use crate::init::init_params;
+        use crate::{ModelConfig, ParamLayout};
+        let c = ModelConfig {
+            dim: 16,
+            hidden: 32,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 8,
+            vocab: 23,
+            seq_len: 12,
+            ..ModelConfig::tiny()
+        };
+        let params = init_params(std::sync::Arc::new(ParamLayout::new(&c)), 5);
+        let greedy = |stop| generate(&params, &[1, 4], 8, &mut Sampler::new(0.0, 1.0, 0), stop);
+        let all = greedy(None);
+        assert_eq!(all.len(), 8);
+        let mut dec = Decoder::new(&params);
+        dec.step(1);
+        let mut logits = dec.step(4);
+        for &t in &all {
+            assert_eq!(t, argmax(&logits));
+            logits = dec.step(t);
+        }
+        let stop = all[2];
+        let first = all.iter().position(|&t| t == stop).unwrap();
+        assert_eq!(greedy(Some(stop)), all[..=first]);
     }
 }

@@ -183,6 +183,21 @@ impl<'t> ExampleEncoder<'t> {
         ))
     }
 
+    /// The tokens that prompt the model for the assistant's next turn after `messages`: the
+    /// template's text with its generation prompt, or without a template the `role: content`
+    /// lines and `assistant: `.
+    pub fn chat_prompt(&self, messages: &[Value]) -> Result<Vec<u32>, String> {
+        let parts = match &self.template {
+            Some(template) => vec![(Piece::Text(template.render(messages, true)?), false)],
+            None => {
+                let mut parts = self.plain_chat(messages);
+                parts.push((Piece::Text("assistant: ".into()), false));
+                parts
+            }
+        };
+        Ok(self.tokenize(&parts)?.tokens)
+    }
+
     fn bos(&self) -> Vec<Part> {
         self.tokenizer
             .bos_id()
@@ -855,5 +870,18 @@ mod tests {
             err.starts_with(&format!("{}:1: ", dir.path().join(TRAIN_FILE).display())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_chat_prompt_ends_with_the_opening_of_the_assistants_turn() {
+        let hi = [json!({"role": "user", "content": "Hi"})];
+        let t = chatml_tokenizer();
+        let prompt = encoder(&t, false).chat_prompt(&hi).unwrap();
+        let want = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+        assert_eq!(prompt, t.encode(want).unwrap());
+        let plain = default_tokenizer().unwrap();
+        let prompt = encoder(&plain, false).chat_prompt(&hi).unwrap();
+        assert_eq!(prompt[0], 1);
+        assert_eq!(plain.decode(&prompt).unwrap(), "user: Hi\nassistant: ");
     }
 }

@@ -437,7 +437,13 @@ impl Run {
         let mut sampler =
             Sampler::new(0.8, 0.9, self.options.seed).within(self.tokenizer.vocab_size());
         let mut text = prompt.clone();
-        text.extend(generate(&self.state.params, &prompt, tokens, &mut sampler));
+        text.extend(generate(
+            &self.state.params,
+            &prompt,
+            tokens,
+            &mut sampler,
+            None,
+        ));
         Ok(self.tokenizer.decode(&text)?)
     }
 }
