@@ -29,6 +29,7 @@ pub fn cases() -> Result<Vec<Case>, Box<CheckError>> {
         causal_attention_end_to_end,
         concat_and_slice_pack_along_channels,
         concat_and_slice_pack_along_the_spatial_axis,
+        per_head_rmsnorm,
     ] {
         all.push(built()?);
     }
@@ -545,6 +546,102 @@ fn causal_attention_end_to_end() -> Built {
 
 // ---------------------------------------------------------------------------------------------
 // Packing several logical tensors into the one input and the one output of a kernel.
+
+/// Qwen3's q/k norm as the kernels compute it: heads `[1, HEADS, HEAD_DIM, SEQ]` RMS-normalised
+/// over axis 2 (the mean of squares taken of x/√hd), times one weight `[1, 1, HEAD_DIM, 1]`
+/// broadcast over heads and positions. A reduction over the third axis of a rank-4 tensor and
+/// that broadcast occur in no other case.
+fn per_head_rmsnorm() -> Built {
+    const W_PATH: &str = "@model_path/weights/head_norm_w.bin";
+    let mut b = ProgramBuilder::new();
+    let x = b.input("x", DType::Fp16, &[1, DIM, 1, SEQ]);
+    let shape = b.constant("hsh", ints(&[1, HEADS, HEAD_DIM, SEQ]));
+    let x4 = b.op(
+        "reshape",
+        "x4",
+        vec![("shape", (&shape).into()), ("x", (&x).into())],
+    );
+    let isd = b.constant("isd", fp16_literal(1.0 / (HEAD_DIM as f64).sqrt()));
+    let xs = b.op("mul", "xs", vec![("x", (&x4).into()), ("y", (&isd).into())]);
+    let sq = b.op("mul", "sq", vec![("x", (&xs).into()), ("y", (&xs).into())]);
+    let axes = b.constant("rax", Literal::int32_tensor(&[2]));
+    let keep = b.constant("rkd", Literal::bool(true));
+    let ms = b.op(
+        "reduce_sum",
+        "ms",
+        vec![
+            ("axes", (&axes).into()),
+            ("keep_dims", (&keep).into()),
+            ("x", (&sq).into()),
+        ],
+    );
+    let eps = b.constant("eps", fp16_literal(1e-5));
+    let mse = b.op(
+        "add",
+        "mse",
+        vec![("x", (&ms).into()), ("y", (&eps).into())],
+    );
+    let nhalf = b.constant("nh", fp16_literal(-0.5));
+    let rrms = b.op(
+        "pow",
+        "rr",
+        vec![("x", (&mse).into()), ("y", (&nhalf).into())],
+    );
+    let xhat = b.op(
+        "mul",
+        "xh",
+        vec![("x", (&x4).into()), ("y", (&rrms).into())],
+    );
+    let w = b.constant(
+        "hw",
+        Literal::Blob {
+            dtype: DType::Fp16,
+            shape: vec![1, 1, HEAD_DIM, 1],
+            path: W_PATH.into(),
+            offset: 64,
+        },
+    );
+    let y4 = b.op("mul", "y4", vec![("x", (&xhat).into()), ("y", (&w).into())]);
+    let flat = b.constant("fsh", ints(&[1, DIM, 1, SEQ]));
+    let out = b.op(
+        "reshape",
+        "out",
+        vec![("shape", (&flat).into()), ("x", (&y4).into())],
+    );
+    let mut rng = Rng::new(8);
+    let w: Vec<f32> = (0..HEAD_DIM).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+    let mut weights = WeightFiles::new();
+    weights.insert_blob(W_PATH, &BlobFile::fp16(&w));
+    let w = fp16_values(&w);
+    Ok(Case {
+        name: "per-head rmsnorm".into(),
+        program: b.finish(&out)?,
+        weights,
+        inputs: vec![rng.vec(DIM * SEQ, 2.0)],
+        reference: Box::new(move |x| {
+            let x = &x[0];
+            let mut out = vec![0.0; DIM * SEQ];
+            for h in 0..HEADS {
+                for t in 0..SEQ {
+                    let at = |d: usize| (h * HEAD_DIM + d) * SEQ + t;
+                    let ss: f64 = (0..HEAD_DIM).map(|d| x[at(d)] * x[at(d)]).sum();
+                    let r = (ss / HEAD_DIM as f64 + 1e-5).powf(-0.5);
+                    for d in 0..HEAD_DIM {
+                        out[at(d)] = x[at(d)] * r * w[d];
+                    }
+                }
+            }
+            out
+        }),
+        // As the full-width norm: outputs of order one to four, a few roundings deep.
+        tolerances: Tolerances {
+            cpu_fp32: Tolerance::new(1e-5, 1e-5),
+            cpu_fp16: Tolerance::new(2e-3, 3e-3),
+            device: Tolerance::new(2e-2, 1e-2),
+        },
+        conv_channels: None,
+    })
+}
 
 fn concat_and_slice_pack_along_channels() -> Built {
     let (c, s) = (64, 32);
