@@ -72,9 +72,47 @@ pub fn physical_memory() -> Option<u64> {
     None
 }
 
+/// The most memory this process has held resident so far, in bytes (`getrusage`'s
+/// `ru_maxrss`, which Linux gives in KiB and Apple in bytes).
+pub fn peak_resident() -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes one rusage into the buffer it is given.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: the call succeeded, so it filled the struct (zeroed before anyway).
+        let max = u64::try_from(unsafe { usage.assume_init() }.ru_maxrss).ok()?;
+        if cfg!(target_vendor = "apple") {
+            Some(max)
+        } else {
+            max.checked_mul(1024)
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    fn the_peak_counts_a_buffer_once_written() {
+        const BYTES: usize = 256 << 20;
+        let mut v = vec![0u8; BYTES];
+        // Written, so that every page is resident at once.
+        for (i, b) in v.iter_mut().enumerate().step_by(4096) {
+            *b = i as u8;
+        }
+        let peak = peak_resident().expect("the system reports it");
+        assert!(peak as usize >= BYTES, "peak {peak} after writing {BYTES} bytes");
+        assert!(peak < physical_memory().unwrap(), "{peak}");
+        assert_eq!(v[4096], 0);
+    }
 
     /// `AnonHugePages` of the mapping holding `addr`, from `/proc/self/smaps`.
     #[cfg(target_os = "linux")]

@@ -32,6 +32,9 @@ pub struct EfficiencyReport {
     /// The machine's FP32 peak, measured by an FMA loop, on a real CPU device only.
     pub fma_peak_flops: Option<f64>,
     pub budget: Option<BudgetStatus>,
+    /// The most memory the process held resident, in bytes (of the last process, after a
+    /// budget restart).
+    pub peak_resident_bytes: Option<u64>,
 }
 
 impl EfficiencyReport {
@@ -47,7 +50,10 @@ impl EfficiencyReport {
         let info = device.info();
         let fma_peak_flops = (info.kind == "cpu" && !info.simulated)
             .then(|| best_fma_peak(options.threads, 3, Duration::from_millis(100)));
-        EfficiencyReport::with_peak(state, options, device, mode, strategy, fma_peak_flops)
+        EfficiencyReport {
+            peak_resident_bytes: anetrain_device::memory::peak_resident(),
+            ..EfficiencyReport::with_peak(state, options, device, mode, strategy, fma_peak_flops)
+        }
     }
 
     /// The report with a given FMA peak (or none).
@@ -82,6 +88,7 @@ impl EfficiencyReport {
             total_tflops: total_flops / train / 1e12,
             fma_peak_flops,
             budget: device.compile_budget(),
+            peak_resident_bytes: None,
         }
     }
 
@@ -146,6 +153,7 @@ impl EfficiencyReport {
             "failed_compiles": c.failed_compiles,
             "skipped_updates": c.skipped_updates,
             "staleness": lags,
+            "peak_resident_bytes": self.peak_resident_bytes,
         })
     }
 }
@@ -224,6 +232,13 @@ impl fmt::Display for EfficiencyReport {
             self.ms_per_step, self.train_ms_per_step
         )?;
         writeln!(f, "tokens/s            {:.0}", self.tokens_per_s)?;
+        if let Some(bytes) = self.peak_resident_bytes {
+            writeln!(
+                f,
+                "peak memory         {:.2} GB resident (this process)",
+                bytes as f64 / 1e9
+            )?;
+        }
         writeln!(f, "device eval         {:.3} TFLOPS", self.device_tflops)?;
         writeln!(
             f,
