@@ -431,3 +431,23 @@ fn a_qwen3_checkpoint_exports_as_a_qwen3_folder() {
         eval(&["--checkpoint", &checkpoint])
     );
 }
+
+/// Each fixture exported with our writer and read back still gives transformers' logits: the
+/// export keeps every tensor, in Hugging Face's order and permutation.
+#[test]
+fn an_export_of_each_fixture_reads_back_to_transformers_numbers() {
+    let dir = Dir::new();
+    for name in ["llama", "qwen3"] {
+        let params = load_model_file(&folder(name), None).unwrap();
+        let out = dir.path(name);
+        anetrain_model::io::hf::write_folder(&out, &params, &Default::default()).unwrap();
+        let back = load_model_file(&out, None).unwrap();
+        assert_eq!(back.data, params.data, "{name}");
+        // The fixture's logits and losses, read from the original folder.
+        let (logits, loss) = errors_against_transformers(&folder(name), &back);
+        assert!(
+            logits <= 1e-4 && loss <= 1e-4,
+            "{name}: logits {logits:e}, loss {loss:e}"
+        );
+    }
+}

@@ -109,7 +109,10 @@ mod tests {
             *b = i as u8;
         }
         let peak = peak_resident().expect("the system reports it");
-        assert!(peak as usize >= BYTES, "peak {peak} after writing {BYTES} bytes");
+        assert!(
+            peak as usize >= BYTES,
+            "peak {peak} after writing {BYTES} bytes"
+        );
         assert!(peak < physical_memory().unwrap(), "{peak}");
         assert_eq!(v[4096], 0);
     }
