@@ -326,15 +326,14 @@ fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
     }
     let config = read_json(out.join("config.json"));
     let original = read_json(source.join("config.json"));
-    for key in [
-        "architectures",
-        "model_type",
-        "bos_token_id",
-        "eos_token_id",
-        "rope_parameters",
-    ] {
-        assert_eq!(config[key], original[key], "{key}");
+    // Every field of the base's config.json is kept, with the same value.
+    for (key, value) in original.as_object().unwrap() {
+        assert_eq!(&config[key], value, "{key}");
     }
+    assert_eq!(
+        std::fs::read(out.join("generation_config.json")).unwrap(),
+        std::fs::read(source.join("generation_config.json")).unwrap()
+    );
     let generation = read_json(out.join("generation_config.json"));
     assert_eq!(
         (
@@ -355,9 +354,36 @@ fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
         generate(&["--checkpoint", &checkpoint])
     );
 
-    // Exporting again replaces the earlier export; a folder with other files is left alone.
+    // Exporting again replaces the earlier export (a desktop's .DS_Store does not stop it); a
+    // folder with other files, or a model folder another tool saved, is left alone.
+    std::fs::write(out.join(".DS_Store"), "finder").unwrap();
     ok(&export(&out));
     assert_eq!(load_model_file(&out, None).unwrap().data, ckpt.params.data);
+    let base = dir.path("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let names = [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ];
+    for name in names {
+        std::fs::copy(source.join(name), base.join(name)).unwrap();
+    }
+    let refused = export(&base);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("a model folder that anetrain did not export"),
+        "{}",
+        stderr(&refused)
+    );
+    for name in names {
+        assert_eq!(
+            std::fs::read(base.join(name)).unwrap(),
+            std::fs::read(source.join(name)).unwrap()
+        );
+    }
     let notes = dir.path("notes");
     std::fs::create_dir_all(&notes).unwrap();
     std::fs::write(notes.join("todo.txt"), "keep me").unwrap();

@@ -73,5 +73,11 @@ fn folder_extras(ckpt: &Checkpoint) -> anyhow::Result<FolderExtras> {
         ],
         bos_token_id: t.bos_id(),
         eos_token_id: t.eos_id(),
+        base_config: ckpt.header.base_model.as_ref().map(|b| b.config.clone()),
+        base_generation_config: ckpt
+            .header
+            .base_model
+            .as_ref()
+            .and_then(|b| b.generation_config.clone()),
     })
 }

@@ -68,6 +68,10 @@ pub struct CheckpointHeader {
     /// JSON text, when it came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_config: Option<String>,
+    /// The Hugging Face folder the run started from (`--init DIR`), whose configuration an
+    /// export keeps (its context, special token ids, sampling defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<BaseModelFiles>,
     /// The version of the weights the device ran on, when they lagged the master weights
     /// (their values follow the optimizer state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +80,25 @@ pub struct CheckpointHeader {
     /// it as it was; the trainer only carries it. None in files written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunSettings>,
+}
+
+/// The configuration files of a Hugging Face folder, as JSON text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseModelFiles {
+    pub config: String,
+    pub generation_config: Option<String>,
+}
+
+impl BaseModelFiles {
+    /// The files of the folder `dir` (None when it has no `config.json`).
+    pub fn read(dir: &Path) -> Option<BaseModelFiles> {
+        let config = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        let generation_config = std::fs::read_to_string(dir.join("generation_config.json")).ok();
+        Some(BaseModelFiles {
+            config,
+            generation_config,
+        })
+    }
 }
 
 /// [`TrainOptions`] from a header, without the options this build does not know.
@@ -328,6 +351,7 @@ mod tests {
                 },
                 tokenizer_kind: TokenizerKind::HuggingFace,
                 tokenizer_config: None,
+                base_model: None,
                 device_version: None,
                 run: Some(RunSettings {
                     precision: Some("fp16".into()),

@@ -445,6 +445,7 @@ impl TrainState {
                 counters: self.counters.clone(),
                 tokenizer_kind,
                 tokenizer_config: None,
+                base_model: None,
                 device_version: self.device_weights.as_ref().map(|w| w.version),
                 run: None,
             },
@@ -463,6 +464,8 @@ pub struct CheckpointFolder {
     pub tokenizer: Vec<u8>,
     /// The tokenizer's `tokenizer_config.json` as JSON text, if it has one.
     pub tokenizer_config: Option<String>,
+    /// Kept in every checkpoint's header as `base_model`.
+    pub base_model: Option<crate::checkpoint::BaseModelFiles>,
     /// Kept in every checkpoint's header as `run` (see [`CheckpointHeader::run`]).
     pub run: RunSettings,
 }
@@ -1188,6 +1191,7 @@ impl<'r> Run<'r, '_, '_> {
         ckpt.header.counters = with_delivery(&state.counters, &self.delivery.stats);
         ckpt.header.run = Some(folder.run.clone());
         ckpt.header.tokenizer_config = folder.tokenizer_config.clone();
+        ckpt.header.base_model = folder.base_model.clone();
         let path = save_rotating(&ckpt, &folder.dir, self.options.keep_checkpoints)?;
         (self.on_event)(&Event::Checkpoint {
             step: state.step,

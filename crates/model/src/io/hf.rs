@@ -50,6 +50,22 @@ pub enum HfError {
         dir.display()
     )]
     NotAnExport { dir: PathBuf, file: String },
+    #[error(
+        "{}: a model folder that anetrain did not export (no {EXPORT_MARKER}): choose an empty \
+         or new folder, so that it is not replaced",
+        dir.display()
+    )]
+    NotOurExport { dir: PathBuf },
+    #[error(
+        "cannot put the export in place at {}: {source}; the earlier export is kept at {}",
+        dir.display(),
+        kept.display()
+    )]
+    Replace {
+        dir: PathBuf,
+        kept: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The fields of `config.json` that decide the model; the others are left alone.
@@ -256,16 +272,35 @@ pub fn read_folder(dir: &Path) -> Result<Params, HfError> {
 }
 
 /// The files a folder export writes besides `config.json`, `generation_config.json` and
-/// `model.safetensors`: the tokenizer's, by name.
+/// `model.safetensors`: the tokenizer's, by name; and the configuration of the folder the
+/// model came from, if it came from one.
 #[derive(Clone, Debug, Default)]
 pub struct FolderExtras {
     pub files: Vec<(String, Vec<u8>)>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// The base folder's `config.json`: its fields the model does not decide (the context
+    /// `max_position_embeddings`, token ids, `transformers_version`, ...) are kept.
+    pub base_config: Option<String>,
+    /// The base folder's `generation_config.json`, written as it was (sampling defaults, every
+    /// EOS id).
+    pub base_generation_config: Option<String>,
 }
 
 /// The files of a model folder an export writes, besides the extras.
-const MODEL_FILES: [&str; 3] = ["config.json", "generation_config.json", "model.safetensors"];
+const MODEL_FILES: [&str; 4] = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    EXPORT_MARKER,
+];
+
+/// The file that marks a folder as an anetrain export, so that exporting again may replace it
+/// and a folder saved by another tool (the base model fine-tuned from) is never replaced.
+pub const EXPORT_MARKER: &str = ".anetrain-export";
+
+/// Files a desktop leaves in any folder, which a replaced export may take with it.
+const DESKTOP_FILES: [&str; 2] = [".DS_Store", "Thumbs.db"];
 
 /// An f32 as the JSON number of its shortest decimal form (1e-5, not 9.999999747378752e-6).
 fn json_f32(v: f32) -> serde_json::Value {
@@ -274,13 +309,25 @@ fn json_f32(v: f32) -> serde_json::Value {
 }
 
 /// `config.json` of a `LlamaForCausalLM` (or, with q/k norms, a `Qwen3ForCausalLM`) computing
-/// what `config` computes, for transformers 4 (`rope_theta`) and 5 (`rope_parameters`).
-pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> serde_json::Value {
+/// what `config` computes, for transformers 4 (`rope_theta`) and 5 (`rope_parameters`). The
+/// fields of `base` (the folder the model came from) that the model does not decide are kept,
+/// among them its context, which may be longer than the training window.
+pub fn config_json(
+    c: &ModelConfig,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    base: Option<&serde_json::Value>,
+) -> serde_json::Value {
     let (architecture, model_type) = match c.qk_norm {
         true => ("Qwen3ForCausalLM", "qwen3"),
         false => ("LlamaForCausalLM", "llama"),
     };
-    serde_json::json!({
+    let base = base.and_then(serde_json::Value::as_object);
+    let kept = |key: &str| base.and_then(|b| b.get(key)).cloned();
+    let context = kept("max_position_embeddings")
+        .filter(|v| v.as_u64().is_some_and(|n| n >= c.seq_len as u64))
+        .unwrap_or_else(|| c.seq_len.into());
+    let mut ours = serde_json::json!({
         "architectures": [architecture],
         "model_type": model_type,
         "hidden_size": c.dim,
@@ -290,7 +337,7 @@ pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> serde
         "num_key_value_heads": c.n_kv_heads,
         "head_dim": c.head_dim,
         "vocab_size": c.vocab,
-        "max_position_embeddings": c.seq_len,
+        "max_position_embeddings": context,
         "rms_norm_eps": json_f32(c.norm_eps),
         "rope_theta": json_f32(c.rope_theta),
         "rope_parameters": {"rope_type": "default", "rope_theta": json_f32(c.rope_theta)},
@@ -300,10 +347,20 @@ pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> serde
         "mlp_bias": false,
         "torch_dtype": "float32",
         "dtype": "float32",
-        "bos_token_id": bos,
-        "eos_token_id": eos,
+        "bos_token_id": kept("bos_token_id").unwrap_or(bos.into()),
+        "eos_token_id": kept("eos_token_id").unwrap_or(eos.into()),
         "use_cache": true,
-    })
+    });
+    if let (Some(base), Some(fields)) = (base, ours.as_object_mut()) {
+        for (key, value) in base {
+            // Scaling was refused on import; a base's weights dtype is not the export's.
+            let decided = ["rope_scaling", "torch_dtype", "dtype"].contains(&key.as_str());
+            if !fields.contains_key(key) && !decided {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    ours
 }
 
 /// Writes `params` as a Hugging Face model folder `dir` (fp32 weights), with `extras` beside
@@ -324,18 +381,28 @@ pub fn write_folder(dir: &Path, params: &Params, extras: &FolderExtras) -> Resul
             path: dir.to_path_buf(),
             source,
         })?;
+        let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| HfError::Read {
                 path: dir.to_path_buf(),
                 source,
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if DESKTOP_FILES.contains(&name.as_str()) {
+                continue;
+            }
             if !ours.contains(&name.as_str()) || !entry.path().is_file() {
                 return Err(HfError::NotAnExport {
                     dir: dir.to_path_buf(),
                     file: name,
                 });
             }
+            names.push(name);
+        }
+        if !names.is_empty() && !names.iter().any(|n| n == EXPORT_MARKER) {
+            return Err(HfError::NotOurExport {
+                dir: dir.to_path_buf(),
+            });
         }
     }
     let parent = match dir.parent() {
@@ -353,19 +420,28 @@ pub fn write_folder(dir: &Path, params: &Params, extras: &FolderExtras) -> Resul
         text.push('\n');
         text
     };
-    let config = config_json(c, extras.bos_token_id, extras.eos_token_id);
+    let base = extras
+        .base_config
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+    let config = config_json(c, extras.bos_token_id, extras.eos_token_id, base.as_ref());
     write_atomic(&file("config.json"), pretty(&config).as_bytes())
         .map_err(write_err(&dir.join("config.json")))?;
-    let generation = serde_json::json!({
-        "bos_token_id": extras.bos_token_id,
-        "eos_token_id": extras.eos_token_id,
-    });
-    write_atomic(
-        &file("generation_config.json"),
-        pretty(&generation).as_bytes(),
-    )
-    .map_err(write_err(&dir.join("generation_config.json")))?;
+    let generation = match &extras.base_generation_config {
+        Some(text) => text.clone(),
+        None => pretty(&serde_json::json!({
+            "bos_token_id": extras.bos_token_id,
+            "eos_token_id": extras.eos_token_id,
+        })),
+    };
+    write_atomic(&file("generation_config.json"), generation.as_bytes())
+        .map_err(write_err(&dir.join("generation_config.json")))?;
     safetensors::write(&file("model.safetensors"), params)?;
+    write_atomic(
+        &file(EXPORT_MARKER),
+        b"written by anetrain export --format hf; exporting again replaces this folder\n",
+    )
+    .map_err(write_err(&dir.join(EXPORT_MARKER)))?;
     for (name, bytes) in &extras.files {
         write_atomic(&file(name), bytes).map_err(write_err(&dir.join(name)))?;
     }
@@ -387,8 +463,13 @@ pub fn write_folder(dir: &Path, params: &Params, extras: &FolderExtras) -> Resul
         std::fs::rename(dir, &earlier).map_err(write_err(dir))?;
     }
     if let Err(source) = std::fs::rename(staging.path(), dir) {
-        if moved {
-            let _ = std::fs::rename(&earlier, dir);
+        if moved && std::fs::rename(&earlier, dir).is_err() {
+            // Neither in place: the earlier export stays where it was moved, and is named.
+            return Err(HfError::Replace {
+                dir: dir.to_path_buf(),
+                kept: aside.keep().join("earlier"),
+                source,
+            });
         }
         return Err(HfError::Write {
             path: dir.to_path_buf(),
@@ -397,4 +478,42 @@ pub fn write_folder(dir: &Path, params: &Params, extras: &FolderExtras) -> Resul
     }
     super::atomic::sync_dir(parent);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_keeps_what_the_base_says_and_the_model_does_not_decide() {
+        let c = ModelConfig {
+            seq_len: 1024,
+            ..ModelConfig::tiny()
+        };
+        let base = serde_json::json!({
+            "max_position_embeddings": 8192,
+            "pad_token_id": 0,
+            "eos_token_id": [2, 7],
+            "hidden_size": 999,
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.57.0",
+        });
+        let out = config_json(&c, Some(1), Some(2), Some(&base));
+        // Its context and token ids and extra fields are kept; the shapes and dtype are ours.
+        assert_eq!(out["max_position_embeddings"], 8192);
+        assert_eq!(out["pad_token_id"], 0);
+        assert_eq!(out["eos_token_id"], serde_json::json!([2, 7]));
+        assert_eq!(out["transformers_version"], "4.57.0");
+        assert_eq!(out["hidden_size"], c.dim);
+        assert_eq!(out["torch_dtype"], "float32");
+        // A context shorter than the training window is not kept; without a base, the window.
+        let short = serde_json::json!({"max_position_embeddings": 512});
+        assert_eq!(
+            config_json(&c, None, None, Some(&short))["max_position_embeddings"],
+            1024
+        );
+        let alone = config_json(&c, Some(1), Some(2), None);
+        assert_eq!(alone["max_position_embeddings"], 1024);
+        assert_eq!(alone["eos_token_id"], 2);
+    }
 }

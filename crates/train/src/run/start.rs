@@ -8,7 +8,7 @@ use super::folder::{EarlierRun, LOSS_PLOT, METRICS, REPORT, REPORT_JSON};
 use super::plot::loss_svg;
 use super::trace::continue_trace;
 use super::{EfficiencyReport, MetricsLog, MetricsRow, RunError, RunFolder, RunSettings};
-use crate::checkpoint::{list_checkpoints, Checkpoint};
+use crate::checkpoint::{list_checkpoints, BaseModelFiles, Checkpoint};
 use crate::data::TrainingWindows;
 use crate::delivery::Strategy;
 use crate::tokenizer::Tokenizer;
@@ -233,6 +233,11 @@ impl Run {
             Some(c) => TrainingWindows::restore(data.dataset, &c.header.sampler)?,
             None => TrainingWindows::new(data.dataset, options.seed)?,
         };
+        let base_model = match (&checkpoint, &spec.init) {
+            (Some(c), _) => c.header.base_model.clone(),
+            (None, Some(dir)) if dir.is_dir() => BaseModelFiles::read(dir),
+            _ => None,
+        };
         let state = match checkpoint {
             Some(c) => TrainState::from_checkpoint(c)?,
             None => {
@@ -261,6 +266,7 @@ impl Run {
             tokenizer_kind: data.tokenizer_kind,
             tokenizer: data.tokenizer_bytes,
             tokenizer_config: data.tokenizer_config,
+            base_model,
             run: RunSettings {
                 device: Some(device_name),
                 precision: Some(mode.to_string()),

@@ -66,6 +66,7 @@ pub fn checkpoint_folder(dir: &std::path::Path) -> anetrain_train::trainer::Chec
         tokenizer_kind: anetrain_train::tokenizer::TokenizerKind::HuggingFace,
         tokenizer: b"{}".to_vec(),
         tokenizer_config: None,
+        base_model: None,
         run: Default::default(),
     }
 }
