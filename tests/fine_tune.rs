@@ -71,6 +71,10 @@ fn a_fine_tune_resumes_exactly_generates_and_exports_with_its_chat_template() {
             out,
             "--threads",
             "1",
+            // Reproducible whatever the timing, so that the resumed run can be compared bit
+            // for bit (a double buffer's weight versions depend on when compiles finish).
+            "--weights",
+            "recompile",
         ];
         args.extend_from_slice(more);
         anetrain(&args)
@@ -85,13 +89,32 @@ fn a_fine_tune_resumes_exactly_generates_and_exports_with_its_chat_template() {
         "{text}"
     );
     ok(&train(&dir.s("parts"), &["--stop-after", "3", "--quiet"]));
-    ok(&anetrain(&[
-        "train",
-        "--resume",
-        "--out",
-        &dir.s("parts"),
-        "--quiet",
-    ]));
+    // A resumed run keeps its windows: another packing, or edited examples, are refused.
+    let parts = dir.s("parts");
+    let resume = |more: &[&str]| {
+        let mut args = vec!["train", "--resume", "--out", &parts, "--quiet"];
+        args.extend_from_slice(more);
+        anetrain(&args)
+    };
+    let repacked = resume(&["--no-pack"]);
+    assert!(!repacked.status.success());
+    assert!(
+        stderr(&repacked).contains("--no-pack (pack): the resumed run made its windows otherwise"),
+        "{}",
+        stderr(&repacked)
+    );
+    let train_file = Path::new(&data).join("train.jsonl");
+    let original = std::fs::read_to_string(&train_file).unwrap();
+    std::fs::write(&train_file, original.replacen("2*1", "2*9", 1)).unwrap();
+    let edited = resume(&[]);
+    assert!(!edited.status.success());
+    assert!(
+        stderr(&edited).contains("do not make the windows the checkpoint drew from"),
+        "{}",
+        stderr(&edited)
+    );
+    std::fs::write(&train_file, original).unwrap();
+    ok(&resume(&["--mask-prompt"]));
     let a = Checkpoint::load(&dir.path("whole/ckpt-00000006.bin")).unwrap();
     let b = Checkpoint::load(&dir.path("parts/ckpt-00000006.bin")).unwrap();
     assert_eq!(
@@ -162,7 +185,7 @@ fn example_flags_need_examples_and_a_long_example_can_be_refused_by_line() {
     ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("--mask-prompt applies to fine-tuning examples")
+        stderr(&out).contains("--mask-prompt (mask_prompt) applies to fine-tuning examples")
             && stderr(&out).contains("not to the embedded corpus"),
         "{}",
         stderr(&out)

@@ -322,6 +322,9 @@ impl ValidationSource for Dataset {
     }
 }
 
+/// The key of a sampler state that holds an example set's [`ExampleSet::fingerprint`].
+const FINGERPRINT: &str = "windows_crc32";
+
 /// A data set with the sampler that draws its training windows: the window source of a run,
 /// deterministic from a seed and continued exactly from a checkpoint's state.
 #[derive(Clone, Debug)]
@@ -350,6 +353,16 @@ impl TrainingWindows {
                 "the checkpoint's sampler state is not one this build writes ({e})"
             ))
         })?;
+        if let Dataset::Examples(set) = &dataset {
+            let recorded = state.get(FINGERPRINT).and_then(serde_json::Value::as_u64);
+            if recorded.is_some_and(|f| f != u64::from(set.fingerprint)) {
+                return Err(DataError::SamplerMismatch(format!(
+                    "the examples of {} do not make the windows the checkpoint drew from (a file \
+                     or a setting changed since)",
+                    set.source()
+                )));
+            }
+        }
         let sampler = WindowSampler::restore(&saved, dataset.train_positions())?;
         Ok(TrainingWindows { dataset, sampler })
     }
@@ -380,7 +393,12 @@ impl WindowSource for TrainingWindows {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(self.sampler.state()).expect("a sampler state serialises")
+        let mut state =
+            serde_json::to_value(self.sampler.state()).expect("a sampler state serialises");
+        if let (Dataset::Examples(set), Some(fields)) = (&self.dataset, state.as_object_mut()) {
+            fields.insert(FINGERPRINT.into(), set.fingerprint.into());
+        }
+        state
     }
 }
 

@@ -334,6 +334,9 @@ pub struct ExampleSet {
     pub truncated: usize,
     /// Whether conversations went through the tokenizer's chat template.
     pub templated: bool,
+    /// CRC-32 of every window's tokens and flags: a resumed run checks that its examples make
+    /// the windows its checkpoint was drawing from.
+    pub fingerprint: u32,
 }
 
 /// The files of a data folder, as mlx-lm names them.
@@ -388,6 +391,10 @@ impl ExampleSet {
                 train.split_off((windows - held) * window_len)
             }
         };
+        let mut crc = crc32fast::Hasher::new();
+        for &t in train.iter().chain(&valid) {
+            crc.update(&t.to_le_bytes());
+        }
         Ok(ExampleSet {
             source: train_path.display().to_string(),
             window_len,
@@ -396,6 +403,7 @@ impl ExampleSet {
             examples,
             truncated,
             templated: encoder.has_template(),
+            fingerprint: crc.finalize(),
         })
     }
 

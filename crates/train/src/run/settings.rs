@@ -60,6 +60,67 @@ impl RunSettings {
     }
 }
 
+/// Refuses example settings that cannot apply: one that asks for something (masking, no
+/// packing, refusing long examples) on data that is not fine-tuning examples, and on a resume
+/// (`saved` holds the resumed run's settings) one that differs from how its examples were
+/// made, since its windows would change under it.
+pub fn check_example_settings(
+    given: &RunSettings,
+    saved: Option<&RunSettings>,
+    data: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let default = ExampleOptions::default();
+    if let Some(saved) = saved {
+        let was = saved.example_options();
+        let changed = [
+            (
+                given.mask_prompt.is_some_and(|m| m != was.mask_prompt),
+                "--mask-prompt (mask_prompt)",
+            ),
+            (
+                given.pack.is_some_and(|p| p != was.pack),
+                "--no-pack (pack)",
+            ),
+            (
+                given.long_examples.is_some_and(|l| l != was.long_examples),
+                "--long-examples",
+            ),
+        ];
+        if let Some((_, flag)) = changed.iter().find(|(c, _)| *c) {
+            return Err(format!(
+                "{flag}: the resumed run made its windows otherwise, and a resumed run keeps \
+                 them (drop the setting, or start a new run)"
+            ));
+        }
+    }
+    let asked = [
+        (
+            given.mask_prompt.is_some_and(|m| m != default.mask_prompt),
+            "--mask-prompt (mask_prompt)",
+        ),
+        (
+            given.pack.is_some_and(|p| p != default.pack),
+            "--no-pack (pack = false)",
+        ),
+        (
+            given
+                .long_examples
+                .is_some_and(|l| l != default.long_examples),
+            "--long-examples refuse",
+        ),
+    ];
+    if let Some((_, flag)) = asked.iter().find(|(a, _)| *a) {
+        if !data.is_some_and(crate::data::examples::ExampleSet::is_examples) {
+            return Err(format!(
+                "{flag} applies to fine-tuning examples (--data with a .jsonl file or a folder \
+                 with train.jsonl), not to {}",
+                data.map_or("the embedded corpus".into(), |p| p.display().to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The token file a checkpoint's run trained on, when it was not the embedded corpus.
 pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
     RunSettings::saved_in(header).data

@@ -6,6 +6,7 @@
 use super::data::load_data;
 use super::folder::{EarlierRun, LOSS_PLOT, METRICS, REPORT, REPORT_JSON};
 use super::plot::loss_svg;
+use super::settings::check_example_settings;
 use super::trace::continue_trace;
 use super::{EfficiencyReport, MetricsLog, MetricsRow, RunError, RunFolder, RunSettings};
 use crate::checkpoint::{list_checkpoints, BaseModelFiles, Checkpoint};
@@ -119,6 +120,7 @@ impl Run {
         let saved = checkpoint
             .as_ref()
             .map_or_else(RunSettings::default, |c| RunSettings::saved_in(&c.header));
+        let saved_settings = saved.clone();
         let settings = spec.settings.clone().or(saved);
         if let (Some(c), Some(model)) = (&checkpoint, &spec.model) {
             let given = ModelConfig::named(model)?;
@@ -138,28 +140,9 @@ impl Run {
                 )));
             }
         }
-        let given = &spec.settings;
-        let example_flags = [
-            given.mask_prompt.map(|_| "--mask-prompt"),
-            given.pack.map(|_| "--no-pack"),
-            given.long_examples.map(|_| "--long-examples"),
-        ];
-        if let Some(flag) = example_flags.into_iter().flatten().next() {
-            let examples = settings
-                .data
-                .as_deref()
-                .is_some_and(crate::data::examples::ExampleSet::is_examples);
-            if !examples {
-                return Err(RunError::Invalid(format!(
-                    "{flag} applies to fine-tuning examples (--data with a .jsonl file or a \
-                     folder with train.jsonl), not to {}",
-                    settings
-                        .data
-                        .as_ref()
-                        .map_or("the embedded corpus".into(), |p| p.display().to_string())
-                )));
-            }
-        }
+        let resumed_settings = checkpoint.as_ref().map(|_| &saved_settings);
+        check_example_settings(&spec.settings, resumed_settings, settings.data.as_deref())
+            .map_err(RunError::Invalid)?;
         let options = resolve_options(
             checkpoint.as_ref().map(|c| &c.header.options),
             spec.options_file.as_ref(),
