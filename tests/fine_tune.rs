@@ -161,6 +161,44 @@ fn a_fine_tune_resumes_exactly_generates_and_exports_with_its_chat_template() {
         generate(&["--checkpoint", &dir.s("whole/ckpt-00000006.bin")]),
         generate(&["--model", &s(&exported)])
     );
+    // eval scores the run's validation examples as the run did, masked as it trained; the
+    // same examples given as a file, or the exported folder on them, score the same.
+    let loss_in = |text: &str, marker: &str| -> f64 {
+        let at = text
+            .rfind(marker)
+            .unwrap_or_else(|| panic!("{marker} in {text}"));
+        text[at + marker.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"))
+    };
+    let trained = loss_in(&text, "validation loss ");
+    let eval = |args: &[&str]| {
+        let mut all = vec!["eval"];
+        all.extend_from_slice(args);
+        let o = anetrain(&all);
+        ok(&o);
+        loss_in(&stdout(&o), "mean loss ")
+    };
+    let checkpoint = dir.s("whole/ckpt-00000006.bin");
+    assert!(
+        (eval(&["--checkpoint", &checkpoint]) - trained).abs() < 1e-4,
+        "{trained}"
+    );
+    let valid = Path::new(&data).join("valid.jsonl").display().to_string();
+    assert!((eval(&["--checkpoint", &checkpoint, "--data", &valid]) - trained).abs() < 1e-4);
+    let exported_dir = s(&exported);
+    let by_model = eval(&["--model", &exported_dir, "--data", &data, "--mask-prompt"]);
+    assert!(
+        (by_model - trained).abs() < 1e-4,
+        "{by_model} against {trained}"
+    );
+    let unmasked = eval(&["--model", &exported_dir, "--data", &data]);
+    assert!(
+        (unmasked - trained).abs() > 1e-3,
+        "the mask changes what is scored"
+    );
     // As a chat: the prompt goes through the template and only the answer is printed.
     let checkpoint_chat = generate(&["--chat", "--checkpoint", &dir.s("whole/ckpt-00000006.bin")]);
     assert!(!checkpoint_chat.contains("2*4"), "{checkpoint_chat}");

@@ -4,10 +4,12 @@ use anetrain_device::{DeviceSpec, NumericMode, OpenDevice};
 use anetrain_model::generate::{generate, Sampler};
 use anetrain_model::step::{compile_kernel_set, StepBuffers, WeightSnapshot};
 use anetrain_train::checkpoint::Checkpoint;
-use anetrain_train::data::examples::ExampleEncoder;
+use anetrain_train::data::examples::{ExampleEncoder, ExampleOptions, ExampleSet};
 use anetrain_train::data::token_file::read_token_file;
 use anetrain_train::data::TokenSplit;
+use anetrain_train::data::{Dataset, ValidationSource};
 use anetrain_train::run::data::corpus_dataset;
+use anetrain_train::run::RunSettings;
 use anetrain_train::tokenizer::Tokenizer;
 use anetrain_train::trainer::{validation_loss, TrainOptions};
 use anyhow::{anyhow, bail, Context};
@@ -67,13 +69,18 @@ pub struct EvalArgs {
     /// The shape of a --model safetensors file without anetrain's metadata.
     #[arg(long, requires = "model")]
     config: Option<String>,
-    /// A token file, evaluated whole; default: the validation split of the data the
+    /// A token file or fine-tuning examples (a .jsonl file, or a folder: its valid.jsonl,
+    /// else its train.jsonl), evaluated whole; default: the validation split of the data the
     /// checkpoint's run trained on (the embedded corpus for a --model).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Windows to average over.
     #[arg(long, default_value_t = 32)]
     batches: usize,
+    /// Fine-tuning examples: score only completions and assistant turns (a checkpoint's run
+    /// that masked them does so already).
+    #[arg(long)]
+    mask_prompt: bool,
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<(Checkpoint, Tokenizer)> {
@@ -188,19 +195,42 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     // A given file is evaluated whole; by default, the validation split of the data the run
     // trained on (its file, as its checkpoints name it, or the embedded corpus).
-    let (windows, source) = match (
+    let saved = header
+        .as_ref()
+        .map(RunSettings::saved_in)
+        .unwrap_or_default();
+    let evaluated = args.data.clone().or(saved.data.clone());
+    if args.mask_prompt && !evaluated.as_deref().is_some_and(ExampleSet::is_examples) {
+        bail!(
+            "--mask-prompt applies to fine-tuning examples (.jsonl), and the data evaluated is not"
+        );
+    }
+    let examples = ExampleOptions {
+        mask_prompt: args.mask_prompt || saved.example_options().mask_prompt,
+        ..saved.example_options()
+    };
+    let (windows, source): (Dataset, String) = match (
         &args.data,
         header
             .as_ref()
             .and_then(anetrain_train::run::settings::trained_on),
     ) {
+        (Some(p), _) if ExampleSet::is_examples(p) => (
+            ExampleSet::open_whole(p, &tok, config.seq_len, examples)?.into(),
+            format!("the examples of {}", p.display()),
+        ),
+        (None, Some(p)) if ExampleSet::is_examples(&p) => (
+            ExampleSet::open(&p, &tok, config.seq_len, examples)?.into(),
+            format!("the validation examples of {}", p.display()),
+        ),
         (Some(p), _) => (
             TokenSplit::validation_only(
                 read_token_file(p, config.vocab)?,
                 &p.display().to_string(),
                 config.vocab,
                 config.seq_len,
-            )?,
+            )?
+            .into(),
             p.display().to_string(),
         ),
         (None, Some(p)) => (
@@ -210,11 +240,12 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
                 config.seq_len,
                 TokenSplit::DEFAULT_VAL_FRACTION,
             )
-            .context("the checkpoint's training data (give another file with --data)")?,
+            .context("the checkpoint's training data (give another file with --data)")?
+            .into(),
             format!("the validation split of {}", p.display()),
         ),
         (None, None) => (
-            corpus_dataset(&tok, &config)?,
+            corpus_dataset(&tok, &config)?.into(),
             "the validation split of the embedded corpus".into(),
         ),
     };

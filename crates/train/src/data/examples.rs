@@ -407,6 +407,26 @@ impl ExampleSet {
         })
     }
 
+    /// Every example of `path` (a JSONL file, or a folder's `valid.jsonl`, else its
+    /// `train.jsonl`) packed into validation windows, for evaluating a model on all of them.
+    pub fn open_whole(
+        path: &Path,
+        tokenizer: &Tokenizer,
+        seq_len: usize,
+        options: ExampleOptions,
+    ) -> Result<ExampleSet, DataError> {
+        let file = match path.is_dir() {
+            true if path.join(VALID_FILE).is_file() => path.join(VALID_FILE),
+            true => path.join(TRAIN_FILE),
+            false => path.to_path_buf(),
+        };
+        let mut set = ExampleSet::open(&file, tokenizer, seq_len, options)?;
+        let mut all = std::mem::take(&mut set.train);
+        all.append(&mut set.valid);
+        set.valid = all;
+        Ok(set)
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
