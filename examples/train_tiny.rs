@@ -80,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = tokenizer.encode("It is a truth universally acknowledged")?;
     let mut sampler = Sampler::new(0.8, 0.9, options.seed).within(tokenizer.vocab_size());
     let mut text = prompt.clone();
-    text.extend(generate(&state.params, &prompt, 40, &mut sampler, None));
+    text.extend(generate(&state.params, &prompt, 40, &mut sampler, &[]));
     println!("sample: {}", tokenizer.decode(&text)?.replace('\n', " "));
     Ok(())
 }

@@ -38,7 +38,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "")]
     prompt: String,
     /// Take --prompt as a user's message: render it with the tokenizer's chat template (or
-    /// `user: …` lines without one), and print the assistant's answer, which ends at EOS.
+    /// `user: …` lines without one), and print the assistant's answer, which ends at EOS or at
+    /// the template's end of turn (`<|im_end|>`, `<|eot_id|>`, ...).
     #[arg(long)]
     chat: bool,
     /// Tokens to generate (fewer if the model's context ends first).
@@ -147,8 +148,11 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let mut sampler =
         Sampler::new(args.temperature, args.top_p, args.seed).within(tok.vocab_size());
-    let stop = tok.eos_id().filter(|_| args.chat);
-    let out = generate(&params, &prompt, args.max_tokens, &mut sampler, stop);
+    let stop = match args.chat {
+        true => tok.end_of_turn_ids(),
+        false => Vec::new(),
+    };
+    let out = generate(&params, &prompt, args.max_tokens, &mut sampler, &stop);
     if args.chat {
         println!("{}", tok.decode(&out)?);
         return Ok(());

@@ -216,13 +216,13 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 /// Feeds the prompt, then samples `max_tokens` more, stopping at the context length or after
-/// the token `stop` (an end of turn).
+/// a token of `stop` (the ends of a turn).
 pub fn generate(
     params: &Params,
     prompt: &[u32],
     max_tokens: usize,
     sampler: &mut Sampler,
-    stop: Option<u32>,
+    stop: &[u32],
 ) -> Vec<u32> {
     let limit = params.layout.config.seq_len;
     let mut dec = Decoder::new(params);
@@ -238,7 +238,7 @@ pub fn generate(
             sampler.sample(&logits)
         };
         out.push(next);
-        if Some(next) == stop {
+        if stop.contains(&next) {
             break;
         }
         if dec.position() < limit {
@@ -337,8 +337,9 @@ mod tests {
             ..ModelConfig::tiny()
         };
         let params = init_params(std::sync::Arc::new(ParamLayout::new(&c)), 5);
-        let greedy = |stop| generate(&params, &[1, 4], 8, &mut Sampler::new(0.0, 1.0, 0), stop);
-        let all = greedy(None);
+        let greedy =
+            |stop: &[u32]| generate(&params, &[1, 4], 8, &mut Sampler::new(0.0, 1.0, 0), stop);
+        let all = greedy(&[]);
         assert_eq!(all.len(), 8);
         let mut dec = Decoder::new(&params);
         dec.step(1);
@@ -349,6 +350,6 @@ mod tests {
         }
         let stop = all[2];
         let first = all.iter().position(|&t| t == stop).unwrap();
-        assert_eq!(greedy(Some(stop)), all[..=first]);
+        assert_eq!(greedy(&[99, stop]), all[..=first]);
     }
 }

@@ -39,8 +39,8 @@ fn conversations_render_as_transformers_renders_them() {
     assert!(err.contains("unknown role tool"), "{err}");
 }
 
-/// With the fixture's template, masking finds the assistant's answer; a template that drops
-/// earlier turns' reasoning (as Qwen3's does) cannot be masked turn by turn, and says so.
+/// With the fixture's template, masking finds the assistant's answer turn by turn; where the
+/// template drops earlier turns' reasoning (as Qwen3's does), by the answers' text.
 #[test]
 fn masking_through_a_published_style_template() {
     let Tokenizer::HuggingFace(base) =
@@ -73,9 +73,13 @@ fn masking_through_a_published_style_template() {
         {"role": "user", "content": "And three more?"},
         {"role": "assistant", "content": "Seven."},
     ]});
-    let err = encoder.encode_line(&reasoning.to_string()).unwrap_err();
-    assert!(
-        err.contains("does not render the conversation turn by turn"),
-        "{err}"
-    );
+    let e = encoder.encode_line(&reasoning.to_string()).unwrap();
+    let trained: Vec<u32> = e
+        .tokens
+        .iter()
+        .zip(&e.trained)
+        .filter(|(_, &f)| f)
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(t.decode(&trained).unwrap(), "Four.Seven.");
 }

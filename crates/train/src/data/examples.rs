@@ -220,30 +220,87 @@ impl<'t> ExampleEncoder<'t> {
         if !self.mask_prompt {
             return Ok(vec![(Piece::Text(whole), true)]);
         }
-        // An assistant turn is what rendering it adds to the conversation before it with the
-        // opening of an assistant turn; each render must begin with the one before.
+        match self.turn_by_turn(template, messages, &whole)? {
+            Some(parts) => Ok(parts),
+            None => self.by_content(messages, whole),
+        }
+    }
+
+    /// The parts of a conversation where the template renders it turn by turn: an assistant
+    /// turn is what rendering it adds to the conversation before it with the opening of an
+    /// assistant turn. None when a render does not begin with the one before.
+    fn turn_by_turn(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Value],
+        whole: &str,
+    ) -> Result<Option<Vec<Part>>, String> {
         let mut parts = Vec::new();
         let mut done = String::new();
-        let mut take = |text: String, trained: bool, parts: &mut Vec<Part>| {
+        let mut renders = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if m["role"] == "assistant" {
+                renders.push((template.render(&messages[..i], true)?, false));
+                renders.push((template.render(&messages[..=i], false)?, true));
+            }
+        }
+        renders.push((whole.to_string(), false));
+        for (text, trained) in renders {
             let Some(added) = text.strip_prefix(done.as_str()) else {
-                return Err(
-                    "the chat template does not render the conversation turn by turn (the \
-                     text of its first turns is not the start of the text of more), so the \
-                     assistant's tokens cannot be told apart: train without --mask-prompt"
-                        .to_string(),
-                );
+                return Ok(None);
             };
             parts.push((Piece::Text(added.to_string()), trained));
             done = text;
-            Ok(())
-        };
-        for (i, m) in messages.iter().enumerate() {
-            if m["role"] == "assistant" {
-                take(template.render(&messages[..i], true)?, false, &mut parts)?;
-                take(template.render(&messages[..=i], false)?, true, &mut parts)?;
-            }
         }
-        take(whole, false, &mut parts)?;
+        Ok(Some(parts))
+    }
+
+    /// The parts of a conversation whose template does not render it turn by turn (Qwen3's
+    /// drops earlier answers' reasoning and gives the last answer an empty `<think>` block): each
+    /// assistant message's text, found in order in the whole rendering, with the end-of-turn
+    /// token that follows it, is trained. A message's reasoning (`<think>…</think>`) is
+    /// looked for without it, as such templates render it.
+    fn by_content(&self, messages: &[Value], whole: String) -> Result<Vec<Part>, String> {
+        let ends: Vec<String> = self
+            .tokenizer
+            .end_of_turn_ids()
+            .into_iter()
+            .filter_map(|id| self.tokenizer.token_text(id))
+            .collect();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for (k, m) in messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m["role"] == "assistant")
+        {
+            let content = m["content"].as_str().unwrap_or_default();
+            let answer = content.rsplit("</think>").next().unwrap_or(content);
+            let found = [
+                content,
+                answer.trim_start_matches('\n'),
+                content.trim(),
+                answer.trim(),
+            ]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .find_map(|c| whole[at..].find(c).map(|i| (at + i, c.len())));
+            let Some((start, len)) = found else {
+                return Err(format!(
+                    "the chat template does not render the conversation turn by turn, and the \
+                     text of messages[{k}] is not in its rendering, so the assistant's tokens \
+                     cannot be told apart: train without --mask-prompt"
+                ));
+            };
+            let mut end = start + len;
+            if let Some(close) = ends.iter().find(|e| whole[end..].starts_with(e.as_str())) {
+                end += close.len();
+            }
+            parts.push((Piece::Text(whole[at..start].to_string()), false));
+            parts.push((Piece::Text(whole[start..end].to_string()), true));
+            at = end;
+        }
+        parts.push((Piece::Text(whole[at..].to_string()), false));
         Ok(parts)
     }
 
@@ -714,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn a_template_that_does_not_render_turn_by_turn_cannot_mask() {
+    fn a_template_that_does_not_render_turn_by_turn_is_masked_by_the_answers_text() {
         let Tokenizer::HuggingFace(base) = default_tokenizer().unwrap() else {
             unreachable!()
         };
@@ -723,14 +780,27 @@ mod tests {
         let config =
             TokenizerConfig::parse(&json!({"chat_template": template}).to_string(), "t").unwrap();
         let t = Tokenizer::HuggingFace(base.with_config(config, "t").unwrap());
-        let line = r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#;
+        let line = r#"{"messages": [{"role": "user", "content": "a "}, {"role": "assistant", "content": "bcd"}]}"#;
+        let e = encoder(&t, true).encode_line(line).unwrap();
+        assert_eq!(text_of(&t, &e, true), " bcd");
+        assert_eq!(text_of(&t, &e, false), "2a");
+        let unmasked = encoder(&t, false).encode_line(line).unwrap();
+        assert_eq!(t.decode(&unmasked.tokens).unwrap(), "2a bcd");
+        // A template that does not render the answer leaves nothing to find.
+        let silent = TokenizerConfig::parse(
+            &json!({"chat_template": "{{ messages | length }}"}).to_string(),
+            "t",
+        )
+        .unwrap();
+        let Tokenizer::HuggingFace(base) = default_tokenizer().unwrap() else {
+            unreachable!()
+        };
+        let t = Tokenizer::HuggingFace(base.with_config(silent, "t").unwrap());
         let err = encoder(&t, true).encode_line(line).unwrap_err();
         assert!(
-            err.contains("does not render the conversation turn by turn"),
+            err.contains("the text of messages[1] is not in its rendering"),
             "{err}"
         );
-        let e = encoder(&t, false).encode_line(line).unwrap();
-        assert_eq!(t.decode(&e.tokens).unwrap(), "2ab");
     }
 
     #[test]

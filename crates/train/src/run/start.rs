@@ -431,7 +431,7 @@ impl Run {
             &prompt,
             tokens,
             &mut sampler,
-            None,
+            &[],
         ));
         Ok(self.tokenizer.decode(&text)?)
     }

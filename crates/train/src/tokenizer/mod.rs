@@ -19,6 +19,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 use thiserror::Error;
 
+/// Tokens that close a turn in common chat formats: ChatML (Qwen, SmolLM2), Llama 3, Gemma,
+/// Phi-3.
+pub const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"];
+
 /// Vocabulary size of the `tiny` model's tokenizer.
 pub const DEFAULT_VOCAB: usize = 1024;
 
@@ -197,6 +201,21 @@ impl Tokenizer {
                 Ok((ids, spans))
             }
         }
+    }
+
+    /// The tokens that end a turn: EOS, and the end-of-turn markers of the common chat formats
+    /// that the vocabulary has (a base model's EOS, `<|endoftext|>`, is not the `<|im_end|>`
+    /// its template closes turns with).
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.eos_id().into_iter().collect();
+        if let Tokenizer::HuggingFace(t) = self {
+            for marker in END_OF_TURN {
+                if let Some(id) = t.inner().token_to_id(marker).filter(|id| !ids.contains(id)) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
     }
 
     /// The text of a special token (`<s>`, `<|im_end|>`) as a template writes it.
