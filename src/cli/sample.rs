@@ -34,7 +34,7 @@ pub struct GenerateArgs {
     /// Llama export): a preset or a TOML file, as `train --model` takes.
     #[arg(long, requires = "model")]
     config: Option<String>,
-    /// The text to continue (after the tokenizer's BOS, if it has one).
+    /// The text to continue (after the tokenizer's BOS, where its encoding puts one).
     #[arg(long, default_value = "")]
     prompt: String,
     /// Take --prompt as a user's message: render it with the tokenizer's chat template (or
@@ -133,7 +133,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         let message = serde_json::json!({"role": "user", "content": args.prompt});
         prompt = encoder.chat_prompt(&[message]).map_err(|e| anyhow!(e))?;
     } else {
-        prompt.extend(tok.bos_id());
+        prompt.extend(tok.bos_id().filter(|_| tok.adds_bos()));
         prompt.extend(tok.encode(&args.prompt)?);
     }
     if prompt.is_empty() {

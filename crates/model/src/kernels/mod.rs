@@ -864,8 +864,6 @@ struct HeadNorm {
     w: Var,
 }
 
-impl KernelGenerator<'_> {}
-
 #[cfg(test)]
 mod tests {
     use super::KernelKind;

@@ -69,6 +69,8 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            // transformers passes `tools=None`: templates test `tools is not none`.
+            tools => Value::from(()),
         };
         template
             .render(context)
@@ -140,5 +142,19 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn tools_are_none_as_transformers_passes_them() {
+        let t = ChatTemplate::new(
+            "{% if tools is not none %}TOOLS{% endif %}{{ messages[0].content }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let out = t
+            .render(&[json!({"role": "user", "content": "x"})], false)
+            .unwrap();
+        assert_eq!(out, "x");
     }
 }

@@ -271,7 +271,7 @@ impl Dataset {
         }
     }
 
-    /// Tokens for training and for validation (padding of packed windows included).
+    /// Tokens for training (padding of packed windows included).
     pub fn train_len(&self) -> usize {
         match self {
             Dataset::Tokens(d) => d.train_len(),
@@ -279,6 +279,7 @@ impl Dataset {
         }
     }
 
+    /// Tokens for validation (padding of packed windows included).
     pub fn val_len(&self) -> usize {
         match self {
             Dataset::Tokens(d) => d.val_len(),

@@ -9,8 +9,8 @@
 //! Conversations (and prompt/completion pairs) are rendered by the tokenizer's chat template
 //! when it has one. Without one, a conversation is rendered as `role: content` lines, each
 //! assistant turn ended by the EOS token, and a prompt/completion pair as the prompt followed
-//! by the completion and EOS. A text gets the tokenizer's BOS in front (if it has one) and EOS
-//! at the end. With `mask_prompt`, only completions and assistant turns (with what closes them)
+//! by the completion and EOS. A text gets EOS at the end, and BOS in front where the
+//! tokenizer's own encoding puts one ([`Tokenizer::adds_bos`]). With `mask_prompt`, only completions and assistant turns (with what closes them)
 //! are targets.
 //!
 //! Windows hold `seq_len + 1` tokens. Examples are packed whole into windows in file order,
@@ -198,9 +198,11 @@ impl<'t> ExampleEncoder<'t> {
         Ok(self.tokenize(&parts)?.tokens)
     }
 
+    /// BOS, where the tokenizer's own tools would put it in front of a text.
     fn bos(&self) -> Vec<Part> {
         self.tokenizer
             .bos_id()
+            .filter(|_| self.tokenizer.adds_bos())
             .map(|id| (Piece::Token(id), false))
             .into_iter()
             .collect()
@@ -386,9 +388,11 @@ pub struct ExampleSet {
     window_len: usize,
     train: Vec<u32>,
     valid: Vec<u32>,
-    /// Examples read, and how many of them were cut to a window.
+    /// Examples read, how many of them were cut to a window, and how many were left out with
+    /// no target (a truncation that kept only a masked prompt).
     pub examples: usize,
     pub truncated: usize,
+    pub dropped: usize,
     /// Whether conversations went through the tokenizer's chat template.
     pub templated: bool,
     /// CRC-32 of every window's tokens and flags: a resumed run checks that its examples make
@@ -425,7 +429,7 @@ impl ExampleSet {
         let window_len = seq_len + 1;
         let mut packer = Packer::new(window_len, options, tokenizer.eos_id().unwrap_or(0));
         read_examples(&train_path, &encoder, &mut packer)?;
-        let (mut train, examples, truncated) = packer.finish();
+        let (mut train, counts) = packer.finish();
         if train.is_empty() {
             return Err(DataError::Invalid(format!(
                 "{}: no example with a token to train on",
@@ -457,8 +461,9 @@ impl ExampleSet {
             window_len,
             train,
             valid,
-            examples,
-            truncated,
+            examples: counts.examples,
+            truncated: counts.truncated,
+            dropped: counts.dropped,
             templated: encoder.has_template(),
             fingerprint: crc.finalize(),
         })
@@ -491,7 +496,7 @@ impl ExampleSet {
     /// What the set holds, for the line a run starts with.
     pub fn describe(&self) -> String {
         let mut text = format!(
-            "{} examples of {} in {} windows ({} for validation)",
+            "{} examples of {} in {} training and {} validation windows",
             self.examples,
             self.source,
             self.train_windows(),
@@ -499,6 +504,12 @@ impl ExampleSet {
         );
         if self.truncated > 0 {
             text.push_str(&format!(", {} truncated to a window", self.truncated));
+        }
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                ", {} left out with nothing to train on",
+                self.dropped
+            ));
         }
         text.push_str(if self.templated {
             ", conversations by the chat template"
@@ -583,8 +594,15 @@ struct Packer {
     windows: Vec<u32>,
     /// The window being filled.
     open: Vec<u32>,
+    counts: PackCounts,
+}
+
+/// What a [`Packer`] did with the examples it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PackCounts {
     examples: usize,
     truncated: usize,
+    dropped: usize,
 }
 
 impl Packer {
@@ -595,8 +613,7 @@ impl Packer {
             pad,
             windows: Vec::new(),
             open: Vec::with_capacity(window_len),
-            examples: 0,
-            truncated: 0,
+            counts: PackCounts::default(),
         }
     }
 
@@ -612,11 +629,12 @@ impl Packer {
             }
             example.tokens.truncate(self.window_len);
             example.trained.truncate(self.window_len);
-            self.truncated += 1;
+            self.counts.truncated += 1;
         }
-        self.examples += 1;
+        self.counts.examples += 1;
         // The first token is nobody's target; an example with no other target adds nothing.
         if !example.trained.iter().skip(1).any(|&t| t) {
+            self.counts.dropped += 1;
             return Ok(());
         }
         if !self.options.pack || self.open.len() + example.tokens.len() > self.window_len {
@@ -638,9 +656,9 @@ impl Packer {
         self.windows.append(&mut self.open);
     }
 
-    fn finish(mut self) -> (Vec<u32>, usize, usize) {
+    fn finish(mut self) -> (Vec<u32>, PackCounts) {
         self.close();
-        (self.windows, self.examples, self.truncated)
+        (self.windows, self.counts)
     }
 }
 
@@ -678,9 +696,23 @@ mod tests {
         Tokenizer::HuggingFace(t.with_config(config, "t").unwrap())
     }
 
+    /// The default BPE has `<s>` but, like GPT-2's tokenizer, no post-processor that puts it
+    /// in front: `add_bos_token` in the configuration says otherwise.
+    fn with_add_bos(add: bool) -> Tokenizer {
+        let Tokenizer::HuggingFace(t) = default_tokenizer().unwrap() else {
+            unreachable!("the default tokenizer is a BPE")
+        };
+        let config =
+            TokenizerConfig::parse(&json!({"add_bos_token": add}).to_string(), "t").unwrap();
+        Tokenizer::HuggingFace(t.with_config(config, "t").unwrap())
+    }
+
     #[test]
-    fn a_text_is_trained_whole_between_bos_and_eos() {
-        let t = default_tokenizer().unwrap();
+    fn a_text_is_trained_whole_before_eos_and_after_bos_where_the_tokenizer_adds_it() {
+        let plain = default_tokenizer().unwrap();
+        assert!(!plain.adds_bos() && !with_add_bos(false).adds_bos());
+        let t = with_add_bos(true);
+        assert!(t.adds_bos());
         for mask in [false, true] {
             let e = encoder(&t, mask)
                 .encode_line(r#"{"text": "It is a truth."}"#)
@@ -692,12 +724,16 @@ mod tests {
             // BOS is never a target; with the mask it is not even marked.
             assert!(e.trained[1..].iter().all(|&f| f), "mask {mask}");
             assert_eq!(e.trained[0], !mask);
+            let without = encoder(&plain, mask)
+                .encode_line(r#"{"text": "It is a truth."}"#)
+                .unwrap();
+            assert_eq!(without.tokens, want[1..]);
         }
     }
 
     #[test]
     fn a_masked_prompt_leaves_only_the_completion_and_eos_trained() {
-        let t = default_tokenizer().unwrap();
+        let t = with_add_bos(true);
         let line = r#"{"prompt": "Who wrote Emma? ", "completion": "Jane Austen."}"#;
         let e = encoder(&t, true).encode_line(line).unwrap();
         // The space before the completion goes with its first word, as GPT-2's BPE splits.
@@ -844,7 +880,7 @@ mod tests {
         p.add(example(4, 2)).unwrap();
         // Does not fit in the one free slot: a new window.
         p.add(example(5, 0)).unwrap();
-        let (windows, examples, truncated) = p.finish();
+        let (windows, counts) = p.finish();
         let f = NOT_A_TARGET;
         assert_eq!(
             windows,
@@ -867,7 +903,10 @@ mod tests {
                 2 | f,
             ]
         );
-        assert_eq!((examples, truncated), (3, 0));
+        assert_eq!(
+            (counts.examples, counts.truncated, counts.dropped),
+            (3, 0, 0)
+        );
         // One example per window without packing.
         let mut p = Packer::new(
             8,
@@ -888,9 +927,12 @@ mod tests {
         p.add(example(6, 0)).unwrap();
         // Only its first token would be trained: nothing to learn.
         p.add(example(3, 3)).unwrap();
-        let (windows, examples, truncated) = p.finish();
+        let (windows, counts) = p.finish();
         assert_eq!(windows, [10 | NOT_A_TARGET, 11, 12, 13]);
-        assert_eq!((examples, truncated), (2, 1));
+        assert_eq!(
+            (counts.examples, counts.truncated, counts.dropped),
+            (2, 1, 1)
+        );
         let refuse = ExampleOptions {
             long_examples: LongExamples::Refuse,
             ..ExampleOptions::default()
@@ -977,7 +1019,7 @@ mod tests {
         let prompt = encoder(&t, false).chat_prompt(&hi).unwrap();
         let want = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
         assert_eq!(prompt, t.encode(want).unwrap());
-        let plain = default_tokenizer().unwrap();
+        let plain = with_add_bos(true);
         let prompt = encoder(&plain, false).chat_prompt(&hi).unwrap();
         assert_eq!(prompt[0], 1);
         assert_eq!(plain.decode(&prompt).unwrap(), "user: Hi\nassistant: ");

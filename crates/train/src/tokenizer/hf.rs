@@ -153,6 +153,19 @@ impl HfTokenizer {
         Ok(self)
     }
 
+    /// See [`super::Tokenizer::adds_bos`].
+    pub fn adds_bos(&self) -> bool {
+        let Some(bos) = self.bos else {
+            return false;
+        };
+        if let Some(add) = self.config().and_then(|c| c.add_bos_token) {
+            return add;
+        }
+        self.inner
+            .encode_fast("a", true)
+            .is_ok_and(|e| e.get_ids().first() == Some(&bos))
+    }
+
     /// The folder's `tokenizer_config.json`, if the tokenizer came with one.
     pub fn config(&self) -> Option<&TokenizerConfig> {
         self.config.as_deref()

@@ -24,6 +24,8 @@ pub struct TokenizerConfig {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub chat_template: Option<String>,
+    /// Whether encoding puts BOS in front, where the file says.
+    pub add_bos_token: Option<bool>,
 }
 
 impl TokenizerConfig {
@@ -74,7 +76,9 @@ impl TokenizerConfig {
                 )))
             }
         };
+        let add_bos_token = fields.get("add_bos_token").and_then(Value::as_bool);
         Ok(TokenizerConfig {
+            add_bos_token,
             fields,
             text: Some(text.to_string()),
             bos_token,

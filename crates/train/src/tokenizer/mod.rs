@@ -203,6 +203,17 @@ impl Tokenizer {
         }
     }
 
+    /// Whether a text starts with BOS, as the tokenizer's own tools encode it: what
+    /// `tokenizer_config.json`'s `add_bos_token` says, else whether the `tokenizer.json`
+    /// post-processor puts it in front (Llama's does, GPT-2-style ones as SmolLM2's and Qwen's
+    /// do not). A llama2.c tokenizer always does, as `run.c` does.
+    pub fn adds_bos(&self) -> bool {
+        match self {
+            Tokenizer::Llama2c(t) => t.bos_id().is_some(),
+            Tokenizer::HuggingFace(t) => t.adds_bos(),
+        }
+    }
+
     /// The tokens that end a turn: EOS, and the end-of-turn markers of the common chat formats
     /// that the vocabulary has (a base model's EOS, `<|endoftext|>`, is not the `<|im_end|>`
     /// its template closes turns with).
