@@ -239,35 +239,43 @@ fn eval_takes_a_folder_and_gives_the_decoders_loss() {
     assert!(text.contains("over 1 windows of 64 tokens"), "{text}");
 }
 
-/// A trained checkpoint exported as a folder reads back to the checkpoint's weights, keeps the
-/// tokenizer files it started from, and generates what the checkpoint generates.
-#[test]
-fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
-    let source = folder("llama");
-    let dir = Dir::new();
+/// Trains the fixture `model` for two steps in `dir/run`; the checkpoint's path.
+fn fine_tuned(model: &std::path::Path, dir: &Dir) -> String {
     ok(&anetrain(&[
         "train",
         "--init",
-        &source.display().to_string(),
+        &model.display().to_string(),
         "--steps",
         "2",
         "--out",
         &dir.s("run"),
         "--quiet",
     ]));
-    let checkpoint = dir.s("run/ckpt-00000002.bin");
+    dir.s("run/ckpt-00000002.bin")
+}
+
+/// `export --format hf` of `checkpoint` to `to`.
+fn export_folder(checkpoint: &str, to: &std::path::Path) -> std::process::Output {
+    anetrain(&[
+        "export",
+        "--checkpoint",
+        checkpoint,
+        "--format",
+        "hf",
+        "--output",
+        &to.display().to_string(),
+    ])
+}
+
+/// A trained checkpoint exported as a folder reads back to the checkpoint's weights, keeps the
+/// tokenizer files it started from, and generates what the checkpoint generates.
+#[test]
+fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
+    let source = folder("llama");
+    let dir = Dir::new();
+    let checkpoint = fine_tuned(&source, &dir);
     let out = dir.path("exported");
-    let export = |to: &std::path::Path| {
-        anetrain(&[
-            "export",
-            "--checkpoint",
-            &checkpoint,
-            "--format",
-            "hf",
-            "--output",
-            &to.display().to_string(),
-        ])
-    };
+    let export = |to: &std::path::Path| export_folder(&checkpoint, to);
     ok(&export(&out));
     let ckpt =
         anetrain_train::checkpoint::Checkpoint::load(std::path::Path::new(&checkpoint)).unwrap();
@@ -414,27 +422,9 @@ fn an_exported_folder_holds_the_checkpoints_model_and_tokenizer() {
 #[test]
 fn a_qwen3_checkpoint_exports_as_a_qwen3_folder() {
     let dir = Dir::new();
-    ok(&anetrain(&[
-        "train",
-        "--init",
-        &folder("qwen3").display().to_string(),
-        "--steps",
-        "2",
-        "--out",
-        &dir.s("run"),
-        "--quiet",
-    ]));
-    let checkpoint = dir.s("run/ckpt-00000002.bin");
+    let checkpoint = fine_tuned(&folder("qwen3"), &dir);
     let out = dir.path("exported");
-    ok(&anetrain(&[
-        "export",
-        "--checkpoint",
-        &checkpoint,
-        "--format",
-        "hf",
-        "--output",
-        &out.display().to_string(),
-    ]));
+    ok(&export_folder(&checkpoint, &out));
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "Qwen3ForCausalLM");

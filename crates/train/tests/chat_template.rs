@@ -58,28 +58,24 @@ fn masking_through_a_published_style_template() {
         {"role": "user", "content": "Who wrote Emma?"},
         {"role": "assistant", "content": "Jane Austen."},
     ]});
-    let e = encoder.encode_line(&line.to_string()).unwrap();
-    let trained: Vec<u32> = e
-        .tokens
-        .iter()
-        .zip(&e.trained)
-        .filter(|(_, &f)| f)
-        .map(|(&id, _)| id)
-        .collect();
-    assert_eq!(t.decode(&trained).unwrap(), "Jane Austen.<|im_end|>\n");
+    // The text of the tokens trained on in the example of `line`.
+    let trained_text = |line: serde_json::Value| {
+        let e = encoder.encode_line(&line.to_string()).unwrap();
+        let trained: Vec<u32> = e
+            .tokens
+            .iter()
+            .zip(&e.trained)
+            .filter(|(_, &f)| f)
+            .map(|(&id, _)| id)
+            .collect();
+        t.decode(&trained).unwrap()
+    };
+    assert_eq!(trained_text(line), "Jane Austen.<|im_end|>\n");
     let reasoning = serde_json::json!({"messages": [
         {"role": "user", "content": "Two plus two?"},
         {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\nFour."},
         {"role": "user", "content": "And three more?"},
         {"role": "assistant", "content": "Seven."},
     ]});
-    let e = encoder.encode_line(&reasoning.to_string()).unwrap();
-    let trained: Vec<u32> = e
-        .tokens
-        .iter()
-        .zip(&e.trained)
-        .filter(|(_, &f)| f)
-        .map(|(&id, _)| id)
-        .collect();
-    assert_eq!(t.decode(&trained).unwrap(), "Four.Seven.");
+    assert_eq!(trained_text(reasoning), "Four.Seven.");
 }

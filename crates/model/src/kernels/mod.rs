@@ -126,30 +126,20 @@ impl KernelKind {
         let sc = c.n_heads * c.seq_len;
         match self {
             // With q/k norms the projections before the norm are kept too, for its backward.
-            KernelKind::FwdAttn if c.qk_norm => (
-                ChannelParts::new(&[("x", d)]),
-                ChannelParts::new(&[
+            KernelKind::FwdAttn => {
+                let mut out = vec![
                     ("o", d),
                     ("q_rope", q),
                     ("k_rope", kv),
                     ("v", kv),
                     ("attn", q),
                     ("xnorm", d),
-                    ("qf", q),
-                    ("kf", kv),
-                ]),
-            ),
-            KernelKind::FwdAttn => (
-                ChannelParts::new(&[("x", d)]),
-                ChannelParts::new(&[
-                    ("o", d),
-                    ("q_rope", q),
-                    ("k_rope", kv),
-                    ("v", kv),
-                    ("attn", q),
-                    ("xnorm", d),
-                ]),
-            ),
+                ];
+                if c.qk_norm {
+                    out.extend([("qf", q), ("kf", kv)]);
+                }
+                (ChannelParts::new(&[("x", d)]), ChannelParts::new(&out))
+            }
             KernelKind::FwdFfn => (
                 ChannelParts::new(&[("x2", d)]),
                 ChannelParts::new(&[("ffn", d), ("h1", h), ("h3", h), ("gate", h), ("xnorm", d)]),
@@ -168,20 +158,15 @@ impl KernelKind {
             ),
             // `dqw`, `dkw`: the norm output's gradient times the normalised projection, which
             // the host sums over heads and positions into the norm weights' gradients.
-            KernelKind::BwdQkv if c.qk_norm => (
-                ChannelParts::new(&[
-                    ("dq_rope", q),
-                    ("dk_rope", kv),
-                    ("dv", kv),
-                    ("qf", q),
-                    ("kf", kv),
-                ]),
-                ChannelParts::new(&[("dx", d), ("dq", q), ("dk", kv), ("dqw", q), ("dkw", kv)]),
-            ),
-            KernelKind::BwdQkv => (
-                ChannelParts::new(&[("dq_rope", q), ("dk_rope", kv), ("dv", kv)]),
-                ChannelParts::new(&[("dx", d), ("dq", q), ("dk", kv)]),
-            ),
+            KernelKind::BwdQkv => {
+                let mut input = vec![("dq_rope", q), ("dk_rope", kv), ("dv", kv)];
+                let mut out = vec![("dx", d), ("dq", q), ("dk", kv)];
+                if c.qk_norm {
+                    input.extend([("qf", q), ("kf", kv)]);
+                    out.extend([("dqw", q), ("dkw", kv)]);
+                }
+                (ChannelParts::new(&input), ChannelParts::new(&out))
+            }
         }
     }
 }

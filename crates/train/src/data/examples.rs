@@ -684,27 +684,26 @@ mod tests {
         t.decode(&ids).unwrap()
     }
 
-    fn chatml_tokenizer() -> Tokenizer {
+    /// The default BPE with a `tokenizer_config.json` of `config`.
+    fn configured(config: serde_json::Value) -> Tokenizer {
         let Tokenizer::HuggingFace(t) = default_tokenizer().unwrap() else {
             unreachable!("the default tokenizer is a BPE")
         };
+        let config = TokenizerConfig::parse(&config.to_string(), "t").unwrap();
+        Tokenizer::HuggingFace(t.with_config(config, "t").unwrap())
+    }
+
+    fn chatml_tokenizer() -> Tokenizer {
         let template = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content \
             + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}\
             {{ '<|im_start|>assistant\\n' }}{% endif %}";
-        let config =
-            TokenizerConfig::parse(&json!({"chat_template": template}).to_string(), "t").unwrap();
-        Tokenizer::HuggingFace(t.with_config(config, "t").unwrap())
+        configured(json!({"chat_template": template}))
     }
 
     /// The default BPE has `<s>` but, like GPT-2's tokenizer, no post-processor that puts it
     /// in front: `add_bos_token` in the configuration says otherwise.
     fn with_add_bos(add: bool) -> Tokenizer {
-        let Tokenizer::HuggingFace(t) = default_tokenizer().unwrap() else {
-            unreachable!("the default tokenizer is a BPE")
-        };
-        let config =
-            TokenizerConfig::parse(&json!({"add_bos_token": add}).to_string(), "t").unwrap();
-        Tokenizer::HuggingFace(t.with_config(config, "t").unwrap())
+        configured(json!({"add_bos_token": add}))
     }
 
     #[test]
@@ -808,14 +807,9 @@ mod tests {
 
     #[test]
     fn a_template_that_does_not_render_turn_by_turn_is_masked_by_the_answers_text() {
-        let Tokenizer::HuggingFace(base) = default_tokenizer().unwrap() else {
-            unreachable!()
-        };
         // Each render starts with the number of messages: no render begins with the last.
         let template = "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}";
-        let config =
-            TokenizerConfig::parse(&json!({"chat_template": template}).to_string(), "t").unwrap();
-        let t = Tokenizer::HuggingFace(base.with_config(config, "t").unwrap());
+        let t = configured(json!({"chat_template": template}));
         let line = r#"{"messages": [{"role": "user", "content": "a "}, {"role": "assistant", "content": "bcd"}]}"#;
         let e = encoder(&t, true).encode_line(line).unwrap();
         assert_eq!(text_of(&t, &e, true), " bcd");
@@ -823,15 +817,7 @@ mod tests {
         let unmasked = encoder(&t, false).encode_line(line).unwrap();
         assert_eq!(t.decode(&unmasked.tokens).unwrap(), "2a bcd");
         // A template that does not render the answer leaves nothing to find.
-        let silent = TokenizerConfig::parse(
-            &json!({"chat_template": "{{ messages | length }}"}).to_string(),
-            "t",
-        )
-        .unwrap();
-        let Tokenizer::HuggingFace(base) = default_tokenizer().unwrap() else {
-            unreachable!()
-        };
-        let t = Tokenizer::HuggingFace(base.with_config(silent, "t").unwrap());
+        let t = configured(json!({"chat_template": "{{ messages | length }}"}));
         let err = encoder(&t, true).encode_line(line).unwrap_err();
         assert!(
             err.contains("the text of messages[1] is not in its rendering"),
@@ -1023,5 +1009,37 @@ mod tests {
         let prompt = encoder(&plain, false).chat_prompt(&hi).unwrap();
         assert_eq!(prompt[0], 1);
         assert_eq!(plain.decode(&prompt).unwrap(), "user: Hi\nassistant: ");
+    }
+
+    /// A Qwen3-style template (an empty reasoning block on the last answer only, earlier
+    /// answers without theirs) is masked by the answers' text, each with the EOS that closes
+    /// it.
+    #[test]
+    fn answers_are_found_by_their_text_where_turns_do_not_render_one_by_one() {
+        let template = "{% for m in messages %}{% if m.role == 'assistant' %}A: \
+            {% if loop.last %}<think></think>{% endif %}\
+            {{ m.content.split('</think>')[-1].strip() }}{{ eos_token }}\n\
+            {% else %}U: {{ m.content }}\n{% endif %}{% endfor %}\
+            {% if add_generation_prompt %}A: {% endif %}";
+        let t = configured(json!({"chat_template": template, "eos_token": "</s>"}));
+        let line = json!({"messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>greet</think> Hello."},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Farewell."},
+        ]})
+        .to_string();
+        let e = encoder(&t, true).encode_line(&line).unwrap();
+        assert_eq!(text_of(&t, &e, true), " Hello.Farewell.");
+        let eos_trained = e
+            .tokens
+            .iter()
+            .zip(&e.trained)
+            .filter(|(&id, &f)| id == 2 && f);
+        assert_eq!(eos_trained.count(), 2, "each answer's EOS is trained");
+        assert_eq!(
+            t.decode(&e.tokens).unwrap(),
+            "U: Hi\nA: Hello.\nU: Bye\nA: <think></think>Farewell.\n"
+        );
     }
 }
