@@ -89,6 +89,10 @@ pub struct ExampleEncoder<'t> {
     tokenizer: &'t Tokenizer,
     template: Option<ChatTemplate>,
     mask_prompt: bool,
+    /// BOS, where the tokenizer's own tools would put it in front of a text.
+    bos: Option<u32>,
+    /// The texts of the tokens that end a turn, for finding where an answer ends.
+    turn_ends: Vec<String>,
 }
 
 impl<'t> ExampleEncoder<'t> {
@@ -104,10 +108,17 @@ impl<'t> ExampleEncoder<'t> {
             ),
             None => None,
         };
+        let turn_ends = tokenizer
+            .end_of_turn_ids()
+            .into_iter()
+            .filter_map(|id| tokenizer.token_text(id))
+            .collect();
         Ok(ExampleEncoder {
             tokenizer,
             template,
             mask_prompt,
+            bos: tokenizer.bos_id().filter(|_| tokenizer.adds_bos()),
+            turn_ends,
         })
     }
 
@@ -198,11 +209,8 @@ impl<'t> ExampleEncoder<'t> {
         Ok(self.tokenize(&parts)?.tokens)
     }
 
-    /// BOS, where the tokenizer's own tools would put it in front of a text.
     fn bos(&self) -> Vec<Part> {
-        self.tokenizer
-            .bos_id()
-            .filter(|_| self.tokenizer.adds_bos())
+        self.bos
             .map(|id| (Piece::Token(id), false))
             .into_iter()
             .collect()
@@ -263,12 +271,6 @@ impl<'t> ExampleEncoder<'t> {
     /// token that follows it, is trained. A message's reasoning (`<think>…</think>`) is
     /// looked for without it, as such templates render it.
     fn by_content(&self, messages: &[Value], whole: String) -> Result<Vec<Part>, String> {
-        let ends: Vec<String> = self
-            .tokenizer
-            .end_of_turn_ids()
-            .into_iter()
-            .filter_map(|id| self.tokenizer.token_text(id))
-            .collect();
         let mut parts = Vec::new();
         let mut at = 0;
         for (k, m) in messages
@@ -295,7 +297,11 @@ impl<'t> ExampleEncoder<'t> {
                 ));
             };
             let mut end = start + len;
-            if let Some(close) = ends.iter().find(|e| whole[end..].starts_with(e.as_str())) {
+            if let Some(close) = self
+                .turn_ends
+                .iter()
+                .find(|e| whole[end..].starts_with(e.as_str()))
+            {
                 end += close.len();
             }
             parts.push((Piece::Text(whole[at..start].to_string()), false));
@@ -338,13 +344,13 @@ impl<'t> ExampleEncoder<'t> {
         };
         let mut i = 0;
         while i < parts.len() {
-            match &parts[i].0 {
-                Piece::Token(id) => {
+            match (&parts[i].0, self.tokenizer) {
+                (Piece::Token(id), _) => {
                     example.tokens.push(*id);
                     example.trained.push(parts[i].1 || !self.mask_prompt);
                     i += 1;
                 }
-                Piece::Text(t) if !self.tokenizer.has_offsets() => {
+                (Piece::Text(t), Tokenizer::Llama2c(_)) => {
                     let ids = self.tokenizer.encode(t).map_err(|e| e.to_string())?;
                     example
                         .trained
@@ -352,7 +358,7 @@ impl<'t> ExampleEncoder<'t> {
                     example.tokens.extend(ids);
                     i += 1;
                 }
-                Piece::Text(_) => {
+                (Piece::Text(_), Tokenizer::HuggingFace(hf)) => {
                     let mut text = String::new();
                     let mut ranges = Vec::new();
                     while let Some((Piece::Text(t), trained)) = parts.get(i) {
@@ -360,10 +366,7 @@ impl<'t> ExampleEncoder<'t> {
                         text.push_str(t);
                         i += 1;
                     }
-                    let (ids, spans) = self
-                        .tokenizer
-                        .encode_with_spans(&text)
-                        .map_err(|e| e.to_string())?;
+                    let (ids, spans) = hf.encode_with_spans(&text).map_err(|e| e.to_string())?;
                     for (id, span) in ids.into_iter().zip(spans) {
                         // An empty span (a token the normalizer added) counts at its start.
                         let end = span.end.max(span.start + 1);

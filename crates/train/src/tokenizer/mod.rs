@@ -9,7 +9,7 @@ pub mod hf;
 pub mod hf_config;
 pub mod llama2c;
 
-pub use hf::{HfTokenizer, TokenSpans};
+pub use hf::HfTokenizer;
 pub use hf_config::TokenizerConfig;
 pub use llama2c::Llama2cTokenizer;
 
@@ -181,25 +181,6 @@ impl Tokenizer {
         match self {
             Tokenizer::HuggingFace(t) => t.encode(text),
             Tokenizer::Llama2c(t) => Ok(t.encode_with(text, false, false)),
-        }
-    }
-
-    /// Whether [`Tokenizer::encode_with_spans`] can say which bytes each token comes from (a
-    /// Hugging Face tokenizer can).
-    pub fn has_offsets(&self) -> bool {
-        matches!(self, Tokenizer::HuggingFace(_))
-    }
-
-    /// Token ids of `text` with the bytes of `text` each comes from (a llama2.c tokenizer,
-    /// which does not track them, gives each token the whole text).
-    pub fn encode_with_spans(&self, text: &str) -> Result<TokenSpans, TokenizerError> {
-        match self {
-            Tokenizer::HuggingFace(t) => t.encode_with_spans(text),
-            Tokenizer::Llama2c(t) => {
-                let ids = t.encode_with(text, false, false);
-                let spans = vec![0..text.len(); ids.len()];
-                Ok((ids, spans))
-            }
         }
     }
 
