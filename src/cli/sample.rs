@@ -213,18 +213,13 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         mask_prompt: args.mask_prompt || saved.example_options().mask_prompt,
         ..saved.example_options()
     };
-    let (windows, source): (Dataset, String) = match (
-        &args.data,
-        header
-            .as_ref()
-            .and_then(anetrain_train::run::settings::trained_on),
-    ) {
+    let (windows, source): (Dataset, String) = match (args.data.as_deref(), saved.data.as_deref()) {
         (Some(p), _) if ExampleSet::is_examples(p) => (
             ExampleSet::open_whole(p, &tok, config.seq_len, examples)?.into(),
             format!("the examples of {}", p.display()),
         ),
-        (None, Some(p)) if ExampleSet::is_examples(&p) => (
-            ExampleSet::open(&p, &tok, config.seq_len, examples)?.into(),
+        (None, Some(p)) if ExampleSet::is_examples(p) => (
+            ExampleSet::open(p, &tok, config.seq_len, examples)?.into(),
             format!("the validation examples of {}", p.display()),
         ),
         (Some(p), _) => (
@@ -239,7 +234,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         ),
         (None, Some(p)) => (
             TokenSplit::open(
-                &p,
+                p,
                 config.vocab,
                 config.seq_len,
                 TokenSplit::DEFAULT_VAL_FRACTION,

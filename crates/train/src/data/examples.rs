@@ -675,6 +675,15 @@ mod tests {
         ExampleEncoder::new(tokenizer, mask).unwrap()
     }
 
+    /// How many times `id` is trained on in `e`.
+    fn trained_count(e: &Example, id: u32) -> usize {
+        e.tokens
+            .iter()
+            .zip(&e.trained)
+            .filter(|(&t, &f)| t == id && f)
+            .count()
+    }
+
     /// The text of the tokens flagged `trained` (or not).
     fn text_of(t: &Tokenizer, e: &Example, trained: bool) -> String {
         let ids: Vec<u32> = e
@@ -762,12 +771,7 @@ mod tests {
         .to_string();
         let e = encoder(&t, true).encode_line(&line).unwrap();
         assert_eq!(text_of(&t, &e, true), " Hello. Farewell.");
-        let eos_trained = e
-            .tokens
-            .iter()
-            .zip(&e.trained)
-            .filter(|(&id, &f)| id == 2 && f);
-        assert_eq!(eos_trained.count(), 2);
+        assert_eq!(trained_count(&e, 2), 2);
         let all = t.decode(&e.tokens).unwrap();
         assert_eq!(
             all,
@@ -1034,12 +1038,7 @@ mod tests {
         .to_string();
         let e = encoder(&t, true).encode_line(&line).unwrap();
         assert_eq!(text_of(&t, &e, true), " Hello.Farewell.");
-        let eos_trained = e
-            .tokens
-            .iter()
-            .zip(&e.trained)
-            .filter(|(&id, &f)| id == 2 && f);
-        assert_eq!(eos_trained.count(), 2, "each answer's EOS is trained");
+        assert_eq!(trained_count(&e, 2), 2, "each answer's EOS is trained");
         assert_eq!(
             t.decode(&e.tokens).unwrap(),
             "U: Hi\nA: Hello.\nU: Bye\nA: <think></think>Farewell.\n"

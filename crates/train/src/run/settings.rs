@@ -121,11 +121,6 @@ pub fn check_example_settings(
     Ok(())
 }
 
-/// The token file a checkpoint's run trained on, when it was not the embedded corpus.
-pub fn trained_on(header: &CheckpointHeader) -> Option<PathBuf> {
-    RunSettings::saved_in(header).data
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
