@@ -69,47 +69,13 @@ pub fn check_example_settings(
     saved: Option<&RunSettings>,
     data: Option<&std::path::Path>,
 ) -> Result<(), String> {
-    let default = ExampleOptions::default();
-    if let Some(saved) = saved {
-        let was = saved.example_options();
-        let changed = [
-            (
-                given.mask_prompt.is_some_and(|m| m != was.mask_prompt),
-                "--mask-prompt (mask_prompt)",
-            ),
-            (
-                given.pack.is_some_and(|p| p != was.pack),
-                "--no-pack (pack)",
-            ),
-            (
-                given.long_examples.is_some_and(|l| l != was.long_examples),
-                "--long-examples",
-            ),
-        ];
-        if let Some((_, flag)) = changed.iter().find(|(c, _)| *c) {
-            return Err(format!(
-                "{flag}: the resumed run made its windows otherwise, and a resumed run keeps \
-                 them (drop the setting, or start a new run)"
-            ));
-        }
+    if let Some(flag) = saved.and_then(|saved| given.differs_from(saved.example_options())) {
+        return Err(format!(
+            "{flag}: the resumed run made its windows otherwise, and a resumed run keeps them \
+             (drop the setting, or start a new run)"
+        ));
     }
-    let asked = [
-        (
-            given.mask_prompt.is_some_and(|m| m != default.mask_prompt),
-            "--mask-prompt (mask_prompt)",
-        ),
-        (
-            given.pack.is_some_and(|p| p != default.pack),
-            "--no-pack (pack = false)",
-        ),
-        (
-            given
-                .long_examples
-                .is_some_and(|l| l != default.long_examples),
-            "--long-examples refuse",
-        ),
-    ];
-    if let Some((_, flag)) = asked.iter().find(|(a, _)| *a) {
+    if let Some(flag) = given.differs_from(ExampleOptions::default()) {
         if !data.is_some_and(crate::data::examples::ExampleSet::is_examples) {
             return Err(format!(
                 "{flag} applies to fine-tuning examples (--data with a .jsonl file or a folder \
@@ -119,6 +85,30 @@ pub fn check_example_settings(
         }
     }
     Ok(())
+}
+
+impl RunSettings {
+    /// The flag (and configuration key) of the first example setting given here that asks
+    /// for other than `options`.
+    fn differs_from(&self, options: ExampleOptions) -> Option<&'static str> {
+        [
+            (
+                self.mask_prompt.is_some_and(|m| m != options.mask_prompt),
+                "--mask-prompt (mask_prompt)",
+            ),
+            (
+                self.pack.is_some_and(|p| p != options.pack),
+                "--no-pack (pack)",
+            ),
+            (
+                self.long_examples
+                    .is_some_and(|l| l != options.long_examples),
+                "--long-examples (long_examples)",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(differs, flag)| differs.then_some(flag))
+    }
 }
 
 #[cfg(test)]
